@@ -1,0 +1,35 @@
+"""evoprune: decide how much to prune in each layer of a pretrained causal language model.
+
+The Python API is what the CLI calls::
+
+    import evoprune
+    result = evoprune.search("smollm2-135m", "builtin", "runs.db", evoprune.SearchSettings(evals=24))
+    with evoprune.Store("runs.db") as store:
+        for point in evoprune.pareto_front(store, result.run):
+            print(point.params_fraction, point.metrics["ppl"], point.levels)
+"""
+
+__version__ = "0.1.0"
+
+from evoprune.backend.pruner import BackendSettings, PruningBackend
+from evoprune.errors import EvopruneError
+from evoprune.pareto import ParetoPoint, pareto_front
+from evoprune.search import ActiveLearningSearch, SearchResult, SearchSettings, prepare_backend, search
+from evoprune.space import ArchSpec, SearchSpace
+from evoprune.store import Store
+
+__all__ = [
+    "ActiveLearningSearch",
+    "ArchSpec",
+    "BackendSettings",
+    "EvopruneError",
+    "ParetoPoint",
+    "PruningBackend",
+    "SearchResult",
+    "SearchSettings",
+    "SearchSpace",
+    "Store",
+    "pareto_front",
+    "prepare_backend",
+    "search",
+]

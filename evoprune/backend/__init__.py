@@ -1,0 +1,1 @@
+"""The LLM side: loading, importance scoring, masked evaluation and physical pruning."""

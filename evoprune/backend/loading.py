@@ -1,0 +1,119 @@
+"""Resolve ``--model`` to something loadable and load it: a zoo name, a directory, a .gguf file or a hub id."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from evoprune.backend.adapters import adapter_for
+from evoprune.backend.zoo import ZOO, fetch_zoo_model
+from evoprune.errors import EvopruneError
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    spec: str  # what the user passed
+    kind: str  # "zoo" | "dir" | "gguf" | "hub"
+    path: str  # directory (or hub id) to give from_pretrained
+    gguf_file: str | None = None
+
+    def from_pretrained_kwargs(self) -> dict:
+        return {"gguf_file": self.gguf_file} if self.gguf_file else {}
+
+
+def _looks_like_path(spec: str) -> bool:
+    return spec.startswith(("/", ".", "~")) or spec.endswith(".gguf") or "\\" in spec or spec.count("/") > 1
+
+
+def resolve_model(spec: str) -> ModelSource:
+    """Decide what ``spec`` names without loading weights; raise a clear error if it names nothing."""
+    if spec in ZOO:
+        return ModelSource(spec, "zoo", spec)
+    path = Path(spec).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return ModelSource(spec, "gguf", str(path.parent), path.name)
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            ggufs = sorted(path.glob("*.gguf"))
+            if len(ggufs) == 1:
+                return ModelSource(spec, "gguf", str(path), ggufs[0].name)
+            raise EvopruneError(f"model directory '{spec}' has no config.json: pass a transformers model directory")
+        return ModelSource(spec, "dir", str(path))
+    if path.exists():
+        raise EvopruneError(
+            f"model '{spec}' is a file but not a .gguf checkpoint: pass a model directory or .gguf file"
+        )
+    if _looks_like_path(spec):
+        raise EvopruneError(f"model path '{spec}' does not exist: pass an existing model directory or .gguf file")
+    return ModelSource(spec, "hub", spec)
+
+
+def load_config(source: ModelSource):
+    """The model's transformers config, checked against the supported architectures."""
+    from transformers import AutoConfig
+
+    if source.kind == "zoo":
+        source = ModelSource(source.spec, "dir", str(fetch_zoo_model(source.spec)))
+    try:
+        config = AutoConfig.from_pretrained(source.path, **source.from_pretrained_kwargs())
+    except (OSError, ValueError) as exc:
+        if source.kind == "hub":
+            raise EvopruneError(
+                f"could not load model '{source.spec}' from the Hugging Face hub ({_first_line(exc)}): "
+                f"pass a local model directory, a .gguf file, or one of: {', '.join(ZOO)}"
+            ) from None
+        raise EvopruneError(f"could not read the config of model '{source.spec}': {_first_line(exc)}") from None
+    adapter_for(config)
+    return config
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+@dataclass
+class LoadedModel:
+    source: ModelSource
+    model: torch.nn.Module
+    tokenizer: object
+    fingerprint: str
+
+
+def model_fingerprint(model) -> str:
+    """Identifies architecture and weights: the config plus a digest of a few weight tensors."""
+    h = hashlib.sha1(json.dumps(model.config.to_diff_dict(), sort_keys=True, default=str).encode())
+    state = model.state_dict()
+    names = sorted(state)
+    for name in names[:3] + names[-3:]:
+        h.update(name.encode())
+        h.update(state[name].detach().float().flatten()[:4096].numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def quiet_transformers() -> None:
+    """transformers' own progress bars and notices would interleave with ours."""
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+
+
+def load_model(source: ModelSource, dtype: torch.dtype = torch.float32) -> LoadedModel:
+    """Load model and tokenizer in eval mode, in float32 by default (CPU-friendly and exact)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    quiet_transformers()
+    path = str(fetch_zoo_model(source.spec)) if source.kind == "zoo" else source.path
+    kwargs = source.from_pretrained_kwargs()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise EvopruneError(f"could not load model '{source.spec}': {_first_line(exc)}") from None
+    model.eval()
+    return LoadedModel(source, model, tokenizer, model_fingerprint(model))

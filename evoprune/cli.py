@@ -1,0 +1,244 @@
+"""The ``evoprune`` command line: a thin typer layer over the Python API."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from evoprune.backend.pruner import BackendSettings
+from evoprune.errors import EvopruneError
+from evoprune.pareto import ParetoPoint, pareto_front
+from evoprune.search import SearchSettings, search
+from evoprune.store import Store
+
+app = typer.Typer(
+    name="evoprune",
+    help="Decide how much to prune in each layer of a causal LM, with a surrogate-assisted multi-objective search.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+err_console = Console(stderr=True)
+out_console = Console()
+
+
+def _fail(message: str, code: int = 2) -> None:
+    # Plain echo, not rich: a rich console would wrap a long message over several lines.
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _levels_text(levels: list[int]) -> str:
+    return "".join(str(v) for v in levels) if max(levels, default=0) < 10 else ",".join(map(str, levels))
+
+
+def _pareto_table(points: list[ParetoPoint], title: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    for col, justify in (
+        ("id", "right"),
+        ("params", "right"),
+        ("kept", "right"),
+        ("ppl", "right"),
+        ("found", "left"),
+        ("attention levels", "left"),
+        ("MLP levels", "left"),
+    ):
+        table.add_column(col, justify=justify)
+    for p in points:
+        table.add_row(
+            str(p.id),
+            f"{p.params / 1e6:.2f}M",
+            f"{100 * p.params_fraction:.1f}%",
+            f"{p.metrics['ppl']:.2f}",
+            "design" if p.origin == "design" else f"round {p.round}",
+            _levels_text(p.levels["attn"]),
+            _levels_text(p.levels["mlp"]),
+        )
+    return table
+
+
+class _SearchProgress:
+    """Renders engine events as a rich progress display on stderr."""
+
+    def __init__(self, console: Console):
+        self.progress = Progress(
+            SpinnerColumn(),
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[status]}"),
+            console=console,
+            transient=True,
+        )
+        self.task = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.task is not None:
+            self.progress.stop()
+
+    def __call__(self, event: str, **info) -> None:
+        # Started on the first event, so input rejected up front never draws a progress bar.
+        if self.task is None:
+            self.progress.start()
+            self.task = self.progress.add_task("preparing", total=None, status="")
+        if event == "phase":
+            self.progress.update(self.task, description=info["name"])
+        elif event == "start":
+            self.progress.update(self.task, description="evaluating", total=info["total"], completed=info["done"])
+        elif event == "eval_start":
+            ev = info["evaluation"]
+            self.progress.update(
+                self.task,
+                description=f"evaluating #{ev.id} ({ev.origin})",
+                status=f"{100 * ev.params_fraction:.1f}% params",
+            )
+        elif event == "eval_done":
+            ev = info["evaluation"]
+            status = f"ppl {ev.metrics['ppl']:.2f}" if ev.status == "ok" else f"[red]failed: {ev.error}"
+            self.progress.update(self.task, advance=1, status=status)
+
+
+@app.command("search")
+def search_command(
+    model: str = typer.Option(
+        ..., "--model", "-m", help="Model: smollm2-135m, a local directory, a .gguf file, or a hub id."
+    ),
+    data: str = typer.Option(
+        "builtin",
+        "--data",
+        "-d",
+        help="Text: builtin, a .txt/.jsonl/.parquet file, wikitext2, ptb, c4 or hf:NAME[:CONFIG[:SPLIT]].",
+    ),
+    store: Path = typer.Option(..., "--store", "-s", help="SQLite pair store; re-running continues the search in it."),
+    evals: int = typer.Option(
+        ..., "--evals", "-n", help="Total real evaluations for this search (initial design included)."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Random seed: same seed and store contents give the same search."),
+    init: int = typer.Option(8, "--init", help="Size of the initial design (dense, uniform and space-filling)."),
+    batch: int = typer.Option(4, "--batch", help="Real evaluations per active-learning round."),
+    surrogate: str = typer.Option("ngboost", "--surrogate", help="Surrogate model by registered name."),
+    acquisition: str = typer.Option("uncertainty", "--acquisition", help="uncertainty, lcb or greedy."),
+    min_params: float = typer.Option(0.5, "--min-params", help="Smallest kept parameter fraction to search."),
+    max_params: float = typer.Option(1.0, "--max-params", help="Largest kept parameter fraction to search."),
+    max_ppl_ratio: float = typer.Option(
+        20.0, "--max-ppl-ratio", help="Only spend evaluations on candidates predicted within this factor of dense ppl."
+    ),
+    criterion: str = typer.Option("wanda", "--importance", help="Importance criterion: wanda, magnitude or taylor."),
+    eval_tokens: int = typer.Option(1024, "--eval-tokens", help="Tokens per real evaluation (perplexity)."),
+    calib_tokens: int = typer.Option(2048, "--calib-tokens", help="Tokens for importance scoring."),
+    seq_len: int = typer.Option(256, "--seq-len", help="Tokens per window."),
+    head_unit: str = typer.Option(
+        "query_head", "--head-unit", help="Attention pruning unit under GQA: query_head or kv_group."
+    ),
+    mlp_levels: int = typer.Option(
+        8, "--mlp-levels", help="Number of MLP pruning steps (the top one removes the MLP)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the resulting front as JSON instead of a table."),
+) -> None:
+    """Search per-layer pruning levels for MODEL, spending EVALS real evaluations."""
+    settings = SearchSettings(
+        evals=evals,
+        seed=seed,
+        init=init,
+        batch=batch,
+        surrogate=surrogate,
+        acquisition=acquisition,
+        min_params=min_params,
+        max_params=max_params,
+        backend=BackendSettings(
+            criterion=criterion,
+            eval_tokens=eval_tokens,
+            calib_tokens=calib_tokens,
+            seq_len=seq_len,
+            head_unit=head_unit,
+            mlp_levels=mlp_levels,
+        ),
+    )
+    try:
+        with _SearchProgress(err_console) as progress:
+            result = search(model, data, str(store), settings, progress=progress)
+    except EvopruneError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        _fail(f"interrupted: every finished evaluation is in '{store}'; run the same command to continue", 130)
+    with Store(store) as st:
+        points = pareto_front(st, result.run)
+    if as_json:
+        typer.echo(json.dumps(_front_json(result.run, points), indent=2))
+        return
+    ok = sum(e.status == "ok" for e in result.evaluations)
+    failed = sum(e.status == "failed" for e in result.evaluations)
+    err_console.print(
+        f"run {result.run.id}: {ok} ok and {failed} failed evaluations in '{store}' "
+        f"({result.new_evaluations} new in this call)"
+    )
+    out_console.print(_pareto_table(points, f"Pareto front of run {result.run.id} ({result.run.model})"))
+
+
+def _front_json(run, points: list[ParetoPoint]) -> dict:
+    return {
+        "run": run.id,
+        "model": run.model,
+        "data": run.data,
+        "dense_params": run.dense_params,
+        "points": [p.to_dict() for p in points],
+    }
+
+
+@app.command("pareto")
+def pareto_command(
+    store: Path = typer.Option(..., "--store", "-s", help="SQLite pair store written by 'evoprune search'."),
+    run: int | None = typer.Option(None, "--run", help="Run id (default: the latest run)."),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print JSON: {'points': [{id, params, params_fraction, metrics, levels}]}."
+    ),
+) -> None:
+    """Show the non-dominated, really evaluated configurations (perplexity vs parameters)."""
+    try:
+        with Store.open_existing(store) as st:
+            r = st.get_run(run)
+            points = pareto_front(st, r)
+    except EvopruneError as exc:
+        _fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps(_front_json(r, points), indent=2))
+    else:
+        out_console.print(_pareto_table(points, f"Pareto front of run {r.id} ({r.model})"))
+
+
+@app.command("runs")
+def runs_command(store: Path = typer.Option(..., "--store", "-s", help="SQLite pair store.")) -> None:
+    """List the runs in a store with their evaluation counts."""
+    try:
+        with Store.open_existing(store) as st:
+            table = Table(title=f"runs in {store}", title_justify="left")
+            for col in ("run", "model", "data", "ok", "failed", "pending", "created"):
+                table.add_column(col)
+            for r in st.runs():
+                evs = st.evaluations(r.id)
+                counts = {s: sum(e.status == s for e in evs) for s in ("ok", "failed", "pending")}
+                table.add_row(str(r.id), r.model, r.data, *(str(counts[s]) for s in counts), r.created_at)
+    except EvopruneError as exc:
+        _fail(str(exc))
+    out_console.print(table)
+
+
+def main() -> None:
+    try:
+        app()
+    except BrokenPipeError:  # e.g. `evoprune pareto --json | head`
+        sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,289 @@
+"""The pair store: every real evaluation, committed the moment it finishes, in SQLite.
+
+Tables:
+
+- ``runs``: one search, with the model, data, resolved settings, search space and versions.
+- ``evaluations``: one row per configuration a run decided to evaluate. It is written as
+  ``pending`` before the model runs and updated to ``ok`` or ``failed`` with its metrics, so
+  a killed search resumes exactly where it stopped: pending rows are evaluated first, finished
+  rows are never evaluated again.
+- ``rounds``: per active-learning round, timings and the front's hypervolume.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from evoprune.errors import EvopruneError
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY,
+    run_key TEXT NOT NULL UNIQUE,
+    created_at TEXT NOT NULL,
+    model TEXT NOT NULL,
+    model_fingerprint TEXT NOT NULL,
+    data TEXT NOT NULL,
+    data_fingerprint TEXT NOT NULL,
+    dense_params INTEGER NOT NULL,
+    space TEXT NOT NULL,
+    settings TEXT NOT NULL,
+    versions TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS evaluations (
+    id INTEGER PRIMARY KEY,
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    config_key TEXT NOT NULL,
+    levels TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('pending', 'ok', 'failed')),
+    origin TEXT NOT NULL,
+    round INTEGER NOT NULL,
+    params INTEGER NOT NULL,
+    params_fraction REAL NOT NULL,
+    metrics TEXT,
+    predicted TEXT,
+    error TEXT,
+    created_at TEXT NOT NULL,
+    finished_at TEXT,
+    duration_s REAL,
+    UNIQUE (run_id, config_key)
+);
+CREATE TABLE IF NOT EXISTS rounds (
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    round INTEGER NOT NULL,
+    n_train INTEGER NOT NULL,
+    fit_s REAL NOT NULL,
+    search_s REAL NOT NULL,
+    eval_s REAL,
+    hypervolume REAL,
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (run_id, round)
+);
+"""
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+@dataclass(frozen=True)
+class Run:
+    id: int
+    run_key: str
+    model: str
+    model_fingerprint: str
+    data: str
+    data_fingerprint: str
+    dense_params: int
+    space: dict
+    settings: dict
+    versions: dict
+    created_at: str
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    id: int
+    run_id: int
+    config_key: str
+    levels: list[int]
+    status: str
+    origin: str
+    round: int
+    params: int
+    params_fraction: float
+    metrics: dict
+    predicted: dict | None
+    error: str | None
+    created_at: str
+    finished_at: str | None
+    duration_s: float | None
+
+
+class Store:
+    """A SQLite pair store. Every write is its own committed transaction."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._conn = sqlite3.connect(str(self.path), timeout=30, isolation_level=None)
+        self._conn.row_factory = sqlite3.Row
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=FULL")
+        self._conn.execute("PRAGMA foreign_keys=ON")
+        with self._tx():
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    self._conn.execute(statement)
+            self._conn.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+            )
+        version = int(self._conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0])
+        if version != SCHEMA_VERSION:
+            raise EvopruneError(f"store '{path}' has schema version {version}, this evoprune reads {SCHEMA_VERSION}")
+
+    @classmethod
+    def open_existing(cls, path: str | Path) -> Store:
+        """Open a store that must already exist (for read commands)."""
+        p = Path(path)
+        if not p.is_file():
+            raise EvopruneError(f"store '{path}' does not exist: run 'evoprune search --store {path} ...' first")
+        try:
+            return cls(p)
+        except sqlite3.DatabaseError:
+            raise EvopruneError(f"'{path}' is not an evoprune store (not a SQLite database)") from None
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._conn
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        else:
+            self._conn.execute("COMMIT")
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- runs -------------------------------------------------------------------------------
+    def get_or_create_run(self, run_key: str, **fields) -> tuple[Run, bool]:
+        existing = self.find_run(run_key)
+        if existing is not None:
+            return existing, False
+        with self._tx() as c:
+            c.execute(
+                "INSERT INTO runs (run_key, created_at, model, model_fingerprint, data, data_fingerprint, "
+                "dense_params, space, settings, versions) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (
+                    run_key,
+                    _now(),
+                    fields["model"],
+                    fields["model_fingerprint"],
+                    fields["data"],
+                    fields["data_fingerprint"],
+                    int(fields["dense_params"]),
+                    json.dumps(fields["space"], sort_keys=True),
+                    json.dumps(fields["settings"], sort_keys=True),
+                    json.dumps(fields["versions"], sort_keys=True),
+                ),
+            )
+        return self.find_run(run_key), True
+
+    def find_run(self, run_key: str) -> Run | None:
+        row = self._conn.execute("SELECT * FROM runs WHERE run_key=?", (run_key,)).fetchone()
+        return self._run(row) if row else None
+
+    def runs(self) -> list[Run]:
+        return [self._run(r) for r in self._conn.execute("SELECT * FROM runs ORDER BY id")]
+
+    def get_run(self, run_id: int | None = None) -> Run:
+        """A run by id, or the latest one."""
+        if run_id is None:
+            row = self._conn.execute("SELECT * FROM runs ORDER BY id DESC LIMIT 1").fetchone()
+            if row is None:
+                raise EvopruneError(f"store '{self.path}' has no runs yet: run 'evoprune search' first")
+        else:
+            row = self._conn.execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone()
+            if row is None:
+                raise EvopruneError(f"store '{self.path}' has no run {run_id}: see 'evoprune runs --store {self.path}'")
+        return self._run(row)
+
+    @staticmethod
+    def _run(row: sqlite3.Row) -> Run:
+        d = dict(row)
+        for k in ("space", "settings", "versions"):
+            d[k] = json.loads(d[k])
+        return Run(**d)
+
+    # -- evaluations ------------------------------------------------------------------------
+    def add_pending(
+        self,
+        run_id: int,
+        config_key: str,
+        levels: list[int],
+        origin: str,
+        round_: int,
+        params: int,
+        params_fraction: float,
+        predicted: dict | None = None,
+    ) -> int:
+        with self._tx() as c:
+            cur = c.execute(
+                "INSERT INTO evaluations (run_id, config_key, levels, status, origin, round, params, "
+                "params_fraction, predicted, created_at) VALUES (?,?,?,'pending',?,?,?,?,?,?)",
+                (
+                    run_id,
+                    config_key,
+                    json.dumps([int(v) for v in levels]),
+                    origin,
+                    round_,
+                    int(params),
+                    float(params_fraction),
+                    json.dumps(predicted) if predicted is not None else None,
+                    _now(),
+                ),
+            )
+            return int(cur.lastrowid)
+
+    def finish(self, eval_id: int, *, ok: bool, metrics: dict, error: str | None, duration_s: float) -> None:
+        with self._tx() as c:
+            c.execute(
+                "UPDATE evaluations SET status=?, metrics=?, error=?, finished_at=?, duration_s=? WHERE id=?",
+                ("ok" if ok else "failed", json.dumps(metrics), error, _now(), float(duration_s), eval_id),
+            )
+
+    def evaluations(self, run_id: int, status: str | None = None) -> list[Evaluation]:
+        sql, args = "SELECT * FROM evaluations WHERE run_id=?", [run_id]
+        if status is not None:
+            sql += " AND status=?"
+            args.append(status)
+        return [self._evaluation(r) for r in self._conn.execute(sql + " ORDER BY id", args)]
+
+    def evaluation(self, eval_id: int) -> Evaluation:
+        row = self._conn.execute("SELECT * FROM evaluations WHERE id=?", (eval_id,)).fetchone()
+        if row is None:
+            raise EvopruneError(f"store '{self.path}' has no evaluation {eval_id}")
+        return self._evaluation(row)
+
+    @staticmethod
+    def _evaluation(row: sqlite3.Row) -> Evaluation:
+        d = dict(row)
+        d["levels"] = json.loads(d["levels"])
+        d["metrics"] = json.loads(d["metrics"]) if d["metrics"] else {}
+        d["predicted"] = json.loads(d["predicted"]) if d["predicted"] else None
+        return Evaluation(**d)
+
+    # -- rounds -----------------------------------------------------------------------------
+    def record_round(self, run_id: int, round_: int, *, n_train: int, fit_s: float, search_s: float) -> None:
+        with self._tx() as c:
+            c.execute(
+                "INSERT OR REPLACE INTO rounds (run_id, round, n_train, fit_s, search_s, created_at) "
+                "VALUES (?,?,?,?,?,?)",
+                (run_id, round_, n_train, fit_s, search_s, _now()),
+            )
+
+    def close_round(self, run_id: int, round_: int, *, eval_s: float, hypervolume: float | None) -> None:
+        with self._tx() as c:
+            c.execute(
+                "UPDATE rounds SET eval_s=?, hypervolume=? WHERE run_id=? AND round=?",
+                (eval_s, hypervolume, run_id, round_),
+            )
+
+    def rounds(self, run_id: int) -> list[dict]:
+        return [dict(r) for r in self._conn.execute("SELECT * FROM rounds WHERE run_id=? ORDER BY round", (run_id,))]

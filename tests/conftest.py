@@ -1,0 +1,100 @@
+"""Shared fixtures: tiny random-weight models built from a small config, and real text."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from evoprune.backend.data import load_text
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Importance scores are cached per test session, never in the user's home."""
+    monkeypatch.setenv("EVOPRUNE_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "evoprune-cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+
+
+def build_tokenizer():
+    """A byte-level BPE tokenizer trained in a second on Python's help texts."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=384, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=["<s>", "</s>"]
+    )
+    tok.train_from_iterator([load_text("builtin").text[:200_000]], trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>")
+
+
+TINY_CONFIGS = {
+    "llama": dict(num_attention_heads=4, num_key_value_heads=2),
+    "mistral": dict(num_attention_heads=4, num_key_value_heads=2),
+    "qwen2": dict(num_attention_heads=4, num_key_value_heads=2),
+    "qwen3": dict(num_attention_heads=4, num_key_value_heads=2),
+    "llama-mha": dict(num_attention_heads=4, num_key_value_heads=4),
+}
+
+
+def build_tiny_model(family: str = "llama", seed: int = 0, num_layers: int = 4, vocab_size: int = 384):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    model_type = family.split("-")[0]
+    config = AutoConfig.for_model(
+        model_type,
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=num_layers,
+        head_dim=16,
+        max_position_embeddings=512,
+        tie_word_embeddings=family == "llama",
+        **TINY_CONFIGS[family],
+    )
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    # Random init is too tame for masking errors to show: scale weights up a little.
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.mul_(4.0)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    return build_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_tokenizer) -> Path:
+    """A tiny Llama saved as a plain transformers directory, loadable by path."""
+    path = tmp_path_factory.mktemp("tiny-llama")
+    build_tiny_model("llama").save_pretrained(path)
+    tiny_tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def text_file(tmp_path_factory) -> Path:
+    """Real English text for evaluation: WikiText-2 valid when present, else Python's help texts."""
+    wiki = SHARED_DATA / "wikitext-2" / "valid.txt"
+    path = tmp_path_factory.mktemp("data") / "calib.txt"
+    text = wiki.read_text(encoding="utf-8")[:120_000] if wiki.exists() else load_text("builtin").text[:120_000]
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def cli_env() -> dict:
+    env = dict(os.environ)
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    return env

@@ -1,0 +1,140 @@
+"""Encoding, exact parameter counts, and masked evaluation against physically pruned models."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from evoprune.backend.adapters import adapter_for
+from evoprune.backend.data import TextSource, token_windows
+from evoprune.backend.evaluate import perplexity
+from evoprune.backend.importance import compute_importance
+from evoprune.backend.loading import LoadedModel, ModelSource, model_fingerprint
+from evoprune.backend.masking import MaskedModel
+from evoprune.backend.plan import resolve_plan
+from evoprune.backend.pruner import BackendSettings, PruningBackend
+from evoprune.backend.slicing import slice_model
+from evoprune.errors import EvopruneError
+from evoprune.space import SearchSpace
+from tests.conftest import TINY_CONFIGS, build_tiny_model
+
+FAMILIES = list(TINY_CONFIGS)
+
+
+def _space(model, head_unit="query_head", mlp_levels=4, **kw) -> SearchSpace:
+    arch = adapter_for(model.config).arch_spec(model.config)
+    return SearchSpace(arch, head_unit=head_unit, mlp_levels=mlp_levels, **kw)
+
+
+def _configs(space: SearchSpace, n: int, seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    L = space.num_layers
+    out = [space.lower.copy(), space.upper.copy()]
+    # Every layer pruned in attention and MLP, one attention and one MLP removed entirely.
+    x = np.concatenate([np.full(L, 1), np.full(L, 1)])
+    x[0], x[L + 1] = space.attn_levels, space.mlp_levels
+    out.append(np.minimum(x, space.upper))
+    out += [rng.integers(space.lower, space.upper + 1) for _ in range(n)]
+    return out
+
+
+def test_dense_params_match_the_real_model():
+    for family in FAMILIES:
+        model = build_tiny_model(family)
+        space = _space(model)
+        assert space.params(space.lower) == sum(p.numel() for p in model.parameters()), family
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("head_unit", ["query_head", "kv_group"])
+def test_param_count_and_logits_match_a_physically_sliced_model(family, head_unit):
+    model = build_tiny_model(family, seed=1)
+    space = _space(model, head_unit=head_unit)
+    adapter = adapter_for(model.config)
+    tokens = torch.randint(0, model.config.vocab_size, (2, 24), generator=torch.Generator().manual_seed(0))
+    importance, _ = compute_importance(model, adapter.layers(model), tokens, space.arch.head_dim, "magnitude")
+    masked = MaskedModel(model, adapter.layers(model), space.arch.num_heads, space.arch.head_dim)
+    for x in _configs(space, 4, seed=2):
+        plans = resolve_plan(space, x, importance)
+        pruned = copy.deepcopy(model)
+        masked.remove()  # hooks must not travel with the copy
+        pruned = slice_model(pruned, adapter.layers(pruned), plans, space.arch.head_dim)
+        masked = MaskedModel(model, adapter.layers(model), space.arch.num_heads, space.arch.head_dim)
+        assert sum(p.numel() for p in pruned.parameters()) == space.params(x)
+        masked.apply(plans)
+        with torch.inference_mode():
+            got = model(input_ids=tokens).logits
+            want = pruned(input_ids=tokens).logits
+        masked.reset()
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    # After reset the model is the dense one again.
+    with torch.inference_mode():
+        torch.testing.assert_close(
+            model(input_ids=tokens).logits, build_tiny_model(family, seed=1)(input_ids=tokens).logits
+        )
+
+
+def test_levels_map_to_monotone_widths():
+    model = build_tiny_model("llama")
+    space = _space(model, mlp_levels=8, mlp_multiple=8)
+    widths = [space.kept_mlp_channels(lv) for lv in range(space.mlp_levels + 1)]
+    assert widths[0] == 96 and widths[-1] == 0
+    assert all(a > b for a, b in zip(widths, widths[1:], strict=False))
+    assert all(w % 8 == 0 for w in widths)
+    heads = [space.attn_heads(lv) for lv in range(space.attn_levels + 1)]
+    assert heads[0] == (4, 2) and heads[-1] == (0, 0)
+    # query_head under GQA keeps every KV head until the last query head goes
+    assert all(kv == 2 for q, kv in heads[:-1])
+
+
+def test_params_matrix_equals_per_row_count():
+    model = build_tiny_model("qwen2")
+    space = _space(model)
+    X = np.array(_configs(space, 20, seed=5))
+    assert space.params_matrix(X).tolist() == [space.params(x) for x in X]
+
+
+def test_invalid_levels_are_rejected_with_a_clear_message():
+    space = _space(build_tiny_model("llama"))
+    x = space.lower.copy()
+    x[space.num_layers + 2] = space.mlp_levels + 1
+    with pytest.raises(EvopruneError, match="MLP of layer 2 is outside the space"):
+        space.params(x)
+    with pytest.raises(EvopruneError, match="needs 8 levels"):
+        space.params([0, 1])
+
+
+def test_search_space_round_trips_through_a_dict():
+    space = _space(build_tiny_model("qwen3"), head_unit="kv_group", frozen_layers=(0,))
+    again = SearchSpace.from_dict(space.to_dict())
+    assert again == space and again.fingerprint() == space.fingerprint()
+    assert space.upper[0] == 0 and space.upper[space.num_layers] == 0
+
+
+@pytest.mark.parametrize("criterion", ["magnitude", "wanda", "taylor"])
+def test_backend_masked_perplexity_equals_the_sliced_model(criterion, tiny_tokenizer, text_file):
+    model = build_tiny_model("llama", seed=3)
+    loaded = LoadedModel(ModelSource("tiny", "dir", "tiny"), model, tiny_tokenizer, model_fingerprint(model))
+    text = TextSource(str(text_file), text_file.read_text())
+    settings = BackendSettings(criterion=criterion, eval_tokens=256, calib_tokens=256, seq_len=64, mlp_levels=4)
+    backend = PruningBackend(loaded, text, settings)
+    x = _configs(backend.space, 0, seed=0)[2]
+    masked = backend.evaluate(x)
+    assert masked.ok and np.isfinite(masked.metrics["ppl"])
+    pruned = backend.sliced_copy(x)
+    assert perplexity(pruned, backend.eval_windows) == pytest.approx(masked.metrics["ppl"], rel=1e-5)
+    dense = backend.evaluate(backend.space.lower)
+    assert dense.metrics["ppl"] == pytest.approx(perplexity(model, backend.eval_windows), rel=1e-6)
+
+
+def test_token_windows_skip_and_shape(tiny_tokenizer, text_file):
+    text = text_file.read_text()
+    a = token_windows(tiny_tokenizer, text, 256, 64)
+    b = token_windows(tiny_tokenizer, text, 256, 64, skip_tokens=256)
+    assert a.shape == b.shape == (4, 64)
+    assert not torch.equal(a, b)
+    with pytest.raises(EvopruneError, match="only"):
+        token_windows(tiny_tokenizer, text[:500], 10_000, 64)
