@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 
 from evoprune.backend.pruner import BackendSettings, PruningBackend
 from evoprune.errors import EvopruneError
+from evoprune.export import export_pruned, load_pruned
 from evoprune.pareto import ParetoPoint, pareto_front
 from evoprune.search import ActiveLearningSearch, SearchResult, SearchSettings, prepare_backend, search
 from evoprune.space import ArchSpec, SearchSpace
@@ -29,6 +30,8 @@ __all__ = [
     "SearchSettings",
     "SearchSpace",
     "Store",
+    "export_pruned",
+    "load_pruned",
     "pareto_front",
     "prepare_backend",
     "search",

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from evoprune.backend.pruner import BackendSettings
 from evoprune.errors import EvopruneError
-from evoprune.pareto import ParetoPoint, pareto_front
+from evoprune.pareto import ParetoPoint, pareto_front, pick_evaluation
 from evoprune.search import SearchSettings, search
 from evoprune.store import Store
 
@@ -216,6 +216,92 @@ def pareto_command(
         out_console.print(_pareto_table(points, f"Pareto front of run {r.id} ({r.model})"))
 
 
+@app.command("export")
+def export_command(
+    store: Path = typer.Option(..., "--store", "-s", help="SQLite pair store written by 'evoprune search'."),
+    out: Path = typer.Option(..., "--out", "-o", help="Directory to write the pruned model to."),
+    pick: str = typer.Option("knee", "--pick", help="Evaluation id, knee, or best (under --max-params)."),
+    max_params: float | None = typer.Option(None, "--max-params", help="Budget for --pick best (kept fraction)."),
+    run: int | None = typer.Option(None, "--run", help="Run id (default: the latest run)."),
+    force: bool = typer.Option(False, "--force", help="Write into a non-empty --out directory."),
+    as_json: bool = typer.Option(False, "--json", help="Print what was written as JSON."),
+) -> None:
+    """Write a picked configuration as a physically pruned model that plain transformers loads."""
+    from evoprune.export import backend_for_run, check_target, export_pruned
+
+    try:
+        check_target(out, force)
+        with Store.open_existing(store) as st:
+            r = st.get_run(run)
+            chosen = pick_evaluation(st, r, pick, max_params)
+        with _SearchProgress(err_console) as progress:
+            backend = backend_for_run(r, progress)
+            progress("phase", name=f"writing {out}")
+            result = export_pruned(
+                backend,
+                chosen.levels,
+                out,
+                force=force,
+                metadata={"store": str(store), "run": r.id, "evaluation": chosen.id, "metrics": chosen.metrics},
+            )
+    except EvopruneError as exc:
+        _fail(str(exc))
+    summary = {
+        "out": str(result.path),
+        "evaluation": chosen.id,
+        "params": result.params,
+        "params_fraction": result.params_fraction,
+        "metrics": chosen.metrics,
+    }
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+    else:
+        out_console.print(
+            f"wrote evaluation {chosen.id} ({result.params / 1e6:.2f}M parameters, "
+            f"{100 * result.params_fraction:.1f}% kept, ppl {chosen.metrics.get('ppl', float('nan')):.2f}) to {out}\n"
+            f"load it with AutoModelForCausalLM.from_pretrained('{out}', trust_remote_code=True) "
+            f"or evoprune.load_pruned('{out}')"
+        )
+
+
+@app.command("measure")
+def measure_command(
+    model: str = typer.Option(..., "--model", "-m", help="An 'evoprune export' directory, or any supported model."),
+    seq_len: int = typer.Option(256, "--seq-len", help="Tokens per forward pass."),
+    batch: int = typer.Option(1, "--batch", help="Sequences per forward pass."),
+    repeats: int = typer.Option(15, "--repeats", help="Timed forward passes (the median is reported)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Time a real model's forward pass and weigh it; for exports, next to the cost model's prediction."""
+    from evoprune.measure import measure
+
+    if min(seq_len, batch, repeats) < 1:
+        _fail("--seq-len, --batch and --repeats must be at least 1")
+    try:
+        with _SearchProgress(err_console) as progress:
+            progress("phase", name=f"measuring {model}")
+            report = measure(model, seq_len=seq_len, batch=batch, repeats=repeats)
+    except EvopruneError as exc:
+        _fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    table = Table(title=f"{model}: forward of {batch} x {seq_len} tokens", title_justify="left")
+    table.add_column("figure")
+    table.add_column("measured", justify="right")
+    table.add_column("predicted", justify="right")
+    pred = report.get("predicted", {})
+    table.add_row("parameters", f"{report['params'] / 1e6:.2f}M", _fmt_scaled(pred.get("params"), 1e6, "M"))
+    table.add_row("weight memory", f"{report['weight_bytes'] / 2**20:.1f} MiB",
+                  _fmt_scaled(pred.get("weight_bytes"), 2**20, " MiB", 1))  # fmt: skip
+    table.add_row("latency", f"{report['latency_ms']:.1f} ms", _fmt_scaled(pred.get("latency_ms"), 1, " ms", 1))
+    out_console.print(table)
+
+
+def _fmt_scaled(value, scale: float, unit: str, digits: int = 2) -> str:
+    return "-" if value is None else f"{value / scale:.{digits}f}{unit}"
+
+
 @app.command("runs")
 def runs_command(store: Path = typer.Option(..., "--store", "-s", help="SQLite pair store.")) -> None:
     """List the runs in a store with their evaluation counts."""
@@ -231,6 +317,81 @@ def runs_command(store: Path = typer.Option(..., "--store", "-s", help="SQLite p
     except EvopruneError as exc:
         _fail(str(exc))
     out_console.print(table)
+
+
+surrogate_app = typer.Typer(help="Judge the surrogate models on the real evaluations in a store.", no_args_is_help=True)
+app.add_typer(surrogate_app, name="surrogate")
+
+
+def _fmt(value: float | None, spec: str = ".3f") -> str:
+    return "-" if value is None or value != value else format(value, spec)
+
+
+@surrogate_app.command("report")
+def surrogate_report_command(
+    store: Path = typer.Option(..., "--store", "-s", help="SQLite pair store written by 'evoprune search'."),
+    run: int | None = typer.Option(None, "--run", help="Run id (default: the latest run)."),
+    folds: int = typer.Option(5, "--folds", "-k", help="Cross-validation folds."),
+    names: str | None = typer.Option(
+        None, "--surrogates", help="Comma-separated surrogate names (default: every registered surrogate)."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed of the fold split and of the surrogates."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Cross-validate every surrogate on a run's successful evaluations (target: log perplexity).
+
+    Per surrogate: Kendall tau over all pairs and within equal-cost groups (pairs binned by kept
+    parameter fraction, bins 5% wide; mean over bins with at least 3 pairs, weighted by pairs),
+    Spearman rho, RMSE, Gaussian NLL, coverage of the 90% interval, seconds per fit. Also scores
+    the predictions the search recorded for each candidate before evaluating it.
+
+    Features: the search's own (levels, importance removed per sub-layer, kept fraction) when the
+    run's importance scores are in the cache ($EVOPRUNE_CACHE_DIR or ~/.cache/evoprune, as on the
+    machine that ran the search); otherwise the levels and the exact kept parameter fraction,
+    which the store alone gives. The report says which it used.
+    """
+    from evoprune.surrogate_report import cached_feature_map, surrogate_report
+
+    try:
+        with Store.open_existing(store) as st:
+            r = st.get_run(run)
+            chosen = [n.strip() for n in names.split(",") if n.strip()] if names is not None else None
+            report = surrogate_report(st, r, chosen, folds=folds, seed=seed, featurize=cached_feature_map(r))
+    except EvopruneError as exc:
+        _fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+        return
+    table = Table(
+        title=f"Surrogates on run {report.run_id} ({report.model}): {report.n_pairs} pairs, {report.folds}-fold CV",
+        title_justify="left",
+        caption=f"features: {report.features}",
+        caption_justify="left",
+    )
+    for col in ("surrogate", "tau", "tau in cost bins", "bins", "rho", "RMSE", "NLL", "90% cover", "fit s"):
+        table.add_column(col, justify="left" if col == "surrogate" else "right")
+    rows = [(s.name, s) for s in report.scores]
+    if report.recorded:
+        rows.append((f"search's own ({report.recorded_surrogate}, {report.recorded['n']} acquired)", None))
+    for label, s in rows:
+        if s is not None and s.error:
+            table.add_row(label, f"[red]failed: {s.error}", *[""] * 7)
+            continue
+        d = vars(s) if s is not None else {**report.recorded, "fit_s": None}
+        table.add_row(
+            label,
+            _fmt(d["kendall_tau"]),
+            _fmt(d["within_cost_tau"]),
+            str(d["cost_bins"]),
+            _fmt(d["spearman_rho"]),
+            _fmt(d["rmse"]),
+            _fmt(d["nll"], ".2f"),
+            _fmt(d["coverage90"], ".0%"),
+            _fmt(d["fit_s"], ".2f"),
+        )
+    out_console.print(table)
+    for note in report.notes:
+        err_console.print(f"note: {note}")
 
 
 def main() -> None:

@@ -25,9 +25,7 @@ from pymoo.operators.repair.rounding import RoundingRepair
 from pymoo.optimize import minimize
 
 from evoprune.acquisition import ACQUISITIONS, select_batch
-from evoprune.backend.data import load_text
-from evoprune.backend.loading import load_config, load_model, resolve_model
-from evoprune.backend.pruner import BackendSettings, PruningBackend
+from evoprune.backend.pruner import BackendSettings, PruningBackend, load_backend
 from evoprune.design import initial_design, intensity_sample
 from evoprune.errors import EvopruneError
 from evoprune.features import FeatureMap
@@ -76,12 +74,7 @@ class SearchSettings:
             )
         if self.acquisition not in ACQUISITIONS:
             raise EvopruneError(f"acquisition {self.acquisition!r} is unknown: use one of {', '.join(ACQUISITIONS)}")
-        b = self.backend
-        for name in ("eval_tokens", "calib_tokens", "seq_len", "batch_size"):
-            if getattr(b, name) < 1:
-                raise EvopruneError(f"{name.replace('_', '-')} must be at least 1, got {getattr(b, name)}")
-        if b.eval_tokens < b.seq_len or b.calib_tokens < b.seq_len:
-            raise EvopruneError(f"token counts must be at least one window of --seq-len {b.seq_len} tokens")
+        self.backend.validate()
 
     def identity(self) -> dict:
         """The settings that define a run (a larger ``evals`` continues the same run)."""
@@ -313,19 +306,9 @@ class ActiveLearningSearch:
 
 
 def prepare_backend(model: str, data: str, settings: SearchSettings, progress: ProgressFn = _noop) -> PruningBackend:
-    """Validate input, load model and data, and score importance; raises EvopruneError on bad input."""
+    """Validate the search settings, then load model and data and score importance."""
     settings.validate()
-    source = resolve_model(model)
-    text = load_text(data)
-    if source.kind in ("zoo", "hub"):
-        progress("phase", name=f"fetching {model}")
-    load_config(source)
-    progress("phase", name="loading model")
-    loaded = load_model(source)
-    backend = PruningBackend(loaded, text, settings.backend)
-    progress("phase", name=f"scoring importance ({settings.backend.criterion})")
-    backend.score()
-    return backend
+    return load_backend(model, data, settings.backend, progress)
 
 
 def search(

@@ -40,6 +40,7 @@ class ArchSpec:
     norm_params: int = 0  # parameters of one normalization layer
     qk_norm_params: int = 0  # per-head q/k norms (Qwen3): independent of the number of heads
     extra_fixed_params: int = 0  # e.g. learned position embeddings
+    embed_dim: int = 0  # token embedding width when it differs from hidden_size (OPT); 0 = hidden_size
 
     @property
     def queries_per_group(self) -> int:
@@ -47,8 +48,9 @@ class ArchSpec:
 
     def fixed_params(self) -> int:
         """Parameters outside the decoder layers: embeddings, final norm, untied LM head."""
-        embed = self.vocab_size * self.hidden_size
-        head = 0 if self.tie_word_embeddings else self.vocab_size * self.hidden_size
+        width = self.embed_dim or self.hidden_size
+        embed = self.vocab_size * width
+        head = 0 if self.tie_word_embeddings else self.vocab_size * width
         return embed + head + self.norm_params + self.extra_fixed_params
 
     def attention_params(self, q_heads: int, kv_heads: int) -> int:

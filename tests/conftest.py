@@ -42,6 +42,7 @@ TINY_CONFIGS = {
     "qwen2": dict(num_attention_heads=4, num_key_value_heads=2),
     "qwen3": dict(num_attention_heads=4, num_key_value_heads=2),
     "llama-mha": dict(num_attention_heads=4, num_key_value_heads=4),
+    "opt": dict(num_attention_heads=4),
 }
 
 
@@ -49,15 +50,18 @@ def build_tiny_model(family: str = "llama", seed: int = 0, num_layers: int = 4, 
     from transformers import AutoConfig, AutoModelForCausalLM
 
     model_type = family.split("-")[0]
+    sizes = (
+        dict(ffn_dim=96, word_embed_proj_dim=64)
+        if model_type == "opt"
+        else dict(intermediate_size=96, head_dim=16, tie_word_embeddings=family == "llama")
+    )
     config = AutoConfig.for_model(
         model_type,
         vocab_size=vocab_size,
         hidden_size=64,
-        intermediate_size=96,
         num_hidden_layers=num_layers,
-        head_dim=16,
         max_position_embeddings=512,
-        tie_word_embeddings=family == "llama",
+        **sizes,
         **TINY_CONFIGS[family],
     )
     torch.manual_seed(seed)

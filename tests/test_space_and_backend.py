@@ -56,13 +56,13 @@ def test_param_count_and_logits_match_a_physically_sliced_model(family, head_uni
     adapter = adapter_for(model.config)
     tokens = torch.randint(0, model.config.vocab_size, (2, 24), generator=torch.Generator().manual_seed(0))
     importance, _ = compute_importance(model, adapter.layers(model), tokens, space.arch.head_dim, "magnitude")
-    masked = MaskedModel(model, adapter.layers(model), space.arch.num_heads, space.arch.head_dim)
+    masked = MaskedModel(model, adapter, space.arch.num_heads, space.arch.head_dim)
     for x in _configs(space, 4, seed=2):
         plans = resolve_plan(space, x, importance)
         pruned = copy.deepcopy(model)
         masked.remove()  # hooks must not travel with the copy
-        pruned = slice_model(pruned, adapter.layers(pruned), plans, space.arch.head_dim)
-        masked = MaskedModel(model, adapter.layers(model), space.arch.num_heads, space.arch.head_dim)
+        pruned = slice_model(pruned, adapter, plans, space.arch.head_dim)
+        masked = MaskedModel(model, adapter, space.arch.num_heads, space.arch.head_dim)
         assert sum(p.numel() for p in pruned.parameters()) == space.params(x)
         masked.apply(plans)
         with torch.inference_mode():
@@ -138,3 +138,55 @@ def test_token_windows_skip_and_shape(tiny_tokenizer, text_file):
     assert not torch.equal(a, b)
     with pytest.raises(EvopruneError, match="only"):
         token_windows(tiny_tokenizer, text[:500], 10_000, 64)
+
+
+def test_kl_is_exact_with_the_full_vocabulary_and_a_lower_bound_with_top_k(tiny_tokenizer, text_file):
+    import torch.nn.functional as F
+
+    from evoprune.backend.evaluate import dense_reference, quality
+
+    dense = build_tiny_model("llama", seed=11)
+    pruned_model = build_tiny_model("llama", seed=11)
+    adapter = adapter_for(pruned_model.config)
+    space = _space(pruned_model)
+    importance, _ = compute_importance(
+        pruned_model, adapter.layers(pruned_model), torch.randint(0, 384, (1, 32)), 16, "magnitude"
+    )
+    x = _configs(space, 0, seed=0)[2]
+    pruned_model = slice_model(pruned_model, adapter, resolve_plan(space, x, importance), 16)
+    windows = token_windows(tiny_tokenizer, text_file.read_text(), 128, 64)
+    with torch.inference_mode():
+        p = F.log_softmax(dense(input_ids=windows).logits[:, :-1].float(), -1)
+        q = F.log_softmax(pruned_model(input_ids=windows).logits[:, :-1].float(), -1)
+    exact = float((p.exp() * (p - q)).sum(-1).mean())
+    full = quality(pruned_model, windows, dense_reference(dense, windows, k=384))
+    top = quality(pruned_model, windows, dense_reference(dense, windows, k=8))
+    itself = quality(dense, windows, dense_reference(dense, windows, k=8))
+    assert full["kl"] == pytest.approx(exact, rel=1e-4)
+    assert 0 < top["kl"] <= exact + 1e-6
+    assert itself["kl"] == pytest.approx(0, abs=1e-5)
+    assert full["ppl"] == pytest.approx(float(torch.exp(-q.gather(-1, windows[:, 1:, None]).mean())), rel=1e-5)
+
+
+def test_importance_is_computed_once_per_model_data_and_criterion(tiny_tokenizer, text_file, monkeypatch):
+    from evoprune.backend import importance as importance_module
+
+    calls = []
+    original = importance_module.CRITERIA["wanda"]
+    monkeypatch.setitem(importance_module.CRITERIA, "wanda", lambda *a: calls.append(1) or original(*a))
+    model = build_tiny_model("llama", seed=5)
+    text = TextSource(str(text_file), text_file.read_text())
+    settings = BackendSettings(eval_tokens=128, calib_tokens=128, seq_len=64)
+
+    def backend(m):
+        return PruningBackend(LoadedModel(ModelSource("t", "dir", "t"), m, tiny_tokenizer, model_fingerprint(m)), text, settings)
+
+    first = backend(model)
+    first.score()
+    second = backend(build_tiny_model("llama", seed=5))  # same weights, new process-like object
+    second.score()
+    assert calls == [1] and not first.importance_cached and second.importance_cached
+    np.testing.assert_array_equal(first.importance.mlp, second.importance.mlp)
+    other = backend(build_tiny_model("llama", seed=6))  # other weights: scored again
+    other.score()
+    assert calls == [1, 1] and not other.importance_cached

@@ -1,81 +1,117 @@
-"""Evaluate a configuration on the dense model in place: masks on the inputs of ``o`` and ``down``.
+"""Evaluate a configuration on the dense model in place, without copying it.
 
-Zeroing a head's slice of the ``o`` projection input is exactly removing that head (heads are
-independent until ``o``), and zeroing a channel at the input of ``down`` is exactly removing the
-channel. A removed sub-layer also drops its output bias. No weights are copied or changed.
+While a configuration is applied, each pruned projection of the model is swapped for an
+``IndexedLinear`` that gathers the kept rows or columns of the *original* weight at call time
+(one layer's worth of memory at a time) and runs a matmul of exactly the shape the physically
+pruned model runs. The result equals the exported model's to the last bit, where zero masks
+would differ in float rounding, and pruned configurations evaluate faster than the dense one.
+Removed sub-layers are swapped for stand-ins that add nothing. ``reset`` restores every module
+and attribute; no weight is ever written.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
-from evoprune.backend.adapters import LayerParts
+from evoprune.backend.adapters import Adapter, LayerParts
 from evoprune.backend.plan import LayerPlan
+
+# Attributes that the families' setters change on attention and MLP modules.
+_ATTRIBUTES = ("num_heads", "num_key_value_groups", "num_key_value_heads", "intermediate_size")
+
+
+class IndexedLinear(nn.Module):
+    """A view of a linear layer restricted to some output rows and/or input columns."""
+
+    def __init__(self, base: nn.Linear, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None):
+        super().__init__()
+        self._base = (base,)  # a tuple, so the dense weights are not registered twice
+        self.rows = rows
+        self.cols = cols
+        self.in_features = base.in_features if cols is None else len(cols)
+        self.out_features = base.out_features if rows is None else len(rows)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        base = self._base[0]
+        weight, bias = base.weight, base.bias
+        if self.rows is not None:
+            weight = weight.index_select(0, self.rows)
+            bias = bias.index_select(0, self.rows) if bias is not None else None
+        if self.cols is not None:
+            weight = weight.index_select(1, self.cols)
+        return F.linear(x, weight, bias)
+
+
+def _features(units, size: int) -> torch.Tensor:
+    return torch.tensor([u * size + j for u in units for j in range(size)], dtype=torch.long)
+
+
+class _Snapshot:
+    """The submodules and width attributes of some modules, to put back later."""
+
+    def __init__(self, modules: list[nn.Module]):
+        self.saved = [
+            (m, dict(m._modules), {a: m.__dict__[a] for a in _ATTRIBUTES if a in m.__dict__}) for m in modules
+        ]
+
+    def restore(self) -> None:
+        for module, children, attrs in self.saved:
+            module._modules.clear()
+            module._modules.update(children)
+            for name in _ATTRIBUTES:
+                module.__dict__.pop(name, None)
+            module.__dict__.update(attrs)
 
 
 class MaskedModel:
-    """Installs masking hooks on a model; ``apply(plans)`` switches configurations cheaply."""
+    """Applies configurations to a model in place; ``reset`` brings the dense model back."""
 
-    def __init__(self, model, layers: list[LayerParts], num_heads: int, head_dim: int):
+    def __init__(self, model, adapter: Adapter, num_heads: int, head_dim: int):
         self.model = model
-        self.layers = layers
+        self.adapter = adapter
+        self.layers: list[LayerParts] = adapter.layers(model)
         self.num_heads = num_heads
         self.head_dim = head_dim
-        dtype = next(model.parameters()).dtype
-        self._head_masks = [torch.ones(num_heads * head_dim, dtype=dtype) for _ in layers]
-        self._channel_masks = [torch.ones(p.down.in_features, dtype=dtype) for p in layers]
-        self._attn_active = [True] * len(layers)
-        self._mlp_active = [True] * len(layers)
-        self._attn_masked = [False] * len(layers)
-        self._mlp_masked = [False] * len(layers)
-        self._handles = []
-        for i, p in enumerate(layers):
-            self._handles += [
-                p.o.register_forward_pre_hook(self._pre_hook(self._head_masks, self._attn_masked, i)),
-                p.down.register_forward_pre_hook(self._pre_hook(self._channel_masks, self._mlp_masked, i)),
-                p.o.register_forward_hook(self._post_hook(self._attn_active, i)),
-                p.down.register_forward_hook(self._post_hook(self._mlp_active, i)),
-            ]
-
-    @staticmethod
-    def _pre_hook(masks, masked, i):
-        def fn(_module, args):
-            if masked[i]:
-                return (args[0] * masks[i],)
-            return None
-
-        return fn
-
-    @staticmethod
-    def _post_hook(active, i):
-        def fn(_module, _args, output):
-            if not active[i]:
-                return torch.zeros_like(output)
-            return None
-
-        return fn
+        self._snapshots: list[_Snapshot] = []
 
     def apply(self, plans: list[LayerPlan]) -> None:
-        for i, plan in enumerate(plans):
-            head_mask = torch.zeros(self.num_heads, dtype=self._head_masks[i].dtype)
-            head_mask[list(plan.q_heads)] = 1
-            self._head_masks[i].copy_(head_mask.repeat_interleave(self.head_dim))
-            self._attn_masked[i] = len(plan.q_heads) < self.num_heads
-            self._attn_active[i] = not plan.attn_removed
-            channel_mask = self._channel_masks[i]
-            channel_mask.zero_()
-            channel_mask[list(plan.mlp_channels)] = 1
-            self._mlp_masked[i] = len(plan.mlp_channels) < channel_mask.numel()
-            self._mlp_active[i] = not plan.mlp_removed
+        self.reset()
+        family = self.adapter.family
+        for parts, plan in zip(self.layers, plans, strict=True):
+            layer = parts.layer
+            attn_changed = plan.attn_removed or len(plan.q_heads) < self.num_heads
+            mlp_changed = plan.mlp_removed or len(plan.mlp_channels) < parts.down.in_features
+            if not (attn_changed or mlp_changed):
+                continue
+            owners = [layer] + [m for m in (getattr(layer, "self_attn", None), getattr(layer, "mlp", None)) if m]
+            self._snapshots.append(_Snapshot(owners))
+            if plan.attn_removed:
+                family.remove_attention(layer, parts.index)
+            elif attn_changed:
+                q_idx, kv_idx = _features(plan.q_heads, self.head_dim), _features(plan.kv_heads, self.head_dim)
+                linears = {
+                    "q": IndexedLinear(parts.q, rows=q_idx),
+                    "k": IndexedLinear(parts.k, rows=kv_idx),
+                    "v": IndexedLinear(parts.v, rows=kv_idx),
+                    "o": IndexedLinear(parts.o, cols=q_idx),
+                }
+                family.set_attention(layer, linears, len(plan.q_heads), len(plan.kv_heads))
+            if plan.mlp_removed:
+                family.remove_mlp(layer)
+            elif mlp_changed:
+                ch = torch.tensor(plan.mlp_channels, dtype=torch.long)
+                linears = {
+                    "gate": IndexedLinear(parts.gate, rows=ch) if parts.gate is not None else None,
+                    "up": IndexedLinear(parts.up, rows=ch),
+                    "down": IndexedLinear(parts.down, cols=ch),
+                }
+                family.set_mlp(layer, linears, len(plan.mlp_channels))
 
     def reset(self) -> None:
-        for i in range(len(self.layers)):
-            self._head_masks[i].fill_(1)
-            self._channel_masks[i].fill_(1)
-            self._attn_masked[i] = self._mlp_masked[i] = False
-            self._attn_active[i] = self._mlp_active[i] = True
+        while self._snapshots:
+            self._snapshots.pop().restore()
 
     def remove(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles = []
+        self.reset()

@@ -10,18 +10,25 @@ from dataclasses import dataclass
 import torch
 
 from evoprune.backend.adapters import adapter_for
-from evoprune.backend.data import TextSource, token_windows
-from evoprune.backend.evaluate import perplexity
-from evoprune.backend.importance import Importance, compute_importance, importance_cache_key
-from evoprune.backend.loading import LoadedModel
+from evoprune.backend.data import TextSource, load_text, token_windows
+from evoprune.backend.evaluate import DenseReference, dense_reference, quality
+from evoprune.backend.importance import CRITERIA, Importance, compute_importance, importance_cache_key
+from evoprune.backend.loading import LoadedModel, load_config, load_model, resolve_model
 from evoprune.backend.masking import MaskedModel
 from evoprune.backend.plan import LayerPlan, resolve_plan
 from evoprune.backend.slicing import slice_model
+from evoprune.errors import EvopruneError
 from evoprune.space import SearchSpace
 
 
 @dataclass(frozen=True)
 class BackendSettings:
+    """How configurations are scored, measured and encoded.
+
+    ``calib_data`` is the text importance is scored on; ``None`` uses the evaluation text,
+    with windows that do not overlap the evaluation windows.
+    """
+
     criterion: str = "wanda"
     eval_tokens: int = 1024
     calib_tokens: int = 2048
@@ -31,6 +38,17 @@ class BackendSettings:
     attn_levels: int = 0
     mlp_levels: int = 8
     mlp_multiple: int = 1
+    calib_data: str | None = None
+    kl_top_k: int = 32
+
+    def validate(self) -> None:
+        for name in ("eval_tokens", "calib_tokens", "seq_len", "batch_size", "kl_top_k"):
+            if getattr(self, name) < 1:
+                raise EvopruneError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.eval_tokens < self.seq_len or self.calib_tokens < self.seq_len:
+            raise EvopruneError(f"token counts must be at least one window of --seq-len {self.seq_len} tokens")
+        if self.criterion not in CRITERIA:
+            raise EvopruneError(f"importance criterion {self.criterion!r} is unknown: use one of {', '.join(CRITERIA)}")
 
 
 @dataclass
@@ -44,11 +62,18 @@ class Measurement:
 
 
 class PruningBackend:
-    """Loads nothing itself: give it a loaded model and text; it scores, masks and evaluates."""
+    """Give it a loaded model and text; it scores, masks, evaluates and slices."""
 
-    def __init__(self, loaded: LoadedModel, text: TextSource, settings: BackendSettings):
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        text: TextSource,
+        settings: BackendSettings,
+        calib_text: TextSource | None = None,
+    ):
         self.loaded = loaded
         self.text = text
+        self.calib_text = calib_text
         self.settings = settings
         model = loaded.model
         self.adapter = adapter_for(model.config)
@@ -60,20 +85,26 @@ class PruningBackend:
             mlp_levels=settings.mlp_levels,
             mlp_multiple=settings.mlp_multiple,
         )
-        # Evaluation windows come first in the text, calibration windows right after them,
-        # so importance is never scored on the tokens that judge the result.
-        self.eval_windows = token_windows(loaded.tokenizer, text.text, settings.eval_tokens, settings.seq_len)
-        self.calib_windows = token_windows(
-            loaded.tokenizer, text.text, settings.calib_tokens, settings.seq_len, skip_tokens=settings.eval_tokens
-        )
+        tok = loaded.tokenizer
+        self.eval_windows = token_windows(tok, text.text, settings.eval_tokens, settings.seq_len)
+        if calib_text is None:
+            # Calibration windows come right after the evaluation windows, so importance is
+            # never scored on the tokens that judge the result.
+            self.calib_windows = token_windows(
+                tok, text.text, settings.calib_tokens, settings.seq_len, skip_tokens=settings.eval_tokens
+            )
+        else:
+            self.calib_windows = token_windows(tok, calib_text.text, settings.calib_tokens, settings.seq_len)
         self.importance: Importance | None = None
         self.importance_cached = False
+        self._reference: DenseReference | None = None
         self._masked: MaskedModel | None = None
 
     @property
     def data_fingerprint(self) -> str:
         s = self.settings
-        return f"{self.text.fingerprint}:{s.eval_tokens}:{s.calib_tokens}:{s.seq_len}"
+        calib = self.calib_text.fingerprint if self.calib_text else "same"
+        return f"{self.text.fingerprint}:{calib}:{s.eval_tokens}:{s.calib_tokens}:{s.seq_len}"
 
     def score(self) -> Importance:
         """Compute (or load from the cache) the importance of every head and channel."""
@@ -94,32 +125,71 @@ class PruningBackend:
     def plan(self, x) -> list[LayerPlan]:
         return resolve_plan(self.space, x, self.score())
 
-    def evaluate(self, x) -> Measurement:
-        """Perplexity of configuration ``x`` on the evaluation windows, through masks."""
-        plans = self.plan(x)
+    def reference(self) -> DenseReference:
+        """The dense model's top-k log-probabilities on the evaluation windows (computed once)."""
+        if self._reference is None:
+            self._unmask()
+            self._reference = dense_reference(
+                self.loaded.model, self.eval_windows, self.settings.kl_top_k, self.settings.batch_size
+            )
+        return self._reference
+
+    def _masks(self) -> MaskedModel:
         if self._masked is None:
             arch = self.space.arch
-            self._masked = MaskedModel(
-                self.loaded.model, self.adapter.layers(self.loaded.model), arch.num_heads, arch.head_dim
-            )
+            self._masked = MaskedModel(self.loaded.model, self.adapter, arch.num_heads, arch.head_dim)
+        return self._masked
+
+    def _unmask(self) -> None:
+        if self._masked is not None:
+            self._masked.remove()
+            self._masked = None
+
+    def evaluate(self, x) -> Measurement:
+        """Perplexity and KL of configuration ``x`` on the evaluation windows, through masks."""
+        plans = self.plan(x)
+        reference = self.reference()
+        masked = self._masks()
         start = time.perf_counter()
         try:
-            self._masked.apply(plans)
-            ppl = perplexity(self.loaded.model, self.eval_windows, self.settings.batch_size)
-            error = None if math.isfinite(ppl) else "non-finite perplexity (the pruned model collapsed)"
+            masked.apply(plans)
+            metrics = quality(self.loaded.model, self.eval_windows, reference, self.settings.batch_size)
+            error = None
+            if not all(math.isfinite(v) for v in metrics.values()):
+                error = "non-finite perplexity or KL (the pruned model collapsed)"
         except (RuntimeError, MemoryError) as exc:
-            ppl, error = math.nan, f"{type(exc).__name__}: {exc}"
+            metrics, error = {}, f"{type(exc).__name__}: {exc}"
         finally:
-            self._masked.reset()
+            masked.reset()
         duration = time.perf_counter() - start
-        metrics = {"ppl": ppl} if error is None else {}
-        return Measurement(metrics=metrics, ok=error is None, error=error, duration_s=duration)
+        return Measurement(metrics=metrics if error is None else {}, ok=error is None, error=error, duration_s=duration)
 
     def sliced_copy(self, x) -> torch.nn.Module:
         """A physically pruned copy of the model (the dense one stays untouched)."""
         plans = self.plan(x)
-        if self._masked is not None:
-            self._masked.remove()
-            self._masked = None
+        self._unmask()  # hooks must not travel with the copy
         model = copy.deepcopy(self.loaded.model)
-        return slice_model(model, self.adapter.layers(model), plans, self.space.arch.head_dim)
+        return slice_model(model, self.adapter, plans, self.space.arch.head_dim)
+
+
+def load_backend(model: str, data: str, settings: BackendSettings, progress=None) -> PruningBackend:
+    """Resolve and load model and texts, check the architecture, and score importance.
+
+    Raises EvopruneError, before anything heavy happens where possible, on bad input.
+    """
+    progress = progress or (lambda *a, **k: None)
+    settings.validate()
+    source = resolve_model(model)
+    text = load_text(data)
+    calib = load_text(settings.calib_data) if settings.calib_data else None
+    if source.kind in ("zoo", "hub"):
+        progress("phase", name=f"fetching {model}")
+    load_config(source)
+    progress("phase", name="loading model")
+    loaded = load_model(source)
+    backend = PruningBackend(loaded, text, settings, calib)
+    progress("phase", name=f"scoring importance ({settings.criterion})")
+    backend.score()
+    progress("phase", name="dense reference")
+    backend.reference()
+    return backend

@@ -1,0 +1,137 @@
+"""Write a physically pruned model that plain transformers loads, and load it back.
+
+An export directory holds ``model.safetensors``, ``config.json`` (the base family's config plus
+``evoprune_layers``, the per-layer widths, and an ``auto_map`` to ``modeling_evoprune.py``),
+``modeling_evoprune.py`` (torch + transformers only), the tokenizer files and ``plan.json``.
+``AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)`` loads it anywhere;
+``load_pruned(dir)`` loads it with evoprune's own copy of the modeling code and runs no file
+from the directory.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from evoprune.backend import pruned_modeling
+from evoprune.backend.adapters import adapter_for
+from evoprune.backend.pruner import PruningBackend
+from evoprune.backend.slicing import layer_sizes
+from evoprune.errors import EvopruneError
+
+MODELING_FILE = "modeling_evoprune.py"
+PLAN_FILE = "plan.json"
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    path: Path
+    params: int
+    params_fraction: float
+    layers: list[dict]
+
+
+def check_target(out: Path, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise EvopruneError(f"export target '{out}' is a file: pass a directory path")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise EvopruneError(f"export target '{out}' exists and is not empty: choose another --out or pass --force")
+
+
+def _modeling_source(base_class_name: str) -> str:
+    source = Path(pruned_modeling.__file__).read_text(encoding="utf-8")
+    return (
+        source
+        + "\n\n# Added by evoprune export: the class transformers instantiates for this directory.\n"
+        + f"from transformers import {base_class_name} as _Base  # noqa: E402\n\n"
+        + "EvopruneForCausalLM = make_pruned_class(_Base)\n"
+    )
+
+
+def export_pruned(
+    backend: PruningBackend, x, out: str | Path, *, force: bool = False, metadata: dict | None = None
+) -> ExportResult:
+    """Slice configuration ``x`` out of the backend's model and write it to ``out``."""
+    out = Path(out)
+    space = backend.space
+    x = space.validate(np.asarray(x))
+    check_target(out, force)
+    plans = backend.plan(x)
+    sizes = layer_sizes(plans)
+    pruned = backend.sliced_copy(x)
+    config = pruned.config
+    base = backend.adapter.base_class_name(config)
+    config.evoprune_layers = sizes
+    config.auto_map = {"AutoModelForCausalLM": f"{MODELING_FILE[:-3]}.EvopruneForCausalLM"}
+    config.architectures = ["EvopruneForCausalLM"]
+    params = space.params(x)
+    plan = {
+        "levels": {"attn": x[: space.num_layers].tolist(), "mlp": x[space.num_layers :].tolist()},
+        "layers": sizes,
+        "params": params,
+        "params_fraction": params / space.arch.dense_params(),
+        "dense_params": space.arch.dense_params(),
+        "source_model": backend.loaded.source.spec,
+        "model_fingerprint": backend.loaded.fingerprint,
+        "space": space.to_dict(),
+        "backend": {k: v for k, v in vars(backend.settings).items()},
+        **(metadata or {}),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    pruned.save_pretrained(out, safe_serialization=True)
+    backend.loaded.tokenizer.save_pretrained(out)
+    (out / MODELING_FILE).write_text(_modeling_source(base), encoding="utf-8")
+    (out / PLAN_FILE).write_text(json.dumps(plan, indent=2), encoding="utf-8")
+    return ExportResult(out, params, plan["params_fraction"], sizes)
+
+
+def backend_for_run(run, progress=None) -> PruningBackend:
+    """Reload the model, data and importance a stored run was searched with, and check they match."""
+    from evoprune.backend.pruner import BackendSettings, load_backend
+
+    backend = load_backend(run.model, run.data, BackendSettings(**run.settings["backend"]), progress)
+    if backend.loaded.fingerprint != run.model_fingerprint:
+        raise EvopruneError(
+            f"model '{run.model}' is not the one run {run.id} searched (its weights or config changed): "
+            "export from the original model"
+        )
+    if backend.space.to_dict() != run.space:
+        raise EvopruneError(f"the search space of model '{run.model}' differs from run {run.id}'s: check the model")
+    return backend
+
+
+def load_pruned(path: str | Path, dtype=None):
+    """Load an evoprune export with evoprune's own modeling code (no code from ``path`` runs).
+
+    Returns ``(model, tokenizer)``.
+    """
+    import torch
+    import transformers
+    from transformers import AutoConfig, AutoTokenizer
+
+    from evoprune.backend.loading import quiet_transformers
+
+    quiet_transformers()
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise EvopruneError(f"'{path}' has no config.json: pass a directory written by 'evoprune export'")
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise EvopruneError(f"could not read '{path / 'config.json'}': {str(exc).splitlines()[0]}") from None
+    if not hasattr(config, "evoprune_layers"):
+        raise EvopruneError(f"'{path}' is not an evoprune export (config.json has no evoprune_layers)")
+    base = getattr(transformers, adapter_for(config).base_class_name(config))
+    cls = pruned_modeling.make_pruned_class(base)
+    try:
+        model = cls.from_pretrained(path, dtype=dtype or torch.float32)
+    except Exception as exc:  # noqa: BLE001 - safetensors and shape errors become one clear line
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise EvopruneError(
+            f"could not load the weights in '{path}' ({reason}): the export is corrupt or incomplete; export it again"
+        ) from None
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    return model.eval(), tokenizer

@@ -1,0 +1,126 @@
+"""Exports load in plain transformers and reproduce the masked model exactly."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from evoprune.backend.data import TextSource
+from evoprune.backend.loading import LoadedModel, ModelSource, model_fingerprint
+from evoprune.backend.pruner import BackendSettings, PruningBackend
+from evoprune.errors import EvopruneError
+from evoprune.export import export_pruned, load_pruned
+from tests.conftest import TINY_CONFIGS, build_tiny_model
+
+STANDALONE = Path(__file__).with_name("standalone_load.py")
+
+
+def _backend(family: str, tokenizer, text_file) -> PruningBackend:
+    model = build_tiny_model(family, seed=7)
+    loaded = LoadedModel(ModelSource(f"tiny-{family}", "dir", "tiny"), model, tokenizer, model_fingerprint(model))
+    settings = BackendSettings(eval_tokens=128, calib_tokens=128, seq_len=64, mlp_levels=4)
+    return PruningBackend(loaded, TextSource(str(text_file), text_file.read_text()), settings)
+
+
+def prune_everywhere(space) -> np.ndarray:
+    """Attention and MLP pruned in every layer; layer 0's attention and layer 1's MLP removed."""
+    L = space.num_layers
+    x = np.concatenate([np.full(L, 1), np.full(L, 1)])
+    x[0], x[L + 1] = space.attn_levels, space.mlp_levels
+    return space.validate(x)
+
+
+def masked_logits(backend: PruningBackend, x, tokens) -> torch.Tensor:
+    masks = backend._masks()
+    masks.apply(backend.plan(x))
+    try:
+        with torch.inference_mode():
+            return backend.loaded.model(input_ids=tokens).logits
+    finally:
+        masks.reset()
+
+
+def load_in_fresh_process(export_dir: Path, tokens: torch.Tensor, tmp_path: Path) -> dict:
+    np.save(tmp_path / "tokens.npy", tokens.numpy())
+    out = tmp_path / "standalone.npz"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run(
+        [sys.executable, str(STANDALONE), str(export_dir), str(tmp_path / "tokens.npy"), str(out)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,  # the repository must not be importable from here
+        env=env,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return dict(np.load(out))
+
+
+@pytest.mark.parametrize("family", list(TINY_CONFIGS))
+def test_export_loads_in_plain_transformers_and_matches_the_masked_model(family, tiny_tokenizer, text_file, tmp_path):
+    backend = _backend(family, tiny_tokenizer, text_file)
+    x = prune_everywhere(backend.space)
+    tokens = backend.eval_windows[:2, :48]
+    want = masked_logits(backend, x, tokens)
+    result = export_pruned(backend, x, tmp_path / "export")
+    assert (tmp_path / "export" / "model.safetensors").exists()
+    got = load_in_fresh_process(tmp_path / "export", tokens, tmp_path)
+    assert np.abs(got["logits"] - want.numpy()).max() < 1e-4
+    assert int(got["params"]) == result.params == backend.space.params(x)
+    assert got["generated"].shape == (1, 14)
+
+    model, _ = load_pruned(tmp_path / "export")
+    with torch.inference_mode():
+        torch.testing.assert_close(model(input_ids=tokens).logits, want, atol=1e-4, rtol=0)
+
+
+def test_generate_with_cache_equals_greedy_without_cache(tiny_tokenizer, text_file, tmp_path):
+    backend = _backend("llama", tiny_tokenizer, text_file)
+    export_pruned(backend, prune_everywhere(backend.space), tmp_path / "export")
+    model, _ = load_pruned(tmp_path / "export")
+    prompt = backend.eval_windows[:1, :10]
+    generated = model.generate(prompt, max_new_tokens=8, do_sample=False, pad_token_id=0)
+    tokens = prompt
+    for _ in range(8):
+        with torch.inference_mode():
+            tokens = torch.cat([tokens, model(input_ids=tokens).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(generated, tokens)
+
+
+def test_export_refuses_a_non_empty_target_unless_forced(tiny_tokenizer, text_file, tmp_path):
+    backend = _backend("llama", tiny_tokenizer, text_file)
+    target = tmp_path / "busy"
+    target.mkdir()
+    (target / "keep.txt").write_text("precious")
+    x = prune_everywhere(backend.space)
+    with pytest.raises(EvopruneError, match="exists and is not empty"):
+        export_pruned(backend, x, target)
+    assert sorted(p.name for p in target.iterdir()) == ["keep.txt"]
+    export_pruned(backend, x, target, force=True)
+    assert (target / "model.safetensors").exists()
+
+
+def test_export_rejects_levels_outside_the_space(tiny_tokenizer, text_file, tmp_path):
+    backend = _backend("qwen2", tiny_tokenizer, text_file)
+    x = backend.space.lower.copy()
+    x[3] = backend.space.attn_levels + 2
+    with pytest.raises(EvopruneError, match="attention of layer 3 is outside the space"):
+        export_pruned(backend, x, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_corrupt_or_foreign_exports_get_a_clear_error(tiny_tokenizer, text_file, tmp_path):
+    backend = _backend("llama", tiny_tokenizer, text_file)
+    export_pruned(backend, prune_everywhere(backend.space), tmp_path / "export")
+    weights = tmp_path / "export" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(EvopruneError, match="corrupt or incomplete"):
+        load_pruned(tmp_path / "export")
+    with pytest.raises(EvopruneError, match="has no config.json"):
+        load_pruned(tmp_path)
