@@ -7,20 +7,34 @@ Every surrogate follows the scikit-learn estimator contract and is registered by
     model = make_surrogate("ngboost", random_state=0).fit(X, y)
     mean, std = model.predict(X_new, return_std=True)
 
-Third parties register their own through the ``evoprune.surrogates`` entry-point group.
+Built-in surrogates: ``ngboost``, ``gp``, ``forest``, ``xgboost``, ``gbdt`` (point predictor
+with a constant std, the paper's baseline) and ``ensemble`` (a mixture of others). Targets are
+whatever the caller passes; the engine passes log-perplexity, on which pruning damage is
+closer to additive and errors are relative, and every surrogate standardises targets itself.
+``LevelFeatures`` derives features from raw level matrices for callers without the engine.
+
+Third parties register their own through the ``evoprune.surrogates`` entry-point group (see
+``surrogates.registry``); ``tests/test_surrogate_conformance.py`` checks every registered one.
 """
 
-from surrogates.base import Surrogate, check_training_data
+from surrogates.base import Surrogate, check_features, check_training_data
+from surrogates.features import LevelFeatures
 from surrogates.registry import ENTRY_POINT_GROUP, available_surrogates, make_surrogate, register_surrogate
 
 # Importing the built-in plugins registers them.
 from surrogates import ngboost_surrogate as _ngboost  # noqa: E402,F401  isort: skip
 from surrogates import gp_surrogate as _gp  # noqa: E402,F401  isort: skip
+from surrogates import forest_surrogate as _forest  # noqa: E402,F401  isort: skip
+from surrogates import xgboost_surrogate as _xgboost  # noqa: E402,F401  isort: skip
+from surrogates import gbdt_surrogate as _gbdt  # noqa: E402,F401  isort: skip
+from surrogates import ensemble_surrogate as _ensemble  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "LevelFeatures",
     "Surrogate",
     "available_surrogates",
+    "check_features",
     "check_training_data",
     "make_surrogate",
     "register_surrogate",

@@ -1,7 +1,19 @@
-"""Surrogates by name: built-ins register with a decorator, third parties through entry points."""
+"""Surrogates by name: built-ins register with a decorator, third parties through entry points.
+
+A third-party package makes its surrogate available to ``evoprune search --surrogate NAME``
+by declaring, in its own ``pyproject.toml``::
+
+    [project.entry-points."evoprune.surrogates"]
+    my-model = "my_package.module:MySurrogate"
+
+where ``MySurrogate`` subclasses :class:`surrogates.Surrogate` (or otherwise follows its
+contract: ``fit(X, y)`` returns self, ``predict(X, return_std=True)`` returns mean and std,
+constructor takes ``random_state``).
+"""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from importlib.metadata import entry_points
 
@@ -10,6 +22,9 @@ from surrogates.base import Surrogate
 ENTRY_POINT_GROUP = "evoprune.surrogates"
 
 _REGISTRY: dict[str, type[Surrogate]] = {}
+# Plugins whose entry point could not be loaded, with the reason: reported when asked for by
+# name, so one broken plugin does not take down the search with every other surrogate.
+_BROKEN: dict[str, str] = {}
 
 
 def register_surrogate(name: str) -> Callable[[type[Surrogate]], type[Surrogate]]:
@@ -26,8 +41,20 @@ def register_surrogate(name: str) -> Callable[[type[Surrogate]], type[Surrogate]
 
 def _load_entry_points() -> None:
     for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name not in _REGISTRY:
-            _REGISTRY[ep.name] = ep.load()
+        if ep.name in _REGISTRY or ep.name in _BROKEN:
+            continue
+        try:
+            cls = ep.load()
+        except Exception as exc:  # noqa: BLE001 - any import error of a third-party plugin
+            _BROKEN[ep.name] = f"{type(exc).__name__}: {exc}"
+            warnings.warn(f"surrogate plugin {ep.name!r} ({ep.value}) failed to load: {exc}", stacklevel=3)
+            continue
+        is_regressor = callable(getattr(cls, "fit", None)) and callable(getattr(cls, "predict", None))
+        if not (isinstance(cls, type) and is_regressor):
+            _BROKEN[ep.name] = f"{ep.value} is not a regressor class with fit and predict"
+            warnings.warn(f"surrogate plugin {ep.name!r}: {_BROKEN[ep.name]}", stacklevel=3)
+            continue
+        _REGISTRY[ep.name] = cls
 
 
 def available_surrogates() -> list[str]:
@@ -39,6 +66,8 @@ def available_surrogates() -> list[str]:
 def make_surrogate(name: str, **params) -> Surrogate:
     """Instantiate the surrogate registered as ``name`` with constructor ``params``."""
     _load_entry_points()
+    if name in _BROKEN:
+        raise ValueError(f"surrogate plugin {name!r} failed to load ({_BROKEN[name]}): fix or uninstall it")
     try:
         cls = _REGISTRY[name]
     except KeyError:

@@ -179,7 +179,9 @@ def test_importance_is_computed_once_per_model_data_and_criterion(tiny_tokenizer
     settings = BackendSettings(eval_tokens=128, calib_tokens=128, seq_len=64)
 
     def backend(m):
-        return PruningBackend(LoadedModel(ModelSource("t", "dir", "t"), m, tiny_tokenizer, model_fingerprint(m)), text, settings)
+        return PruningBackend(
+            LoadedModel(ModelSource("t", "dir", "t"), m, tiny_tokenizer, model_fingerprint(m)), text, settings
+        )
 
     first = backend(model)
     first.score()
