@@ -95,16 +95,15 @@ class _SearchProgress:
             self.progress.update(self.task, description=info["name"])
         elif event == "start":
             self.progress.update(self.task, description="evaluating", total=info["total"], completed=info["done"])
-        elif event == "eval_start":
-            ev = info["evaluation"]
-            self.progress.update(
-                self.task,
-                description=f"evaluating #{ev.id} ({ev.origin})",
-                status=f"{100 * ev.params_fraction:.1f}% params",
-            )
+        elif event == "batch":
+            where = "initial design" if info["origin"] == "design" else f"round {info['round']}"
+            self.progress.update(self.task, description=f"evaluating {info['size']} ({where})")
         elif event == "eval_done":
             ev = info["evaluation"]
-            status = f"ppl {ev.metrics['ppl']:.2f}" if ev.status == "ok" else f"[red]failed: {ev.error}"
+            if ev.status == "ok":
+                status = f"#{ev.id}: {100 * ev.params_fraction:.1f}% params, ppl {ev.metrics['ppl']:.2f}"
+            else:
+                status = f"[red]#{ev.id} failed: {ev.error}"
             self.progress.update(self.task, advance=1, status=status)
 
 

@@ -25,9 +25,10 @@ from pymoo.operators.repair.rounding import RoundingRepair
 from pymoo.optimize import minimize
 
 from evoprune.acquisition import ACQUISITIONS, select_batch
-from evoprune.backend.pruner import BackendSettings, PruningBackend, load_backend
+from evoprune.backend.pruner import BackendSettings, Measurement, PruningBackend, load_backend
 from evoprune.design import initial_design, intensity_sample
 from evoprune.errors import EvopruneError
+from evoprune.executors import BackendRecipe, Executor, Job, LocalExecutor, make_executor
 from evoprune.features import FeatureMap
 from evoprune.pareto import hypervolume
 from evoprune.store import Evaluation, Run, Store
@@ -108,8 +109,16 @@ def _noop(*_args, **_kwargs) -> None:
 class ActiveLearningSearch:
     """One search against one store; ``run()`` spends the evaluation budget."""
 
-    def __init__(self, backend: PruningBackend, store: Store, settings: SearchSettings, progress: ProgressFn = _noop):
+    def __init__(
+        self,
+        backend: PruningBackend,
+        store: Store,
+        settings: SearchSettings,
+        progress: ProgressFn = _noop,
+        executor: Executor | None = None,
+    ):
         self.backend = backend
+        self.executor = executor or LocalExecutor(backend)
         self.store = store
         self.settings = settings
         self.progress = progress
@@ -170,17 +179,21 @@ class ActiveLearningSearch:
         )
 
     def _evaluate_pending(self) -> float:
-        """Evaluate every pending row in id order; return the seconds spent."""
+        """Evaluate every pending row (in id order for the local executor); return the seconds spent."""
+        pending = [e for e in self._evaluations() if e.status == "pending"]
+        if not pending:
+            return 0.0
         spent = 0.0
-        for ev in self._evaluations():
-            if ev.status != "pending":
-                continue
-            self.progress("eval_start", evaluation=ev)
-            m = self.backend.evaluate(np.array(ev.levels))
-            self.store.finish(ev.id, ok=m.ok, metrics=m.metrics, error=m.error, duration_s=m.duration_s)
+        self.progress("batch", size=len(pending), origin=pending[0].origin, round=pending[0].round)
+
+        def commit(job: Job, m: Measurement) -> None:
+            nonlocal spent
+            self.store.finish(job.eval_id, ok=m.ok, metrics=m.metrics, error=m.error, duration_s=m.duration_s)
             spent += m.duration_s
             self.new_evaluations += 1
-            self.progress("eval_done", evaluation=self.store.evaluation(ev.id))
+            self.progress("eval_done", evaluation=self.store.evaluation(job.eval_id))
+
+        self.executor.evaluate([Job(e.id, tuple(e.levels)) for e in pending], commit)
         return spent
 
     # -- phases -----------------------------------------------------------------------------
@@ -317,13 +330,20 @@ def search(
     store: str,
     settings: SearchSettings,
     progress: ProgressFn = _noop,
+    executor: str = "local",
+    executor_options: dict | None = None,
 ) -> SearchResult:
     """Run (or continue) a search: everything the ``evoprune search`` command does, as one call.
 
     The store file is created only after the model and data have loaded, so bad input never
-    leaves an empty store behind.
+    leaves an empty store behind. ``executor`` names where real evaluations run (``local`` in
+    this process; see ``evoprune.executors``).
     """
     backend = prepare_backend(model, data, settings, progress)
-    with Store(store) as st:
-        engine = ActiveLearningSearch(backend, st, settings, progress)
-        return engine.run()
+    recipe = BackendRecipe(model, data, settings.backend, backend.loaded.fingerprint)
+    runner = make_executor(executor, backend, recipe, **(executor_options or {}))
+    try:
+        with Store(store) as st:
+            return ActiveLearningSearch(backend, st, settings, progress, runner).run()
+    finally:
+        runner.close()

@@ -1,0 +1,88 @@
+"""Where real evaluations run. The search hands an executor a batch of jobs; the executor calls
+back with each result as it finishes, in completion order, and the search (the store's single
+writer) commits it at once.
+
+``local`` evaluates in this process. Other executors (e.g. ``ray``) register under their name
+and build their own backends from a ``BackendRecipe``, so they need nothing but picklable data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from evoprune.backend.pruner import BackendSettings, Measurement, PruningBackend, load_backend
+from evoprune.errors import EvopruneError
+
+
+@dataclass(frozen=True)
+class Job:
+    eval_id: int
+    levels: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class BackendRecipe:
+    """Everything a worker needs to build the same backend as the driver (all picklable)."""
+
+    model: str
+    data: str
+    settings: BackendSettings
+    model_fingerprint: str
+
+    def load(self) -> PruningBackend:
+        backend = load_backend(self.model, self.data, self.settings)
+        if backend.loaded.fingerprint != self.model_fingerprint:
+            raise EvopruneError(f"worker loaded a different model than the driver for '{self.model}'")
+        return backend
+
+
+ResultFn = Callable[[Job, Measurement], None]
+
+
+class Executor:
+    name = "base"
+
+    def evaluate(self, jobs: list[Job], on_result: ResultFn) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release workers; the executor is not used afterwards."""
+
+
+class LocalExecutor(Executor):
+    """Evaluates jobs one after the other with the driver's own backend."""
+
+    name = "local"
+
+    def __init__(self, backend: PruningBackend):
+        self.backend = backend
+
+    def evaluate(self, jobs: list[Job], on_result: ResultFn) -> None:
+        for job in jobs:
+            on_result(job, self.backend.evaluate(np.array(job.levels)))
+
+
+ExecutorFactory = Callable[..., Executor]
+EXECUTORS: dict[str, ExecutorFactory] = {}
+
+
+def register_executor(name: str):
+    def decorate(factory: ExecutorFactory) -> ExecutorFactory:
+        EXECUTORS[name] = factory
+        return factory
+
+    return decorate
+
+
+@register_executor("local")
+def _make_local(backend: PruningBackend, recipe: BackendRecipe | None = None, **options) -> Executor:
+    return LocalExecutor(backend)
+
+
+def make_executor(name: str, backend: PruningBackend, recipe: BackendRecipe | None = None, **options) -> Executor:
+    if name not in EXECUTORS:
+        raise EvopruneError(f"executor {name!r} is unknown: use one of {', '.join(sorted(EXECUTORS))}")
+    return EXECUTORS[name](backend, recipe, **options)
