@@ -26,11 +26,48 @@ def _lcb(mean: np.ndarray, std: np.ndarray, kappa: float = 2.0) -> np.ndarray:
     return -(mean - kappa * std)
 
 
-ACQUISITIONS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+ACQUISITIONS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray] | None] = {
     "uncertainty": _uncertainty,
     "greedy": _greedy,
     "lcb": _lcb,
+    "ehvi": None,  # needs the evaluated front: see expected_hv_improvement
 }
+
+
+def expected_hv_improvement(
+    F_known: np.ndarray,
+    ref: np.ndarray,
+    quality_index: int,
+    F_pred: np.ndarray,
+    std: np.ndarray,
+    seed: int,
+    samples: int = 32,
+) -> np.ndarray:
+    """Monte-Carlo expected hypervolume improvement of each candidate over the evaluated front.
+
+    The quality objective of each candidate is drawn from its predictive Normal distribution;
+    the costs are exact. Improvement is measured with pymoo's hypervolume up to ``ref``.
+    """
+    from pymoo.indicators.hv import HV
+
+    rng = np.random.default_rng(seed)
+    F_known = F_known[np.all(np.isfinite(F_known), axis=1)]
+    F_known = F_known[np.all(F_known < ref, axis=1)]
+    hv = HV(ref_point=ref)
+    base = float(hv(F_known)) if len(F_known) else 0.0
+    draws = rng.standard_normal((samples, len(F_pred)))
+    scores = np.zeros(len(F_pred))
+    for j in range(len(F_pred)):
+        gains = []
+        for z in draws[:, j]:
+            point = F_pred[j].copy()
+            point[quality_index] += z * std[j]
+            if np.all(point < ref):
+                gains.append(float(hv(np.vstack([F_known, point]) if len(F_known) else point[None])) - base)
+            else:
+                gains.append(0.0)
+        scores[j] = float(np.mean(gains))
+    return scores
 
 
 def select_batch(
@@ -41,6 +78,7 @@ def select_batch(
     cost: np.ndarray,
     k: int,
     min_distance: int = 2,
+    scores: np.ndarray | None = None,
 ) -> list[int]:
     """Indices of up to ``k`` rows of ``X`` to evaluate, spread along the cost axis.
 
@@ -49,9 +87,12 @@ def select_batch(
     surrogate is least sure (usually its most pruned end). Rows closer than ``min_distance``
     (L1, in levels) to an earlier pick are skipped while others remain.
     """
-    if name not in ACQUISITIONS:
+    if scores is not None:
+        score = np.asarray(scores, dtype=float)
+    elif ACQUISITIONS.get(name) is None:
         raise EvopruneError(f"acquisition {name!r} is unknown: use one of {', '.join(ACQUISITIONS)}")
-    score = ACQUISITIONS[name](mean, std)
+    else:
+        score = ACQUISITIONS[name](mean, std)
     by_cost = np.argsort(cost, kind="stable")
     segments = [seg for seg in np.array_split(by_cost, min(k, len(X))) if len(seg)]
     chosen: list[int] = []

@@ -11,10 +11,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from evoprune.backend.pruner import BackendSettings
 from evoprune.errors import EvopruneError
+from evoprune.executors import executor_factory
 from evoprune.pareto import ParetoPoint, pareto_front, pick_evaluation
-from evoprune.search import SearchSettings, search
+from evoprune.search import search
 from evoprune.store import Store
 
 app = typer.Typer(
@@ -109,31 +109,53 @@ class _SearchProgress:
 
 @app.command("search")
 def search_command(
+    ctx: typer.Context,
     model: str = typer.Option(
-        ..., "--model", "-m", help="Model: smollm2-135m, a local directory, a .gguf file, or a hub id."
+        None, "--model", "-m", help="Model: smollm2-135m, a local directory, a .gguf file, or a hub id."
     ),
     data: str = typer.Option(
         "builtin",
         "--data",
         "-d",
-        help="Text: builtin, a .txt/.jsonl/.parquet file, wikitext2, ptb, c4 or hf:NAME[:CONFIG[:SPLIT]].",
+        help="Evaluation text: builtin, a .txt/.jsonl/.parquet file, wikitext2, ptb, c4 or hf:NAME[:CONFIG[:SPLIT]].",
     ),
-    store: Path = typer.Option(..., "--store", "-s", help="SQLite pair store; re-running continues the search in it."),
+    store: Path = typer.Option(None, "--store", "-s", help="SQLite pair store; re-running continues the search in it."),
     evals: int = typer.Option(
-        ..., "--evals", "-n", help="Total real evaluations for this search (initial design included)."
+        None, "--evals", "-n", help="Total real evaluations for this search (initial design included)."
     ),
+    config: Path = typer.Option(None, "--config", help="TOML file with any of these options; flags override it."),
     seed: int = typer.Option(0, "--seed", help="Random seed: same seed and store contents give the same search."),
-    init: int = typer.Option(8, "--init", help="Size of the initial design (dense, uniform and space-filling)."),
+    method: str = typer.Option(
+        "evoprune", "--method", help="evoprune, or a baseline: uniform, owl, random, predictor-rank, ga."
+    ),
+    objectives: str = typer.Option(
+        "ppl,params", "--objectives", help="Two or three of ppl, kl, acc:TASK, params, flops, memory, latency."
+    ),
+    max_params: float = typer.Option(
+        None, "--max-params", help="Parameter budget: a kept fraction (0.7) or a count (90e6)."
+    ),
+    max_memory: str = typer.Option(None, "--max-memory", help="Memory budget (weights + KV cache), e.g. 2GB."),
+    max_latency_ms: float = typer.Option(
+        None, "--max-latency-ms", help="Latency budget per forward pass, from the measured latency table."
+    ),
+    min_params: float = typer.Option(0.5, "--min-params", help="Smallest kept parameter fraction to search."),
+    init: int = typer.Option(8, "--init", help="Size of the initial design (dense, structured and space-filling)."),
     batch: int = typer.Option(4, "--batch", help="Real evaluations per active-learning round."),
     surrogate: str = typer.Option("ngboost", "--surrogate", help="Surrogate model by registered name."),
-    acquisition: str = typer.Option("uncertainty", "--acquisition", help="uncertainty, lcb or greedy."),
-    min_params: float = typer.Option(0.5, "--min-params", help="Smallest kept parameter fraction to search."),
-    max_params: float = typer.Option(1.0, "--max-params", help="Largest kept parameter fraction to search."),
+    acquisition: str = typer.Option("uncertainty", "--acquisition", help="uncertainty, lcb, ehvi or greedy."),
+    algorithm: str = typer.Option("nsga2", "--algorithm", help="Inner search: nsga2, nsga3, agemoea or smsemoa."),
+    refine: bool = typer.Option(True, "--refine/--no-refine", help="Narrow level ranges the surrogate finds harmful."),
+    warm_start: bool = typer.Option(
+        True, "--warm-start/--no-warm-start", help="Reuse pairs of earlier runs of the same problem in the store."
+    ),
     max_ppl_ratio: float = typer.Option(
-        20.0, "--max-ppl-ratio", help="Only spend evaluations on candidates predicted within this factor of dense ppl."
+        20.0, "--max-ppl-ratio", help="Only spend evaluations on candidates predicted within this factor of the best."
     ),
     criterion: str = typer.Option("wanda", "--importance", help="Importance criterion: wanda, magnitude or taylor."),
-    eval_tokens: int = typer.Option(1024, "--eval-tokens", help="Tokens per real evaluation (perplexity)."),
+    calib_data: str = typer.Option(
+        None, "--calib-data", help="Text for importance scoring (default: --data, windows disjoint from evaluation)."
+    ),
+    eval_tokens: int = typer.Option(1024, "--eval-tokens", help="Tokens per real evaluation."),
     calib_tokens: int = typer.Option(2048, "--calib-tokens", help="Tokens for importance scoring."),
     seq_len: int = typer.Option(256, "--seq-len", help="Tokens per window."),
     head_unit: str = typer.Option(
@@ -142,34 +164,81 @@ def search_command(
     mlp_levels: int = typer.Option(
         8, "--mlp-levels", help="Number of MLP pruning steps (the top one removes the MLP)."
     ),
+    mlp_multiple: int = typer.Option(1, "--mlp-multiple", help="Round kept MLP widths to a multiple (e.g. 64)."),
+    executor: str = typer.Option(
+        "local", "--executor", help="Where real evaluations run: local (this process) or ray (parallel workers)."
+    ),
+    ray_address: str = typer.Option(
+        None, "--ray-address", help="Ray cluster to join: auto or ray://HOST:10001 (default: start a local one)."
+    ),
+    workers: int = typer.Option(
+        None, "--workers", help="Ray workers, each with its own copy of the model (default: one per free CPU)."
+    ),
+    gpus_per_worker: float = typer.Option(None, "--gpus-per-worker", help="GPUs each Ray worker reserves."),
     as_json: bool = typer.Option(False, "--json", help="Print the resulting front as JSON instead of a table."),
 ) -> None:
     """Search per-layer pruning levels for MODEL, spending EVALS real evaluations."""
-    settings = SearchSettings(
-        evals=evals,
-        seed=seed,
-        init=init,
-        batch=batch,
-        surrogate=surrogate,
-        acquisition=acquisition,
-        min_params=min_params,
-        max_params=max_params,
-        backend=BackendSettings(
-            criterion=criterion,
-            eval_tokens=eval_tokens,
-            calib_tokens=calib_tokens,
-            seq_len=seq_len,
-            head_unit=head_unit,
-            mlp_levels=mlp_levels,
-        ),
-    )
+    from evoprune.config import merge_options, read_config, settings_from_options
+
+    cli_values = dict(ctx.params)
+    explicit = {k for k in cli_values if ctx.get_parameter_source(k).name == "COMMANDLINE"}
     try:
+        options = merge_options(cli_values, explicit, read_config(config) if config else {})
+        if not options.get("model") or not options.get("store"):
+            raise EvopruneError("--model and --store are required (on the command line or in --config)")
+        settings = settings_from_options(options)
+        model, data, store = options["model"], options["data"], Path(options["store"])
+        executor = options.get("executor") or "local"
+        ray_options = {"address": "ray_address", "workers": "workers", "gpus_per_worker": "gpus_per_worker"}
+        executor_options = {k: options[o] for k, o in ray_options.items() if options.get(o) is not None}
+        if executor != "ray" and executor_options:
+            raise EvopruneError("--ray-address, --workers and --gpus-per-worker need --executor ray")
+        executor_factory(executor)  # a missing Ray or an unknown name fails here, before the model loads
         with _SearchProgress(err_console) as progress:
-            result = search(model, data, str(store), settings, progress=progress)
+            result = search(
+                model,
+                data,
+                str(store),
+                settings,
+                progress=progress,
+                executor=executor,
+                executor_options=executor_options,
+            )
     except EvopruneError as exc:
         _fail(str(exc))
     except KeyboardInterrupt:
         _fail(f"interrupted: every finished evaluation is in '{store}'; run the same command to continue", 130)
+    _print_search_result(result, store, as_json)
+
+
+@app.command("resume")
+def resume_command(
+    store: Path = typer.Option(..., "--store", "-s", help="SQLite pair store written by 'evoprune search'."),
+    run: int | None = typer.Option(None, "--run", help="Run id (default: the latest run)."),
+    evals: int | None = typer.Option(None, "--evals", "-n", help="New total budget (default: the run's own)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the resulting front as JSON."),
+) -> None:
+    """Continue a stored run with its recorded settings; nothing but the store is needed."""
+    from dataclasses import replace
+
+    from evoprune.config import settings_from_run
+
+    try:
+        with Store.open_existing(store) as st:
+            r = st.get_run(run)
+        settings = settings_from_run(r.settings)
+        if evals is not None:
+            settings = replace(settings, evals=evals)
+        with _SearchProgress(err_console) as progress:
+            result = search(r.model, r.data, str(store), settings, progress=progress)
+    except EvopruneError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        _fail(f"interrupted: every finished evaluation is in '{store}'; run 'evoprune resume' to continue", 130)
+    _print_search_result(result, store, as_json)
+
+
+def _print_search_result(result, store: Path, as_json: bool) -> None:
     with Store(store) as st:
         points = pareto_front(st, result.run)
     if as_json:

@@ -38,20 +38,45 @@ def split_levels(levels: list[int]) -> dict:
     return {"attn": list(levels[:half]), "mlp": list(levels[half:])}
 
 
-def objectives(evals: list[Evaluation], metric: str = "ppl") -> np.ndarray:
-    """Minimisation objectives (log metric, kept parameter fraction) per evaluation."""
-    return np.array([[np.log(e.metrics[metric]), e.params_fraction] for e in evals], dtype=float)
+COST_FIELDS = {
+    "params": "params_fraction",
+    "flops": "flops_fraction",
+    "memory": "memory_bytes",
+    "latency": "latency_ms",
+}
 
 
-def front_of(evals: list[Evaluation], metric: str = "ppl") -> list[Evaluation]:
-    ok = [e for e in evals if e.status == "ok" and metric in e.metrics]
+def _objective_value(e: Evaluation, name: str) -> float:
+    from evoprune.objectives import quality_value
+
+    if name == "params":
+        return e.params_fraction
+    if name in COST_FIELDS:
+        return float(e.cost.get(COST_FIELDS[name], np.nan))
+    return quality_value(name, e.metrics)
+
+
+def objectives(evals: list[Evaluation], names=("ppl", "params")) -> np.ndarray:
+    """Minimisation objectives per evaluation: log ppl / log KL / -accuracy, and the costs."""
+    return np.array([[_objective_value(e, n) for n in names] for e in evals], dtype=float).reshape(-1, len(names))
+
+
+def run_objectives(run: Run) -> tuple[str, ...]:
+    return tuple(n.strip() for n in run.settings.get("objectives", "ppl,params").split(","))
+
+
+def front_of(evals: list[Evaluation], names=("ppl", "params")) -> list[Evaluation]:
+    ok = [e for e in evals if e.status == "ok"]
+    F = objectives(ok, names)
+    keep = np.all(np.isfinite(F), axis=1)
+    ok, F = [e for e, k in zip(ok, keep, strict=True) if k], F[keep]
     if not ok:
         return []
-    idx = NonDominatedSorting().do(objectives(ok, metric), only_non_dominated_front=True)
+    idx = NonDominatedSorting().do(F, only_non_dominated_front=True)
     return sorted((ok[i] for i in idx), key=lambda e: -e.params_fraction)
 
 
-def pareto_front(store: Store, run: Run, metric: str = "ppl") -> list[ParetoPoint]:
+def pareto_front(store: Store, run: Run) -> list[ParetoPoint]:
     return [
         ParetoPoint(
             id=e.id,
@@ -62,17 +87,13 @@ def pareto_front(store: Store, run: Run, metric: str = "ppl") -> list[ParetoPoin
             origin=e.origin,
             round=e.round,
         )
-        for e in front_of(store.evaluations(run.id), metric)
+        for e in front_of(store.evaluations(run.id), run_objectives(run))
     ]
 
 
-def hypervolume(evals: list[Evaluation], reference_ppl: float, metric: str = "ppl") -> float:
-    """Hypervolume of the evaluated front in (log metric, params fraction) up to (log ref, 1)."""
-    front = front_of(evals, metric)
-    if not front:
-        return 0.0
-    F = objectives(front, metric)
-    ref = np.array([np.log(reference_ppl), 1.0 + 1e-9])
+def hypervolume_of(F: np.ndarray, ref: np.ndarray) -> float:
+    """pymoo hypervolume of the points of ``F`` that dominate ``ref`` (0 when none does)."""
+    F = F[np.all(np.isfinite(F), axis=1)]
     F = F[np.all(ref > F, axis=1)]
     return float(HV(ref_point=ref)(F)) if len(F) else 0.0
 
@@ -94,27 +115,35 @@ def knee_index(F: np.ndarray) -> int:
     return int(np.argmax(distance))
 
 
-def pick_evaluation(store: Store, run: Run, pick: str, max_params: float | None = None, metric: str = "ppl"):
-    """Resolve ``pick`` (an evaluation id, ``knee`` or ``best``) to a successful evaluation of ``run``."""
-    from evoprune.errors import EvopruneError
+def pick_evaluation(store: Store, run: Run, pick: str, max_params: float | None = None):
+    """Resolve ``pick`` (an evaluation id, ``knee`` or ``best``) to a successful evaluation of ``run``.
 
+    ``best`` is the best quality (the run's first quality objective) among the evaluated
+    configurations that keep at most ``max_params`` of the parameters.
+    """
+    from evoprune.errors import EvopruneError
+    from evoprune.objectives import is_quality
+
+    names = run_objectives(run)
+    metric = next(n for n in names if is_quality(n))
     evals = store.evaluations(run.id)
-    front = front_of(evals, metric)
+    front = front_of(evals, names)
     if not front:
         raise EvopruneError(f"run {run.id} has no successful evaluation yet: run 'evoprune search' first")
     if pick == "knee":
-        return front[knee_index(objectives(front, metric))]
+        return front[knee_index(objectives(front, (metric, "params")))]
     if pick == "best":
         if max_params is None:
             raise EvopruneError("--pick best needs a budget: add --max-params FRACTION (e.g. 0.7)")
-        under = [e for e in front if e.params_fraction <= max_params]
+        limit = max_params if max_params <= 1 else max_params / run.dense_params
+        under = [e for e in evals if e.status == "ok" and e.params_fraction <= limit]
         if not under:
             smallest = min(e.params_fraction for e in front)
             raise EvopruneError(
-                f"no evaluated configuration keeps at most {max_params:.3f} of the parameters "
+                f"no evaluated configuration keeps at most {limit:.3f} of the parameters "
                 f"(the smallest keeps {smallest:.3f}): raise --max-params or search further"
             )
-        return min(under, key=lambda e: e.metrics[metric])
+        return min(under, key=lambda e: _objective_value(e, metric))
     try:
         eval_id = int(pick)
     except ValueError:

@@ -1,16 +1,23 @@
-"""The active-learning search: real evaluations in, surrogate-guided candidates out.
+"""Searches: evoprune's active learning and the baselines, on one evaluator and one store.
 
-Flow: an initial design is evaluated for real; then each round fits the surrogate on every
-successful pair, runs NSGA-II on (predicted quality, exact parameter fraction), and sends the
-candidates of the predicted front that the acquisition strategy ranks highest to real
-evaluation. Every evaluation is written to the store as ``pending`` before it runs and
-committed the moment it finishes, so a killed search resumes where it stopped.
+A search method is a ``Strategy``: it proposes configurations; the ``SearchContext`` writes each
+one to the store as ``pending``, has the executor evaluate it, and commits the result the moment
+it arrives. A killed search resumes where it stopped: pending rows are evaluated first, finished
+rows are never evaluated again, and every decision is a function of the seed and the store's
+contents.
+
+evoprune's own method (``ActiveLearning``): an initial design, then rounds of: fit one surrogate
+per quality objective on every successful pair; run a pymoo algorithm on (predicted quality,
+exact costs) under the budget constraints; narrow the level ranges the surrogate says are
+harmful (optional); send the candidates of the predicted front that the acquisition strategy
+ranks highest, spread along the first cost, to real evaluation.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import platform
 import time
 from collections.abc import Callable
@@ -19,23 +26,30 @@ from importlib.metadata import PackageNotFoundError, version
 
 import numpy as np
 from pymoo.algorithms.moo.nsga2 import NSGA2
+from pymoo.algorithms.moo.nsga3 import NSGA3
+from pymoo.algorithms.moo.sms import SMSEMOA
 from pymoo.operators.crossover.sbx import SBX
 from pymoo.operators.mutation.pm import PM
 from pymoo.operators.repair.rounding import RoundingRepair
 from pymoo.optimize import minimize
+from pymoo.util.ref_dirs import get_reference_directions
+from scipy.stats import kendalltau
 
-from evoprune.acquisition import ACQUISITIONS, select_batch
+from evoprune.acquisition import ACQUISITIONS, expected_hv_improvement, select_batch
 from evoprune.backend.pruner import BackendSettings, Measurement, PruningBackend, load_backend
-from evoprune.design import initial_design, intensity_sample
+from evoprune.design import feasible_design, intensity_sample
 from evoprune.errors import EvopruneError
-from evoprune.executors import BackendRecipe, Executor, Job, LocalExecutor, make_executor
+from evoprune.executors import BackendRecipe, Executor, Job, LocalExecutor, WorkerFailure, make_executor
 from evoprune.features import FeatureMap
-from evoprune.pareto import hypervolume
+from evoprune.objectives import Budget, CostEvaluator, Objectives, quality_value
+from evoprune.pareto import hypervolume_of
 from evoprune.store import Evaluation, Run, Store
 from problems import SurrogatePruningProblem
 from surrogates import available_surrogates, make_surrogate
 
 ProgressFn = Callable[..., None]
+
+ALGORITHMS = ("nsga2", "nsga3", "agemoea", "smsemoa")
 
 
 @dataclass(frozen=True)
@@ -44,37 +58,58 @@ class SearchSettings:
 
     evals: int
     seed: int = 0
+    method: str = "evoprune"
+    objectives: str = "ppl,params"
+    max_params: float | None = None
+    max_memory: str | None = None
+    max_latency_ms: float | None = None
+    min_params: float = 0.5
     init: int = 8
     batch: int = 4
     surrogate: str = "ngboost"
     acquisition: str = "uncertainty"
-    min_params: float = 0.5
-    max_params: float = 1.0
-    max_ppl_ratio: float = 20.0
+    algorithm: str = "nsga2"
     pop_size: int = 64
     generations: int = 40
+    refine: bool = True
+    warm_start: bool = True
+    max_ppl_ratio: float = 20.0
     backend: BackendSettings = field(default_factory=BackendSettings)
 
+    @property
+    def budget(self) -> Budget:
+        return Budget(self.max_params, self.max_memory, self.max_latency_ms, self.min_params)
+
     def validate(self) -> None:
-        if self.evals < 1:
-            raise EvopruneError(f"--evals must be at least 1, got {self.evals}")
-        if self.init < 1:
-            raise EvopruneError(f"--init must be at least 1, got {self.init}")
-        if self.batch < 1:
-            raise EvopruneError(f"--batch must be at least 1, got {self.batch}")
-        if not 0 <= self.min_params < self.max_params <= 1:
-            raise EvopruneError(
-                f"parameter bounds must satisfy 0 <= --min-params < --max-params <= 1, "
-                f"got {self.min_params} and {self.max_params}"
-            )
+        from evoprune.baselines import STRATEGIES
+
+        for name in ("evals", "init", "batch", "pop_size", "generations"):
+            if getattr(self, name) < 1:
+                flag = name.replace("_", "-")
+                raise EvopruneError(f"--{flag} must be at least 1, got {getattr(self, name)}")
+        if not 0 <= self.min_params < 1:
+            raise EvopruneError(f"--min-params must be in [0, 1), got {self.min_params}")
+        if self.max_params is not None and self.max_params <= 0:
+            raise EvopruneError(f"--max-params must be positive (a fraction or a count), got {self.max_params}")
+        if self.max_latency_ms is not None and self.max_latency_ms <= 0:
+            raise EvopruneError(f"--max-latency-ms must be positive, got {self.max_latency_ms}")
         if self.max_ppl_ratio <= 1:
             raise EvopruneError(f"--max-ppl-ratio must be above 1, got {self.max_ppl_ratio}")
+        if self.method not in STRATEGIES:
+            raise EvopruneError(f"method {self.method!r} is unknown: use one of {', '.join(STRATEGIES)}")
         if self.surrogate not in available_surrogates():
             raise EvopruneError(
                 f"surrogate {self.surrogate!r} is unknown: use one of {', '.join(available_surrogates())}"
             )
         if self.acquisition not in ACQUISITIONS:
             raise EvopruneError(f"acquisition {self.acquisition!r} is unknown: use one of {', '.join(ACQUISITIONS)}")
+        if self.algorithm not in ALGORITHMS:
+            raise EvopruneError(f"algorithm {self.algorithm!r} is unknown: use one of {', '.join(ALGORITHMS)}")
+        Objectives.parse(self.objectives)
+        if self.max_memory is not None:
+            from evoprune.objectives import parse_size
+
+            parse_size(self.max_memory)
         self.backend.validate()
 
     def identity(self) -> dict:
@@ -106,8 +141,8 @@ def _noop(*_args, **_kwargs) -> None:
     return None
 
 
-class ActiveLearningSearch:
-    """One search against one store; ``run()`` spends the evaluation budget."""
+class SearchContext:
+    """One run in one store: bookkeeping, costs, and real evaluation. Strategies drive it."""
 
     def __init__(
         self,
@@ -118,25 +153,29 @@ class ActiveLearningSearch:
         executor: Executor | None = None,
     ):
         self.backend = backend
-        self.executor = executor or LocalExecutor(backend)
         self.store = store
         self.settings = settings
         self.progress = progress
+        self.executor = executor or LocalExecutor(backend)
         self.space = backend.space
+        self.objectives = Objectives.parse(settings.objectives)
+        self.costs = CostEvaluator(backend.space, backend.loaded.model.config)
+        self.constraint_names, self.constraint_limits = self.costs.constraints(settings.budget)
+        self.costs.check_feasible(settings.budget)
         self.dense_params = self.space.arch.dense_params()
-        self.run_record: Run | None = None
+        self.run: Run | None = None
         self.new_evaluations = 0
+        self.timings = {"eval_s": 0.0, "fit_s": 0.0, "search_s": 0.0}
 
-    # -- run bookkeeping --------------------------------------------------------------------
+    # -- the run ----------------------------------------------------------------------------
+    def pair_key(self) -> str:
+        """Runs with the same pair key measured the same problem; their pairs can be shared."""
+        b = self.backend
+        payload = [b.loaded.fingerprint, b.data_fingerprint, self.space.fingerprint(), asdict(b.settings)]
+        return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
     def open_run(self) -> Run:
         b = self.backend
-        identity = {
-            "model_fingerprint": b.loaded.fingerprint,
-            "data_fingerprint": b.data_fingerprint,
-            "space": self.space.fingerprint(),
-            "settings": self.settings.identity(),
-        }
-        run_key = hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
         for other in self.store.runs():
             if other.space["arch"] != self.space.to_dict()["arch"]:
                 theirs = other.space["arch"]
@@ -145,7 +184,9 @@ class ActiveLearningSearch:
                     f"{theirs['model_type']}, {theirs['num_layers']} layers) than '{b.loaded.source.spec}' "
                     f"({self.space.arch.model_type}, {self.space.num_layers} layers): use another --store"
                 )
-        run, _created = self.store.get_or_create_run(
+        identity = {"pair_key": self.pair_key(), "settings": self.settings.identity()}
+        run_key = hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+        self.run, _ = self.store.get_or_create_run(
             run_key,
             model=b.loaded.source.spec,
             model_fingerprint=b.loaded.fingerprint,
@@ -153,22 +194,79 @@ class ActiveLearningSearch:
             data_fingerprint=b.data_fingerprint,
             dense_params=self.dense_params,
             space=self.space.to_dict(),
-            settings={**asdict(self.settings), "importance_cached": b.importance_cached},
+            settings={
+                **asdict(self.settings),
+                "pair_key": self.pair_key(),
+                "importance_cached": b.importance_cached,
+            },
             versions=library_versions(),
         )
-        self.run_record = run
-        return run
+        return self.run
 
-    def _evaluations(self) -> list[Evaluation]:
-        return self.store.evaluations(self.run_record.id)
+    def evaluations(self) -> list[Evaluation]:
+        return self.store.evaluations(self.run.id)
 
-    def _budget_left(self) -> int:
-        return self.settings.evals - len(self._evaluations())
+    def shared_evaluations(self) -> list[Evaluation]:
+        """This run's evaluations plus, with warm start, those of earlier evoprune runs of the same problem."""
+        own = self.evaluations()
+        if not (self.settings.warm_start and self.settings.method == "evoprune"):
+            return own
+        seen = {e.config_key for e in own}
+        shared = list(own)
+        for other in self.store.runs():
+            same = other.settings.get("pair_key") == self.pair_key() and other.settings.get("method") == "evoprune"
+            if other.id == self.run.id or not same:
+                continue
+            for e in self.store.evaluations(other.id):
+                if e.status != "pending" and e.config_key not in seen:
+                    seen.add(e.config_key)
+                    shared.append(e)
+        return shared
+
+    def budget_left(self) -> int:
+        return self.settings.evals - len(self.evaluations())
+
+    def known_keys(self) -> set[str]:
+        return {e.config_key for e in self.shared_evaluations()}
+
+    # -- costs and feasibility --------------------------------------------------------------
+    def feasible(self, X: np.ndarray) -> np.ndarray:
+        X = np.atleast_2d(X)
+        ok = self.space.params_matrix(X) / self.dense_params >= self.settings.min_params
+        if self.constraint_names:
+            ok &= np.all(self.costs.matrix(X, self.constraint_names) <= self.constraint_limits, axis=1)
+        return ok
+
+    def constraint_matrix(self, X: np.ndarray) -> np.ndarray:
+        """pymoo inequality constraints ``G <= 0``: the floor on parameters and every budget."""
+        floor = self.settings.min_params - self.space.params_matrix(X) / self.dense_params
+        if not self.constraint_names:
+            return floor[:, None]
+        return np.column_stack([floor, self.costs.matrix(X, self.constraint_names) - self.constraint_limits])
+
+    def cost_objectives(self, X: np.ndarray) -> np.ndarray:
+        return self.costs.matrix(X, self.objectives.costs)
+
+    def objective_matrix(self, evals: list[Evaluation]) -> np.ndarray:
+        """Really measured objectives (qualities on the minimised scale, exact costs) per evaluation."""
+        if not evals:
+            return np.zeros((0, len(self.objectives.names)))
+        X = np.array([e.levels for e in evals], dtype=int)
+        costs = self.cost_objectives(X)
+        cols, c = [], 0
+        for name in self.objectives.names:
+            if name in self.objectives.costs:
+                cols.append(costs[:, c])
+                c += 1
+            else:
+                cols.append(np.array([quality_value(name, e.metrics) for e in evals]))
+        return np.column_stack(cols)
 
     # -- real evaluation --------------------------------------------------------------------
-    def _enqueue(self, x: np.ndarray, origin: str, round_: int, predicted: dict | None = None) -> int:
+    def enqueue(self, x: np.ndarray, origin: str, round_: int, predicted: dict | None = None) -> int:
+        x = self.space.validate(x)
         return self.store.add_pending(
-            self.run_record.id,
+            self.run.id,
             self.space.key(x),
             x.tolist(),
             origin,
@@ -176,11 +274,12 @@ class ActiveLearningSearch:
             self.space.params(x),
             self.space.params_fraction(x),
             predicted,
+            cost=self.costs.row(x),
         )
 
-    def _evaluate_pending(self) -> float:
-        """Evaluate every pending row (in id order for the local executor); return the seconds spent."""
-        pending = [e for e in self._evaluations() if e.status == "pending"]
+    def evaluate_pending(self) -> float:
+        """Evaluate every pending row; commit each result as it arrives; return the seconds spent."""
+        pending = [e for e in self.evaluations() if e.status == "pending"]
         if not pending:
             return 0.0
         spent = 0.0
@@ -193,129 +292,300 @@ class ActiveLearningSearch:
             self.new_evaluations += 1
             self.progress("eval_done", evaluation=self.store.evaluation(job.eval_id))
 
-        self.executor.evaluate([Job(e.id, tuple(e.levels)) for e in pending], commit)
+        # ray executor (issue 8): every worker failure goes to the store; the store has one writer, this process.
+        def note_failure(job: Job | None, f: WorkerFailure) -> None:
+            eval_id = job.eval_id if job is not None else None
+            self.store.record_failure(
+                self.run.id, eval_id, attempt=f.attempt, worker=f.worker, error=f.error, retried=f.retried
+            )
+
+        self.executor.evaluate([Job(e.id, tuple(e.levels)) for e in pending], commit, note_failure)
+        self.timings["eval_s"] += spent
         return spent
 
-    # -- phases -----------------------------------------------------------------------------
-    def _run_design(self) -> None:
-        done = {e.config_key for e in self._evaluations()}
-        for x in initial_design(self.space, self.settings.init, self.settings.seed):
-            if self._budget_left() <= 0:
+    def evaluate_now(self, X, origin: str, round_: int, predicted: list[dict] | None = None) -> None:
+        """Enqueue new, feasible, not yet known configurations within the budget, then evaluate them."""
+        known = self.known_keys()
+        for i, x in enumerate(np.atleast_2d(X)):
+            if self.budget_left() <= 0:
                 break
-            if self.space.key(x) not in done:
-                self._enqueue(x, "design", 0)
-                self._evaluate_pending()
+            key = self.space.key(x)
+            if key in known or not self.feasible(x[None])[0]:
+                continue
+            known.add(key)
+            self.enqueue(x, origin, round_, predicted[i] if predicted else None)
+        self.evaluate_pending()
 
-    def _train_set(self) -> tuple[np.ndarray, np.ndarray]:
-        ok = [e for e in self._evaluations() if e.status == "ok" and "ppl" in e.metrics]
+    def next_round(self) -> int:
+        return max((e.round for e in self.evaluations()), default=-1) + 1
+
+    # -- tracking ---------------------------------------------------------------------------
+    def reference_point(self) -> np.ndarray | None:
+        """A fixed reference for hypervolume: ``max_ppl_ratio`` times the best quality of the design."""
+        design = [e for e in self.evaluations() if e.status == "ok" and e.origin == "design"]
+        if not design:
+            return None
+        F = self.objective_matrix(design)
+        ref = []
+        for j, name in enumerate(self.objectives.names):
+            if name in self.objectives.costs:
+                ref.append(np.max(F[:, j]) * 1.0001 if name != "params" else 1.0 + 1e-9)
+            else:
+                ref.append(np.nanmin(F[:, j]) + math.log(self.settings.max_ppl_ratio))
+        return np.array(ref)
+
+    def hypervolume(self) -> float | None:
+        ref = self.reference_point()
+        if ref is None:
+            return None
+        ok = [e for e in self.evaluations() if e.status == "ok"]
+        return hypervolume_of(self.objective_matrix(ok), ref)
+
+
+class Strategy:
+    """A search method: proposes configurations through a ``SearchContext`` until the budget is spent."""
+
+    name = "base"
+
+    def run(self, ctx: SearchContext) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def initial_design_phase(ctx: SearchContext, n: int, origin: str = "design") -> None:
+    design = feasible_design(ctx.space, n, ctx.settings.seed, ctx.feasible, ctx.costs, ctx.settings.budget)
+    ctx.evaluate_now(design, origin, 0)
+
+
+class ActiveLearning(Strategy):
+    """evoprune: surrogate-assisted multi-objective search with active learning."""
+
+    name = "evoprune"
+
+    def run(self, ctx: SearchContext) -> None:
+        initial_design_phase(ctx, ctx.settings.init)
+        stalled = 0
+        while ctx.budget_left() > 0 and stalled < 3:
+            added = self.round(ctx, max(ctx.next_round(), 1))
+            stalled = stalled + 1 if added == 0 else 0
+
+    # -- one round --------------------------------------------------------------------------
+    def _train(self, ctx: SearchContext):
+        ok = [e for e in ctx.shared_evaluations() if e.status == "ok"]
         X = np.array([e.levels for e in ok], dtype=int)
-        y = np.log(np.array([e.metrics["ppl"] for e in ok]))
-        return X, y
+        targets = {}
+        for name in ctx.objectives.quality:
+            y = np.array([quality_value(name, e.metrics) for e in ok])
+            targets[name] = y
+        return X, targets
 
-    def _inner_search(self, surrogate, featurize, round_: int):
-        s = self.settings
-        X_eval, _ = self._train_set()
-        seed_pop = np.vstack([X_eval, intensity_sample(self.space, s.pop_size, s.seed * 1000 + round_)])
-        problem = SurrogatePruningProblem(
-            surrogate,
-            featurize,
-            lambda X: self.space.params_matrix(X) / self.dense_params,
-            self.space.lower,
-            self.space.upper,
-            min_cost=s.min_params,
-            max_cost=s.max_params,
-        )
-        algorithm = NSGA2(
-            pop_size=s.pop_size,
-            sampling=seed_pop[: max(s.pop_size, 1)].astype(float),
+    def _fit(self, ctx: SearchContext, featurize, X, targets):
+        s = ctx.settings
+        models = {}
+        for name, y in targets.items():
+            finite = np.isfinite(y)
+            if finite.sum() < 2:
+                raise EvopruneError(
+                    f"fewer than 2 successful evaluations with {name} to train the surrogate on: "
+                    "lower the pruning intensity or check the model and data"
+                )
+            models[name] = make_surrogate(s.surrogate, random_state=s.seed).fit(featurize(X[finite]), y[finite])
+        return models
+
+    def _objective_fn(self, ctx: SearchContext, models, featurize):
+        names = ctx.objectives.names
+
+        def objectives(X: np.ndarray) -> np.ndarray:
+            F = featurize(X)
+            costs = ctx.cost_objectives(X)
+            cols, c = [], 0
+            for name in names:
+                if name in ctx.objectives.costs:
+                    cols.append(costs[:, c])
+                    c += 1
+                else:
+                    cols.append(models[name].predict(F))
+            return np.column_stack(cols)
+
+        return objectives
+
+    def _algorithm(self, ctx: SearchContext, sampling: np.ndarray):
+        s = ctx.settings
+        ops = dict(
+            sampling=sampling.astype(float),
             crossover=SBX(prob=0.9, eta=15, vtype=float, repair=RoundingRepair()),
             mutation=PM(eta=20, vtype=float, repair=RoundingRepair()),
             eliminate_duplicates=True,
         )
-        res = minimize(problem, algorithm, ("n_gen", s.generations), seed=s.seed * 1000 + round_, verbose=False)
-        return res
+        n_obj = len(ctx.objectives.names)
+        if s.algorithm == "nsga3":
+            ref_dirs = get_reference_directions("das-dennis", n_obj, n_partitions=12 if n_obj == 2 else 6)
+            return NSGA3(ref_dirs=ref_dirs, pop_size=s.pop_size, **ops)
+        if s.algorithm == "agemoea":
+            try:
+                from pymoo.algorithms.moo.age import AGEMOEA
+            except Exception:  # noqa: BLE001 - pymoo raises a bare Exception when numba is missing
+                raise EvopruneError("--algorithm agemoea needs numba: pip install numba") from None
+            return AGEMOEA(pop_size=s.pop_size, **ops)
+        if s.algorithm == "smsemoa":
+            return SMSEMOA(pop_size=s.pop_size, **ops)
+        return NSGA2(pop_size=s.pop_size, **ops)
 
-    def _candidates(self, res) -> np.ndarray:
-        """The predicted front first, then the rest of the final population; feasible, new, unique."""
-        evaluated = {e.config_key for e in self._evaluations()}
-        pop = res.pop
-        feasible = pop.get("CV").reshape(-1) <= 0
-        rank = pop.get("rank").reshape(-1) if pop.get("rank") is not None else np.zeros(len(pop))
-        order = np.lexsort((np.arange(len(pop)), rank))
-        out, seen = [], set(evaluated)
-        for i in order:
-            if not feasible[i]:
+    def refine_bounds(self, ctx: SearchContext, models, featurize, X: np.ndarray) -> np.ndarray:
+        """Upper level bounds, narrowed where the surrogate and the data agree a level is harmful.
+
+        As the paper narrows its space with the predictor's feature importance, we use partial
+        dependence: for each variable, set it to each level in every evaluated configuration and
+        average the predicted quality. A level is cut when its predicted loss exceeds level 0's
+        by more than log(max_ppl_ratio) and at least two evaluated configurations reached it.
+        """
+        upper = ctx.space.upper.copy()
+        if not ctx.settings.refine or len(X) < 8:
+            return upper
+        model = models[ctx.objectives.quality[0]]
+        limit = math.log(ctx.settings.max_ppl_ratio)
+        for i in range(ctx.space.n_var):
+            if upper[i] == 0:
                 continue
-            x = np.round(pop[i].X).astype(int)
-            key = self.space.key(x)
-            if key not in seen:
-                seen.add(key)
-                out.append((x, rank[i]))
-        return out
+            base = None
+            for level in range(upper[i] + 1):
+                Z = X.copy()
+                Z[:, i] = level
+                pd = float(np.mean(model.predict(featurize(Z))))
+                base = pd if base is None else base
+                reached = int(np.sum(X[:, i] >= level))
+                if level > 0 and pd - base > limit and reached >= 2:
+                    upper[i] = level - 1
+                    break
+        return upper
 
-    def _run_round(self, round_: int) -> None:
-        s = self.settings
-        X, y = self._train_set()
-        if len(X) < 2:
-            raise EvopruneError(
-                "fewer than 2 successful evaluations to train the surrogate on: "
-                "lower the pruning intensity or check the model and data"
-            )
-        featurize = FeatureMap(self.space, self.backend.score())
+    def round(self, ctx: SearchContext, round_: int) -> int:
+        s = ctx.settings
+        X, targets = self._train(ctx)
+        featurize = FeatureMap(ctx.space, ctx.backend.score())
         t0 = time.perf_counter()
-        surrogate = make_surrogate(s.surrogate, random_state=s.seed).fit(featurize(X), y)
+        models = self._fit(ctx, featurize, X, targets)
         fit_s = time.perf_counter() - t0
-        self.progress("phase", name=f"round {round_}: inner search")
+        ctx.progress("phase", name=f"round {round_}: inner search")
         t0 = time.perf_counter()
-        res = self._inner_search(surrogate, featurize, round_)
+        upper = self.refine_bounds(ctx, models, featurize, X)
+        seed = s.seed * 1000 + round_
+        seeds = np.vstack([X, intensity_sample(ctx.space, s.pop_size, seed)])
+        seeds = np.minimum(seeds, upper)
+        problem = SurrogatePruningProblem(
+            ctx.space.lower,
+            upper,
+            self._objective_fn(ctx, models, featurize),
+            n_obj=len(ctx.objectives.names),
+            constraints=ctx.constraint_matrix,
+            n_constr=1 + len(ctx.constraint_names),
+        )
+        res = minimize(problem, self._algorithm(ctx, seeds[: s.pop_size]), ("n_gen", s.generations), seed=seed)
+        pool, rank = self._candidates(ctx, res)
         search_s = time.perf_counter() - t0
-        self.store.record_round(self.run_record.id, round_, n_train=len(X), fit_s=fit_s, search_s=search_s)
-        candidates = self._candidates(res)
-        k = min(s.batch, self._budget_left())
-        if not candidates:
-            raise EvopruneError("the inner search found no new feasible configuration: widen --min-params/--max-params")
-        front = [x for x, r in candidates if r == 0]
-        pool = np.array(front if len(front) >= k else [x for x, _ in candidates])
-        mean, std = surrogate.predict(featurize(pool), return_std=True)
-        pool, mean, std = self._region_of_interest(pool, mean, std, k)
-        cost = self.space.params_matrix(pool) / self.dense_params
-        for i in select_batch(s.acquisition, pool, mean, std, cost, k):
-            self._enqueue(pool[i], "acquired", round_, {"log_ppl": float(mean[i]), "std": float(std[i])})
-        eval_s = self._evaluate_pending()
-        self.store.close_round(self.run_record.id, round_, eval_s=eval_s, hypervolume=self._hypervolume())
+        ctx.timings["fit_s"] += fit_s
+        ctx.timings["search_s"] += search_s
+        narrowed = {int(i): int(u) for i, u in enumerate(upper) if u < ctx.space.upper[i]}
+        ctx.store.record_round(ctx.run.id, round_, n_train=len(X), fit_s=fit_s, search_s=search_s, bounds=narrowed)
+        if not len(pool):
+            ctx.store.close_round(ctx.run.id, round_, eval_s=0.0, hypervolume=ctx.hypervolume())
+            return 0
+        k = min(s.batch, ctx.budget_left())
+        front = pool[rank == 0]
+        pool = front if len(front) >= k else pool
+        primary = ctx.objectives.quality[0]
+        mean, std = models[primary].predict(featurize(pool), return_std=True)
+        pool, mean, std = self._region_of_interest(ctx, pool, mean, std, k)
+        cost = ctx.cost_objectives(pool)
+        first_cost = cost[:, 0] if cost.shape[1] else ctx.space.params_matrix(pool) / ctx.dense_params
+        if s.acquisition == "ehvi":
+            ref = ctx.reference_point()
+            ok = [e for e in ctx.evaluations() if e.status == "ok"]
+            predicted = self._objective_fn(ctx, models, featurize)(pool)
+            index = ctx.objectives.names.index(primary)
+            scores = expected_hv_improvement(ctx.objective_matrix(ok), ref, index, predicted, std, seed)
+            chosen = select_batch("ehvi", pool, mean, std, first_cost, k, scores=scores)
+        else:
+            chosen = select_batch(s.acquisition, pool, mean, std, first_cost, k)
+        before = len(ctx.evaluations())
+        ctx.evaluate_now(
+            pool[chosen], "acquired", round_, [{primary: float(mean[i]), "std": float(std[i])} for i in chosen]
+        )
+        batch = [e for e in ctx.evaluations() if e.round == round_ and e.status == "ok" and e.predicted]
+        tau, rmse = _prediction_quality(batch, primary)
+        ctx.store.close_round(
+            ctx.run.id,
+            round_,
+            eval_s=sum(e.duration_s or 0 for e in batch),
+            hypervolume=ctx.hypervolume(),
+            tau=tau,
+            rmse=rmse,
+        )
+        return len(ctx.evaluations()) - before
 
-    def _dense_ppl(self) -> float | None:
-        dense = [e for e in self._evaluations() if e.status == "ok" and not any(e.levels)]
-        return dense[0].metrics["ppl"] if dense else None
+    def _candidates(self, ctx: SearchContext, res) -> tuple[np.ndarray, np.ndarray]:
+        """Feasible, unknown, unique configurations of the final population, predicted front first."""
+        known = ctx.known_keys()
+        pop = res.pop
+        cv = pop.get("CV").reshape(-1)
+        rank = pop.get("rank")
+        rank = rank.reshape(-1) if rank is not None else np.zeros(len(pop))
+        rank = np.where(np.isnan(rank.astype(float)), 1e9, rank)
+        out, ranks = [], []
+        for i in np.lexsort((np.arange(len(pop)), rank)):
+            x = np.round(pop[i].X).astype(int)
+            key = ctx.space.key(x)
+            if cv[i] <= 0 and key not in known and ctx.feasible(x[None])[0]:
+                known.add(key)
+                out.append(x)
+                ranks.append(rank[i])
+        return np.array(out, dtype=int).reshape(-1, ctx.space.n_var), np.array(ranks)
 
-    def _region_of_interest(self, pool, mean, std, k):
-        """Drop candidates predicted to be far worse than the dense model (collapsed models
-        teach the user nothing); keep at least the ``k`` best predicted."""
-        dense = self._dense_ppl()
-        if dense is None:
+    def _region_of_interest(self, ctx: SearchContext, pool, mean, std, k):
+        """Drop candidates predicted far worse than the best evaluated one (collapsed models teach
+        the user nothing); keep at least the ``k`` best predicted."""
+        primary = ctx.objectives.quality[0]
+        best = min(
+            (quality_value(primary, e.metrics) for e in ctx.shared_evaluations() if e.status == "ok"),
+            default=None,
+        )
+        if best is None or primary not in ("ppl", "kl"):
             return pool, mean, std
-        keep = mean <= np.log(dense * self.settings.max_ppl_ratio)
+        keep = mean <= best + math.log(ctx.settings.max_ppl_ratio)
         if keep.sum() < k:
             keep = np.zeros(len(pool), dtype=bool)
             keep[np.argsort(mean, kind="stable")[:k]] = True
         return pool[keep], mean[keep], std[keep]
 
-    def _hypervolume(self) -> float | None:
-        dense = self._dense_ppl()
-        if dense is None:
-            return None
-        return hypervolume(self._evaluations(), reference_ppl=self.settings.max_ppl_ratio * dense)
+
+def _prediction_quality(batch: list[Evaluation], primary: str) -> tuple[float | None, float | None]:
+    """Out-of-sample Kendall tau and RMSE of the predictions made before evaluating a batch."""
+    pairs = [(e.predicted[primary], quality_value(primary, e.metrics)) for e in batch if primary in e.predicted]
+    if not pairs:
+        return None, None
+    pred, true = np.array(pairs).T
+    rmse = float(np.sqrt(np.mean((pred - true) ** 2)))
+    tau = float(kendalltau(pred, true)[0]) if len(pairs) >= 3 else None
+    return (None if tau is not None and math.isnan(tau) else tau), rmse
+
+
+# Kept for the public API: the active-learning search bound to one store.
+class ActiveLearningSearch:
+    def __init__(self, backend, store, settings, progress=_noop, executor=None):
+        self.context = SearchContext(backend, store, settings, progress, executor)
 
     def run(self) -> SearchResult:
-        if self.run_record is None:
-            self.open_run()
-        self.progress("start", run=self.run_record, done=len(self._evaluations()), total=self.settings.evals)
-        self._evaluate_pending()  # finish what a killed process left behind
-        self._run_design()
-        while self._budget_left() > 0:
-            round_ = max(e.round for e in self._evaluations()) + 1
-            self._run_round(round_)
-        return SearchResult(self.run_record, self._evaluations(), self.new_evaluations, self.backend.importance_cached)
+        return run_strategy(self.context)
+
+
+def run_strategy(ctx: SearchContext) -> SearchResult:
+    from evoprune.baselines import STRATEGIES
+
+    if ctx.run is None:
+        ctx.open_run()
+    ctx.progress("start", run=ctx.run, done=len(ctx.evaluations()), total=ctx.settings.evals)
+    ctx.evaluate_pending()  # finish what a killed process left behind
+    STRATEGIES[ctx.settings.method]().run(ctx)
+    return SearchResult(ctx.run, ctx.evaluations(), ctx.new_evaluations, ctx.backend.importance_cached)
 
 
 def prepare_backend(model: str, data: str, settings: SearchSettings, progress: ProgressFn = _noop) -> PruningBackend:
@@ -332,18 +602,24 @@ def search(
     progress: ProgressFn = _noop,
     executor: str = "local",
     executor_options: dict | None = None,
+    backend: PruningBackend | None = None,
 ) -> SearchResult:
     """Run (or continue) a search: everything the ``evoprune search`` command does, as one call.
 
-    The store file is created only after the model and data have loaded, so bad input never
-    leaves an empty store behind. ``executor`` names where real evaluations run (``local`` in
-    this process; see ``evoprune.executors``).
+    The store file is created only after the model, data and budget have been checked, so bad
+    input never leaves an empty store behind. ``executor`` names where real evaluations run
+    (``local`` in this process; see ``evoprune.executors``). Pass ``backend`` to reuse a loaded
+    model across searches (``compare`` does).
     """
-    backend = prepare_backend(model, data, settings, progress)
+    if backend is None:
+        backend = prepare_backend(model, data, settings, progress)
+    else:
+        settings.validate()
+    CostEvaluator(backend.space, backend.loaded.model.config).check_feasible(settings.budget)
     recipe = BackendRecipe(model, data, settings.backend, backend.loaded.fingerprint)
     runner = make_executor(executor, backend, recipe, **(executor_options or {}))
     try:
         with Store(store) as st:
-            return ActiveLearningSearch(backend, st, settings, progress, runner).run()
+            return run_strategy(SearchContext(backend, st, settings, progress, runner))
     finally:
         runner.close()

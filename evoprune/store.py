@@ -8,6 +8,8 @@ Tables:
   a killed search resumes exactly where it stopped: pending rows are evaluated first, finished
   rows are never evaluated again.
 - ``rounds``: per active-learning round, timings and the front's hypervolume.
+- ``failures``: every worker that died or raised under a distributed executor, with the job it
+  held (if any), which attempt that was and whether the job was retried elsewhere.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ CREATE TABLE IF NOT EXISTS evaluations (
     params INTEGER NOT NULL,
     params_fraction REAL NOT NULL,
     metrics TEXT,
+    cost TEXT,
     predicted TEXT,
     error TEXT,
     created_at TEXT NOT NULL,
@@ -65,8 +68,21 @@ CREATE TABLE IF NOT EXISTS rounds (
     search_s REAL NOT NULL,
     eval_s REAL,
     hypervolume REAL,
+    tau REAL,
+    rmse REAL,
+    bounds TEXT,
     created_at TEXT NOT NULL,
     PRIMARY KEY (run_id, round)
+);
+CREATE TABLE IF NOT EXISTS failures (
+    id INTEGER PRIMARY KEY,
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    eval_id INTEGER REFERENCES evaluations(id),
+    attempt INTEGER NOT NULL,
+    worker TEXT NOT NULL,
+    error TEXT NOT NULL,
+    retried INTEGER NOT NULL,
+    created_at TEXT NOT NULL
 );
 """
 
@@ -102,11 +118,26 @@ class Evaluation:
     params: int
     params_fraction: float
     metrics: dict
+    cost: dict
     predicted: dict | None
     error: str | None
     created_at: str
     finished_at: str | None
     duration_s: float | None
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A worker failure; ``eval_id`` is None (and ``attempt`` 0) when it failed while loading."""
+
+    id: int
+    run_id: int
+    eval_id: int | None
+    attempt: int
+    worker: str
+    error: str
+    retried: bool
+    created_at: str
 
 
 class Store:
@@ -222,11 +253,12 @@ class Store:
         params: int,
         params_fraction: float,
         predicted: dict | None = None,
+        cost: dict | None = None,
     ) -> int:
         with self._tx() as c:
             cur = c.execute(
                 "INSERT INTO evaluations (run_id, config_key, levels, status, origin, round, params, "
-                "params_fraction, predicted, created_at) VALUES (?,?,?,'pending',?,?,?,?,?,?)",
+                "params_fraction, predicted, cost, created_at) VALUES (?,?,?,'pending',?,?,?,?,?,?,?)",
                 (
                     run_id,
                     config_key,
@@ -236,6 +268,7 @@ class Store:
                     int(params),
                     float(params_fraction),
                     json.dumps(predicted) if predicted is not None else None,
+                    json.dumps(cost or {}),
                     _now(),
                 ),
             )
@@ -267,23 +300,54 @@ class Store:
         d["levels"] = json.loads(d["levels"])
         d["metrics"] = json.loads(d["metrics"]) if d["metrics"] else {}
         d["predicted"] = json.loads(d["predicted"]) if d["predicted"] else None
+        d["cost"] = json.loads(d["cost"]) if d.get("cost") else {}
         return Evaluation(**d)
 
     # -- rounds -----------------------------------------------------------------------------
-    def record_round(self, run_id: int, round_: int, *, n_train: int, fit_s: float, search_s: float) -> None:
+    def record_round(
+        self, run_id: int, round_: int, *, n_train: int, fit_s: float, search_s: float, bounds: dict | None = None
+    ) -> None:
         with self._tx() as c:
             c.execute(
-                "INSERT OR REPLACE INTO rounds (run_id, round, n_train, fit_s, search_s, created_at) "
-                "VALUES (?,?,?,?,?,?)",
-                (run_id, round_, n_train, fit_s, search_s, _now()),
+                "INSERT OR REPLACE INTO rounds (run_id, round, n_train, fit_s, search_s, bounds, created_at) "
+                "VALUES (?,?,?,?,?,?,?)",
+                (run_id, round_, n_train, fit_s, search_s, json.dumps(bounds) if bounds else None, _now()),
             )
 
-    def close_round(self, run_id: int, round_: int, *, eval_s: float, hypervolume: float | None) -> None:
+    def close_round(
+        self,
+        run_id: int,
+        round_: int,
+        *,
+        eval_s: float,
+        hypervolume: float | None,
+        tau: float | None = None,
+        rmse: float | None = None,
+    ) -> None:
         with self._tx() as c:
             c.execute(
-                "UPDATE rounds SET eval_s=?, hypervolume=? WHERE run_id=? AND round=?",
-                (eval_s, hypervolume, run_id, round_),
+                "UPDATE rounds SET eval_s=?, hypervolume=?, tau=?, rmse=? WHERE run_id=? AND round=?",
+                (eval_s, hypervolume, tau, rmse, run_id, round_),
             )
 
     def rounds(self, run_id: int) -> list[dict]:
-        return [dict(r) for r in self._conn.execute("SELECT * FROM rounds WHERE run_id=? ORDER BY round", (run_id,))]
+        rows = [dict(r) for r in self._conn.execute("SELECT * FROM rounds WHERE run_id=? ORDER BY round", (run_id,))]
+        for r in rows:
+            r["bounds"] = json.loads(r["bounds"]) if r.get("bounds") else None
+        return rows
+
+    # -- worker failures --------------------------------------------------------------------
+    def record_failure(
+        self, run_id: int, eval_id: int | None, *, attempt: int, worker: str, error: str, retried: bool
+    ) -> int:
+        with self._tx() as c:
+            cur = c.execute(
+                "INSERT INTO failures (run_id, eval_id, attempt, worker, error, retried, created_at) "
+                "VALUES (?,?,?,?,?,?,?)",
+                (run_id, eval_id, int(attempt), worker, error, int(retried), _now()),
+            )
+            return int(cur.lastrowid)
+
+    def failures(self, run_id: int) -> list[Failure]:
+        rows = self._conn.execute("SELECT * FROM failures WHERE run_id=? ORDER BY id", (run_id,))
+        return [Failure(**{**dict(r), "retried": bool(r["retried"])}) for r in rows]

@@ -1,4 +1,9 @@
-"""Per-layer pruning levels as a pymoo problem whose quality objective is a surrogate's prediction."""
+"""Per-layer pruning levels as a pymoo problem whose objectives are cheap functions.
+
+The engine passes the surrogate's predicted quality and the exact costs as one vectorised
+``objectives`` callable, and the budgets as ``constraints`` (pymoo's ``G <= 0`` convention), so
+infeasible configurations never reach real evaluation. The problem knows nothing about LLMs.
+"""
 
 from __future__ import annotations
 
@@ -7,38 +12,25 @@ from collections.abc import Callable
 import numpy as np
 from pymoo.core.problem import Problem
 
-from surrogates import Surrogate
+ArrayFn = Callable[[np.ndarray], np.ndarray]
 
 
 class SurrogatePruningProblem(Problem):
-    """Minimise (predicted quality loss, cost) over integer level vectors.
-
-    ``featurize`` maps level vectors to the surrogate's features and ``cost`` maps them to a
-    cost in [0, 1] (e.g. the kept fraction of parameters); both come from the caller, so this
-    problem works for any model. Cost bounds are pymoo inequality constraints, so infeasible
-    configurations never reach real evaluation.
-    """
-
     def __init__(
         self,
-        surrogate: Surrogate,
-        featurize: Callable[[np.ndarray], np.ndarray],
-        cost: Callable[[np.ndarray], np.ndarray],
         xl: np.ndarray,
         xu: np.ndarray,
-        min_cost: float = 0.0,
-        max_cost: float = 1.0,
+        objectives: ArrayFn,
+        n_obj: int,
+        constraints: ArrayFn | None = None,
+        n_constr: int = 0,
     ):
-        self.surrogate = surrogate
-        self.featurize = featurize
-        self.cost = cost
-        self.min_cost = min_cost
-        self.max_cost = max_cost
-        super().__init__(n_var=len(xl), n_obj=2, n_ieq_constr=2, xl=xl, xu=xu, vtype=int)
+        self.objectives = objectives
+        self.constraints = constraints
+        super().__init__(n_var=len(xl), n_obj=n_obj, n_ieq_constr=n_constr, xl=xl, xu=xu, vtype=int)
 
     def _evaluate(self, X, out, *args, **kwargs):
         X = np.round(X).astype(int)
-        cost = self.cost(X)
-        mean = self.surrogate.predict(self.featurize(X))
-        out["F"] = np.column_stack([mean, cost])
-        out["G"] = np.column_stack([self.min_cost - cost, cost - self.max_cost])
+        out["F"] = self.objectives(X)
+        if self.constraints is not None:
+            out["G"] = self.constraints(X)
