@@ -124,8 +124,9 @@ class PredictorRank(Strategy):
 
 
 class _RealProblem(Problem):
+    """Shape only: the GA's fitness comes from real evaluations, told back through ask/tell."""
+
     def __init__(self, ctx: SearchContext):
-        self.ctx = ctx
         n_obj = len(ctx.objectives.names)
         super().__init__(n_var=ctx.space.n_var, n_obj=n_obj, n_ieq_constr=1 + len(ctx.constraint_names),
                          xl=ctx.space.lower, xu=ctx.space.upper, vtype=int)  # fmt: skip

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -11,10 +12,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from evoprune.backend.pruner import BackendSettings
 from evoprune.errors import EvopruneError
 from evoprune.executors import executor_factory
 from evoprune.pareto import ParetoPoint, pareto_front, pick_evaluation
-from evoprune.search import search
+from evoprune.search import SearchSettings, search
 from evoprune.store import Store
 
 app = typer.Typer(
@@ -270,12 +272,18 @@ def pareto_command(
     as_json: bool = typer.Option(
         False, "--json", help="Print JSON: {'points': [{id, params, params_fraction, metrics, levels}]}."
     ),
+    plot: Path | None = typer.Option(None, "--plot", help="Also draw the front (PNG): evaluated points, knee, budget."),
+    budget: float | None = typer.Option(None, "--max-params", help="Draw a budget line at this kept fraction."),
 ) -> None:
     """Show the non-dominated, really evaluated configurations (perplexity vs parameters)."""
     try:
         with Store.open_existing(store) as st:
             r = st.get_run(run)
             points = pareto_front(st, r)
+            if plot is not None:
+                from evoprune.plots import plot_front
+
+                plot_front(st, r, plot, budget_lines=[budget] if budget else None)
     except EvopruneError as exc:
         _fail(str(exc))
     if as_json:
@@ -370,6 +378,115 @@ def _fmt_scaled(value, scale: float, unit: str, digits: int = 2) -> str:
     return "-" if value is None else f"{value / scale:.{digits}f}{unit}"
 
 
+@app.command("compare")
+def compare_command(
+    model: str = typer.Option(..., "--model", "-m", help="Model spec, as for 'evoprune search'."),
+    data: str = typer.Option("builtin", "--data", "-d", help="Evaluation text, as for 'evoprune search'."),
+    store: Path = typer.Option(..., "--store", "-s", help="SQLite pair store (one run per method)."),
+    evals: int = typer.Option(..., "--evals", "-n", help="Real evaluations per method."),
+    methods: str = typer.Option(
+        "evoprune,uniform,owl,random,predictor-rank,ga", "--methods", help="Comma-separated methods to run."
+    ),
+    max_params: float = typer.Option(None, "--max-params", help="Parameter budget (kept fraction or count)."),
+    max_memory: str = typer.Option(None, "--max-memory", help="Memory budget, e.g. 2GB."),
+    max_latency_ms: float = typer.Option(None, "--max-latency-ms", help="Latency budget (ms per forward)."),
+    min_params: float = typer.Option(0.5, "--min-params", help="Smallest kept parameter fraction to search."),
+    seed: int = typer.Option(0, "--seed", help="Random seed shared by every method."),
+    eval_tokens: int = typer.Option(1024, "--eval-tokens", help="Tokens per real evaluation."),
+    calib_tokens: int = typer.Option(2048, "--calib-tokens", help="Tokens for importance scoring."),
+    seq_len: int = typer.Option(256, "--seq-len", help="Tokens per window."),
+    mlp_levels: int = typer.Option(8, "--mlp-levels", help="Number of MLP pruning steps."),
+    as_json: bool = typer.Option(False, "--json", help="Print the table as JSON."),
+) -> None:
+    """Run evoprune and the baselines at the same budget of real evaluations; print one table."""
+    from evoprune.compare import compare
+
+    settings = SearchSettings(
+        evals=evals, seed=seed, max_params=max_params, max_memory=max_memory, max_latency_ms=max_latency_ms,
+        min_params=min_params,
+        backend=BackendSettings(eval_tokens=eval_tokens, calib_tokens=calib_tokens, seq_len=seq_len,
+                                mlp_levels=mlp_levels),
+    )  # fmt: skip
+    try:
+        with _SearchProgress(err_console) as progress:
+            rows = compare(model, data, str(store), settings, [m.strip() for m in methods.split(",")], progress)
+    except EvopruneError as exc:
+        _fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps([r.to_dict() for r in rows], indent=2))
+        return
+    table = Table(title=f"methods at {evals} real evaluations (budget: {max_params or 'none'})", title_justify="left")
+    for col in ("method", "run", "evaluations", "best ppl", "kept params", "eval s", "wall s"):
+        table.add_column(col, justify="left" if col == "method" else "right")
+    for r in sorted(rows, key=lambda r: r.best_value if r.best_value is not None else float("inf")):
+        table.add_row(
+            r.method, str(r.run_id), str(r.evaluations),
+            "-" if r.best_value is None else f"{r.best_value:.2f}",
+            "-" if r.best_params_fraction is None else f"{r.best_params_fraction:.3f}",
+            f"{r.eval_s:.0f}", "-" if r.wall_s is None else f"{r.wall_s:.0f}",
+        )  # fmt: skip
+    out_console.print(table)
+
+
+@app.command("plan")
+def plan_command(
+    store: Path = typer.Option(..., "--store", "-s", help="SQLite pair store written by 'evoprune search'."),
+    max_params: float = typer.Option(None, "--max-params", help="Parameter budget (kept fraction or count)."),
+    max_memory: str = typer.Option(None, "--max-memory", help="Memory budget (weights + KV cache), e.g. 2GB."),
+    max_latency_ms: float = typer.Option(None, "--max-latency-ms", help="Latency budget (ms per forward)."),
+    spend: int = typer.Option(0, "--spend", help="First spend this many more evaluations focused on the budget."),
+    run: int | None = typer.Option(None, "--run", help="Run id (default: the latest run)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """The best really evaluated configuration under a budget, with its per-layer allocation."""
+    from evoprune.objectives import Budget
+    from evoprune.plan import plan
+
+    if spend < 0:
+        _fail(f"--spend must be 0 or more, got {spend}")
+    try:
+        with _SearchProgress(err_console) as progress:
+            result = plan(str(store), Budget(max_params, max_memory, max_latency_ms), spend, run, progress)
+    except EvopruneError as exc:
+        _fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    e = result.evaluation
+    pred = e.predicted or {}
+    predicted_ppl = f"{math.exp(pred['ppl']):.2f}" if "ppl" in pred else "-"
+    out_console.print(
+        f"evaluation #{e.id}: {e.params / 1e6:.2f}M parameters ({e.params_fraction:.1%} kept), "
+        f"measured ppl {e.metrics.get('ppl', float('nan')):.2f} (predicted before evaluation: {predicted_ppl}), "
+        f"memory {result.cost['memory_bytes'] / 2**20:.0f} MiB at 2048 tokens of KV cache; "
+        f"best of {result.candidates} evaluated configurations under the budget"
+        + (f", {result.spent} evaluated now" if result.spent else "")
+    )
+    table = Table(title="per-layer allocation", title_justify="left")
+    for col in ("layer", "query heads", "KV heads", "MLP channels"):
+        table.add_column(col, justify="right")
+    for layer in result.layers:
+        table.add_row(*(str(layer[k]) for k in ("layer", "q_heads", "kv_heads", "mlp")))
+    out_console.print(table)
+
+
+@app.command("report")
+def report_command(
+    store: Path = typer.Option(..., "--store", "-s", help="SQLite pair store."),
+    out: Path = typer.Option(..., "--out", "-o", help="Directory for index.html."),
+    run: int | None = typer.Option(None, "--run", help="Run id (default: the latest run)."),
+) -> None:
+    """Write a self-contained HTML report: front, rounds, per-layer levels, comparison."""
+    from evoprune.report import write_report
+
+    try:
+        with Store.open_existing(store) as st:
+            path = write_report(st, out, run)
+    except EvopruneError as exc:
+        _fail(str(exc))
+    out_console.print(f"wrote {path}")
+
+
 @app.command("runs")
 def runs_command(store: Path = typer.Option(..., "--store", "-s", help="SQLite pair store.")) -> None:
     """List the runs in a store with their evaluation counts."""
@@ -460,6 +577,79 @@ def surrogate_report_command(
     out_console.print(table)
     for note in report.notes:
         err_console.print(f"note: {note}")
+
+
+@app.command("evaluate")
+def evaluate_command(
+    model: str = typer.Option(
+        ..., "--model", "-m", help="An 'evoprune export' directory, or a model: smollm2-135m, a directory, a hub id."
+    ),
+    tasks: str = typer.Option(
+        ...,
+        "--tasks",
+        "-t",
+        help="Comma-separated: arc_easy, arc_challenge, mmlu, NAME=DATA_PATH, a task .yaml file, or lm_eval:NAME.",
+    ),
+    config: str | None = typer.Option(
+        None,
+        "--config",
+        "-c",
+        help="With a model (not an export): an evaluation id in --store, an export's plan.json, or uniform:R.",
+    ),
+    store: Path | None = typer.Option(
+        None, "--store", "-s", help="Pair store: resolves evaluation ids and keeps the results with the configuration."
+    ),
+    limit: int | None = typer.Option(None, "--limit", help="Score a fixed random subset of N questions per task."),
+    shots: int | None = typer.Option(None, "--shots", help="In-context examples (default: the task's own, 0)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the --limit subset and of the few-shot examples."),
+    data: str | None = typer.Option(
+        None, "--data", "-d", help="Importance text for uniform:R or a plan.json that names none (default: builtin)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Also write the results, with per-question scores, to this JSON file."
+    ),
+) -> None:
+    """Task accuracy (acc, acc_norm) of a model, an export, or a configuration applied through the masks."""
+    from evoprune.tasks.command import parse_tasks, run_evaluate, write_report
+
+    try:
+        if out is not None and not out.parent.is_dir():
+            raise EvopruneError(f"--out '{out}': directory '{out.parent}' does not exist")
+        with _SearchProgress(err_console) as progress:
+            report = run_evaluate(
+                model,
+                parse_tasks(tasks),
+                config=config,
+                store_path=store,
+                data=data,
+                limit=limit,
+                shots=shots,
+                seed=seed,
+                progress=progress,
+            )
+    except EvopruneError as exc:
+        _fail(str(exc))
+    if out is not None:
+        write_report(report, out)
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+        return
+    t = report.target
+    kept = f", {100 * t.params_fraction:.1f}% kept" if t.params_fraction is not None else ""
+    table = Table(title=f"Task accuracy of {t.label}: {t.params / 1e6:.2f}M parameters{kept}", title_justify="left")
+    for col in ("task", "shots", "questions", "acc", "acc_norm", "seconds"):
+        table.add_column(col, justify="left" if col == "task" else "right")
+    for r in report.results:
+        cells = [
+            "-" if m not in r.metrics else f"{r.metrics[m]:.4f} ± {r.stderr.get(m, math.nan):.4f}"
+            for m in ("acc", "acc_norm")
+        ]
+        table.add_row(r.task, str(r.shots), str(r.n), *cells, f"{r.duration_s:.1f}")
+    out_console.print(table)
+    if report.stored:
+        where = f"evaluation {t.eval_id}" if t.eval_id is not None else "no stored evaluation (kept by configuration)"
+        err_console.print(f"stored {len(report.stored)} task results in '{store}' with {where}")
 
 
 def main() -> None:

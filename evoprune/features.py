@@ -8,6 +8,8 @@ parameters. All of it comes from lookup tables, so featurising a population is c
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from evoprune.backend.importance import Importance
@@ -26,6 +28,13 @@ class FeatureMap:
         # removed[l, level]: share of layer l's importance removed at that level.
         self._attn_removed = np.zeros((L, space.attn_levels + 1))
         self._mlp_removed = np.zeros((L, space.mlp_levels + 1))
+        with warnings.catch_warnings():  # non-finite scores are cleaned up below
+            warnings.simplefilter("ignore", RuntimeWarning)
+            self._fill_tables(space, importance, upper, attn_total, mlp_total)
+        self._finish(attn_total, mlp_total)
+
+    def _fill_tables(self, space, importance, upper, attn_total, mlp_total) -> None:
+        L = space.num_layers
         for level in range(max(space.attn_levels, space.mlp_levels) + 1):
             x = np.minimum(np.concatenate([np.full(L, level), np.full(L, level)]), upper)
             for layer, plan in enumerate(resolve_plan(space, x, importance)):
@@ -37,8 +46,15 @@ class FeatureMap:
                 if x[L + layer] == m:
                     kept = importance.mlp[layer][list(plan.mlp_channels)].sum()
                     self._mlp_removed[layer, m] = 1 - kept / mlp_total[layer]
-        self._attn_weight = attn_total / attn_total.sum()
-        self._mlp_weight = mlp_total / mlp_total.sum()
+
+    def _finish(self, attn_total, mlp_total) -> None:
+        # A layer whose scores are not finite (e.g. overflowing weights) carries no information.
+        np.nan_to_num(self._attn_removed, copy=False, nan=0.0, posinf=1.0, neginf=0.0)
+        np.nan_to_num(self._mlp_removed, copy=False, nan=0.0, posinf=1.0, neginf=0.0)
+        attn_total = np.where(np.isfinite(attn_total), attn_total, 0.0)
+        mlp_total = np.where(np.isfinite(mlp_total), mlp_total, 0.0)
+        self._attn_weight = attn_total / (attn_total.sum() or 1.0)
+        self._mlp_weight = mlp_total / (mlp_total.sum() or 1.0)
 
     @property
     def n_features(self) -> int:

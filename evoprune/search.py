@@ -365,8 +365,21 @@ class ActiveLearning(Strategy):
         initial_design_phase(ctx, ctx.settings.init)
         stalled = 0
         while ctx.budget_left() > 0 and stalled < 3:
-            added = self.round(ctx, max(ctx.next_round(), 1))
+            round_ = max(ctx.next_round(), 1)
+            if sum(e.status == "ok" for e in ctx.shared_evaluations()) < 2:
+                added = self.explore(ctx, round_)  # nothing to learn from yet: keep sampling
+            else:
+                added = self.round(ctx, round_)
             stalled = stalled + 1 if added == 0 else 0
+
+    def explore(self, ctx: SearchContext, round_: int) -> int:
+        """Space-filling samples over a wide range of intensities, when too few evaluations succeeded."""
+        before = len(ctx.evaluations())
+        seed = ctx.settings.seed * 1000 + round_
+        pool = intensity_sample(ctx.space, 20 * ctx.settings.batch, seed, low=0.05, high=0.9)
+        pool = pool[ctx.feasible(pool)]
+        ctx.evaluate_now(pool[: ctx.settings.batch], "explore", round_)
+        return len(ctx.evaluations()) - before
 
     # -- one round --------------------------------------------------------------------------
     def _train(self, ctx: SearchContext):

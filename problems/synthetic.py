@@ -2,11 +2,9 @@
 
 ``SyntheticPruning`` has ``2 * layers`` integer levels. Cost is the kept share of a weighted
 "size"; loss grows with the removed share of a per-variable sensitivity, convexly (removing a
-little is nearly free, removing much hurts more than linearly) plus interactions between
-neighbouring layers. Because the loss is separable given the cost for ``interaction=0``, the
-exact front is computable by dynamic programming over the variables; with interactions the
-reference front is the non-dominated set of an exhaustive-enough NSGA-II run stored per seed.
-These problems let the search loop be benchmarked against NSGA-II on real evaluations in
+little is nearly free, removing much hurts more than linearly). Because the loss is a
+monotone function of a sum of per-variable terms, the exact front is computable by dynamic
+programming over the variables (``true_front``). These problems let the search loop be benchmarked against NSGA-II on real evaluations in
 seconds.
 """
 
@@ -61,9 +59,9 @@ class SyntheticPruning(Problem):
                         nxt[b] = loss + term
             best = nxt
         points = np.array([[np.log1p(10 * loss), 1 - b / buckets] for b, loss in best.items()])
-        order = np.argsort(points[:, 1])
+        order = np.argsort(points[:, 1], kind="stable")
         front, best_loss = [], np.inf
-        for p in points[order][::-1]:  # from largest kept size down
+        for p in points[order]:  # from the smallest kept size up: keep what lowers the loss
             if p[0] < best_loss:
                 front.append(p)
                 best_loss = p[0]

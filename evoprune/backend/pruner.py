@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -97,8 +98,11 @@ class PruningBackend:
             self.calib_windows = token_windows(tok, calib_text.text, settings.calib_tokens, settings.seq_len)
         self.importance: Importance | None = None
         self.importance_cached = False
-        self._reference: DenseReference | None = None
+        self._reference: DenseReference | bool | None = None
         self._masked: MaskedModel | None = None
+        # Called by evaluate() while the configuration is applied; each returns more metrics
+        # (e.g. evoprune.tasks.TaskEvaluator: {"acc:arc_easy": ...}).
+        self.extra_metrics: list[Callable[[PruningBackend], dict[str, float]]] = []
 
     @property
     def data_fingerprint(self) -> str:
@@ -125,14 +129,19 @@ class PruningBackend:
     def plan(self, x) -> list[LayerPlan]:
         return resolve_plan(self.space, x, self.score())
 
-    def reference(self) -> DenseReference:
-        """The dense model's top-k log-probabilities on the evaluation windows (computed once)."""
+    def reference(self) -> DenseReference | None:
+        """The dense model's top-k log-probabilities on the evaluation windows (computed once).
+
+        ``None`` when the dense model itself produces non-finite values: KL to it means nothing,
+        and evaluations then report perplexity only.
+        """
         if self._reference is None:
             self._unmask()
-            self._reference = dense_reference(
+            ref = dense_reference(
                 self.loaded.model, self.eval_windows, self.settings.kl_top_k, self.settings.batch_size
             )
-        return self._reference
+            self._reference = ref if bool(torch.isfinite(ref.logprobs).all()) else False
+        return self._reference or None
 
     def _masks(self) -> MaskedModel:
         if self._masked is None:
@@ -154,6 +163,8 @@ class PruningBackend:
         try:
             masked.apply(plans)
             metrics = quality(self.loaded.model, self.eval_windows, reference, self.settings.batch_size)
+            for extra in self.extra_metrics:
+                metrics.update(extra(self))
             error = None
             if not all(math.isfinite(v) for v in metrics.values()):
                 error = "non-finite perplexity or KL (the pruned model collapsed)"

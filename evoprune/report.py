@@ -1,0 +1,101 @@
+"""A self-contained HTML report of a store: front, rounds, levels, comparison, narrowed space."""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+
+from evoprune.pareto import pareto_front
+from evoprune.plots import plot_front, plot_levels, plot_rounds
+from evoprune.store import Store
+
+
+def _img(png: bytes, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+
+
+def _table(headers: list[str], rows: list[list]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _comparison(store: Store) -> str:
+    """Runs of the same problem with different methods, best measured quality of each."""
+    runs = store.runs()
+    by_problem: dict[tuple, list] = {}
+    for r in runs:
+        key = (r.settings.get("pair_key"), r.settings.get("max_params"), r.settings.get("evals"))
+        by_problem.setdefault(key, []).append(r)
+    parts = []
+    for (_, budget, evals), group in by_problem.items():
+        if len({r.settings.get("method") for r in group}) < 2:
+            continue
+        rows = []
+        for r in group:
+            ok = [e for e in store.evaluations(r.id) if e.status == "ok" and "ppl" in e.metrics]
+            limit = budget if budget is not None else 1.0
+            under = [e for e in ok if e.params_fraction <= limit]
+            best = min(under, key=lambda e: e.metrics["ppl"]) if under else None
+            rows.append([r.settings.get("method"), r.id, len(ok),
+                         f"{best.metrics['ppl']:.2f}" if best else "-",
+                         f"{best.params_fraction:.3f}" if best else "-",
+                         f"{sum(e.duration_s or 0 for e in store.evaluations(r.id)):.0f}"])  # fmt: skip
+        rows.sort(key=lambda row: float(row[3]) if row[3] != "-" else float("inf"))
+        parts.append(f"<h3>budget {budget if budget is not None else 'none'}, {evals} evaluations</h3>")
+        parts.append(_table(["method", "run", "ok evaluations", "best ppl", "kept params", "eval s"], rows))
+    return "".join(parts) or "<p>No comparison in this store (run <code>evoprune compare</code>).</p>"
+
+
+STYLE = """
+body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:14px}
+td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
+th{background:#f3f3f3} img{max-width:100%;margin:0.5em 0} code{background:#f3f3f3}
+"""
+
+
+def write_report(store: Store, out_dir: str | Path, run_id: int | None = None) -> Path:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    run = store.get_run(run_id)
+    rounds = store.rounds(run.id)
+    points = pareto_front(store, run)
+    front_rows = [[p.id, f"{p.params / 1e6:.2f}M", f"{p.params_fraction:.3f}",
+                   f"{p.metrics.get('ppl', float('nan')):.2f}", f"{p.metrics.get('kl', float('nan')):.4f}",
+                   p.origin if p.origin != "acquired" else f"round {p.round}"] for p in points]  # fmt: skip
+    narrowed = [[r["round"], ", ".join(f"{k}≤{v}" for k, v in (r.get("bounds") or {}).items()) or "-"]
+                for r in rounds]  # fmt: skip
+    budget = run.settings.get("max_params")
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>evoprune report: run {run.id}</title>",
+        f"<style>{STYLE}</style></head><body>",
+        f"<h1>evoprune report: run {run.id}</h1>",
+        f"<p>model <code>{html.escape(run.model)}</code>, data <code>{html.escape(run.data)}</code>, "
+        f"method <code>{html.escape(str(run.settings.get('method', 'evoprune')))}</code>, "
+        f"objectives <code>{html.escape(str(run.settings.get('objectives', 'ppl,params')))}</code>, "
+        f"{len(store.evaluations(run.id))} evaluations.</p>",
+        "<h2>Pareto front</h2>",
+        _img(plot_front(store, run, budget_lines=[budget] if budget and budget <= 1 else None), "front"),
+        _table(["id", "params", "kept", "ppl", "KL", "found"], front_rows),
+        "<h2>Per-layer levels on the front</h2>",
+        _img(plot_levels(store, run), "levels"),
+        "<h2>Rounds</h2>",
+        _img(plot_rounds(rounds), "rounds") if rounds else "<p>No active-learning rounds.</p>",
+        _table(["round", "pairs", "fit s", "inner search s", "eval s", "hypervolume", "tau", "rmse"],
+               [[r["round"], r["n_train"], f"{r['fit_s']:.2f}", f"{r['search_s']:.2f}",
+                 f"{(r['eval_s'] or 0):.1f}", f"{(r['hypervolume'] or 0):.4f}",
+                 "-" if r.get("tau") is None else f"{r['tau']:.2f}",
+                 "-" if r.get("rmse") is None else f"{r['rmse']:.3f}"] for r in rounds]),  # fmt: skip
+        "<h2>Narrowed search space</h2>",
+        "<p>Variables whose upper level the refinement step lowered (index: layer for attention, "
+        "number of layers + layer for MLP).</p>",
+        _table(["round", "narrowed upper bounds"], narrowed),
+        "<h2>Comparison</h2>",
+        _comparison(store),
+        "</body></html>",
+    ]
+    path = out / "index.html"
+    path.write_text("".join(parts), encoding="utf-8")
+    return path

@@ -1,0 +1,169 @@
+"""The search engine on a tiny model: budgets, baselines, failures, config files, plans and reports."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from evoprune.backend.pruner import BackendSettings
+from evoprune.cli import app
+from evoprune.compare import compare
+from evoprune.errors import EvopruneError
+from evoprune.search import SearchSettings, search
+from evoprune.store import Store
+from tests.conftest import build_tiny_model
+
+BACKEND = BackendSettings(eval_tokens=256, calib_tokens=256, seq_len=64, mlp_levels=4)
+
+
+def _settings(**kw) -> SearchSettings:
+    base = dict(evals=10, init=4, batch=3, pop_size=24, generations=8, backend=BACKEND)
+    base.update(kw)
+    return SearchSettings(**base)
+
+
+def test_a_parameter_budget_is_never_exceeded_by_a_real_evaluation(tmp_path, tiny_model_dir, text_file):
+    result = search(str(tiny_model_dir), str(text_file), str(tmp_path / "s.db"), _settings(max_params=0.7))
+    assert len(result.evaluations) == 10
+    assert all(e.params_fraction <= 0.7 for e in result.evaluations)
+    assert all(e.params_fraction >= 0.5 for e in result.evaluations)  # the default floor
+    # the design starts at the budget: its structured configurations spend most of it
+    assert max(e.params_fraction for e in result.evaluations if e.origin == "design") > 0.6
+
+
+def test_an_impossible_budget_is_refused_before_any_evaluation(tmp_path, tiny_model_dir, text_file):
+    store = tmp_path / "s.db"
+    with pytest.raises(EvopruneError, match="budget is impossible"):
+        search(str(tiny_model_dir), str(text_file), str(store), _settings(max_params=0.01, min_params=0.0))
+    assert not store.exists()
+    with pytest.raises(EvopruneError, match="budget is impossible"):
+        search(str(tiny_model_dir), str(text_file), str(store), _settings(max_memory="1KB", min_params=0.0))
+    assert not store.exists()
+
+
+@pytest.mark.parametrize("acquisition", ["ehvi", "lcb"])
+def test_same_seed_same_configurations_from_scratch(tmp_path, tiny_model_dir, text_file, acquisition):
+    settings = _settings(acquisition=acquisition, algorithm="nsga3" if acquisition == "lcb" else "nsga2")
+    a = search(str(tiny_model_dir), str(text_file), str(tmp_path / "a.db"), settings)
+    b = search(str(tiny_model_dir), str(text_file), str(tmp_path / "b.db"), settings)
+    assert [e.config_key for e in a.evaluations] == [e.config_key for e in b.evaluations]
+    assert [e.metrics for e in a.evaluations] == [e.metrics for e in b.evaluations]
+    assert any(e.origin == "acquired" for e in a.evaluations)
+
+
+def test_every_baseline_runs_at_the_same_budget(tmp_path, tiny_model_dir, text_file):
+    store = tmp_path / "c.db"
+    rows = compare(str(tiny_model_dir), str(text_file), str(store), _settings(evals=8, max_params=0.75))
+    assert {r.method for r in rows} == {"evoprune", "uniform", "owl", "random", "predictor-rank", "ga"}
+    with Store(store) as st:
+        for r in rows:
+            evals = st.evaluations(r.run_id)
+            assert 0 < len(evals) <= 8, r.method
+            assert all(e.params_fraction <= 0.75 for e in evals), r.method
+            assert r.best_value is not None and r.best_params_fraction <= 0.75
+        # no method saw another's evaluations: each run's keys are its own rows
+        assert len({st.get_run(r.run_id).run_key for r in rows}) == len(rows)
+
+
+def test_failed_evaluations_are_stored_and_never_offered(tmp_path, tiny_tokenizer, text_file):
+    """One MLP channel of layer 1 is NaN: configurations that keep it fail, the search goes on."""
+    model = build_tiny_model("llama", seed=2)
+    with torch.no_grad():
+        model.model.layers[1].mlp.down_proj.weight[:, 7] = float("nan")
+    path = tmp_path / "broken"
+    model.save_pretrained(path)
+    tiny_tokenizer.save_pretrained(path)
+    result = search(str(path), str(text_file), str(tmp_path / "s.db"), _settings(evals=10, min_params=0.3))
+    failed = [e for e in result.evaluations if e.status == "failed"]
+    ok = [e for e in result.evaluations if e.status == "ok"]
+    assert failed and ok and len(result.evaluations) == 10
+    assert all("non-finite" in e.error for e in failed)
+    assert all(e.levels[4 + 1] >= 1 for e in ok)  # only configurations that pruned the broken channel
+    assert all(e.levels[4 + 1] == 0 for e in failed)
+    runner = CliRunner()
+    out = runner.invoke(app, ["pareto", "--store", str(tmp_path / "s.db"), "--json"])
+    ids = {p["id"] for p in json.loads(out.stdout)["points"]}
+    assert ids and not ids & {e.id for e in failed}
+
+
+def test_config_file_flags_override_and_resume_needs_only_the_store(tmp_path, tiny_model_dir, text_file):
+    store = tmp_path / "s.db"
+    config = tmp_path / "search.toml"
+    config.write_text(
+        f'model = "{tiny_model_dir}"\ndata = "{text_file}"\nstore = "{store}"\nevals = 6\ninit = 4\nbatch = 2\n'
+        "pop_size = 16\ngenerations = 5\nseed = 3\n[backend]\neval_tokens = 256\ncalib_tokens = 256\n"
+        "seq_len = 64\nmlp_levels = 4\n"
+    )
+    runner = CliRunner()
+    result = runner.invoke(app, ["search", "--config", str(config), "--seed", "5"])
+    assert result.exit_code == 0, result.output
+    with Store(store) as st:
+        run = st.get_run()
+        assert run.settings["seed"] == 5 and run.settings["init"] == 4 and run.settings["backend"]["seq_len"] == 64
+        assert len(st.evaluations(run.id)) == 6
+    result = runner.invoke(app, ["resume", "--store", str(store), "--evals", "8"])
+    assert result.exit_code == 0, result.output
+    with Store(store) as st:
+        assert len(st.runs()) == 1 and len(st.evaluations(st.get_run().id)) == 8
+    bad = tmp_path / "bad.toml"
+    bad.write_text("evalz = 3\n")
+    result = runner.invoke(app, ["search", "--config", str(bad)])
+    assert result.exit_code == 2 and "unknown option 'evalz'" in result.output
+
+
+def test_plan_pareto_plot_report_and_export_from_a_pick(tmp_path, tiny_model_dir, text_file):
+    store = tmp_path / "s.db"
+    search(str(tiny_model_dir), str(text_file), str(store), _settings(evals=10, min_params=0.3))
+    runner = CliRunner()
+    out = runner.invoke(app, ["plan", "--store", str(store), "--max-params", "0.8", "--json"])
+    assert out.exit_code == 0, out.output
+    chosen = json.loads(out.stdout)
+    assert chosen["cost"]["params_fraction"] <= 0.8 and len(chosen["layers"]) == 4
+    with Store(store) as st:
+        under = [e for e in st.evaluations(st.get_run().id) if e.status == "ok" and e.params_fraction <= 0.8]
+    assert chosen["measured"]["ppl"] == min(e.metrics["ppl"] for e in under)
+    out = runner.invoke(app, ["plan", "--store", str(store), "--max-params", "0.75", "--spend", "3", "--json"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.stdout)["evaluations_spent"] == 3
+    png = tmp_path / "front.png"
+    out = runner.invoke(app, ["pareto", "--store", str(store), "--plot", str(png), "--max-params", "0.8"])
+    assert out.exit_code == 0 and png.read_bytes()[:4] == b"\x89PNG"
+    out = runner.invoke(app, ["report", "--store", str(store), "--out", str(tmp_path / "report"), "--run", "1"])
+    assert out.exit_code == 0, out.output
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert page.count("data:image/png;base64,") == 3 and "Pareto front" in page
+    out = runner.invoke(app, ["export", "--store", str(store), "--run", "1", "--pick", "knee",
+                              "--out", str(tmp_path / "export"), "--json"])  # fmt: skip
+    assert out.exit_code == 0, out.output
+    assert (tmp_path / "export" / "model.safetensors").exists()
+    out = runner.invoke(app, ["export", "--store", str(store), "--pick", "best", "--out", str(tmp_path / "export")])
+    assert out.exit_code == 2 and "not empty" in out.output
+
+
+def test_synthetic_problem_front_bounds_every_search():
+    from pymoo.algorithms.moo.nsga2 import NSGA2
+    from pymoo.operators.crossover.sbx import SBX
+    from pymoo.operators.mutation.pm import PM
+    from pymoo.operators.repair.rounding import RoundingRepair
+    from pymoo.operators.sampling.rnd import IntegerRandomSampling
+    from pymoo.optimize import minimize
+
+    from evoprune.pareto import hypervolume_of
+    from problems import SyntheticPruning
+
+    problem = SyntheticPruning(n_var=10, levels=4, seed=1)
+    front = problem.true_front()
+    ref = np.array([front[:, 0].max() + 0.1, 1.01])
+    repair = RoundingRepair()
+    algo = NSGA2(40, sampling=IntegerRandomSampling(), crossover=SBX(vtype=float, repair=repair),
+                 mutation=PM(vtype=float, repair=repair))  # fmt: skip
+    res = minimize(problem, algo, ("n_gen", 40), seed=0)
+    found, best = hypervolume_of(res.F, ref), hypervolume_of(front, ref)
+    assert found <= best * 1.001
+    assert found > 0.8 * best
+    X = np.zeros((1, 10), dtype=int)
+    assert problem.evaluate_exact(X)[0].tolist() == [0.0, 1.0]
