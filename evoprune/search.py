@@ -456,17 +456,22 @@ class ActiveLearning(Strategy):
             return upper
         model = models[ctx.objectives.quality[0]]
         limit = math.log(ctx.settings.max_ppl_ratio)
+        # One prediction over every (variable, level) substitution: per-call overhead dominates.
+        blocks, index = [], []
         for i in range(ctx.space.n_var):
-            if upper[i] == 0:
-                continue
-            base = None
             for level in range(upper[i] + 1):
                 Z = X.copy()
                 Z[:, i] = level
-                pd = float(np.mean(model.predict(featurize(Z))))
-                base = pd if base is None else base
+                blocks.append(Z)
+                index.append((i, level))
+        if not blocks:
+            return upper
+        pred = model.predict(featurize(np.vstack(blocks))).reshape(len(blocks), len(X)).mean(axis=1)
+        pd = {key: float(v) for key, v in zip(index, pred, strict=True)}
+        for i in range(ctx.space.n_var):
+            for level in range(1, upper[i] + 1):
                 reached = int(np.sum(X[:, i] >= level))
-                if level > 0 and pd - base > limit and reached >= 2:
+                if pd[(i, level)] - pd[(i, 0)] > limit and reached >= 2:
                     upper[i] = level - 1
                     break
         return upper

@@ -1,11 +1,13 @@
-"""Cheap integer multi-objective problems with a known Pareto front, shaped like pruning.
+"""Cheap integer multi-objective problems with a known Pareto front, shaped like layer pruning.
 
-``SyntheticPruning`` has ``2 * layers`` integer levels. Cost is the kept share of a weighted
-"size"; loss grows with the removed share of a per-variable sensitivity, convexly (removing a
-little is nearly free, removing much hurts more than linearly). Because the loss is a
-monotone function of a sum of per-variable terms, the exact front is computable by dynamic
-programming over the variables (``true_front``). These problems let the search loop be benchmarked against NSGA-II on real evaluations in
-seconds.
+``SyntheticPruning`` has one integer level per variable. Variable ``i`` at level ``l`` removes
+``removed[i][l]`` of the total size (monotone in ``l``) and adds ``sensitivity[i] * share **
+curvature[i]`` to the loss, where ``share`` is the removed share of that variable's own size:
+removing a little is nearly free, removing much hurts more than linearly, and a few variables
+matter much more than the rest, as layers do in LLMs. The objectives are (loss, kept size).
+
+Because the loss is a sum of per-variable terms, the exact front is computable by dynamic
+programming over the variables (``true_front``), so searches can be scored against it.
 """
 
 from __future__ import annotations
@@ -15,53 +17,57 @@ from pymoo.core.problem import Problem
 
 
 class SyntheticPruning(Problem):
-    """Minimise (loss, kept size) over integer levels 0..levels for ``n_var`` variables."""
-
-    def __init__(self, n_var: int = 16, levels: int = 4, seed: int = 0, noise: float = 0.0):
+    def __init__(
+        self,
+        removed: np.ndarray | None = None,
+        n_var: int = 16,
+        levels: int = 4,
+        seed: int = 0,
+    ):
         rng = np.random.default_rng(seed)
-        self.levels = levels
-        self.size = rng.uniform(0.5, 1.5, n_var)
-        self.size /= self.size.sum()
-        # Sensitivity per unit of size: a few variables matter a lot, most little (as in LLMs).
-        self.sensitivity = rng.lognormal(0.0, 1.0, n_var)
+        if removed is None:
+            size = rng.uniform(0.5, 1.5, n_var)
+            size /= size.sum()
+            removed = size[:, None] * np.linspace(0, 1, levels + 1)[None, :]
+        self.removed = np.asarray(removed, dtype=float)  # (n_var, levels + 1), removed[:, 0] == 0
+        n_var, n_levels = self.removed.shape
+        self.size = self.removed[:, -1]
+        # Sensitivity per unit of size: a few variables matter a lot, most little.
+        self.sensitivity = rng.lognormal(0.0, 1.0, n_var) * self.size
         self.curvature = rng.uniform(1.5, 3.0, n_var)
-        self.noise = noise
-        self._rng = np.random.default_rng(seed + 1)
-        super().__init__(n_var=n_var, n_obj=2, xl=np.zeros(n_var), xu=np.full(n_var, levels), vtype=int)
+        super().__init__(n_var=n_var, n_obj=2, xl=np.zeros(n_var), xu=np.full(n_var, n_levels - 1), vtype=int)
 
-    def loss_terms(self, X: np.ndarray) -> np.ndarray:
-        share = np.asarray(X, dtype=float) / self.levels
-        return self.size * self.sensitivity * share**self.curvature
+    def terms(self, i: int, level: int) -> tuple[float, float]:
+        """(removed size, loss term) of variable ``i`` at ``level``."""
+        share = self.removed[i, level] / self.size[i] if self.size[i] > 0 else 0.0
+        return self.removed[i, level], self.sensitivity[i] * share ** self.curvature[i]
 
     def evaluate_exact(self, X: np.ndarray) -> np.ndarray:
         X = np.atleast_2d(np.round(X).astype(int))
-        loss = np.log1p(10 * self.loss_terms(X).sum(axis=1))
-        kept = 1 - (self.size * X / self.levels).sum(axis=1)
-        return np.column_stack([loss, kept])
+        rows = np.arange(self.n_var)
+        removed = self.removed[rows, X].sum(axis=1)
+        share = self.removed[rows, X] / np.where(self.size > 0, self.size, 1)
+        loss = (self.sensitivity * share**self.curvature).sum(axis=1)
+        return np.column_stack([np.log1p(10 * loss), 1 - removed])
 
     def _evaluate(self, X, out, *args, **kwargs):
-        F = self.evaluate_exact(X)
-        if self.noise:
-            F[:, 0] += self._rng.normal(0, self.noise, len(F))
-        out["F"] = F
+        out["F"] = self.evaluate_exact(X)
 
-    def true_front(self, resolution: int = 400) -> np.ndarray:
-        """The exact front by dynamic programming over (kept size bucket -> least loss)."""
-        buckets = resolution
+    def true_front(self, resolution: int = 2000) -> np.ndarray:
+        """The front by dynamic programming over (removed-size bucket -> least loss)."""
         best = {0: 0.0}
         for i in range(self.n_var):
+            options = [self.terms(i, level) for level in range(self.removed.shape[1])]
             nxt: dict[int, float] = {}
-            for removed_bucket, loss in best.items():
-                for level in range(self.levels + 1):
-                    b = removed_bucket + int(round(self.size[i] * level / self.levels * buckets))
-                    term = self.size[i] * self.sensitivity[i] * (level / self.levels) ** self.curvature[i]
+            for bucket, loss in best.items():
+                for removed, term in options:
+                    b = bucket + int(round(removed * resolution))
                     if loss + term < nxt.get(b, np.inf):
                         nxt[b] = loss + term
             best = nxt
-        points = np.array([[np.log1p(10 * loss), 1 - b / buckets] for b, loss in best.items()])
-        order = np.argsort(points[:, 1], kind="stable")
+        points = np.array([[np.log1p(10 * loss), 1 - b / resolution] for b, loss in best.items()])
         front, best_loss = [], np.inf
-        for p in points[order]:  # from the smallest kept size up: keep what lowers the loss
+        for p in points[np.argsort(points[:, 1], kind="stable")]:  # most removed first
             if p[0] < best_loss:
                 front.append(p)
                 best_loss = p[0]

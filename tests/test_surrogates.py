@@ -77,3 +77,12 @@ def test_rejects_bad_input_with_a_clear_error(name):
 def test_unknown_name_lists_the_available_ones():
     with pytest.raises(ValueError, match="available: .*ngboost"):
         make_surrogate("nope")
+
+
+def test_ngboost_fast_prediction_equals_the_library_path():
+    X, y = _data(n=60)
+    model = make_surrogate("ngboost", random_state=0).fit(X, y)
+    mean, std = model.predict(X, return_std=True)
+    dist = model.model_.pred_dist(X)
+    np.testing.assert_allclose(mean, dist.params["loc"] * model.y_scale_ + model.y_offset_, rtol=1e-10)
+    np.testing.assert_allclose(std, dist.params["scale"] * model.y_scale_, rtol=1e-10)
