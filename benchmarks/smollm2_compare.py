@@ -70,6 +70,7 @@ def main() -> None:
     p.add_argument("--calib-tokens", type=int, default=2048)
     p.add_argument("--heldout-tokens", type=int, default=4096)
     p.add_argument("--arc-limit", type=int, default=200)
+    p.add_argument("--arc-methods", default="all", help="methods whose pick is also scored on ARC-Easy (time)")
     p.add_argument("--store", default=str(ROOT / "benchmarks" / "results" / "smollm2_compare.db"))
     p.add_argument("--tiny", action="store_true", help="a tiny random model and a few evaluations (CI)")
     p.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
@@ -116,7 +117,8 @@ def main() -> None:
                     with tempfile.TemporaryDirectory() as tmp:
                         export_pruned(backend, best.levels, Path(tmp) / "m")
                         model, tok = load_pruned(Path(tmp) / "m")
-                        row["heldout"] = held_out(model, tok, args.heldout_tokens, seq_len, args.arc_limit)
+                        arc = args.arc_limit if args.arc_methods == "all" or method in args.arc_methods else 0
+                        row["heldout"] = held_out(model, tok, args.heldout_tokens, seq_len, arc)
                         del model
                 results["rows"].append(row)
                 print(json.dumps(row), flush=True)
@@ -138,7 +140,8 @@ def render(results: dict, args) -> str:
         f"Command: `python benchmarks/smollm2_compare.py --evals {args.evals} --budgets {args.budgets} "
         f"--seeds {args.seeds}` (search on WikiText-2 valid, {args.eval_tokens} tokens per real evaluation, "
         f"importance on {args.calib_tokens} tokens; held-out: first {args.heldout_tokens} tokens of WikiText-2 "
-        f"test and PTB valid, {args.arc_limit} ARC-Easy dev questions, all through the exported model).",
+        f"test and PTB valid, {args.arc_limit} ARC-Easy dev questions (picks of: {args.arc_methods}), all through "
+        "the exported model).",
         "",
         f"Machine: {results['machine']}, {results['cpus']} torch threads; torch {results['versions']['torch']}, "
         f"transformers {results['versions']['transformers']}, pymoo {results['versions']['pymoo']}. "

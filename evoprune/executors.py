@@ -8,6 +8,7 @@ and build their own backends from a ``BackendRecipe``, so they need nothing but 
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -39,13 +40,33 @@ class BackendRecipe:
         return backend
 
 
+@dataclass(frozen=True)
+class WorkerFailure:
+    """A worker died or raised. ``attempt`` counts from 1 for the job it held; it is 0 when the
+    worker failed while loading, before it held any job. ``retried``: the job goes to another worker."""
+
+    worker: str
+    error: str
+    attempt: int
+    retried: bool
+
+
 ResultFn = Callable[[Job, Measurement], None]
+FailureFn = Callable[[Job | None, WorkerFailure], None]
 
 
 class Executor:
     name = "base"
 
-    def evaluate(self, jobs: list[Job], on_result: ResultFn) -> None:  # pragma: no cover - abstract
+    def evaluate(
+        self, jobs: list[Job], on_result: ResultFn, on_failure: FailureFn | None = None
+    ) -> None:  # pragma: no cover - abstract
+        """Evaluate every job and call ``on_result`` once per job, in this process, as each finishes.
+
+        ``on_failure`` hears of every worker failure (also those that the executor recovered from
+        by retrying), so the caller can record them; a job whose retries are spent still gets its
+        ``on_result``, with a failed Measurement.
+        """
         raise NotImplementedError
 
     def close(self) -> None:
@@ -60,13 +81,16 @@ class LocalExecutor(Executor):
     def __init__(self, backend: PruningBackend):
         self.backend = backend
 
-    def evaluate(self, jobs: list[Job], on_result: ResultFn) -> None:
+    def evaluate(self, jobs: list[Job], on_result: ResultFn, on_failure: FailureFn | None = None) -> None:
         for job in jobs:
             on_result(job, self.backend.evaluate(np.array(job.levels)))
 
 
 ExecutorFactory = Callable[..., Executor]
 EXECUTORS: dict[str, ExecutorFactory] = {}
+# Executors whose module needs an optional dependency: imported (and so registered) only when
+# asked for by name, so that evoprune itself never needs the dependency.
+LAZY_EXECUTORS = {"ray": "evoprune.ray_executor"}
 
 
 def register_executor(name: str):
@@ -82,7 +106,15 @@ def _make_local(backend: PruningBackend, recipe: BackendRecipe | None = None, **
     return LocalExecutor(backend)
 
 
-def make_executor(name: str, backend: PruningBackend, recipe: BackendRecipe | None = None, **options) -> Executor:
+def executor_factory(name: str) -> ExecutorFactory:
+    """The factory registered as ``name``; raises EvopruneError if it is unknown or cannot be imported."""
+    if name not in EXECUTORS and name in LAZY_EXECUTORS:
+        importlib.import_module(LAZY_EXECUTORS[name])
     if name not in EXECUTORS:
-        raise EvopruneError(f"executor {name!r} is unknown: use one of {', '.join(sorted(EXECUTORS))}")
-    return EXECUTORS[name](backend, recipe, **options)
+        known = sorted(set(EXECUTORS) | set(LAZY_EXECUTORS))
+        raise EvopruneError(f"executor {name!r} is unknown: use one of {', '.join(known)}")
+    return EXECUTORS[name]
+
+
+def make_executor(name: str, backend: PruningBackend, recipe: BackendRecipe | None = None, **options) -> Executor:
+    return executor_factory(name)(backend, recipe, **options)

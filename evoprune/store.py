@@ -10,6 +10,8 @@ Tables:
 - ``rounds``: per active-learning round, timings and the front's hypervolume.
 - ``failures``: every worker that died or raised under a distributed executor, with the job it
   held (if any), which attempt that was and whether the job was retried elsewhere.
+- ``task_results``: task accuracies (``evoprune evaluate``) of a configuration, linked to its
+  run and evaluation when the store holds them.
 """
 
 from __future__ import annotations
@@ -84,6 +86,20 @@ CREATE TABLE IF NOT EXISTS failures (
     retried INTEGER NOT NULL,
     created_at TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS task_results (
+    id INTEGER PRIMARY KEY,
+    run_id INTEGER REFERENCES runs(id),
+    eval_id INTEGER REFERENCES evaluations(id),
+    config_key TEXT,
+    model TEXT NOT NULL,
+    source TEXT NOT NULL,
+    task TEXT NOT NULL,
+    shots INTEGER NOT NULL,
+    n INTEGER NOT NULL,
+    metrics TEXT NOT NULL,
+    details TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
 """
 
 
@@ -137,6 +153,24 @@ class Failure:
     worker: str
     error: str
     retried: bool
+    created_at: str
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    """Task accuracy of one configuration: ``source`` is dense, masks or export; ``n`` questions."""
+
+    id: int
+    run_id: int | None
+    eval_id: int | None
+    config_key: str | None
+    model: str
+    source: str
+    task: str
+    shots: int
+    n: int
+    metrics: dict
+    details: dict
     created_at: str
 
 
@@ -351,3 +385,53 @@ class Store:
     def failures(self, run_id: int) -> list[Failure]:
         rows = self._conn.execute("SELECT * FROM failures WHERE run_id=? ORDER BY id", (run_id,))
         return [Failure(**{**dict(r), "retried": bool(r["retried"])}) for r in rows]
+
+    # -- task accuracy ----------------------------------------------------------------------
+    def add_task_result(
+        self,
+        *,
+        model: str,
+        source: str,
+        task: str,
+        shots: int,
+        n: int,
+        metrics: dict,
+        details: dict | None = None,
+        run_id: int | None = None,
+        eval_id: int | None = None,
+        config_key: str | None = None,
+    ) -> int:
+        with self._tx() as c:
+            cur = c.execute(
+                "INSERT INTO task_results (run_id, eval_id, config_key, model, source, task, shots, n, metrics, "
+                "details, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    run_id,
+                    eval_id,
+                    config_key,
+                    model,
+                    source,
+                    task,
+                    int(shots),
+                    int(n),
+                    json.dumps(metrics),
+                    json.dumps(details or {}),
+                    _now(),
+                ),
+            )
+            return int(cur.lastrowid)
+
+    def task_results(self, *, run_id: int | None = None, eval_id: int | None = None) -> list[TaskRecord]:
+        """Stored task accuracies, oldest first; all of them, or those of a run or an evaluation."""
+        sql, args = "SELECT * FROM task_results WHERE 1=1", []
+        if run_id is not None:
+            sql += " AND run_id=?"
+            args.append(run_id)
+        if eval_id is not None:
+            sql += " AND eval_id=?"
+            args.append(eval_id)
+        rows = self._conn.execute(sql + " ORDER BY id", args)
+        return [
+            TaskRecord(**{**dict(r), "metrics": json.loads(r["metrics"]), "details": json.loads(r["details"])})
+            for r in rows
+        ]

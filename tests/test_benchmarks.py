@@ -1,0 +1,34 @@
+"""Tiny versions of the benchmark commands, so they cannot rot."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_compare_benchmark_runs_on_a_tiny_model(tmp_path, tiny_model_dir, text_file):
+    store = tmp_path / "bench.db"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "smollm2_compare.py"), "--tiny", "--model", str(tiny_model_dir),
+         "--data", str(text_file), "--store", str(store), "--budgets", "0.8", "--no-write"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads(store.with_suffix(".json").read_text())["rows"]
+    assert {r["method"] for r in rows} == {"evoprune", "uniform", "owl", "random", "predictor-rank", "ga"}
+    for r in rows:
+        assert r["params_fraction"] <= 0.8 and r["heldout"]["ppl:wikitext2_test"] > 1
+
+
+def test_synthetic_benchmark_runs(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "synthetic.py"), "--seeds", "1", "--evoprune-evals", "12",
+         "--ga-evals", "20", "--no-write"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Median evaluations" in result.stdout
