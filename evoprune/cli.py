@@ -174,7 +174,7 @@ def search_command(
         None, "--ray-address", help="Ray cluster to join: auto or ray://HOST:10001 (default: start a local one)."
     ),
     workers: int = typer.Option(
-        None, "--workers", help="Ray workers, each with its own copy of the model (default: one per free CPU)."
+        None, "--workers", help="Ray workers, each with a copy of the model (default: as many as CPUs and memory hold)."
     ),
     gpus_per_worker: float = typer.Option(None, "--gpus-per-worker", help="GPUs each Ray worker reserves."),
     as_json: bool = typer.Option(False, "--json", help="Print the resulting front as JSON instead of a table."),
@@ -512,7 +512,20 @@ def _fmt(value: float | None, spec: str = ".3f") -> str:
     return "-" if value is None or value != value else format(value, spec)
 
 
-@surrogate_app.command("report")
+_SURROGATE_REPORT_HELP = (
+    "Cross-validate every surrogate on a run's successful evaluations (target: log perplexity).\n\n"
+    "Per surrogate: Kendall tau over all pairs and within equal-cost groups (pairs binned by kept parameter "
+    "fraction, bins 5% wide; the mean over bins with at least 3 pairs, weighted by their pairs), Spearman rho, "
+    "RMSE, Gaussian negative log-likelihood, coverage of the 90% interval and seconds per fit. The last row "
+    "scores the predictions the search recorded for each candidate before evaluating it.\n\n"
+    "Features: the search's own (levels, importance removed per sub-layer, kept fraction) when the run's "
+    "importance scores are in the cache ($EVOPRUNE_CACHE_DIR or ~/.cache/evoprune, as on the machine that ran "
+    "the search); otherwise the levels and the exact kept parameter fraction, which the store alone gives. "
+    "The report names the features it used."
+)
+
+
+@surrogate_app.command("report", help=_SURROGATE_REPORT_HELP)
 def surrogate_report_command(
     store: Path = typer.Option(..., "--store", "-s", help="SQLite pair store written by 'evoprune search'."),
     run: int | None = typer.Option(None, "--run", help="Run id (default: the latest run)."),
@@ -523,18 +536,6 @@ def surrogate_report_command(
     seed: int = typer.Option(0, "--seed", help="Seed of the fold split and of the surrogates."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
-    """Cross-validate every surrogate on a run's successful evaluations (target: log perplexity).
-
-    Per surrogate: Kendall tau over all pairs and within equal-cost groups (pairs binned by kept
-    parameter fraction, bins 5% wide; mean over bins with at least 3 pairs, weighted by pairs),
-    Spearman rho, RMSE, Gaussian NLL, coverage of the 90% interval, seconds per fit. Also scores
-    the predictions the search recorded for each candidate before evaluating it.
-
-    Features: the search's own (levels, importance removed per sub-layer, kept fraction) when the
-    run's importance scores are in the cache ($EVOPRUNE_CACHE_DIR or ~/.cache/evoprune, as on the
-    machine that ran the search); otherwise the levels and the exact kept parameter fraction,
-    which the store alone gives. The report says which it used.
-    """
     from evoprune.surrogate_report import cached_feature_map, surrogate_report
 
     try:

@@ -24,7 +24,8 @@ fraction, which the stored search space gives exactly.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -262,18 +263,26 @@ def _nan_to_none(obj):
     return obj
 
 
+def _predicted_log_ppl(predicted: dict | None) -> tuple[float, float] | None:
+    """(log-ppl, std) from a stored prediction. The search stores its primary quality on the
+    minimised scale (``{"ppl": log ppl, "std": ...}``); ``log_ppl`` is accepted as well."""
+    if not predicted or "std" not in predicted:
+        return None
+    for key in ("log_ppl", "ppl"):
+        if key in predicted:
+            return float(predicted[key]), float(predicted["std"])
+    return None
+
+
 def recorded_predictions(pairs: RunPairs) -> dict | None:
-    """Scores of the predictions stored with acquired candidates (``predicted`` = log_ppl, std)."""
-    rows = [
-        (i, e.predicted)
-        for i, e in enumerate(pairs.evaluations)
-        if e.predicted and {"log_ppl", "std"} <= set(e.predicted)
-    ]
+    """Scores of the predictions the search stored with each candidate before evaluating it."""
+    rows = [(i, _predicted_log_ppl(e.predicted)) for i, e in enumerate(pairs.evaluations)]
+    rows = [(i, p) for i, p in rows if p is not None]
     if not rows:
         return None
     idx = np.array([i for i, _ in rows])
-    mean = np.array([p["log_ppl"] for _, p in rows], dtype=float)
-    std = np.array([p["std"] for _, p in rows], dtype=float)
+    mean = np.array([p[0] for _, p in rows], dtype=float)
+    std = np.array([p[1] for _, p in rows], dtype=float)
     return prediction_scores(pairs.log_ppl[idx], mean, std, pairs.cost[idx])
 
 
@@ -337,7 +346,7 @@ def learning_curve(
     X: np.ndarray,
     y: np.ndarray,
     cost: np.ndarray,
-    names: Sequence[str],
+    models: Sequence[str] | Mapping[str, tuple[str, dict]],
     sizes: Sequence[int],
     holdout: int,
     repeats: int = 5,
@@ -345,28 +354,32 @@ def learning_curve(
 ) -> list[dict]:
     """Held-out figures against the number of training pairs.
 
-    Each repeat shuffles the pairs once, keeps the first ``holdout`` as the test set and trains
-    on the first ``size`` of the rest, so every size of a repeat is scored on the same pairs.
-    Returns one dict per (name, size) with the figures averaged over the repeats.
+    ``models`` are registered names, or labels mapped to ``(name, constructor params)`` to
+    compare variants of one surrogate. Each repeat shuffles the pairs once, holds out the first
+    ``holdout`` and trains on the first ``size`` of the rest, so every size of a repeat is scored
+    on the same pairs. Returns one dict per (model, size), figures averaged over the repeats.
     """
     n = len(y)
     if holdout < MIN_BIN_PAIRS or max(sizes) + holdout > n:
         raise EvopruneError(
             f"{n} pairs cannot give {max(sizes)} training and {holdout} held-out pairs: collect more pairs"
         )
+    specs = dict(models) if isinstance(models, Mapping) else {name: (name, {}) for name in models}
     rng = np.random.default_rng(seed)
     splits = [rng.permutation(n) for _ in range(repeats)]
     out = []
-    for name in names:
+    for label, (name, params) in specs.items():
         for size in sizes:
             runs = []
             for r, order in enumerate(splits):
                 test, train = order[:holdout], order[holdout : holdout + size]
                 t0 = time.perf_counter()
-                model = make_surrogate(name, random_state=seed + r).fit(X[train], y[train])
+                model = make_surrogate(name, random_state=seed + r, **params).fit(X[train], y[train])
                 fit_s = time.perf_counter() - t0
                 mean, std = model.predict(X[test], return_std=True)
                 runs.append({**prediction_scores(y[test], mean, std, cost[test]), "fit_s": fit_s})
-            avg = {k: float(np.nanmean([s[k] for s in runs])) for k in runs[0] if k != "n"}
-            out.append({"name": name, "train": size, "holdout": holdout, "repeats": repeats, **avg})
+            with warnings.catch_warnings():  # a figure undefined in every repeat stays NaN
+                warnings.simplefilter("ignore", RuntimeWarning)
+                avg = {k: float(np.nanmean([s[k] for s in runs])) for k in runs[0] if k != "n"}
+            out.append({"name": label, "train": size, "holdout": holdout, "repeats": repeats, **avg})
     return out

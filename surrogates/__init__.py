@@ -7,8 +7,9 @@ Every surrogate follows the scikit-learn estimator contract and is registered by
     model = make_surrogate("ngboost", random_state=0).fit(X, y)
     mean, std = model.predict(X_new, return_std=True)
 
-Built-in surrogates: ``ngboost``, ``gp``, ``forest``, ``xgboost``, ``gbdt`` (point predictor
-with a constant std, the paper's baseline) and ``ensemble`` (a mixture of others). Targets are
+Built-in surrogates: ``additive`` (monotone additive damage with a compounding link),
+``ngboost``, ``gp``, ``forest``, ``xgboost``, ``gbdt`` (point predictor with a constant std,
+the paper's baseline) and ``ensemble`` (a mixture of others). Targets are
 whatever the caller passes; the engine passes log-perplexity, on which pruning damage is
 closer to additive and errors are relative, and every surrogate standardises targets itself.
 ``LevelFeatures`` derives features from raw level matrices for callers without the engine.
@@ -27,6 +28,7 @@ from surrogates import gp_surrogate as _gp  # noqa: E402,F401  isort: skip
 from surrogates import forest_surrogate as _forest  # noqa: E402,F401  isort: skip
 from surrogates import xgboost_surrogate as _xgboost  # noqa: E402,F401  isort: skip
 from surrogates import gbdt_surrogate as _gbdt  # noqa: E402,F401  isort: skip
+from surrogates import additive_surrogate as _additive  # noqa: E402,F401  isort: skip
 from surrogates import ensemble_surrogate as _ensemble  # noqa: E402,F401  isort: skip
 
 __all__ = [

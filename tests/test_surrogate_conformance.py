@@ -112,3 +112,89 @@ def test_works_behind_level_features_in_a_pipeline(name):
 def test_unknown_name_lists_the_available_ones():
     with pytest.raises(ValueError, match="available: .*ngboost"):
         make_surrogate("nope")
+
+
+# -- what each built-in promises beyond the contract ---------------------------------------------
+def test_gbdt_std_is_its_out_of_fold_error():
+    from sklearn.model_selection import KFold
+
+    X, y = _data(n=60, noise=0.5)
+    model = make_surrogate("gbdt", random_state=0).fit(X, y)
+    _, std = model.predict(X[:5], return_std=True)
+    residuals = np.empty_like(y)
+    for train, test in KFold(5, shuffle=True, random_state=0).split(X):
+        residuals[test] = y[test] - clone(model).fit(X[train], y[train]).predict(X[test])
+    np.testing.assert_allclose(std, np.sqrt(np.mean(residuals**2)))
+
+
+def test_ensemble_is_the_mixture_of_its_members():
+    X, y = _data(n=40)
+    ens = make_surrogate("ensemble", members=("forest", "gbdt"), weights=(3, 1), random_state=2).fit(X, y)
+    parts = [make_surrogate(n, random_state=2).fit(X, y).predict(X[:6], return_std=True) for n in ("forest", "gbdt")]
+    (m1, s1), (m2, s2) = parts
+    mean, std = ens.predict(X[:6], return_std=True)
+    np.testing.assert_allclose(mean, 0.75 * m1 + 0.25 * m2)
+    np.testing.assert_allclose(std**2, 0.75 * (s1**2 + m1**2) + 0.25 * (s2**2 + m2**2) - mean**2)
+    with pytest.raises(ValueError, match="cannot contain itself"):
+        make_surrogate("ensemble", members=("forest", "ensemble")).fit(X, y)
+
+
+def test_forest_is_unsure_away_from_its_data():
+    X, y = _data(n=60)
+    model = make_surrogate("forest", random_state=0).fit(X, y)
+    _, near = model.predict(X[:10], return_std=True)
+    _, far = model.predict(np.full((10, X.shape[1]), 12.0) * np.sign(np.arange(X.shape[1]) % 2 - 0.5), return_std=True)
+    assert np.median(near) < np.median(far)
+
+
+def test_additive_damage_is_monotone_and_learns_a_compounding_signal():
+    """The prior the pruning surrogate rests on: more pruning never predicts a better model,
+    and damage that compounds (log ppl convex in the summed damage) is learned from few pairs."""
+    rng = np.random.default_rng(0)
+    X = rng.integers(0, 4, size=(70, 10)).astype(float)
+    sensitivity = np.linspace(0.2, 1.0, 10)  # smooth along the columns, as along the depth
+    y = 3.0 + np.expm1(0.15 * X @ sensitivity)
+    model = make_surrogate("additive", random_state=0).fit(X[:50], y[:50])
+    assert stats.kendalltau(model.predict(X[50:]), y[50:]).statistic > 0.85
+    base = rng.integers(0, 3, size=(20, 10)).astype(float)
+    for j in range(10):
+        more = base.copy()
+        more[:, j] += 1
+        assert np.all(model.predict(more) >= model.predict(base) - 1e-12)
+
+
+def test_ngboost_fast_prediction_equals_the_library_path():
+    X, y = _data(n=60)
+    model = make_surrogate("ngboost", random_state=0).fit(X, y)
+    mean, std = model.predict(X, return_std=True)
+    dist = model.model_.pred_dist(X)
+    np.testing.assert_allclose(mean, dist.params["loc"] * model.y_scale_ + model.y_offset_, rtol=1e-10)
+    np.testing.assert_allclose(std, dist.params["scale"] * model.y_scale_, rtol=1e-10)
+
+
+def test_level_features_summarise_groups_and_pass_extra_columns_through():
+    levels = np.array([[0, 3, 8, 0], [3, 3, 0, 4]], dtype=float)  # 2 layers: attn 0..3, MLP 0..8
+    X = np.hstack([levels, [[0.9], [0.7]]])
+    t = LevelFeatures(n_groups=2, n_levels=4, upper=[3, 3, 8, 8], depth_bins=2).fit(X)
+    out = t.transform(X)
+    names = list(t.get_feature_names_out())
+    assert out.shape == (2, len(names)) and names[-1] == "x4"
+    row = dict(zip(names, out[1], strict=True))
+    assert row["g0_mean"] == 1.0 and row["g0_removed"] == 1.0
+    assert row["g1_mean"] == 0.25 and row["g1_removed"] == 0.0 and row["g1_depth1"] == 0.5
+    assert row["x4"] == 0.7
+    with pytest.raises(ValueError, match="equal groups"):
+        LevelFeatures(n_groups=3, n_levels=4).fit(X)
+
+
+def test_a_broken_plugin_is_reported_by_name_and_spares_the_others(tmp_path, monkeypatch):
+    dist = tmp_path / "broken_plugin-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugin\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[evoprune.surrogates]\nbroken = no_such_module_here:Model\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.warns(UserWarning, match="'broken'"):
+        names = available_surrogates()
+    assert "broken" not in names and "ngboost" in names
+    with pytest.raises(ValueError, match="plugin 'broken' failed to load.*no_such_module_here"):
+        make_surrogate("broken")

@@ -19,6 +19,7 @@ import pytest
 from scipy import stats
 from sklearn.model_selection import KFold
 
+from evoprune.errors import EvopruneError
 from evoprune.features import FeatureMap
 from evoprune.space import SearchSpace
 from evoprune.store import Store
@@ -85,7 +86,7 @@ def test_an_entry_point_plugin_drives_a_search(searched_store):
     acquired = [e for e in evaluations if e.origin == "acquired"]
     assert len(evaluations) == 16 and len(acquired) == 8
     # The plugin's predictions are what the search recorded before evaluating each candidate.
-    assert all(e.predicted["std"] > 0 and np.isfinite(e.predicted["log_ppl"]) for e in acquired)
+    assert all(e.predicted["std"] > 0 and np.isfinite(e.predicted["ppl"]) for e in acquired)
 
 
 def test_an_unregistered_plugin_name_is_a_usage_error(tmp_path, tiny_model_dir, text_file):
@@ -162,7 +163,7 @@ def test_report_json_scores_every_surrogate_and_the_searchs_own_predictions(sear
     with Store(searched_store) as st:
         acquired = [e for e in st.evaluations(st.get_run().id, "ok") if e.predicted]
     actual = np.log([e.metrics["ppl"] for e in acquired])
-    mean = np.array([e.predicted["log_ppl"] for e in acquired])
+    mean = np.array([e.predicted["ppl"] for e in acquired])  # the search predicts log perplexity
     std = np.array([e.predicted["std"] for e in acquired])
     rec = report["recorded"]
     assert report["recorded_surrogate"] == PLUGIN and rec["n"] == len(acquired) == 8
@@ -188,7 +189,8 @@ def test_report_features_are_the_searchs_own(searched_store, tiny_model_dir, tex
 
 
 def test_report_table_without_cached_importance_falls_back_to_stored_features(searched_store, tmp_path):
-    env = {**os.environ, "EVOPRUNE_CACHE_DIR": str(tmp_path / "empty-cache")}
+    # A wide terminal, so that rich does not wrap the row labels the test reads.
+    env = {**os.environ, "EVOPRUNE_CACHE_DIR": str(tmp_path / "empty-cache"), "COLUMNS": "200"}
     out = evoprune("surrogate", "report", "--store", str(searched_store), "--folds", "3", "--surrogates", "gbdt",
                    env=env)  # fmt: skip
     assert out.returncode == 0, out.stderr
@@ -218,9 +220,19 @@ def test_learning_curve_scores_every_size_on_the_same_held_out_pairs():
     X = rng.integers(0, 4, size=(60, 6)).astype(float)
     y = X @ rng.uniform(0.5, 1.5, size=6)
     cost = 1 - X.sum(axis=1) / 36
-    rows = learning_curve(X, y, cost, ["forest"], sizes=[10, 40], holdout=20, repeats=2, seed=0)
+    rows = learning_curve(X, y, cost, ["forest"], sizes=[10, 40], holdout=20, repeats=2, seed=3)
     assert [(r["name"], r["train"], r["holdout"]) for r in rows] == [("forest", 10, 20), ("forest", 40, 20)]
-    assert rows[1]["kendall_tau"] > rows[0]["kendall_tau"] > 0
+    # Recompute one point by hand: each repeat holds out the first 20 of one permutation.
+    splits = np.random.default_rng(3)
+    orders = [splits.permutation(60) for _ in range(2)]
+    taus = []
+    for r, order in enumerate(orders):
+        test, train = order[:20], order[20:30]
+        pred = make_surrogate("forest", random_state=3 + r).fit(X[train], y[train]).predict(X[test])
+        taus.append(stats.kendalltau(y[test], pred).statistic)
+    assert rows[0]["kendall_tau"] == pytest.approx(np.mean(taus))
+    with pytest.raises(EvopruneError, match="collect more pairs"):
+        learning_curve(X, y, cost, ["forest"], sizes=[50], holdout=20)
 
 
 @pytest.mark.parametrize(
