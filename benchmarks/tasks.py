@@ -8,8 +8,8 @@
 3. When lm-evaluation-harness is installed: the harness's own scorer on the same dense ARC
    questions (a subset), to show both scorers agree.
 
-Writes the "## Task accuracy" section of ``BENCHMARKS.md`` (other sections are left alone) and
-the raw figures to ``benchmarks/tasks.json``. Usage::
+Writes the "## Task accuracy" section of ``BENCHMARKS.md`` (other sections are left alone).
+Usage::
 
     .venv/bin/python benchmarks/tasks.py [--harness-limit 100]
 """
@@ -155,7 +155,6 @@ def main() -> None:
     }
     figures["pruned"] = pruned
     log(f"  export {exported['metrics']}; max |d ll| {max(diffs):.2e}; same predictions {same_preds}/{masked.n}")
-    (ROOT / "benchmarks" / "tasks.json").write_text(json.dumps(figures, indent=2), encoding="utf-8")
 
     lines = [
         "Measured by `benchmarks/tasks.py` on SmolLM2-135M-Instruct (the `smollm2-135m` zoo model, float32,",
