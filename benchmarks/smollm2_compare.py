@@ -74,7 +74,11 @@ def main() -> None:
     p.add_argument("--store", default=str(ROOT / "benchmarks" / "results" / "smollm2_compare.db"))
     p.add_argument("--tiny", action="store_true", help="a tiny random model and a few evaluations (CI)")
     p.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
+    p.add_argument("--from-log", help="render BENCHMARKS.md from the JSON rows a run printed (and a dense.json)")
     args = p.parse_args()
+    if args.from_log:
+        render_from_log(args)
+        return
 
     seq_len = 256
     if args.tiny:
@@ -127,6 +131,16 @@ def main() -> None:
     if not args.no_write and not args.tiny:
         write_section("SmolLM2-135M: methods side by side", render(results, args))
     print(f"wrote {out_json}")
+
+
+def render_from_log(args) -> None:
+    """Write the section from a run's printed rows, for a run stopped before its final write."""
+    rows = [json.loads(line) for line in Path(args.from_log).read_text().splitlines() if line.startswith("{")]
+    dense = json.loads(Path(args.from_log).with_name("dense.json").read_text())
+    results = {"machine": platform.platform(), "cpus": torch.get_num_threads(), "versions": library_versions(),
+               "load_and_importance_s": dense.get("load_and_importance_s", float("nan")), "rows": rows,
+               "dense": dense}  # fmt: skip
+    write_section("SmolLM2-135M: methods side by side", render(results, args))
 
 
 def _fmt(v, spec=".2f") -> str:

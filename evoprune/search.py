@@ -74,6 +74,7 @@ class SearchSettings:
     refine: bool = True
     warm_start: bool = True
     max_ppl_ratio: float = 20.0
+    task_limit: int = 100
     backend: BackendSettings = field(default_factory=BackendSettings)
 
     @property
@@ -607,9 +608,20 @@ def run_strategy(ctx: SearchContext) -> SearchResult:
 
 
 def prepare_backend(model: str, data: str, settings: SearchSettings, progress: ProgressFn = _noop) -> PruningBackend:
-    """Validate the search settings, then load model and data and score importance."""
+    """Validate the search settings, then load model and data and score importance.
+
+    Task-accuracy objectives (``acc:TASK``) attach a task evaluator on a fixed subset of
+    ``task_limit`` questions, so every real evaluation also reports those accuracies.
+    """
     settings.validate()
-    return load_backend(model, data, settings.backend, progress)
+    backend = load_backend(model, data, settings.backend, progress)
+    names = Objectives.parse(settings.objectives).names
+    if any(n.startswith(("acc:", "acc_norm:")) for n in names):
+        from evoprune.tasks import task_evaluators
+
+        progress("phase", name="preparing task questions")
+        backend.extra_metrics.extend(task_evaluators(backend, names, limit=settings.task_limit, seed=settings.seed))
+    return backend
 
 
 def search(

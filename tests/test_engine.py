@@ -167,3 +167,17 @@ def test_synthetic_problem_front_bounds_every_search():
     assert found > 0.8 * best
     X = np.zeros((1, 10), dtype=int)
     assert problem.evaluate_exact(X)[0].tolist() == [0.0, 1.0]
+
+
+def test_a_search_can_optimise_task_accuracy(tmp_path, tiny_model_dir, text_file):
+    from tests.conftest import SHARED_DATA
+
+    if not (SHARED_DATA / "arc_easy" / "ARC-Easy-Dev.jsonl").exists():
+        pytest.skip("ARC-Easy data not beside the project")
+    settings = _settings(evals=7, init=4, batch=3, objectives="acc:arc_easy,params", task_limit=12)
+    result = search(str(tiny_model_dir), str(text_file), str(tmp_path / "s.db"), settings)
+    ok = [e for e in result.evaluations if e.status == "ok"]
+    assert len(ok) == 7 and all(0 <= e.metrics["acc:arc_easy"] <= 1 for e in ok)
+    assert any(e.origin == "acquired" for e in ok)
+    # accuracies come in steps of 1/12: the same 12 questions judge every configuration
+    assert all(abs(e.metrics["acc:arc_easy"] * 12 - round(e.metrics["acc:arc_easy"] * 12)) < 1e-9 for e in ok)
