@@ -66,7 +66,7 @@ class SearchSettings:
     min_params: float = 0.5
     init: int = 8
     batch: int = 4
-    surrogate: str = "ngboost"
+    surrogate: str = "additive"
     acquisition: str = "uncertainty"
     algorithm: str = "nsga2"
     pop_size: int = 64

@@ -16,11 +16,12 @@ class AdditiveDamageSurrogate(Surrogate):
     Built for pruning: features are levels or shares of importance removed per sub-layer,
     ordered by depth, and the target is log-perplexity. The model is
 
-        y = b + c * (exp(z) - 1),   z = sum_j  w1_j u_j + w2_j u_j**2 + w3_j [u_j at its top]
+        y = b + c * (exp(z) - 1),   z = w0 + sum_j  w1_j u_j + w2_j u_j**2 + w3_j [u_j at its top]
 
     where ``u_j`` is feature ``j`` scaled to [0, 1] and oriented so that it grows with the
     target (the sign of its correlation with ``y``), ``b`` the smallest training target (the
-    least pruned configuration), and every weight ``w >= 0``. Three priors carry it on the few
+    least pruned configuration), ``w0`` a free intercept (``fit_intercept``: the training set
+    need not contain an unpruned model) and every other weight ``w >= 0``. Three priors carry it on the few
     dozen pairs of a search, each worth a clear gain in within-equal-size ranking on real
     SmolLM2-135M pairs (see BENCHMARKS.md):
 
