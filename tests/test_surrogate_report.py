@@ -254,3 +254,24 @@ def test_report_bad_input_is_one_line_exit_2(searched_store, args, needle):
 def test_report_on_a_missing_store(tmp_path):
     out = evoprune("surrogate", "report", "--store", str(tmp_path / "none.db"))
     assert out.returncode == 2 and "does not exist" in out.stderr
+
+
+def test_the_benchmark_script_runs_on_a_tiny_model_and_keeps_other_sections(tmp_path, tiny_model_dir, text_file):
+    """benchmarks/surrogates.py at toy size, so it cannot rot; it rewrites only its own section."""
+    out = tmp_path / "BENCHMARKS.md"
+    out.write_text("# Benchmarks\n\n## Surrogates\n\nold figures\n\n## Other\n\nkept as is\n")
+    env = {**os.environ, "EVOPRUNE_CACHE_DIR": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve().parents[1] / "benchmarks" / "surrogates.py"),
+         "--model", str(tiny_model_dir), "--data", str(text_file), "--store", str(tmp_path / "b.db"),
+         "--pairs", "24", "--eval-tokens", "256", "--sizes", "8,12", "--holdout", "8", "--repeats", "1",
+         "--surrogates", "additive,forest", "--out", str(out)],
+        capture_output=True, text=True, timeout=600, env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = out.read_text()
+    assert "old figures" not in text and text.count("## Surrogates") == 1
+    assert text.index("## Surrogates") < text.index("## Other") and "kept as is" in text
+    assert "24 real pairs" in text and "| additive |" in text and "| forest |" in text
+    with Store(tmp_path / "b.db") as st:
+        assert len(st.evaluations(st.get_run().id, "ok")) == 24
