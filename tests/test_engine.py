@@ -172,8 +172,7 @@ def test_synthetic_problem_front_bounds_every_search():
 def test_a_search_can_optimise_task_accuracy(tmp_path, tiny_model_dir, text_file):
     from tests.conftest import SHARED_DATA
 
-    if not (SHARED_DATA / "arc_easy" / "ARC-Easy-Dev.jsonl").exists():
-        pytest.skip("ARC-Easy data not beside the project")
+    assert (SHARED_DATA / "arc_easy" / "ARC-Easy-Dev.jsonl").exists(), "../shared/data must be beside the project"
     settings = _settings(evals=7, init=4, batch=3, objectives="acc:arc_easy,params", task_limit=12)
     result = search(str(tiny_model_dir), str(text_file), str(tmp_path / "s.db"), settings)
     ok = [e for e in result.evaluations if e.status == "ok"]
