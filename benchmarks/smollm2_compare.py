@@ -30,6 +30,7 @@ from evoprune.backend.data import load_text, token_windows  # noqa: E402
 from evoprune.backend.evaluate import quality  # noqa: E402
 from evoprune.backend.pruner import BackendSettings  # noqa: E402
 from evoprune.compare import DEFAULT_METHODS, best_under_budget  # noqa: E402
+from evoprune.cost import measure_model  # noqa: E402
 from evoprune.export import export_pruned, load_pruned  # noqa: E402
 from evoprune.objectives import CostEvaluator  # noqa: E402
 from evoprune.search import SearchSettings, library_versions, prepare_backend, search  # noqa: E402
@@ -58,6 +59,36 @@ def held_out(model, tokenizer, tokens: int, seq_len: int, arc_limit: int | None)
     return out
 
 
+def run_method(backend, costs, s: SearchSettings, store: str, label: str, args, seq_len: int) -> dict:
+    """One method's search at one budget and seed, then its pick exported, reloaded and measured."""
+    start = time.perf_counter()
+    result = search(args.model, args.data, store, s, backend=backend)
+    wall = time.perf_counter() - start
+    with Store(store) as st:
+        evals = st.evaluations(result.run.id)
+        rounds = st.rounds(result.run.id)
+        best = best_under_budget(evals, "ppl", s.budget, costs)
+    row = {"budget": s.max_params, "seed": s.seed, "method": label, "run": result.run.id, "store": Path(store).name,
+           "evaluations": len(evals), "failed": sum(e.status == "failed" for e in evals),
+           "wall_s": wall if result.new_evaluations else None,
+           "eval_s": sum(e.duration_s or 0 for e in evals),
+           "fit_s": sum(r["fit_s"] for r in rounds), "search_s": sum(r["search_s"] for r in rounds),
+           "taus": [r["tau"] for r in rounds if r.get("tau") is not None],
+           "points": [[e.params_fraction, e.metrics.get("ppl")] for e in evals if e.status == "ok"]}  # fmt: skip
+    if best is None:
+        return row
+    row.update(best_id=best.id, search_ppl=best.metrics["ppl"], params_fraction=best.params_fraction)
+    with tempfile.TemporaryDirectory() as tmp:
+        export_pruned(backend, best.levels, Path(tmp) / "m")
+        model, tok = load_pruned(Path(tmp) / "m")
+        arc = args.arc_limit if args.arc_methods == "all" or s.method in args.arc_methods else 0
+        row["heldout"] = held_out(model, tok, args.heldout_tokens, seq_len, arc)
+        m = measure_model(model, seq_len=seq_len, repeats=args.latency_repeats)
+        row["export"] = {"latency_ms": m.latency_ms, "weight_bytes": m.weight_bytes, "params": m.params}
+        del model
+    return row
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--model", default="smollm2-135m")
@@ -71,6 +102,8 @@ def main() -> None:
     p.add_argument("--heldout-tokens", type=int, default=4096)
     p.add_argument("--arc-limit", type=int, default=200)
     p.add_argument("--arc-methods", default="all", help="methods whose pick is also scored on ARC-Easy (time)")
+    p.add_argument("--ga-multiple", type=int, default=3, help="also run ga with this many times the budget")
+    p.add_argument("--latency-repeats", type=int, default=7)
     p.add_argument("--store", default=str(ROOT / "benchmarks" / "results" / "smollm2_compare.db"))
     p.add_argument("--tiny", action="store_true", help="a tiny random model and a few evaluations (CI)")
     p.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
@@ -82,7 +115,7 @@ def main() -> None:
 
     seq_len = 256
     if args.tiny:
-        args.evals, args.heldout_tokens, args.arc_limit = 6, 256, 0
+        args.evals, args.heldout_tokens, args.arc_limit, args.latency_repeats = 6, 256, 0, 1
         args.eval_tokens, args.calib_tokens, seq_len = 256, 256, 64
     Path(args.store).parent.mkdir(parents=True, exist_ok=True)
     budgets = [float(b) for b in args.budgets.split(",")]
@@ -90,42 +123,39 @@ def main() -> None:
     methods = [m.strip() for m in args.methods.split(",")]
     backend_settings = BackendSettings(eval_tokens=args.eval_tokens, calib_tokens=args.calib_tokens, seq_len=seq_len)
     base = SearchSettings(evals=args.evals, min_params=0.0, warm_start=False, backend=backend_settings)
+    phases: dict[str, float] = {}
+
+    def note_phase(event, **kw) -> None:
+        if event == "phase":
+            phases.setdefault(kw["name"].split(" (")[0], time.perf_counter())
+
     t0 = time.perf_counter()
-    backend = prepare_backend(args.model, args.data, base)
-    load_s = time.perf_counter() - t0
+    backend = prepare_backend(args.model, args.data, base, note_phase)
+    t_end = time.perf_counter()
+    t_score = phases.get("scoring importance", t_end)
+    load_s, importance_s = t_score - t0, t_end - t_score
     costs = CostEvaluator(backend.space, backend.loaded.model.config)
     tokenizer = backend.loaded.tokenizer
     results = {"machine": platform.platform(), "cpus": torch.get_num_threads(), "versions": library_versions(),
-               "load_and_importance_s": load_s, "rows": []}  # fmt: skip
+               "load_and_importance_s": load_s + importance_s, "load_s": load_s, "importance_s": importance_s,
+               "importance_cached": backend.importance_cached, "args": vars(args), "rows": []}  # fmt: skip
     dense = held_out(backend.loaded.model, tokenizer, args.heldout_tokens, seq_len, args.arc_limit)
-    results["dense"] = {"heldout": dense, "search_ppl": backend.evaluate(backend.space.lower).metrics["ppl"]}
-    for budget in budgets:
-        for seed in seeds:
-            for method in methods:
-                s = replace(base, method=method, seed=seed, max_params=budget)
-                start = time.perf_counter()
-                result = search(args.model, args.data, args.store, s, backend=backend)
-                wall = time.perf_counter() - start
-                with Store(args.store) as st:
-                    evals = st.evaluations(result.run.id)
-                    rounds = st.rounds(result.run.id)
-                    best = best_under_budget(evals, "ppl", s.budget, costs)
-                row = {"budget": budget, "seed": seed, "method": method, "run": result.run.id,
-                       "evaluations": len(evals), "failed": sum(e.status == "failed" for e in evals),
-                       "wall_s": wall if result.new_evaluations else None,
-                       "eval_s": sum(e.duration_s or 0 for e in evals),
-                       "fit_s": sum(r["fit_s"] for r in rounds), "search_s": sum(r["search_s"] for r in rounds),
-                       "taus": [r["tau"] for r in rounds if r.get("tau") is not None]}  # fmt: skip
-                if best is not None:
-                    row.update(best_id=best.id, search_ppl=best.metrics["ppl"], params_fraction=best.params_fraction)
-                    with tempfile.TemporaryDirectory() as tmp:
-                        export_pruned(backend, best.levels, Path(tmp) / "m")
-                        model, tok = load_pruned(Path(tmp) / "m")
-                        arc = args.arc_limit if args.arc_methods == "all" or method in args.arc_methods else 0
-                        row["heldout"] = held_out(model, tok, args.heldout_tokens, seq_len, arc)
-                        del model
+    m = measure_model(backend.loaded.model, seq_len=seq_len, repeats=args.latency_repeats)
+    results["dense"] = {"heldout": dense, "search_ppl": backend.evaluate(backend.space.lower).metrics["ppl"],
+                        "export": {"latency_ms": m.latency_ms, "weight_bytes": m.weight_bytes, "params": m.params}}  # fmt: skip
+    for seed in seeds:  # seed-major: a stopped run still has whole seeds
+        for budget in budgets:
+            runs = [(name, args.evals, args.store) for name in methods]
+            if args.ga_multiple > 1:
+                # its own store: a larger budget in the same store would continue the ga run above
+                runs.append(("ga", args.evals * args.ga_multiple, str(Path(args.store).with_name("ga_multiple.db"))))
+            for method, evals, store in runs:
+                s = replace(base, method=method, seed=seed, max_params=budget, evals=evals)
+                label = method if evals == args.evals else f"{method} x{args.ga_multiple}"
+                row = run_method(backend, costs, s, store, label, args, seq_len)
                 results["rows"].append(row)
                 print(json.dumps(row), flush=True)
+                Path(args.store).with_suffix(".partial.json").write_text(json.dumps(results, indent=2))
     out_json = Path(args.store).with_suffix(".json")
     out_json.write_text(json.dumps(results, indent=2))
     if not args.no_write and not args.tiny:

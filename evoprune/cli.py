@@ -147,6 +147,15 @@ def search_command(
     acquisition: str = typer.Option("uncertainty", "--acquisition", help="uncertainty, lcb, ehvi or greedy."),
     algorithm: str = typer.Option("nsga2", "--algorithm", help="Inner search: nsga2, nsga3, agemoea or smsemoa."),
     refine: bool = typer.Option(True, "--refine/--no-refine", help="Narrow level ranges the surrogate finds harmful."),
+    focus: float = typer.Option(
+        0.05, "--focus", help="With a budget, acquire only within this relative distance under it (0: whole front)."
+    ),
+    screen_tokens: int = typer.Option(
+        0, "--screen-tokens", help="Multi-fidelity: screen candidates on this many tokens first (0: off)."
+    ),
+    screen_factor: int = typer.Option(
+        3, "--screen-factor", help="Candidates screened per full evaluation when --screen-tokens is on."
+    ),
     warm_start: bool = typer.Option(
         True, "--warm-start/--no-warm-start", help="Reuse pairs of earlier runs of the same problem in the store."
     ),

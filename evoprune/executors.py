@@ -22,6 +22,7 @@ from evoprune.errors import EvopruneError
 class Job:
     eval_id: int
     levels: tuple[int, ...]
+    tokens: int | None = None  # a screening on this many tokens; None: the full evaluation
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ class LocalExecutor(Executor):
 
     def evaluate(self, jobs: list[Job], on_result: ResultFn, on_failure: FailureFn | None = None) -> None:
         for job in jobs:
-            on_result(job, self.backend.evaluate(np.array(job.levels)))
+            on_result(job, self.backend.evaluate(np.array(job.levels), job.tokens))
 
 
 ExecutorFactory = Callable[..., Executor]

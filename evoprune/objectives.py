@@ -57,8 +57,7 @@ class Objectives:
         unknown = [n for n in names if not (is_quality(n) or n in COSTS)]
         if unknown:
             raise EvopruneError(
-                f"unknown objective {unknown[0]!r}: use two or three of {', '.join(QUALITIES + COSTS)} "
-                "or acc:TASK"
+                f"unknown objective {unknown[0]!r}: use two or three of {', '.join(QUALITIES + COSTS)} or acc:TASK"
             )
         if not 2 <= len(names) <= 3 or len(set(names)) != len(names):
             raise EvopruneError(f"--objectives needs two or three different names, got {text!r}")
@@ -178,9 +177,7 @@ class CostEvaluator:
                     f"{least:.4g}, above the limit {limit:.4g}; raise the budget"
                 )
         if budget.min_params and frac_above(budget, self.dense_params):
-            raise EvopruneError(
-                f"--min-params {budget.min_params} is above the parameter budget: lower --min-params"
-            )
+            raise EvopruneError(f"--min-params {budget.min_params} is above the parameter budget: lower --min-params")
 
 
 def frac_above(budget: Budget, dense_params: int) -> bool:

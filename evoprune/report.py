@@ -83,11 +83,22 @@ def write_report(store: Store, out_dir: str | Path, run_id: int | None = None) -
         _img(plot_levels(store, run), "levels"),
         "<h2>Rounds</h2>",
         _img(plot_rounds(rounds), "rounds") if rounds else "<p>No active-learning rounds.</p>",
-        _table(["round", "pairs", "fit s", "inner search s", "eval s", "hypervolume", "tau", "rmse"],
-               [[r["round"], r["n_train"], f"{r['fit_s']:.2f}", f"{r['search_s']:.2f}",
-                 f"{(r['eval_s'] or 0):.1f}", f"{(r['hypervolume'] or 0):.4f}",
-                 "-" if r.get("tau") is None else f"{r['tau']:.2f}",
-                 "-" if r.get("rmse") is None else f"{r['rmse']:.3f}"] for r in rounds]),  # fmt: skip
+        _table(
+            ["round", "pairs", "fit s", "inner search s", "eval s", "hypervolume", "tau", "rmse"],
+            [
+                [
+                    r["round"],
+                    r["n_train"],
+                    f"{r['fit_s']:.2f}",
+                    f"{r['search_s']:.2f}",
+                    f"{(r['eval_s'] or 0):.1f}",
+                    f"{(r['hypervolume'] or 0):.4f}",
+                    "-" if r.get("tau") is None else f"{r['tau']:.2f}",
+                    "-" if r.get("rmse") is None else f"{r['rmse']:.3f}",
+                ]
+                for r in rounds
+            ],
+        ),  # fmt: skip
         "<h2>Narrowed search space</h2>",
         "<p>Variables whose upper level the refinement step lowered (index: layer for attention, "
         "number of layers + layer for MLP).</p>",

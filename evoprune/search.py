@@ -43,7 +43,7 @@ from evoprune.executors import BackendRecipe, Executor, Job, LocalExecutor, Work
 from evoprune.features import FeatureMap
 from evoprune.objectives import Budget, CostEvaluator, Objectives, quality_value
 from evoprune.pareto import hypervolume_of
-from evoprune.store import Evaluation, Run, Store
+from evoprune.store import Evaluation, Run, Screening, Store
 from problems import SurrogatePruningProblem
 from surrogates import available_surrogates, make_surrogate
 
@@ -72,6 +72,9 @@ class SearchSettings:
     pop_size: int = 64
     generations: int = 40
     refine: bool = True
+    focus: float = 0.05
+    screen_tokens: int = 0
+    screen_factor: int = 3
     warm_start: bool = True
     max_ppl_ratio: float = 20.0
     task_limit: int = 100
@@ -94,6 +97,17 @@ class SearchSettings:
             raise EvopruneError(f"--max-params must be positive (a fraction or a count), got {self.max_params}")
         if self.max_latency_ms is not None and self.max_latency_ms <= 0:
             raise EvopruneError(f"--max-latency-ms must be positive, got {self.max_latency_ms}")
+        if self.screen_tokens < 0 or (self.screen_tokens and self.screen_tokens >= self.backend.eval_tokens):
+            raise EvopruneError(
+                f"--screen-tokens must be 0 (off) or below --eval-tokens {self.backend.eval_tokens}, "
+                f"got {self.screen_tokens}"
+            )
+        if self.screen_factor < 2:
+            raise EvopruneError(f"--screen-factor must be at least 2, got {self.screen_factor}")
+        if self.screen_tokens and Objectives.parse(self.objectives).quality[0] not in ("ppl", "kl"):
+            raise EvopruneError("--screen-tokens screens on perplexity or KL: put ppl or kl first in --objectives")
+        if not 0 <= self.focus < 1:
+            raise EvopruneError(f"--focus must be in [0, 1), got {self.focus}")
         if self.max_ppl_ratio <= 1:
             raise EvopruneError(f"--max-ppl-ratio must be above 1, got {self.max_ppl_ratio}")
         if self.method not in STRATEGIES:
@@ -166,7 +180,7 @@ class SearchContext:
         self.dense_params = self.space.arch.dense_params()
         self.run: Run | None = None
         self.new_evaluations = 0
-        self.timings = {"eval_s": 0.0, "fit_s": 0.0, "search_s": 0.0}
+        self.timings = {"eval_s": 0.0, "fit_s": 0.0, "search_s": 0.0, "screen_s": 0.0}
 
     # -- the run ----------------------------------------------------------------------------
     def pair_key(self) -> str:
@@ -245,6 +259,18 @@ class SearchContext:
             return floor[:, None]
         return np.column_stack([floor, self.costs.matrix(X, self.constraint_names) - self.constraint_limits])
 
+    def focus_slack(self, X: np.ndarray) -> np.ndarray | None:
+        """How far each configuration is from the band just under the budget (``<= 0``: inside).
+
+        A budget asks for the best model that spends it; configurations far below it cannot be
+        that answer, so with ``focus`` > 0 acquisition looks only within ``focus`` (relative) of
+        some budget limit. ``None`` without a budget or with ``focus`` 0.
+        """
+        if not self.constraint_names or self.settings.focus <= 0:
+            return None
+        costs = self.costs.matrix(np.atleast_2d(X), self.constraint_names)
+        return np.min(self.constraint_limits * (1 - self.settings.focus) - costs, axis=1)
+
     def cost_objectives(self, X: np.ndarray) -> np.ndarray:
         return self.costs.matrix(X, self.objectives.costs)
 
@@ -316,6 +342,26 @@ class SearchContext:
             known.add(key)
             self.enqueue(x, origin, round_, predicted[i] if predicted else None)
         self.evaluate_pending()
+
+    def screen(self, X: np.ndarray, round_: int) -> list[Screening]:
+        """Low-fidelity measurements of ``X`` on ``screen_tokens`` tokens, each committed as it
+        finishes; a configuration this run already screened is read back, not measured again."""
+        tokens = self.settings.screen_tokens
+        done = {sc.config_key: sc for sc in self.store.screenings(self.run.id, tokens)}
+        keys = [self.space.key(x) for x in X]
+        todo = [Job(i, tuple(int(v) for v in X[i]), tokens) for i, key in enumerate(keys) if key not in done]
+        if todo:
+            self.progress("phase", name=f"round {round_}: screening {len(todo)} on {tokens} tokens")
+
+        def commit(job: Job, m: Measurement) -> None:
+            done[keys[job.eval_id]] = self.store.add_screening(
+                self.run.id, keys[job.eval_id], list(job.levels), tokens, round_,
+                ok=m.ok, metrics=m.metrics, error=m.error, duration_s=m.duration_s,
+            )  # fmt: skip
+            self.timings["screen_s"] += m.duration_s
+
+        self.executor.evaluate(todo, commit)
+        return [done[key] for key in keys]
 
     def next_round(self) -> int:
         return max((e.round for e in self.evaluations()), default=-1) + 1
@@ -514,38 +560,65 @@ class ActiveLearning(Strategy):
         primary = ctx.objectives.quality[0]
         mean, std = models[primary].predict(featurize(pool), return_std=True)
         pool, mean, std = self._region_of_interest(ctx, pool, mean, std, k)
+        pool, mean, std = self._focus(ctx, pool, mean, std, k)
         cost = ctx.cost_objectives(pool)
         first_cost = cost[:, 0] if cost.shape[1] else ctx.space.params_matrix(pool) / ctx.dense_params
-        if s.acquisition == "ehvi":
-            ref = ctx.reference_point()
-            ok = [e for e in ctx.evaluations() if e.status == "ok"]
-            predicted = self._objective_fn(ctx, models, featurize)(pool)
-            index = ctx.objectives.names.index(primary)
-            scores = expected_hv_improvement(ctx.objective_matrix(ok), ref, index, predicted, std, seed)
-            chosen = select_batch("ehvi", pool, mean, std, first_cost, k, scores=scores)
+        predictions = [{primary: float(mean[i]), "std": float(std[i])} for i in range(len(pool))]
+        if s.screen_tokens:
+            wide = self._acquire(ctx, models, featurize, pool, mean, std, first_cost, k * s.screen_factor, seed)
+            chosen = self._screened_best(ctx, round_, pool, wide, first_cost, k, predictions)
         else:
-            chosen = select_batch(s.acquisition, pool, mean, std, first_cost, k)
+            chosen = self._acquire(ctx, models, featurize, pool, mean, std, first_cost, k, seed)
         before = len(ctx.evaluations())
-        ctx.evaluate_now(
-            pool[chosen], "acquired", round_, [{primary: float(mean[i]), "std": float(std[i])} for i in chosen]
-        )
+        ctx.evaluate_now(pool[chosen], "acquired", round_, [predictions[i] for i in chosen])
+        screened = sum(sc.duration_s or 0 for sc in ctx.store.screenings(ctx.run.id) if sc.round == round_)
         batch = [e for e in ctx.evaluations() if e.round == round_ and e.status == "ok" and e.predicted]
         tau, rmse = _prediction_quality(batch, primary)
         ctx.store.close_round(
             ctx.run.id,
             round_,
-            eval_s=sum(e.duration_s or 0 for e in batch),
+            eval_s=sum(e.duration_s or 0 for e in batch) + screened,
             hypervolume=ctx.hypervolume(),
             tau=tau,
             rmse=rmse,
         )
         return len(ctx.evaluations()) - before
 
+    def _acquire(self, ctx: SearchContext, models, featurize, pool, mean, std, first_cost, k, seed) -> list[int]:
+        """Indices of the ``k`` candidates of ``pool`` the acquisition strategy sends on."""
+        s = ctx.settings
+        if s.acquisition != "ehvi":
+            return select_batch(s.acquisition, pool, mean, std, first_cost, k)
+        primary = ctx.objectives.quality[0]
+        ok = [e for e in ctx.evaluations() if e.status == "ok"]
+        predicted = self._objective_fn(ctx, models, featurize)(pool)
+        index = ctx.objectives.names.index(primary)
+        scores = expected_hv_improvement(ctx.objective_matrix(ok), ctx.reference_point(), index, predicted, std, seed)
+        return select_batch("ehvi", pool, mean, std, first_cost, k, scores=scores)
+
+    def _screened_best(self, ctx: SearchContext, round_, pool, wide, first_cost, k, predictions) -> list[int]:
+        """Multi-fidelity: screen the ``wide`` candidates on few tokens, keep the ``k`` that
+        screened best (spread along the cost as acquisition does); a failed screening drops out."""
+        primary = ctx.objectives.quality[0]
+        results = ctx.screen(pool[wide], round_)
+        for i, sc in zip(wide, results, strict=True):
+            if sc.status == "ok":
+                predictions[i][f"screen_{primary}"] = quality_value(primary, sc.metrics)
+        passed = [i for i, sc in zip(wide, results, strict=True) if sc.status == "ok"]
+        if not passed:
+            return []
+        values = np.array([predictions[i][f"screen_{primary}"] for i in passed])
+        sub = np.array(passed)
+        picked = select_batch("greedy", pool[sub], values, np.zeros(len(sub)), first_cost[sub], k)
+        return [int(sub[j]) for j in picked]
+
     def _candidates(self, ctx: SearchContext, res) -> tuple[np.ndarray, np.ndarray]:
-        """Feasible, unknown, unique configurations of the final population, predicted front first."""
+        """Feasible, unknown, unique configurations of the final population, predicted front first.
+
+        Feasible means within the budget and above the parameter floor (``ctx.feasible``).
+        """
         known = ctx.known_keys()
         pop = res.pop
-        cv = pop.get("CV").reshape(-1)
         rank = pop.get("rank")
         rank = rank.reshape(-1) if rank is not None else np.zeros(len(pop))
         rank = np.where(np.isnan(rank.astype(float)), 1e9, rank)
@@ -553,11 +626,22 @@ class ActiveLearning(Strategy):
         for i in np.lexsort((np.arange(len(pop)), rank)):
             x = np.round(pop[i].X).astype(int)
             key = ctx.space.key(x)
-            if cv[i] <= 0 and key not in known and ctx.feasible(x[None])[0]:
+            if key not in known and ctx.feasible(x[None])[0]:
                 known.add(key)
                 out.append(x)
                 ranks.append(rank[i])
         return np.array(out, dtype=int).reshape(-1, ctx.space.n_var), np.array(ranks)
+
+    def _focus(self, ctx: SearchContext, pool, mean, std, k):
+        """Keep the candidates inside the focus band under the budget, or the ``k`` closest to it."""
+        slack = ctx.focus_slack(pool)
+        if slack is None or not len(pool):
+            return pool, mean, std
+        keep = slack <= 0
+        if keep.sum() < k:
+            keep = np.zeros(len(pool), dtype=bool)
+            keep[np.argsort(slack, kind="stable")[:k]] = True
+        return pool[keep], mean[keep], std[keep]
 
     def _region_of_interest(self, ctx: SearchContext, pool, mean, std, k):
         """Drop candidates predicted far worse than the best evaluated one (collapsed models teach

@@ -7,6 +7,9 @@ Tables:
   ``pending`` before the model runs and updated to ``ok`` or ``failed`` with its metrics, so
   a killed search resumes exactly where it stopped: pending rows are evaluated first, finished
   rows are never evaluated again.
+- ``screenings``: cheap low-fidelity measurements (perplexity on a few tokens) that multi-
+  fidelity search takes before deciding which candidates get a full evaluation; one row per
+  configuration and token count. Surrogates never train on them.
 - ``rounds``: per active-learning round, timings and the front's hypervolume.
 - ``failures``: every worker that died or raised under a distributed executor, with the job it
   held (if any), which attempt that was and whether the job was retried elsewhere.
@@ -61,6 +64,20 @@ CREATE TABLE IF NOT EXISTS evaluations (
     finished_at TEXT,
     duration_s REAL,
     UNIQUE (run_id, config_key)
+);
+CREATE TABLE IF NOT EXISTS screenings (
+    id INTEGER PRIMARY KEY,
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    config_key TEXT NOT NULL,
+    levels TEXT NOT NULL,
+    tokens INTEGER NOT NULL,
+    round INTEGER NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('ok', 'failed')),
+    metrics TEXT,
+    error TEXT,
+    duration_s REAL,
+    created_at TEXT NOT NULL,
+    UNIQUE (run_id, config_key, tokens)
 );
 CREATE TABLE IF NOT EXISTS rounds (
     run_id INTEGER NOT NULL REFERENCES runs(id),
@@ -153,6 +170,23 @@ class Failure:
     worker: str
     error: str
     retried: bool
+    created_at: str
+
+
+@dataclass(frozen=True)
+class Screening:
+    """A low-fidelity measurement of one configuration on ``tokens`` tokens."""
+
+    id: int
+    run_id: int
+    config_key: str
+    levels: list[int]
+    tokens: int
+    round: int
+    status: str
+    metrics: dict
+    error: str | None
+    duration_s: float | None
     created_at: str
 
 
@@ -338,6 +372,41 @@ class Store:
         return Evaluation(**d)
 
     # -- rounds -----------------------------------------------------------------------------
+    def add_screening(
+        self,
+        run_id: int,
+        config_key: str,
+        levels: list[int],
+        tokens: int,
+        round_: int,
+        *,
+        ok: bool,
+        metrics: dict,
+        error: str | None,
+        duration_s: float,
+    ) -> Screening:
+        with self._tx() as c:
+            cur = c.execute(
+                "INSERT INTO screenings (run_id, config_key, levels, tokens, round, status, metrics, error, "
+                "duration_s, created_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (run_id, config_key, json.dumps(levels), tokens, round_, "ok" if ok else "failed",
+                 json.dumps(metrics), error, duration_s, _now()),
+            )  # fmt: skip
+        return self._screening(self._conn.execute("SELECT * FROM screenings WHERE id=?", (cur.lastrowid,)).fetchone())
+
+    def screenings(self, run_id: int, tokens: int | None = None) -> list[Screening]:
+        sql, args = "SELECT * FROM screenings WHERE run_id=?", [run_id]
+        if tokens is not None:
+            sql, args = sql + " AND tokens=?", [*args, tokens]
+        return [self._screening(r) for r in self._conn.execute(sql + " ORDER BY id", args)]
+
+    @staticmethod
+    def _screening(row: sqlite3.Row) -> Screening:
+        d = dict(row)
+        d["levels"] = json.loads(d["levels"])
+        d["metrics"] = json.loads(d["metrics"]) if d["metrics"] else {}
+        return Screening(**d)
+
     def record_round(
         self, run_id: int, round_: int, *, n_train: int, fit_s: float, search_s: float, bounds: dict | None = None
     ) -> None:

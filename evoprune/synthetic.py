@@ -19,6 +19,9 @@ from evoprune.backend.pruner import BackendSettings, Measurement
 from evoprune.space import ArchSpec, SearchSpace
 from problems.synthetic import SyntheticPruning
 
+# Standard deviation of a screening's loss at the full token count (it grows as 1/sqrt(tokens)).
+SCREEN_NOISE = 0.02
+
 # A small Llama-like shape: 8 layers, GQA 8/2 heads, gated MLP.
 DEFAULT_ARCH = ArchSpec(
     model_type="llama", num_layers=8, hidden_size=256, num_heads=8, num_kv_heads=2, head_dim=32,
@@ -71,7 +74,11 @@ class SyntheticBackend:
         mlp = np.repeat(sens[L:, None] / a.intermediate_size, a.intermediate_size, axis=1)
         return Importance(attn=attn, mlp=mlp)
 
-    def evaluate(self, x) -> Measurement:
+    def evaluate(self, x, tokens: int | None = None) -> Measurement:
         loss = float(self.problem.evaluate_exact(np.asarray(x)[None])[0, 0])
+        if tokens is not None:
+            # A screening: fewer tokens, a noisier loss; the noise is a function of the configuration.
+            rng = np.random.default_rng(int(self.space.key(np.asarray(x)), 16))
+            loss += float(rng.normal(0.0, SCREEN_NOISE * math.sqrt(self.settings.eval_tokens / tokens)))
         # "perplexity" e^(loss) * 10: the search minimises its log, i.e. the loss itself plus a constant.
         return Measurement(metrics={"ppl": 10 * math.exp(loss)}, ok=True, error=None, duration_s=0.0)

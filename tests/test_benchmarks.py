@@ -18,10 +18,13 @@ def test_compare_benchmark_runs_on_a_tiny_model(tmp_path, tiny_model_dir, text_f
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    rows = json.loads(store.with_suffix(".json").read_text())["rows"]
-    assert {r["method"] for r in rows} == {"evoprune", "uniform", "owl", "random", "predictor-rank", "ga"}
+    results = json.loads(store.with_suffix(".json").read_text())
+    rows = results["rows"]
+    assert {r["method"] for r in rows} == {"evoprune", "uniform", "owl", "random", "predictor-rank", "ga", "ga x3"}
     for r in rows:
         assert r["params_fraction"] <= 0.8 and r["heldout"]["ppl:wikitext2_test"] > 1
+        assert 0 < r["export"]["params"] < 0.81 * results["dense"]["export"]["params"]
+    assert next(r for r in rows if r["method"] == "ga x3")["evaluations"] == 18
 
 
 def test_synthetic_benchmark_runs(tmp_path):

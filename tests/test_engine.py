@@ -180,3 +180,70 @@ def test_a_search_can_optimise_task_accuracy(tmp_path, tiny_model_dir, text_file
     assert any(e.origin == "acquired" for e in ok)
     # accuracies come in steps of 1/12: the same 12 questions judge every configuration
     assert all(abs(e.metrics["acc:arc_easy"] * 12 - round(e.metrics["acc:arc_easy"] * 12)) < 1e-9 for e in ok)
+
+
+def test_a_budget_focuses_acquisition_just_under_it(tmp_path, tiny_model_dir, text_file):
+    focused = search(
+        str(tiny_model_dir), str(text_file), str(tmp_path / "f.db"), _settings(evals=14, max_params=0.7, min_params=0.0)
+    )
+    spread = search(
+        str(tiny_model_dir),
+        str(text_file),
+        str(tmp_path / "s.db"),
+        _settings(evals=14, max_params=0.7, min_params=0.0, focus=0.0),
+    )
+    near = [e.params_fraction for e in focused.evaluations if e.origin == "acquired"]
+    wide = [e.params_fraction for e in spread.evaluations if e.origin == "acquired"]
+    assert near and wide and max(near) <= 0.7
+    assert min(near) > min(wide)
+    assert np.median(near) >= 0.7 * 0.9
+
+
+def test_multi_fidelity_screens_many_and_evaluates_the_best_screened(tmp_path, tiny_model_dir, text_file):
+    from evoprune.search import prepare_backend
+    from evoprune.search import search as run_search
+
+    settings = _settings(evals=10, screen_tokens=64, screen_factor=3)
+    backend = prepare_backend(str(tiny_model_dir), str(text_file), settings)
+    result = run_search(str(tiny_model_dir), str(text_file), str(tmp_path / "m.db"), settings, backend=backend)
+    with Store(tmp_path / "m.db") as st:
+        screenings = st.screenings(result.run.id)
+        rounds = st.rounds(result.run.id)
+    assert screenings and all(sc.tokens == 64 for sc in screenings)
+    acquired = [e for e in result.evaluations if e.origin == "acquired"]
+    screened = {sc.config_key: sc for sc in screenings}
+    assert acquired and all(e.config_key in screened for e in acquired)
+    assert len(screenings) > len(acquired)  # more were screened than evaluated in full
+    # each fidelity keeps its own result: one window vs all four
+    e = acquired[0]
+    assert screened[e.config_key].metrics["ppl"] == backend.evaluate(e.levels, tokens=64).metrics["ppl"]
+    assert e.metrics["ppl"] == backend.evaluate(e.levels).metrics["ppl"]
+    assert screened[e.config_key].metrics["ppl"] != e.metrics["ppl"]
+    assert e.predicted["screen_ppl"] == pytest.approx(np.log(screened[e.config_key].metrics["ppl"]))
+    # the surrogate of each round trained on full evaluations only
+    for r in rounds:
+        before = [x for x in result.evaluations if x.round < r["round"] and x.status == "ok"]
+        assert r["n_train"] == len(before)
+    # the best screened configuration of a round is among those evaluated in full
+    for round_ in {sc.round for sc in screenings}:
+        ok = [sc for sc in screenings if sc.round == round_ and sc.status == "ok"]
+        best = min(ok, key=lambda sc: sc.metrics["ppl"])
+        assert best.config_key in {x.config_key for x in acquired if x.round == round_}
+    # a rerun measures nothing again, and from scratch the same seed gives the same search
+    again = run_search(str(tiny_model_dir), str(text_file), str(tmp_path / "m.db"), settings, backend=backend)
+    assert again.new_evaluations == 0
+    with Store(tmp_path / "m.db") as st:
+        assert len(st.screenings(result.run.id)) == len(screenings)
+    fresh = run_search(str(tiny_model_dir), str(text_file), str(tmp_path / "n.db"), settings, backend=backend)
+    assert [x.config_key for x in fresh.evaluations] == [x.config_key for x in result.evaluations]
+
+
+def test_screening_needs_fewer_tokens_than_a_full_evaluation(tmp_path, tiny_model_dir, text_file):
+    result = CliRunner().invoke(
+        app,
+        ["search", "-m", str(tiny_model_dir), "-d", str(text_file), "-s", str(tmp_path / "x.db"), "-n", "4",
+         "--eval-tokens", "256", "--seq-len", "64", "--screen-tokens", "256"],
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert "--screen-tokens must be 0 (off) or below --eval-tokens 256" in result.output
+    assert not (tmp_path / "x.db").exists()

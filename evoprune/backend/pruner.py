@@ -154,16 +154,23 @@ class PruningBackend:
             self._masked.remove()
             self._masked = None
 
-    def evaluate(self, x) -> Measurement:
-        """Perplexity and KL of configuration ``x`` on the evaluation windows, through masks."""
+    def evaluate(self, x, tokens: int | None = None) -> Measurement:
+        """Perplexity and KL of configuration ``x`` on the evaluation windows, through masks.
+
+        ``tokens`` screens on a prefix of the windows instead (at least one window; the extra
+        metrics, e.g. task accuracies, are skipped): the cheap fidelity of multi-fidelity search.
+        """
         plans = self.plan(x)
         reference = self.reference()
         masked = self._masks()
+        windows = self.eval_windows
+        if tokens is not None:
+            windows = windows[: max(1, min(len(windows), -(-tokens // self.settings.seq_len)))]
         start = time.perf_counter()
         try:
             masked.apply(plans)
-            metrics = quality(self.loaded.model, self.eval_windows, reference, self.settings.batch_size)
-            for extra in self.extra_metrics:
+            metrics = quality(self.loaded.model, windows, reference, self.settings.batch_size)
+            for extra in self.extra_metrics if tokens is None else ():
                 metrics.update(extra(self))
             error = None
             if not all(math.isfinite(v) for v in metrics.values()):
