@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import sys
 import tempfile
@@ -107,10 +108,10 @@ def main() -> None:
     p.add_argument("--store", default=str(ROOT / "benchmarks" / "results" / "smollm2_compare.db"))
     p.add_argument("--tiny", action="store_true", help="a tiny random model and a few evaluations (CI)")
     p.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
-    p.add_argument("--from-log", help="render BENCHMARKS.md from the JSON rows a run printed (and a dense.json)")
+    p.add_argument("--render", help="only write BENCHMARKS.md and the plots from a run's JSON (final or .partial.json)")
     args = p.parse_args()
-    if args.from_log:
-        render_from_log(args)
+    if args.render:
+        render_results(args)
         return
 
     seq_len = 256
@@ -159,55 +160,191 @@ def main() -> None:
     out_json = Path(args.store).with_suffix(".json")
     out_json.write_text(json.dumps(results, indent=2))
     if not args.no_write and not args.tiny:
-        write_section("SmolLM2-135M: methods side by side", render(results, args))
+        args.render = str(out_json)
+        render_results(args)
     print(f"wrote {out_json}")
-
-
-def render_from_log(args) -> None:
-    """Write the section from a run's printed rows, for a run stopped before its final write."""
-    rows = [json.loads(line) for line in Path(args.from_log).read_text().splitlines() if line.startswith("{")]
-    dense = json.loads(Path(args.from_log).with_name("dense.json").read_text())
-    results = {"machine": platform.platform(), "cpus": torch.get_num_threads(), "versions": library_versions(),
-               "load_and_importance_s": dense.get("load_and_importance_s", float("nan")), "rows": rows,
-               "dense": dense}  # fmt: skip
-    write_section("SmolLM2-135M: methods side by side", render(results, args))
 
 
 def _fmt(v, spec=".2f") -> str:
     return "-" if v is None else format(v, spec)
 
 
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+OTHERS = ("ga", "predictor-rank", "owl", "random")
+
+
+def plot_fronts(results: dict, out: Path) -> None:
+    """One panel per budget and seed: every method's evaluated points and its pick."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = results["rows"]
+    budgets = sorted({r["budget"] for r in rows}, reverse=True)
+    seeds = sorted({r["seed"] for r in rows})
+    fig, axes = plt.subplots(len(budgets), len(seeds), figsize=(6 * len(seeds), 4.2 * len(budgets)), squeeze=False)
+    colors = {"evoprune": "C3", "uniform": "C7", "owl": "C5", "random": "C0", "predictor-rank": "C2", "ga": "C1"}
+    for i, budget in enumerate(budgets):
+        for j, seed in enumerate(seeds):
+            ax = axes[i][j]
+            for r in rows:
+                if r["budget"] != budget or r["seed"] != seed or not r.get("points"):
+                    continue
+                base = r["method"].split(" ")[0]
+                color = colors.get(base, "k")
+                pts = [(f, p) for f, p in r["points"] if p is not None and math.isfinite(p)]
+                marker = "x" if " x" in r["method"] else "o"
+                ax.scatter([f for f, _ in pts], [p for _, p in pts], s=10, alpha=0.45, color=color, marker=marker,
+                           label=r["method"])  # fmt: skip
+                if r.get("params_fraction"):
+                    ax.scatter([r["params_fraction"]], [r["search_ppl"]], s=90, facecolors="none", edgecolors=color,
+                               linewidths=2)  # fmt: skip
+            ax.axvline(budget, color="k", ls="--", lw=1)
+            ax.set_yscale("log")
+            ax.set_ylim(15, 3000)
+            ax.set_xlim(max(0.4, budget - 0.3), min(1.0, budget + 0.05))
+            ax.set_xlabel("kept parameter fraction")
+            ax.set_ylabel("search perplexity (WikiText-2 valid)")
+            ax.set_title(f"budget {budget:.0%}, seed {seed} (circles: each method's pick)")
+            ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+
+
 def render(results: dict, args) -> str:
     rows = results["rows"]
-    d = results["dense"]["heldout"]
+    d = results["dense"]
+    dh = d["heldout"]
+    a = results.get("args", {})
+    evals, arc_limit = a.get("evals", args.evals), a.get("arc_limit", args.arc_limit)
+    budgets = sorted({r["budget"] for r in rows}, reverse=True)
+    seeds = sorted({r["seed"] for r in rows})
+    mib = 2**20
     lines = [
-        f"Command: `python benchmarks/smollm2_compare.py --evals {args.evals} --budgets {args.budgets} "
-        f"--seeds {args.seeds}` (search on WikiText-2 valid, {args.eval_tokens} tokens per real evaluation, "
-        f"importance on {args.calib_tokens} tokens; held-out: first {args.heldout_tokens} tokens of WikiText-2 "
-        f"test and PTB valid, {args.arc_limit} ARC-Easy dev questions (picks of: {args.arc_methods}), all through "
-        "the exported model).",
+        f"Command: `python benchmarks/smollm2_compare.py --evals {evals} --seeds {','.join(map(str, seeds))} "
+        f"--budgets {','.join(str(b) for b in budgets)} --arc-limit {arc_limit}` (about "
+        f"{sum((r['wall_s'] or 0) for r in rows) / 3600 + 0.3:.1f} h on this machine). Search on WikiText-2 valid, "
+        f"{a.get('eval_tokens', args.eval_tokens)} tokens per real evaluation, wanda importance on "
+        f"{a.get('calib_tokens', args.calib_tokens)} tokens; every method gets {evals} real evaluations "
+        f"(`uniform` and `owl` stop when their few candidates are done) and `ga x{a.get('ga_multiple', 3)}` three "
+        f"times as many. Held-out: the first {a.get('heldout_tokens', args.heldout_tokens)} tokens of WikiText-2 test "
+        f"and PTB valid and {arc_limit} ARC-Easy dev questions, all through the exported model reloaded from disk.",
         "",
-        f"Machine: {results['machine']}, {results['cpus']} torch threads; torch {results['versions']['torch']}, "
-        f"transformers {results['versions']['transformers']}, pymoo {results['versions']['pymoo']}. "
-        f"Model load + importance: {results['load_and_importance_s']:.0f} s.",
+        f"Machine: {results['machine']}, {results['cpus']} torch threads (CPU, float32); torch "
+        f"{results['versions']['torch']}, transformers {results['versions']['transformers']}, pymoo "
+        f"{results['versions']['pymoo']}.",
         "",
-        f"Dense: WikiText-2 test ppl {_fmt(d.get('ppl:wikitext2_test'))}, PTB ppl {_fmt(d.get('ppl:ptb_valid'))}, "
-        f"ARC-Easy acc {_fmt(d.get('acc:arc_easy'), '.3f')} / acc_norm {_fmt(d.get('acc_norm:arc_easy'), '.3f')}.",
+        f"Dense SmolLM2-135M: search ppl {d['search_ppl']:.2f}; WikiText-2 test ppl {_fmt(dh.get('ppl:wikitext2_test'))}, "
+        f"PTB ppl {_fmt(dh.get('ppl:ptb_valid'))}, ARC-Easy acc {_fmt(dh.get('acc:arc_easy'), '.3f')}; "
+        f"{d['export']['latency_ms']:.0f} ms per 256-token forward, {d['export']['weight_bytes'] / mib:.0f} MiB of "
+        "weights.",
         "",
-        "| budget | seed | method | evals | kept params | search ppl | WikiText-2 test ppl | PTB ppl | ARC-Easy acc | "
-        "acc_norm | eval s | fit s | inner search s | wall s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "### Held-out quality at each budget (mean over seeds)",
+        "",
+        "| budget | method | kept params | WikiText-2 test ppl | PTB ppl | ARC-Easy acc | evoprune / method (WikiText-2) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    summary: dict = {}
+    for budget in budgets:
+        methods = list(dict.fromkeys(r["method"] for r in rows if r["budget"] == budget))
+        for m in methods:
+            rs = [r for r in rows if r["budget"] == budget and r["method"] == m and r.get("heldout")]
+            summary[(budget, m)] = {
+                "kept": _mean(r.get("params_fraction") for r in rs),
+                "wt2": _mean(r["heldout"].get("ppl:wikitext2_test") for r in rs),
+                "ptb": _mean(r["heldout"].get("ppl:ptb_valid") for r in rs),
+                "arc": _mean(r["heldout"].get("acc:arc_easy") for r in rs),
+                "n": len(rs),
+            }
+        ours = summary.get((budget, "evoprune"), {}).get("wt2")
+        for m in methods:
+            v = summary[(budget, m)]
+            ratio = f"{ours / v['wt2']:.2f}x" if ours and v["wt2"] and m != "evoprune" else "-"
+            lines.append(f"| {budget:.0%} | {m} | {_fmt(v['kept'], '.3f')} | {_fmt(v['wt2'])} | {_fmt(v['ptb'])} | "
+                         f"{_fmt(v['arc'], '.3f')} | {ratio} |")  # fmt: skip
+    lines += ["", "### Targets", ""]
+    for budget in budgets:
+        ours = summary.get((budget, "evoprune"))
+        uni = summary.get((budget, "uniform"))
+        others = {
+            m: summary[(budget, m)]["wt2"] for m in OTHERS if (budget, m) in summary and summary[(budget, m)]["wt2"]
+        }
+        if not ours or not ours["wt2"]:
+            continue
+        if uni and uni["wt2"]:
+            ok = ours["wt2"] <= 0.5 * uni["wt2"]
+            lines.append(
+                f"- {budget:.0%}, against uniform: WikiText-2 {ours['wt2']:.1f} vs {uni['wt2']:.1f} = "
+                f"{ours['wt2'] / uni['wt2']:.2f}x (target <= 0.5x: {'met' if ok else 'NOT met'}); PTB {ours['ptb']:.1f} vs "
+                f"{uni['ptb']:.1f} ({'better' if ours['ptb'] < uni['ptb'] else 'NOT better'}); ARC-Easy "
+                f"{_fmt(ours['arc'], '.3f')} vs {_fmt(uni['arc'], '.3f')} "
+                f"({'better' if (ours['arc'] or 0) > (uni['arc'] or 0) else 'NOT better'}; {arc_limit} questions, "
+                f"one standard error about {0.5 / math.sqrt(max(1, arc_limit)):.2f})."
+            )
+        if others:
+            best = min(others, key=others.get)
+            ok = ours["wt2"] <= 0.9 * others[best]
+            lines.append(
+                f"- {budget:.0%}, against the best other search at the same budget ({best}, {others[best]:.1f}): "
+                f"{ours['wt2'] / others[best]:.2f}x (target <= 0.9x: {'met' if ok else 'NOT met'})."
+            )
+        ga3 = next((summary[(budget, m)] for m in summary if m[0] == budget and m[1].startswith("ga x")), None)
+        if ga3 and ga3["wt2"]:
+            lines.append(
+                f"- {budget:.0%}, sample efficiency: evoprune with {evals} evaluations {ours['wt2']:.1f} vs `ga` with "
+                f"three times as many {ga3['wt2']:.1f} ({'matches or beats' if ours['wt2'] <= ga3['wt2'] else 'does NOT match'})."
+            )
+    lines += [
+        "",
+        "### Every run",
+        "",
+        "Overhead: the share of the search's wall time spent on anything but real evaluation, split into surrogate "
+        "fits + inner search and the rest (building each configuration's pruning plan, store transactions, costs); "
+        "model loading and importance are not part of a search. τ: the surrogate's out-of-sample Kendall τ on each "
+        "batch of 4, predicted before the batch was evaluated, mean over rounds (a pooled τ across rounds is not "
+        "meaningful: each round's surrogate is a different fit).",
+        "",
+        "| budget | seed | method | evals | kept params | search ppl | WikiText-2 test | PTB | ARC-Easy | export ms | "
+        "export MiB | eval s | fit s | inner s | wall s | overhead: fit + inner / rest | τ |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        h = r.get("heldout", {})
+        h, e = r.get("heldout", {}), r.get("export", {})
+        wall = r.get("wall_s")
+        model_s = r["fit_s"] + r["search_s"]
+        overhead = f"{model_s / wall:.1%} / {(wall - r['eval_s'] - model_s) / wall:.1%}" if wall else "-"
+        tau = _fmt(_mean(r.get("taus") or []), ".2f")
         lines.append(
             f"| {r['budget']:.0%} | {r['seed']} | {r['method']} | {r['evaluations']} | "
-            f"{_fmt(r.get('params_fraction'), '.3f')} | "
-            f"{_fmt(r.get('search_ppl'))} | {_fmt(h.get('ppl:wikitext2_test'))} | {_fmt(h.get('ppl:ptb_valid'))} | "
-            f"{_fmt(h.get('acc:arc_easy'), '.3f')} | {_fmt(h.get('acc_norm:arc_easy'), '.3f')} | {r['eval_s']:.0f} | "
-            f"{r['fit_s']:.1f} | {r['search_s']:.1f} | {_fmt(r['wall_s'], '.0f')} |"
+            f"{_fmt(r.get('params_fraction'), '.3f')} | {_fmt(r.get('search_ppl'))} | "
+            f"{_fmt(h.get('ppl:wikitext2_test'))} | {_fmt(h.get('ppl:ptb_valid'))} | {_fmt(h.get('acc:arc_easy'), '.2f')} | "
+            f"{_fmt(e.get('latency_ms'), '.0f')} | {_fmt(e['weight_bytes'] / mib if e else None, '.0f')} | "
+            f"{r['eval_s']:.0f} | {r['fit_s']:.1f} | {r['search_s']:.1f} | {_fmt(wall, '.0f')} | {overhead} | {tau} |"
         )
+    lines += [
+        "",
+        f"Time split: model load {results.get('load_s', float('nan')):.0f} s, importance "
+        f"{results.get('importance_s', float('nan')):.0f} s"
+        f"{' (read from the disk cache)' if results.get('importance_cached') else ''}; the rest per run above.",
+        "",
+        "![evaluated points of every method](docs/images/smollm2_fronts.png)",
+    ]
     return "\n".join(lines)
+
+
+def render_results(args) -> None:
+    """Write the section (and the front plots) from a run's JSON, final or partial."""
+    path = Path(args.render)
+    results = json.loads(path.read_text())
+    plot_fronts(results, ROOT / "docs" / "images" / "smollm2_fronts.png")
+    write_section("SmolLM2-135M: methods side by side", render(results, args))
 
 
 if __name__ == "__main__":

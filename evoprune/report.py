@@ -65,8 +65,14 @@ def write_report(store: Store, out_dir: str | Path, run_id: int | None = None) -
     front_rows = [[p.id, f"{p.params / 1e6:.2f}M", f"{p.params_fraction:.3f}",
                    f"{p.metrics.get('ppl', float('nan')):.2f}", f"{p.metrics.get('kl', float('nan')):.4f}",
                    p.origin if p.origin != "acquired" else f"round {p.round}"] for p in points]  # fmt: skip
-    narrowed = [[r["round"], ", ".join(f"{k}≤{v}" for k, v in (r.get("bounds") or {}).items()) or "-"]
-                for r in rounds]  # fmt: skip
+    L = run.space["arch"]["num_layers"]
+
+    def variable(k) -> str:
+        k = int(k)
+        return f"attn {k}" if k < L else f"mlp {k - L}"
+
+    narrowed = [[r["round"], ", ".join(f"{variable(k)} ≤ {v}" for k, v in r["bounds"].items())]
+                for r in rounds if r.get("bounds")]  # fmt: skip
     budget = run.settings.get("max_params")
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>evoprune report: run {run.id}</title>",
@@ -100,9 +106,12 @@ def write_report(store: Store, out_dir: str | Path, run_id: int | None = None) -
             ],
         ),  # fmt: skip
         "<h2>Narrowed search space</h2>",
-        "<p>Variables whose upper level the refinement step lowered (index: layer for attention, "
-        "number of layers + layer for MLP).</p>",
-        _table(["round", "narrowed upper bounds"], narrowed),
+        "<p>Sub-layers (attention or MLP of a layer) whose highest pruning level the refinement step "
+        "lowered, per round.</p>" + _table(["round", "narrowed upper bounds"], narrowed)
+        if narrowed
+        else "<p>No level range was narrowed: the surrogate found no level harmful enough to cut"
+        + (" (refinement is off for this run)." if run.settings.get("refine") is False else ".")
+        + "</p>",
         "<h2>Comparison</h2>",
         _comparison(store),
         "</body></html>",

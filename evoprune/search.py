@@ -45,7 +45,7 @@ from evoprune.objectives import Budget, CostEvaluator, Objectives, quality_value
 from evoprune.pareto import hypervolume_of
 from evoprune.store import Evaluation, Run, Screening, Store
 from problems import SurrogatePruningProblem
-from surrogates import available_surrogates, make_surrogate
+from surrogates import available_surrogates, make_surrogate, parse_surrogate_spec
 
 ProgressFn = Callable[..., None]
 
@@ -112,10 +112,16 @@ class SearchSettings:
             raise EvopruneError(f"--max-ppl-ratio must be above 1, got {self.max_ppl_ratio}")
         if self.method not in STRATEGIES:
             raise EvopruneError(f"method {self.method!r} is unknown: use one of {', '.join(STRATEGIES)}")
-        if self.surrogate not in available_surrogates():
-            raise EvopruneError(
-                f"surrogate {self.surrogate!r} is unknown: use one of {', '.join(available_surrogates())}"
-            )
+        try:
+            name, options = parse_surrogate_spec(self.surrogate)
+            if name not in available_surrogates():
+                raise ValueError(f"surrogate {name!r} is unknown: use one of {', '.join(available_surrogates())}")
+            model = make_surrogate(self.surrogate)
+            if options:  # a bad option value shows at fit time: find out now, not after evaluations
+                rng = np.random.default_rng(0)
+                model.fit(rng.random((8, 3)), rng.random(8))
+        except (ValueError, TypeError) as exc:
+            raise EvopruneError(str(exc).splitlines()[0]) from None
         if self.acquisition not in ACQUISITIONS:
             raise EvopruneError(f"acquisition {self.acquisition!r} is unknown: use one of {', '.join(ACQUISITIONS)}")
         if self.algorithm not in ALGORITHMS:

@@ -20,7 +20,13 @@ Third parties register their own through the ``evoprune.surrogates`` entry-point
 
 from surrogates.base import Surrogate, check_features, check_training_data
 from surrogates.features import LevelFeatures
-from surrogates.registry import ENTRY_POINT_GROUP, available_surrogates, make_surrogate, register_surrogate
+from surrogates.registry import (
+    ENTRY_POINT_GROUP,
+    available_surrogates,
+    make_surrogate,
+    parse_surrogate_spec,
+    register_surrogate,
+)
 
 # Importing the built-in plugins registers them.
 from surrogates import ngboost_surrogate as _ngboost  # noqa: E402,F401  isort: skip
@@ -39,5 +45,6 @@ __all__ = [
     "check_features",
     "check_training_data",
     "make_surrogate",
+    "parse_surrogate_spec",
     "register_surrogate",
 ]

@@ -8,6 +8,10 @@ from scipy.optimize import nnls
 from surrogates.base import Surrogate
 from surrogates.registry import register_surrogate
 
+# How per-feature damage combines into the target: compounding (log1p: y = b + c(e^z - 1)),
+# additive (identity: y = b + z) or saturating (log: y = b + c log(1 + z)).
+LINKS = ("log1p", "identity", "log")
+
 
 @register_surrogate("additive")
 class AdditiveDamageSurrogate(Surrogate):
@@ -67,12 +71,19 @@ class AdditiveDamageSurrogate(Surrogate):
         return np.hstack([u, u**2, top.astype(float)])
 
     def _forward(self, y: np.ndarray, b: float) -> np.ndarray:
-        if self.link == "identity":
+        d = np.maximum(y - b, 0.0) / self.c
+        if self.link_ == "identity":
             return y - b
-        return np.log1p(np.maximum(y - b, 0.0) / self.c)
+        if self.link_ == "log":
+            return np.expm1(np.minimum(d, 50.0))
+        return np.log1p(d)
 
     def _inverse(self, z: np.ndarray, b: float) -> np.ndarray:
-        return b + (z if self.link == "identity" else self.c * np.expm1(z))
+        if self.link_ == "identity":
+            return b + z
+        if self.link_ == "log":
+            return b + self.c * np.log1p(np.maximum(z, 0.0))
+        return b + self.c * np.expm1(z)
 
     def _penalty(self, n_basis: int) -> np.ndarray:
         d = self.n_features_in_
@@ -100,12 +111,28 @@ class AdditiveDamageSurrogate(Surrogate):
         return w, b
 
     def _fit(self, X: np.ndarray, y: np.ndarray) -> None:
-        if self.link not in ("log1p", "identity"):
-            raise ValueError(f"link {self.link!r} is unknown: use 'log1p' or 'identity'")
+        if self.link not in LINKS + ("auto",):
+            raise ValueError(f"link {self.link!r} is unknown: use one of {', '.join(LINKS)} or 'auto'")
         if self.c <= 0 or self.smoothness < 0 or self.ridge < 0:
             raise ValueError("c must be positive and smoothness and ridge non-negative")
         if self.n_members < 2:
             raise ValueError(f"n_members must be at least 2 to give a spread, got {self.n_members}")
+        if self.link != "auto":
+            self._fit_link(X, y, self.link)
+            return
+        # Which way damage combines is a property of the model and data: keep the link whose
+        # out-of-bag error is smallest (each link sees the same bootstrap resamples). Not the
+        # default: on real SmolLM2 pairs it picks `identity`, which fits closer but ranks
+        # equal-size configurations worse than `log1p` (BENCHMARKS.md, "Surrogates").
+        fits = {}
+        for link in LINKS:
+            self._fit_link(X, y, link)
+            fits[link] = (self.noise_std_, dict(self.__dict__))
+        best = min(LINKS, key=lambda link: fits[link][0])
+        self.__dict__.update(fits[best][1])
+
+    def _fit_link(self, X: np.ndarray, y: np.ndarray, link: str) -> None:
+        self.link_ = link
         self.x_low_ = X.min(axis=0)
         span = X.max(axis=0) - self.x_low_
         self.x_span_ = np.where(span > 0, span, 1.0)

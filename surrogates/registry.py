@@ -63,8 +63,39 @@ def available_surrogates() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def _literal(text: str):
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_surrogate_spec(spec: str) -> tuple[str, dict]:
+    """``"name"`` or ``"name:key=value,key=value"`` -> (name, constructor parameters).
+
+    Values become bools, ints or floats where they read as one, else stay strings, so
+    ``--surrogate additive:link=auto,c=1.5`` sets two constructor parameters.
+    """
+    name, _, rest = spec.partition(":")
+    params = {}
+    for item in filter(None, (part.strip() for part in rest.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise ValueError(f"surrogate option {item!r} in {spec!r} is not key=value: write e.g. additive:link=auto")
+        params[key.strip()] = _literal(value.strip())
+    return name.strip(), params
+
+
 def make_surrogate(name: str, **params) -> Surrogate:
-    """Instantiate the surrogate registered as ``name`` with constructor ``params``."""
+    """Instantiate the surrogate ``name`` (a registered name, optionally with ``:key=value,...``
+    options, see ``parse_surrogate_spec``) with constructor ``params``."""
+    name, spec_params = parse_surrogate_spec(name)
+    params = {**spec_params, **params}
     _load_entry_points()
     if name in _BROKEN:
         raise ValueError(f"surrogate plugin {name!r} failed to load ({_BROKEN[name]}): fix or uninstall it")
@@ -72,4 +103,8 @@ def make_surrogate(name: str, **params) -> Surrogate:
         cls = _REGISTRY[name]
     except KeyError:
         raise ValueError(f"unknown surrogate {name!r}; available: {', '.join(sorted(_REGISTRY))}") from None
+    accepted = set(cls().get_params()) if hasattr(cls, "get_params") else None
+    unknown = sorted(set(spec_params) - accepted) if accepted is not None else []
+    if unknown:
+        raise ValueError(f"surrogate {name!r} has no option {unknown[0]!r}: use any of {', '.join(sorted(accepted))}")
     return cls(**params)

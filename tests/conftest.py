@@ -102,3 +102,21 @@ def cli_env() -> dict:
     env = dict(os.environ)
     env.setdefault("HF_HUB_OFFLINE", "1")
     return env
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    """The real SmolLM2-135M behind a backend on built-in text (one per test module)."""
+    from evoprune.backend.loading import ModelSource, load_model
+    from evoprune.backend.pruner import BackendSettings, PruningBackend
+    from evoprune.backend.zoo import fetch_zoo_model
+
+    # The converted model is large and the same for every test run: keep it in the user's cache.
+    saved = os.environ.pop("EVOPRUNE_CACHE_DIR", None)
+    try:
+        path = fetch_zoo_model("smollm2-135m")
+    finally:
+        if saved is not None:
+            os.environ["EVOPRUNE_CACHE_DIR"] = saved
+    loaded = load_model(ModelSource("smollm2-135m", "dir", str(path)))
+    return PruningBackend(loaded, load_text("builtin"), BackendSettings(eval_tokens=256, calib_tokens=512, seq_len=128))

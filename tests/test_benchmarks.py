@@ -30,8 +30,9 @@ def test_compare_benchmark_runs_on_a_tiny_model(tmp_path, tiny_model_dir, text_f
 def test_synthetic_benchmark_runs(tmp_path):
     result = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "synthetic.py"), "--seeds", "1", "--evoprune-evals", "12",
-         "--ga-evals", "20", "--no-write"],
+         "--ga-evals", "20", "--surrogates", "additive,additive:link=auto", "--no-write"],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "Median evaluations" in result.stdout
+    assert "| method | median evaluations to reach |" in result.stdout
+    assert "| evoprune[additive:link=auto] |" in result.stdout and "| NSGA-II |" in result.stdout

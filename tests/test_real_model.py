@@ -2,34 +2,14 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 import torch
 
-from evoprune.backend.data import load_text
-from evoprune.backend.loading import ModelSource, load_model
-from evoprune.backend.pruner import BackendSettings, PruningBackend
-from evoprune.backend.zoo import fetch_zoo_model
 from evoprune.export import export_pruned
 from tests.test_export import load_in_fresh_process, masked_logits
 
 pytestmark = pytest.mark.real_model
-
-
-@pytest.fixture(scope="module")
-def smollm2():
-    # The converted model is large and the same for every test run: keep it in the user's cache.
-    saved = os.environ.pop("EVOPRUNE_CACHE_DIR", None)
-    try:
-        path = fetch_zoo_model("smollm2-135m")
-    finally:
-        if saved is not None:
-            os.environ["EVOPRUNE_CACHE_DIR"] = saved
-    loaded = load_model(ModelSource("smollm2-135m", "dir", str(path)))
-    settings = BackendSettings(eval_tokens=256, calib_tokens=512, seq_len=128)
-    return PruningBackend(loaded, load_text("builtin"), settings)
 
 
 def test_smollm2_shape_and_dense_quality(smollm2):

@@ -163,6 +163,30 @@ def test_additive_damage_is_monotone_and_learns_a_compounding_signal():
         assert np.all(model.predict(more) >= model.predict(base) - 1e-12)
 
 
+@pytest.mark.parametrize(("combine", "expected"), [(np.expm1, "log1p"), (np.log1p, "log")])
+def test_additive_auto_link_follows_how_damage_combines(combine, expected):
+    """Compounding damage (convex in the summed damage) and saturating damage (concave, as in
+    the synthetic benchmark problem) each get their own link, and predict no worse than the
+    default link with it."""
+    rng = np.random.default_rng(1)
+    X = rng.integers(0, 4, size=(90, 8)).astype(float)
+    y = 2.0 + 1.5 * combine(0.25 * X @ rng.uniform(0.2, 1.0, 8))
+    auto = make_surrogate("additive:link=auto", random_state=0).fit(X[:60], y[:60])
+    assert auto.link_ == expected
+    default = make_surrogate("additive", random_state=0).fit(X[:60], y[:60])
+    error = {m: np.sqrt(np.mean((m.predict(X[60:]) - y[60:]) ** 2)) for m in (auto, default)}
+    assert error[auto] <= error[default]
+
+
+def test_surrogate_options_in_the_name_reach_the_constructor():
+    assert make_surrogate("additive:link=identity,c=1.5,n_members=4").get_params()["c"] == 1.5
+    assert make_surrogate("additive:fit_intercept=false").get_params()["fit_intercept"] is False
+    with pytest.raises(ValueError, match="has no option 'nope'"):
+        make_surrogate("additive:nope=1")
+    with pytest.raises(ValueError, match="is not key=value"):
+        make_surrogate("additive:link")
+
+
 def test_ngboost_fast_prediction_equals_the_library_path():
     X, y = _data(n=60)
     model = make_surrogate("ngboost", random_state=0).fit(X, y)

@@ -424,24 +424,6 @@ def test_cli_evaluate_uniform_configuration_and_bad_input(tmp_path, tiny_model_d
 # -- the real SmolLM2-135M ----------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def smollm2():
-    from evoprune.backend.data import load_text
-    from evoprune.backend.loading import ModelSource, load_model
-    from evoprune.backend.pruner import BackendSettings, PruningBackend
-    from evoprune.backend.zoo import fetch_zoo_model
-
-    # The converted model is large and the same for every test run: keep it in the user's cache.
-    saved = os.environ.pop("EVOPRUNE_CACHE_DIR", None)
-    try:
-        path = fetch_zoo_model("smollm2-135m")
-    finally:
-        if saved is not None:
-            os.environ["EVOPRUNE_CACHE_DIR"] = saved
-    loaded = load_model(ModelSource("smollm2-135m", "dir", str(path)))
-    return PruningBackend(loaded, load_text("builtin"), BackendSettings(eval_tokens=256, calib_tokens=512, seq_len=128))
-
-
 @pytest.mark.real_model
 @needs_shared_data
 def test_smollm2_arc_accuracy_through_masks_equals_its_export_in_a_fresh_process(smollm2, tmp_path):
