@@ -170,6 +170,8 @@ def search_command(
     eval_tokens: int = typer.Option(1024, "--eval-tokens", help="Tokens per real evaluation."),
     calib_tokens: int = typer.Option(2048, "--calib-tokens", help="Tokens for importance scoring."),
     seq_len: int = typer.Option(256, "--seq-len", help="Tokens per window."),
+    device: str = typer.Option("cpu", "--device", help="Where evaluation runs: cpu, cuda, cuda:N or mps."),
+    dtype: str = typer.Option("float32", "--dtype", help="Weights and activations: float32, bfloat16 or float16."),
     head_unit: str = typer.Option(
         "query_head", "--head-unit", help="Attention pruning unit under GQA: query_head or kv_group."
     ),
@@ -406,6 +408,8 @@ def compare_command(
     calib_tokens: int = typer.Option(2048, "--calib-tokens", help="Tokens for importance scoring."),
     seq_len: int = typer.Option(256, "--seq-len", help="Tokens per window."),
     mlp_levels: int = typer.Option(8, "--mlp-levels", help="Number of MLP pruning steps."),
+    device: str = typer.Option("cpu", "--device", help="Where evaluation runs: cpu, cuda, cuda:N or mps."),
+    dtype: str = typer.Option("float32", "--dtype", help="Weights and activations: float32, bfloat16 or float16."),
     as_json: bool = typer.Option(False, "--json", help="Print the table as JSON."),
 ) -> None:
     """Run evoprune and the baselines at the same budget of real evaluations; print one table."""
@@ -415,7 +419,7 @@ def compare_command(
         evals=evals, seed=seed, max_params=max_params, max_memory=max_memory, max_latency_ms=max_latency_ms,
         min_params=min_params,
         backend=BackendSettings(eval_tokens=eval_tokens, calib_tokens=calib_tokens, seq_len=seq_len,
-                                mlp_levels=mlp_levels),
+                                mlp_levels=mlp_levels, device=device, dtype=dtype),
     )  # fmt: skip
     try:
         with _SearchProgress(err_console) as progress:

@@ -149,7 +149,7 @@ class LatencyTable:
 
         def whole():
             with torch.inference_mode():
-                model(input_ids=ids, use_cache=False)
+                model(input_ids=ids.to(model.device), use_cache=False)
 
         fixed = max(_median_ms(whole, repeats) - empty, 0.0)
         return cls(attn_ms, mlp_ms, fixed, empty, seq_len, batch, "cpu", torch.get_num_threads())
@@ -193,12 +193,14 @@ class Measured:
 def measure_model(model, seq_len: int = 256, batch: int = 1, repeats: int = 15) -> Measured:
     """Median forward latency of a real model on random tokens, and its weight memory."""
     vocab = model.config.vocab_size
-    ids = torch.randint(0, vocab, (batch, seq_len), generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(0, vocab, (batch, seq_len), generator=torch.Generator().manual_seed(0)).to(model.device)
     model.eval()
 
     def run():
         with torch.inference_mode():
             model(input_ids=ids, use_cache=False)
+        if ids.is_cuda:  # kernels run asynchronously: time them, not their launch
+            torch.cuda.synchronize(ids.device)
 
     run()
     times = []

@@ -137,6 +137,7 @@ class SearchSettings:
         """The settings that define a run (a larger ``evals`` continues the same run)."""
         d = asdict(self)
         d.pop("evals")
+        d["backend"] = self.backend.identity()
         return d
 
 
@@ -192,7 +193,7 @@ class SearchContext:
     def pair_key(self) -> str:
         """Runs with the same pair key measured the same problem; their pairs can be shared."""
         b = self.backend
-        payload = [b.loaded.fingerprint, b.data_fingerprint, self.space.fingerprint(), asdict(b.settings)]
+        payload = [b.loaded.fingerprint, b.data_fingerprint, self.space.fingerprint(), b.settings.identity()]
         return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
     def open_run(self) -> Run:

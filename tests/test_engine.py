@@ -247,3 +247,21 @@ def test_screening_needs_fewer_tokens_than_a_full_evaluation(tmp_path, tiny_mode
     assert result.exit_code == 2
     assert "--screen-tokens must be 0 (off) or below --eval-tokens 256" in result.output
     assert not (tmp_path / "x.db").exists()
+
+
+def test_a_store_refuses_a_model_whose_layers_differ_from_its_runs(tmp_path, tiny_model_dir, tiny_tokenizer, text_file):
+    store = tmp_path / "s.db"
+    search(str(tiny_model_dir), str(text_file), str(store), _settings(evals=3, init=3))
+    deeper = tmp_path / "deeper"
+    build_tiny_model("llama", num_layers=6).save_pretrained(deeper)
+    tiny_tokenizer.save_pretrained(deeper)
+    result = CliRunner().invoke(
+        app, ["search", "-m", str(deeper), "-d", str(text_file), "-s", str(store), "-n", "3", "--eval-tokens", "256",
+              "--calib-tokens", "256", "--seq-len", "64"],
+    )  # fmt: skip
+    assert result.exit_code == 2
+    message = result.output.strip().splitlines()[-1]
+    assert "holds runs of a different model" in message and "4 layers" in message and "6 layers" in message
+    assert "use another --store" in message
+    with Store(store) as st:
+        assert len(st.runs()) == 1 and len(st.evaluations(st.runs()[0].id)) == 3

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -192,3 +193,41 @@ def test_importance_is_computed_once_per_model_data_and_criterion(tiny_tokenizer
     other = backend(build_tiny_model("llama", seed=6))  # other weights: scored again
     other.score()
     assert calls == [1, 1] and not other.importance_cached
+
+
+def test_a_bfloat16_backend_evaluates_masks_exactly_as_its_sliced_copy(tiny_model_dir, text_file):
+    from evoprune.backend.pruner import load_backend
+
+    settings = BackendSettings(eval_tokens=256, calib_tokens=256, seq_len=64, mlp_levels=4)
+    full = load_backend(str(tiny_model_dir), str(text_file), settings)
+    half = load_backend(str(tiny_model_dir), str(text_file), replace(settings, dtype="bfloat16"))
+    assert next(half.loaded.model.parameters()).dtype == torch.bfloat16
+    x = _configs(half.space, 0, seed=1)[2]
+    masked = half.evaluate(x)
+    assert masked.ok and masked.metrics["ppl"] == perplexity(half.sliced_copy(x), half.eval_windows)
+    # bfloat16 keeps about 3 significant digits: close to float32, not equal
+    assert masked.metrics["ppl"] == pytest.approx(full.evaluate(x).metrics["ppl"], rel=0.05)
+    assert settings.identity() != replace(settings, dtype="bfloat16").identity()
+    assert settings.identity() == replace(settings, device="cuda:1").identity()  # a run may move to a GPU
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--device", "cuda"] if not torch.cuda.is_available() else ["--device", "cuda:99"], "--device cuda"),
+        (["--device", "tpu"], "is not a device: use cpu, cuda, cuda:N or mps"),
+        (["--dtype", "int8"], "--dtype 'int8' is unknown: use one of float32, bfloat16, float16"),
+    ],
+)
+def test_an_unusable_device_or_dtype_is_one_line_before_loading(tmp_path, tiny_model_dir, text_file, option, message):
+    from typer.testing import CliRunner
+
+    from evoprune.cli import app
+
+    store = tmp_path / "s.db"
+    result = CliRunner().invoke(
+        app, ["search", "-m", str(tiny_model_dir), "-d", str(text_file), "-s", str(store), "-n", "2", *option]
+    )
+    assert result.exit_code == 2
+    assert message in result.output and len(result.output.strip().splitlines()) == 1
+    assert not store.exists()

@@ -23,15 +23,15 @@ class DenseReference:
     logprobs: torch.Tensor  # (windows, seq-1, k) float32
 
 
-def _batches(windows: torch.Tensor, batch_size: int):
+def _batches(windows: torch.Tensor, batch_size: int, device: torch.device):
     for start in range(0, len(windows), batch_size):
-        yield start, windows[start : start + batch_size]
+        yield start, windows[start : start + batch_size].to(device)
 
 
 def dense_reference(model, windows: torch.Tensor, k: int = 32, batch_size: int = 4) -> DenseReference:
     idx, lp = [], []
     with torch.inference_mode():
-        for _, batch in _batches(windows, batch_size):
+        for _, batch in _batches(windows, batch_size, model.device):
             logprobs = F.log_softmax(model(input_ids=batch).logits[:, :-1].float(), dim=-1)
             top = logprobs.topk(k, dim=-1)
             idx.append(top.indices)
@@ -55,7 +55,7 @@ def quality(
     """
     nll_total, kl_total, count = 0.0, 0.0, 0
     with torch.inference_mode():
-        for start, batch in _batches(windows, batch_size):
+        for start, batch in _batches(windows, batch_size, model.device):
             logits = model(input_ids=batch).logits[:, :-1].float()
             lse = torch.logsumexp(logits, dim=-1, keepdim=True)
             targets = batch[:, 1:]

@@ -80,7 +80,7 @@ def _input_norms(model, layers: list[LayerParts], windows: torch.Tensor) -> dict
     try:
         with torch.inference_mode():
             for row in windows:
-                model(input_ids=row[None])
+                model(input_ids=row[None].to(model.device))
     finally:
         for h in handles:
             h.remove()
@@ -119,7 +119,8 @@ def _taylor(model, layers: list[LayerParts], windows: torch.Tensor, head_dim: in
         m.weight.grad = None
     try:
         for row in windows:
-            out = model(input_ids=row[None], labels=row[None])
+            row = row[None].to(model.device)
+            out = model(input_ids=row, labels=row)
             (out.loss / len(windows)).backward()
         heads, channels = [], []
         for p in layers:
@@ -142,8 +143,8 @@ def _taylor(model, layers: list[LayerParts], windows: torch.Tensor, head_dim: in
 
 def _stack(heads, channels) -> Importance:
     return Importance(
-        attn=torch.stack(heads).detach().double().numpy(),
-        mlp=torch.stack(channels).detach().double().numpy(),
+        attn=torch.stack(heads).detach().double().cpu().numpy(),
+        mlp=torch.stack(channels).detach().double().cpu().numpy(),
     )
 
 

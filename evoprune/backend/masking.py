@@ -28,8 +28,8 @@ class IndexedLinear(nn.Module):
     def __init__(self, base: nn.Linear, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None):
         super().__init__()
         self._base = (base,)  # a tuple, so the dense weights are not registered twice
-        self.rows = rows
-        self.cols = cols
+        self.rows = rows.to(base.weight.device) if rows is not None else None
+        self.cols = cols.to(base.weight.device) if cols is not None else None
         self.in_features = base.in_features if cols is None else len(cols)
         self.out_features = base.out_features if rows is None else len(rows)
 

@@ -6,7 +6,7 @@ import copy
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 
@@ -41,8 +41,19 @@ class BackendSettings:
     mlp_multiple: int = 1
     calib_data: str | None = None
     kl_top_k: int = 32
+    dtype: str = "float32"
+    device: str = "cpu"  # where evaluation runs; not part of what a run measured (see identity())
+
+    def identity(self) -> dict:
+        """The settings that decide the measurements: a run continues on another device."""
+        d = asdict(self)
+        d.pop("device")
+        return d
 
     def validate(self) -> None:
+        if self.dtype not in DTYPES:
+            raise EvopruneError(f"--dtype {self.dtype!r} is unknown: use one of {', '.join(DTYPES)}")
+        check_device(self.device)
         for name in ("eval_tokens", "calib_tokens", "seq_len", "batch_size", "kl_top_k"):
             if getattr(self, name) < 1:
                 raise EvopruneError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
@@ -50,6 +61,29 @@ class BackendSettings:
             raise EvopruneError(f"token counts must be at least one window of --seq-len {self.seq_len} tokens")
         if self.criterion not in CRITERIA:
             raise EvopruneError(f"importance criterion {self.criterion!r} is unknown: use one of {', '.join(CRITERIA)}")
+
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def check_device(device: str) -> None:
+    """Refuse a device this torch cannot use, with the fix, before anything is loaded."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise EvopruneError(f"--device {device!r} is not a device: use cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        built = "with" if torch.version.cuda else "without"
+        raise EvopruneError(
+            f"--device {device}: no CUDA device is visible (this torch {torch.__version__} was built {built} "
+            "CUDA): use --device cpu, or install a CUDA build of torch on a machine with a GPU"
+        )
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise EvopruneError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise EvopruneError(f"--device {device}: MPS is not available on this machine: use --device cpu")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise EvopruneError(f"--device {device!r} is not supported: use cpu, cuda, cuda:N or mps")
 
 
 @dataclass
@@ -206,7 +240,8 @@ def load_backend(model: str, data: str, settings: BackendSettings, progress=None
         progress("phase", name=f"fetching {model}")
     load_config(source)
     progress("phase", name="loading model")
-    loaded = load_model(source)
+    loaded = load_model(source, dtype=getattr(torch, settings.dtype))
+    loaded.model.to(settings.device)
     backend = PruningBackend(loaded, text, settings, calib)
     progress("phase", name=f"scoring importance ({settings.criterion})")
     backend.score()

@@ -12,10 +12,11 @@ from evoprune.backend.pruned_modeling import empty_attention, empty_mlp
 
 def _copy_into(new: nn.Linear, old: nn.Linear, rows=None, cols=None) -> nn.Linear:
     w = old.weight.data
+    rows = rows.to(w.device) if rows is not None else None
     if rows is not None:
         w = w[rows]
     if cols is not None:
-        w = w[:, cols]
+        w = w[:, cols.to(w.device)]
     with torch.no_grad():
         new.weight.copy_(w)
         if new.bias is not None:

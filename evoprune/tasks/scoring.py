@@ -70,7 +70,7 @@ class _Forward:
         self.keep_arg = "logits_to_keep" in params
 
     def __call__(self, ids: torch.Tensor, cache=None, last_only: bool = False):
-        kwargs = {"input_ids": ids, "use_cache": True}
+        kwargs = {"input_ids": ids.to(self.model.device), "use_cache": True}
         if cache is not None:
             kwargs[self.cache_arg] = cache
         if last_only and self.keep_arg:
@@ -98,7 +98,7 @@ def question_loglikelihoods(forward: _Forward, ctx: list[int], conts: Sequence[l
         logits, _ = forward(batch, cache=cache)
         logprobs = F.log_softmax(logits.float(), dim=-1)
         for row, i in enumerate(rest):
-            targets = torch.tensor(conts[i][1:])
+            targets = torch.tensor(conts[i][1:], device=logprobs.device)
             totals[i] += float(logprobs[row, : len(targets)].gather(-1, targets[:, None]).sum())
     return totals
 
