@@ -42,8 +42,7 @@ def plot_front(store: Store, run: Run, path=None, budget_lines: list[float] | No
         ax.scatter([fx[k]], [fy[k]], s=140, facecolors="none", edgecolors="#d62728", linewidths=2,
                    label=f"knee (#{front[k].id})")  # fmt: skip
     for b in budget_lines or []:
-        ax.axvline(b, ls="--", c="#2ca02c")
-        ax.text(b, ax.get_ylim()[1], f" budget {b:.0%}", va="top", color="#2ca02c")
+        ax.axvline(b, ls="--", c="#2ca02c", label=f"budget {b:.0%}")
     ax.set_yscale("log")
     ax.set_xlabel("kept fraction of parameters")
     ax.set_ylabel("perplexity (log scale)")

@@ -56,6 +56,22 @@ th{background:#f3f3f3} img{max-width:100%;margin:0.5em 0} code{background:#f3f3f
 """
 
 
+def _screening_summary(store: Store, run) -> str:
+    """Multi-fidelity runs: how many candidates were screened and how many went on."""
+    screenings = store.screenings(run.id)
+    if not screenings:
+        return ""
+    full = {e.config_key for e in store.evaluations(run.id) if e.origin == "acquired"}
+    tokens = sorted({sc.tokens for sc in screenings})
+    promoted = sum(sc.config_key in full for sc in screenings)
+    seconds = sum(sc.duration_s or 0 for sc in screenings)
+    return (
+        "<h2>Multi-fidelity screening</h2>"
+        f"<p>{len(screenings)} candidates screened on {', '.join(map(str, tokens))} tokens "
+        f"({seconds:.1f} s); {promoted} of them went on to a full evaluation.</p>"
+    )
+
+
 def write_report(store: Store, out_dir: str | Path, run_id: int | None = None) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -112,6 +128,7 @@ def write_report(store: Store, out_dir: str | Path, run_id: int | None = None) -
         else "<p>No level range was narrowed: the surrogate found no level harmful enough to cut"
         + (" (refinement is off for this run)." if run.settings.get("refine") is False else ".")
         + "</p>",
+        _screening_summary(store, run),
         "<h2>Comparison</h2>",
         _comparison(store),
         "</body></html>",

@@ -236,6 +236,12 @@ def test_multi_fidelity_screens_many_and_evaluates_the_best_screened(tmp_path, t
         assert len(st.screenings(result.run.id)) == len(screenings)
     fresh = run_search(str(tiny_model_dir), str(text_file), str(tmp_path / "n.db"), settings, backend=backend)
     assert [x.config_key for x in fresh.evaluations] == [x.config_key for x in result.evaluations]
+    from evoprune.report import write_report
+
+    with Store(tmp_path / "m.db") as st:
+        page = write_report(st, tmp_path / "report").read_text()
+    assert f"{len(screenings)} candidates screened on 64 tokens" in page
+    assert f"{len(acquired)} of them went on to a full evaluation" in page
 
 
 def test_screening_needs_fewer_tokens_than_a_full_evaluation(tmp_path, tiny_model_dir, text_file):
