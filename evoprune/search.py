@@ -340,14 +340,16 @@ class SearchContext:
     def evaluate_now(self, X, origin: str, round_: int, predicted: list[dict] | None = None) -> None:
         """Enqueue new, feasible, not yet known configurations within the budget, then evaluate them."""
         known = self.known_keys()
+        left = self.budget_left()  # counted here: reading the store per candidate is quadratic
         for i, x in enumerate(np.atleast_2d(X)):
-            if self.budget_left() <= 0:
+            if left <= 0:
                 break
             key = self.space.key(x)
             if key in known or not self.feasible(x[None])[0]:
                 continue
             known.add(key)
             self.enqueue(x, origin, round_, predicted[i] if predicted else None)
+            left -= 1
         self.evaluate_pending()
 
     def screen(self, X: np.ndarray, round_: int) -> list[Screening]:
