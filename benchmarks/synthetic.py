@@ -11,6 +11,7 @@ hypervolume (in the searched region, kept parameters >= 50%).
 from __future__ import annotations
 
 import argparse
+import ast
 import math
 import statistics
 import sys
@@ -62,6 +63,7 @@ def main() -> None:
     )
     p.add_argument("--share", type=float, default=0.95)
     p.add_argument("--no-write", action="store_true")
+    p.add_argument("--from-log", help="write the section from the rows a run printed, without running")
     args = p.parse_args()
     variants = [v.strip() for v in args.surrogates.split(",") if v.strip()]
     # "a,b:k=v" splits on commas inside options too: re-join the option parts
@@ -73,6 +75,11 @@ def main() -> None:
             specs.append(v)
     methods = [(f"evoprune[{spec}]", "evoprune", spec, args.evoprune_evals) for spec in specs]
     methods.append(("NSGA-II", "ga", "additive", args.ga_evals))
+    if args.from_log:
+        # re-render the rows a run printed (e.g. one started with --no-write)
+        rows = [ast.literal_eval(line) for line in Path(args.from_log).read_text().splitlines() if line.startswith("{")]
+        write_section("Search engine: sample efficiency on synthetic problems", render(rows, methods, args))
+        return
     rows = []
     for seed in range(args.seeds):
         backend = SyntheticBackend.create(seed=seed)
@@ -94,6 +101,13 @@ def main() -> None:
             rows.append(row)
             print(row, flush=True)
 
+    body = render(rows, methods, args)
+    print(body)
+    if not args.no_write:
+        write_section("Search engine: sample efficiency on synthetic problems", body)
+
+
+def render(rows: list[dict], methods: list[tuple], args) -> str:
     def median_count(label: str) -> float:
         return statistics.median(r["reached"] or math.inf for r in rows if r["method"] == label)
 
@@ -127,10 +141,7 @@ def main() -> None:
             ratio = f"{med / ga_median:.2f}"
         shown = f"> {evals}" if math.isinf(med) else f"{med:.0f}"
         lines.append(f"| {label} | {shown} | {ratio} | {finals:.3f} |")
-    body = "\n".join(lines)
-    print(body)
-    if not args.no_write:
-        write_section("Search engine: sample efficiency on synthetic problems", body)
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
