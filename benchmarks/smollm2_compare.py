@@ -108,6 +108,7 @@ def main() -> None:
     p.add_argument("--store", default=str(ROOT / "benchmarks" / "results" / "smollm2_compare.db"))
     p.add_argument("--tiny", action="store_true", help="a tiny random model and a few evaluations (CI)")
     p.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
+    p.add_argument("--markdown", default=str(ROOT / "BENCHMARKS.md"), help="the file --render writes (plots beside it)")
     p.add_argument("--render", help="only write BENCHMARKS.md and the plots from a run's JSON (final or .partial.json)")
     args = p.parse_args()
     if args.render:
@@ -295,7 +296,7 @@ def render(results: dict, args) -> str:
                 f"- {budget:.0%}, against the best other search at the same budget ({best}, {others[best]:.1f}): "
                 f"{ours['wt2'] / others[best]:.2f}x (target <= 0.9x: {'met' if ok else 'NOT met'})."
             )
-        ga3 = next((summary[(budget, m)] for m in summary if m[0] == budget and m[1].startswith("ga x")), None)
+        ga3 = next((summary[key] for key in summary if key[0] == budget and key[1].startswith("ga x")), None)
         if ga3 and ga3["wt2"]:
             lines.append(
                 f"- {budget:.0%}, sample efficiency: evoprune with {evals} evaluations {ours['wt2']:.1f} vs `ga` with "
@@ -343,8 +344,9 @@ def render_results(args) -> None:
     """Write the section (and the front plots) from a run's JSON, final or partial."""
     path = Path(args.render)
     results = json.loads(path.read_text())
-    plot_fronts(results, ROOT / "docs" / "images" / "smollm2_fronts.png")
-    write_section("SmolLM2-135M: methods side by side", render(results, args))
+    out = Path(args.markdown)
+    plot_fronts(results, out.parent / "docs" / "images" / "smollm2_fronts.png")
+    write_section("SmolLM2-135M: methods side by side", render(results, args), out)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,16 @@ def test_compare_benchmark_runs_on_a_tiny_model(tmp_path, tiny_model_dir, text_f
         assert r["params_fraction"] <= 0.8 and r["heldout"]["ppl:wikitext2_test"] > 1
         assert 0 < r["export"]["params"] < 0.81 * results["dense"]["export"]["params"]
     assert next(r for r in rows if r["method"] == "ga x3")["evaluations"] == 18
+    # the section and the plot are written from the run's JSON
+    rendered = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "smollm2_compare.py"), "--render", str(store.with_suffix(".json")),
+         "--markdown", str(tmp_path / "BENCHMARKS.md")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert rendered.returncode == 0, rendered.stderr[-3000:]
+    section = (tmp_path / "BENCHMARKS.md").read_text()
+    assert "### Targets" in section and "sample efficiency" in section and "| 80% | 0 | ga x3 | 18 |" in section
+    assert (tmp_path / "docs" / "images" / "smollm2_fronts.png").stat().st_size > 1000
 
 
 def test_synthetic_benchmark_runs(tmp_path):
