@@ -143,7 +143,9 @@ def search_command(
     min_params: float = typer.Option(0.5, "--min-params", help="Smallest kept parameter fraction to search."),
     init: int = typer.Option(8, "--init", help="Size of the initial design (dense, structured and space-filling)."),
     batch: int = typer.Option(4, "--batch", help="Real evaluations per active-learning round."),
-    surrogate: str = typer.Option("additive", "--surrogate", help="Surrogate model by registered name."),
+    surrogate: str = typer.Option(
+        "additive", "--surrogate", help="Surrogate by registered name, options as NAME:key=value (additive:link=auto)."
+    ),
     acquisition: str = typer.Option("uncertainty", "--acquisition", help="uncertainty, lcb, ehvi or greedy."),
     algorithm: str = typer.Option("nsga2", "--algorithm", help="Inner search: nsga2, nsga3, agemoea or smsemoa."),
     refine: bool = typer.Option(True, "--refine/--no-refine", help="Narrow level ranges the surrogate finds harmful."),
