@@ -103,7 +103,8 @@ def make_surrogate(name: str, **params) -> Surrogate:
         cls = _REGISTRY[name]
     except KeyError:
         raise ValueError(f"unknown surrogate {name!r}; available: {', '.join(sorted(_REGISTRY))}") from None
-    accepted = set(cls().get_params()) if hasattr(cls, "get_params") else None
+    # scikit-learn's own list of constructor parameters: no instance needed to check the options
+    accepted = set(cls._get_param_names()) if hasattr(cls, "_get_param_names") else None
     unknown = sorted(set(spec_params) - accepted) if accepted is not None else []
     if unknown:
         raise ValueError(f"surrogate {name!r} has no option {unknown[0]!r}: use any of {', '.join(sorted(accepted))}")

@@ -120,3 +120,14 @@ def smollm2():
             os.environ["EVOPRUNE_CACHE_DIR"] = saved
     loaded = load_model(ModelSource("smollm2-135m", "dir", str(path)))
     return PruningBackend(loaded, load_text("builtin"), BackendSettings(eval_tokens=256, calib_tokens=512, seq_len=128))
+
+
+def smollm2_mixed_config(space):
+    """Every layer pruned a little, plus one whole attention (layer 5) and one whole MLP (layer 20)."""
+    import numpy as np
+
+    L = space.num_layers
+    x = np.concatenate([np.full(L, 1), np.full(L, 2)])
+    x[5] = space.attn_levels
+    x[L + 20] = space.mlp_levels
+    return space.validate(x)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from evoprune.export import export_pruned
+from tests.conftest import smollm2_mixed_config
 from tests.test_export import load_in_fresh_process, masked_logits
 
 pytestmark = pytest.mark.real_model
@@ -22,11 +23,7 @@ def test_smollm2_shape_and_dense_quality(smollm2):
 
 def test_smollm2_export_reloads_in_plain_transformers_with_identical_logits(smollm2, tmp_path):
     space = smollm2.space
-    L = space.num_layers
-    x = np.concatenate([np.full(L, 1), np.full(L, 2)])
-    x[5] = space.attn_levels  # one whole attention sub-layer removed
-    x[L + 20] = space.mlp_levels  # and one whole MLP
-    x = space.validate(x)
+    x = smollm2_mixed_config(space)
     tokens = smollm2.eval_windows[:1]
     want = masked_logits(smollm2, x, tokens)
     result = export_pruned(smollm2, x, tmp_path / "export")

@@ -30,7 +30,7 @@ from evoprune.tasks.command import run_evaluate
 from evoprune.tasks.formats import Doc
 from evoprune.tasks.scoring import predictions
 from evoprune.tasks.spec import read_spec
-from tests.conftest import SHARED_DATA
+from tests.conftest import SHARED_DATA, smollm2_mixed_config
 from tests.test_export import _backend, prune_everywhere
 
 REAL_ARC = SHARED_DATA / "arc_easy" / "ARC-Easy-Dev.jsonl"
@@ -430,10 +430,7 @@ def test_smollm2_arc_accuracy_through_masks_equals_its_export_in_a_fresh_process
     from evoprune.export import export_pruned
 
     space = smollm2.space
-    L = space.num_layers
-    x = np.concatenate([np.full(L, 1), np.full(L, 2)])
-    x[5] = space.attn_levels  # one whole attention sub-layer removed
-    x[L + 20] = space.mlp_levels  # and one whole MLP
+    x = smollm2_mixed_config(space)
     masked = TaskEvaluator(smollm2, "arc_easy", limit=60).result(space.validate(x))
     export_pruned(smollm2, x, tmp_path / "export")
     out = tmp_path / "export.json"
