@@ -48,19 +48,29 @@ def _log1mexp(logsum: torch.Tensor) -> torch.Tensor:
 def quality(
     model, windows: torch.Tensor, reference: DenseReference | None = None, batch_size: int = 4
 ) -> dict[str, float]:
-    """Perplexity (and KL to the dense reference when given) of ``model`` on ``windows``.
+    """Perplexity (and KL to the dense reference when given) of ``model`` on ``windows``, with
+    standard errors.
+
+    ``windows``: (n, seq_len) token ids. Returns ``ppl`` (exp of the mean next-token NLL in
+    nats), ``nll`` and its standard error ``nll_se``, ``ppl_se`` (delta method:
+    ``ppl * nll_se``), ``tokens`` (predicted tokens), and with a reference ``kl`` (nats per
+    token) and ``kl_se``. Standard errors come from the spread of the per-window means, since
+    neighbouring tokens' losses are correlated (one window: from the per-token spread, which
+    understates it).
 
     Log-probabilities are read as ``logit - logsumexp`` at the few positions needed, so the full
     vocabulary-sized log-softmax is never materialised.
     """
-    nll_total, kl_total, count = 0.0, 0.0, 0
+    nll_rows, kl_rows, token_nll = [], [], []
     with torch.inference_mode():
         for start, batch in _batches(windows, batch_size, model.device):
             logits = model(input_ids=batch).logits[:, :-1].float()
             lse = torch.logsumexp(logits, dim=-1, keepdim=True)
             targets = batch[:, 1:]
-            nll_total += float((lse - logits.gather(-1, targets[..., None])).sum())
-            count += targets.numel()
+            nll = (lse - logits.gather(-1, targets[..., None]))[..., 0].double()
+            nll_rows.append(nll.mean(dim=1))
+            if len(windows) == 1:
+                token_nll.append(nll.reshape(-1))
             if reference is not None:
                 ref_idx = reference.indices[start : start + len(batch)]
                 p_log = reference.logprobs[start : start + len(batch)]
@@ -68,12 +78,31 @@ def quality(
                 kl = (p_log.exp() * (p_log - q_log)).sum(-1)
                 p_tail = _log1mexp(torch.logsumexp(p_log, -1))
                 q_tail = _log1mexp(torch.logsumexp(q_log, -1))
-                kl_total += float((kl + p_tail.exp() * (p_tail - q_tail)).sum())
-    mean_nll = nll_total / count
-    out = {"ppl": math.exp(mean_nll) if mean_nll < 700 else math.inf}
+                kl_rows.append((kl + p_tail.exp() * (p_tail - q_tail)).double().mean(dim=1))
+    per_window = torch.cat(nll_rows)
+    mean_nll = float(per_window.mean())
+    nll_se = _standard_error(per_window, torch.cat(token_nll) if token_nll else None)
+    ppl = math.exp(mean_nll) if mean_nll < 700 else math.inf
+    out = {
+        "ppl": ppl,
+        "ppl_se": ppl * nll_se if math.isfinite(ppl) else math.inf,
+        "nll": mean_nll,
+        "nll_se": nll_se,
+        "tokens": float(per_window.numel() * (windows.shape[1] - 1)),
+    }
     if reference is not None:
-        out["kl"] = kl_total / count
+        per_window_kl = torch.cat(kl_rows)
+        out["kl"] = float(per_window_kl.mean())
+        out["kl_se"] = _standard_error(per_window_kl, None)
     return out
+
+
+def _standard_error(per_window: torch.Tensor, per_token: torch.Tensor | None) -> float:
+    """Standard error of the mean of equal-length windows' means (per token with one window)."""
+    values = per_window if per_window.numel() > 1 or per_token is None else per_token
+    if values.numel() < 2:
+        return 0.0
+    return float(values.std(unbiased=True) / math.sqrt(values.numel()))
 
 
 def perplexity(model, windows: torch.Tensor, batch_size: int = 4) -> float:
