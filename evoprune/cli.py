@@ -28,6 +28,7 @@ app = typer.Typer(
 )
 err_console = Console(stderr=True)
 out_console = Console()
+_BACKEND = BackendSettings()  # the defaults the options show
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -40,6 +41,20 @@ def _levels_text(levels: list[int]) -> str:
     return "".join(str(v) for v in levels) if max(levels, default=0) < 10 else ",".join(map(str, levels))
 
 
+def _figure_text(metrics: dict | None, name: str = "ppl") -> str:
+    """``17.47 ±0.31`` (standard error when recorded), or ``-``."""
+    if not metrics or name not in metrics:
+        return "-"
+    se = metrics.get(f"{name}_se")
+    return f"{metrics[name]:.2f}" + (f" ±{se:.2f}" if se is not None else "")
+
+
+def _tokens_text(tokens: int | None) -> str:
+    if tokens is None:
+        return "-"
+    return f"{tokens / 1024:g}k" if tokens % 256 == 0 and tokens >= 1024 else str(tokens)
+
+
 def _pareto_table(points: list[ParetoPoint], title: str) -> Table:
     table = Table(title=title, title_justify="left")
     for col, justify in (
@@ -47,21 +62,31 @@ def _pareto_table(points: list[ParetoPoint], title: str) -> Table:
         ("params", "right"),
         ("kept", "right"),
         ("ppl", "right"),
+        ("tokens", "right"),
+        ("valid ppl", "right"),
         ("found", "left"),
         ("attention levels", "left"),
         ("MLP levels", "left"),
     ):
         table.add_column(col, justify=justify)
     for p in points:
+        fidelity = p.fidelity or {"tokens": None, "metrics": p.metrics}
         table.add_row(
             str(p.id),
             f"{p.params / 1e6:.2f}M",
             f"{100 * p.params_fraction:.1f}%",
-            f"{p.metrics['ppl']:.2f}",
+            _figure_text(fidelity["metrics"]),
+            _tokens_text(fidelity["tokens"]),
+            _figure_text(p.validation["metrics"]) if p.validation else "-",
             "design" if p.origin == "design" else f"round {p.round}",
             _levels_text(p.levels["attn"]),
             _levels_text(p.levels["mlp"]),
         )
+    table.caption = (
+        "ppl: on the highest rung of the fidelity ladder each configuration reached (tokens), ± standard error; "
+        "valid ppl: on the validation split, never used to choose"
+    )
+    table.caption_justify = "left"
     return table
 
 
@@ -169,9 +194,19 @@ def search_command(
     calib_data: str = typer.Option(
         None, "--calib-data", help="Text for importance scoring (default: --data, windows disjoint from evaluation)."
     ),
-    eval_tokens: int = typer.Option(1024, "--eval-tokens", help="Tokens per real evaluation."),
-    calib_tokens: int = typer.Option(2048, "--calib-tokens", help="Tokens for importance scoring."),
-    seq_len: int = typer.Option(256, "--seq-len", help="Tokens per window."),
+    eval_tokens: int = typer.Option(
+        _BACKEND.eval_tokens, "--eval-tokens", help="Tokens of the first rung: every real evaluation."
+    ),
+    ladder: str = typer.Option(
+        _BACKEND.ladder,
+        "--ladder",
+        help="Higher rungs (token counts, e.g. 8192 or 4096,16384; auto: 4 x --eval-tokens; none) for promising ones.",
+    ),
+    validation_tokens: int = typer.Option(
+        None, "--validation-tokens", help="Tokens of the validation split the picks are reported on (0: none)."
+    ),
+    calib_tokens: int = typer.Option(_BACKEND.calib_tokens, "--calib-tokens", help="Tokens for importance scoring."),
+    seq_len: int = typer.Option(_BACKEND.seq_len, "--seq-len", help="Tokens per window."),
     device: str = typer.Option("cpu", "--device", help="Where evaluation runs: cpu, cuda, cuda:N or mps."),
     dtype: str = typer.Option("float32", "--dtype", help="Weights and activations: float32, bfloat16 or float16."),
     head_unit: str = typer.Option(
@@ -406,9 +441,9 @@ def compare_command(
     max_latency_ms: float = typer.Option(None, "--max-latency-ms", help="Latency budget (ms per forward)."),
     min_params: float = typer.Option(0.5, "--min-params", help="Smallest kept parameter fraction to search."),
     seed: int = typer.Option(0, "--seed", help="Random seed shared by every method."),
-    eval_tokens: int = typer.Option(1024, "--eval-tokens", help="Tokens per real evaluation."),
-    calib_tokens: int = typer.Option(2048, "--calib-tokens", help="Tokens for importance scoring."),
-    seq_len: int = typer.Option(256, "--seq-len", help="Tokens per window."),
+    eval_tokens: int = typer.Option(_BACKEND.eval_tokens, "--eval-tokens", help="Tokens per real evaluation."),
+    calib_tokens: int = typer.Option(_BACKEND.calib_tokens, "--calib-tokens", help="Tokens for importance scoring."),
+    seq_len: int = typer.Option(_BACKEND.seq_len, "--seq-len", help="Tokens per window."),
     mlp_levels: int = typer.Option(8, "--mlp-levels", help="Number of MLP pruning steps."),
     device: str = typer.Option("cpu", "--device", help="Where evaluation runs: cpu, cuda, cuda:N or mps."),
     dtype: str = typer.Option("float32", "--dtype", help="Weights and activations: float32, bfloat16 or float16."),

@@ -8,7 +8,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from evoprune.errors import EvopruneError
-from evoprune.objectives import Budget, CostEvaluator, quality_value
+from evoprune.objectives import Budget, CostEvaluator
+from evoprune.pareto import best_of, rung_offsets
 from evoprune.search import ProgressFn, SearchSettings, _noop, prepare_backend, search
 from evoprune.store import Evaluation, Run, Store
 
@@ -42,7 +43,7 @@ def best_under_budget(evals: list[Evaluation], metric: str, budget: Budget, cost
     candidates = [e for e, f in zip(ok, feasible, strict=True) if f]
     if not candidates:
         return None
-    return min(candidates, key=lambda e: quality_value(metric, e.metrics))
+    return best_of(candidates, metric, rung_offsets(ok, metric))
 
 
 def summarize(

@@ -22,7 +22,8 @@ from evoprune.errors import EvopruneError
 class Job:
     eval_id: int
     levels: tuple[int, ...]
-    tokens: int | None = None  # a screening on this many tokens; None: the full evaluation
+    tokens: int | None = None  # on this many rung tokens (a screening or a higher rung); None: the first rung
+    split: str = "search"  # or "validation" (see PruningBackend.evaluate)
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,7 @@ class LocalExecutor(Executor):
 
     def evaluate(self, jobs: list[Job], on_result: ResultFn, on_failure: FailureFn | None = None) -> None:
         for job in jobs:
-            on_result(job, self.backend.evaluate(np.array(job.levels), job.tokens))
+            on_result(job, self.backend.evaluate(np.array(job.levels), job.tokens, job.split))
 
 
 ExecutorFactory = Callable[..., Executor]

@@ -1,4 +1,14 @@
-"""The non-dominated, really evaluated configurations of a run."""
+"""The non-dominated, really evaluated configurations of a run, and how configurations measured
+at different fidelities are compared.
+
+Every configuration has a first-rung measurement; the promising ones also have higher rungs of
+the fidelity ladder (more tokens) and the picks a validation measurement. Choices use the
+highest rung each configuration reached: its figure there, less the run's mean difference
+between that rung and the first (over the configurations measured at both), so a figure on
+8,192 tokens and one on 2,048 are on one scale while the better-measured one decides. Among
+configurations that all reached the top rung (the finalists near a budget) the correction is
+the same for each and the choice is on the top rung alone.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +23,10 @@ from evoprune.store import Evaluation, Run, Store
 
 @dataclass(frozen=True)
 class ParetoPoint:
+    """A front member. ``metrics``: its first-rung measurement; ``fidelity``: the highest rung it
+    reached (``{"tokens", "metrics"}``, metrics with standard errors); ``validation``: its
+    measurement on the validation split (``{"tokens", "metrics"}``) or None."""
+
     id: int
     params: int
     params_fraction: float
@@ -20,6 +34,8 @@ class ParetoPoint:
     levels: dict
     origin: str
     round: int
+    fidelity: dict | None = None
+    validation: dict | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -27,10 +43,54 @@ class ParetoPoint:
             "params": self.params,
             "params_fraction": self.params_fraction,
             "metrics": self.metrics,
+            "fidelity": self.fidelity,
+            "validation": self.validation,
             "levels": self.levels,
             "origin": self.origin,
             "round": self.round,
         }
+
+
+def top_rung(e: Evaluation) -> tuple[int | None, dict]:
+    """(rung token count, metrics) of the highest ladder rung ``e`` reached; (None, first rung) if none."""
+    if not e.ladder:
+        return None, e.metrics
+    tokens = max(int(t) for t in e.ladder)
+    return tokens, e.ladder.get(tokens, e.ladder.get(str(tokens), {}))
+
+
+def rung_offsets(evals: list[Evaluation], metric: str) -> dict[int, float]:
+    """Per rung, the mean difference (minimised scale) between it and the first rung over the
+    configurations measured at both: the text of a larger rung is not equally hard."""
+    from evoprune.objectives import quality_value
+
+    diffs: dict[int, list[float]] = {}
+    for e in evals:
+        for t, m in e.ladder.items():
+            d = quality_value(metric, m) - quality_value(metric, e.metrics)
+            if np.isfinite(d):
+                diffs.setdefault(int(t), []).append(d)
+    return {t: float(np.mean(v)) for t, v in diffs.items()}
+
+
+def selection_value(e: Evaluation, metric: str, offsets: dict[int, float]) -> float:
+    """The minimised ``metric`` a choice uses: the highest rung reached, on the first rung's scale."""
+    from evoprune.objectives import quality_value
+
+    tokens, metrics = top_rung(e)
+    value = quality_value(metric, metrics)
+    if tokens is None or not np.isfinite(value):
+        return quality_value(metric, e.metrics)
+    return value - offsets.get(tokens, 0.0)
+
+
+def best_of(evals: list[Evaluation], metric: str, offsets: dict[int, float] | None = None) -> Evaluation | None:
+    """The successful evaluation with the best ``metric`` by the highest fidelity each reached."""
+    ok = [e for e in evals if e.status == "ok" and metric in e.metrics]
+    if not ok:
+        return None
+    offsets = rung_offsets(ok, metric) if offsets is None else offsets
+    return min(ok, key=lambda e: (selection_value(e, metric, offsets), -e.params_fraction, e.id))
 
 
 def split_levels(levels: list[int]) -> dict:
@@ -46,28 +106,37 @@ COST_FIELDS = {
 }
 
 
-def _objective_value(e: Evaluation, name: str) -> float:
+def _objective_value(e: Evaluation, name: str, offsets: dict[int, float] | None = None) -> float:
     from evoprune.objectives import quality_value
 
     if name == "params":
         return e.params_fraction
     if name in COST_FIELDS:
         return float(e.cost.get(COST_FIELDS[name], np.nan))
-    return quality_value(name, e.metrics)
+    if offsets is None:
+        return quality_value(name, e.metrics)
+    return selection_value(e, name, offsets)
 
 
-def objectives(evals: list[Evaluation], names=("ppl", "params")) -> np.ndarray:
-    """Minimisation objectives per evaluation: log ppl / log KL / -accuracy, and the costs."""
-    return np.array([[_objective_value(e, n) for n in names] for e in evals], dtype=float).reshape(-1, len(names))
+def objectives(evals: list[Evaluation], names=("ppl", "params"), by_fidelity: bool = True) -> np.ndarray:
+    """Minimisation objectives per evaluation: log ppl / log KL / -accuracy, and the costs.
+
+    ``by_fidelity``: qualities from the highest rung each configuration reached (see
+    ``selection_value``); otherwise from the first rung, as the surrogate sees them.
+    """
+    offsets = {n: rung_offsets(evals, n) if by_fidelity else None for n in names}
+    rows = [[_objective_value(e, n, offsets[n]) for n in names] for e in evals]
+    return np.array(rows, dtype=float).reshape(-1, len(names))
 
 
 def run_objectives(run: Run) -> tuple[str, ...]:
     return tuple(n.strip() for n in run.settings.get("objectives", "ppl,params").split(","))
 
 
-def front_of(evals: list[Evaluation], names=("ppl", "params")) -> list[Evaluation]:
+def front_of(evals: list[Evaluation], names=("ppl", "params"), by_fidelity: bool = True) -> list[Evaluation]:
+    """The non-dominated successful evaluations, most parameters first (qualities by fidelity)."""
     ok = [e for e in evals if e.status == "ok"]
-    F = objectives(ok, names)
+    F = objectives(ok, names, by_fidelity)
     keep = np.all(np.isfinite(F), axis=1)
     ok, F = [e for e, k in zip(ok, keep, strict=True) if k], F[keep]
     if not ok:
@@ -86,9 +155,20 @@ def pareto_front(store: Store, run: Run) -> list[ParetoPoint]:
             levels=split_levels(e.levels),
             origin=e.origin,
             round=e.round,
+            fidelity={
+                "tokens": first_rung_tokens(run) if top_rung(e)[0] is None else top_rung(e)[0],
+                "metrics": top_rung(e)[1],
+            },  # fmt: skip
+            validation=e.validation,
         )
         for e in front_of(store.evaluations(run.id), run_objectives(run))
     ]
+
+
+def first_rung_tokens(run: Run) -> int | None:
+    """Tokens of a run's first rung (its evaluations' own measurement)."""
+    backend = run.settings.get("backend", {})
+    return backend.get("eval_tokens")
 
 
 def hypervolume_of(F: np.ndarray, ref: np.ndarray) -> float:
@@ -143,7 +223,7 @@ def pick_evaluation(store: Store, run: Run, pick: str, max_params: float | None 
                 f"no evaluated configuration keeps at most {limit:.3f} of the parameters "
                 f"(the smallest keeps {smallest:.3f}): raise --max-params or search further"
             )
-        return min(under, key=lambda e: _objective_value(e, metric))
+        return best_of(under, metric, rung_offsets(evals, metric))
     try:
         eval_id = int(pick)
     except ValueError:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, replace
 
 from evoprune.errors import EvopruneError
 from evoprune.objectives import Budget, CostModel, parse_size
+from evoprune.pareto import best_of, rung_offsets
 from evoprune.search import ProgressFn, _noop, search
 from evoprune.space import SearchSpace
 from evoprune.store import Evaluation, Run, Store
@@ -106,7 +107,7 @@ def plan(
         raise EvopruneError(
             "no evaluated configuration meets the budget: run 'evoprune plan' with --spend N to search for one"
         )
-    best = min(under, key=lambda e: e.metrics[metric])
+    best = best_of(under, metric, rung_offsets(evals, metric))
     widths = space.widths(best.levels)
     layers = [{"layer": i, "q_heads": w.q_heads, "kv_heads": w.kv_heads, "mlp": w.mlp_channels}
               for i, w in enumerate(widths)]  # fmt: skip

@@ -100,10 +100,10 @@ class _EvalWorker:
     def ready(self) -> dict:
         return self.info
 
-    def evaluate(self, levels: tuple[int, ...], tokens: int | None = None) -> Measurement:
+    def evaluate(self, levels: tuple[int, ...], tokens: int | None = None, split: str = "search") -> Measurement:
         if self.backend is None:
             raise RuntimeError(self.info["error"])
-        return self.backend.evaluate(np.array(levels), tokens)
+        return self.backend.evaluate(np.array(levels), tokens, split)
 
 
 @dataclass
@@ -303,7 +303,7 @@ class RayExecutor(Executor):
             if worker.ready and worker.job is None:
                 job, attempt = self._queue.popleft()
                 worker.job = (job, attempt)
-                self._refs[worker.handle.evaluate.remote(job.levels, job.tokens)] = ("eval", worker.name)
+                self._refs[worker.handle.evaluate.remote(job.levels, job.tokens, job.split)] = ("eval", worker.name)
 
     def _pump(self, on_result: ResultFn | None) -> None:
         """Wait for the next ready or finished worker and handle it."""

@@ -10,6 +10,10 @@ Tables:
 - ``screenings``: cheap low-fidelity measurements (perplexity on a few tokens) that multi-
   fidelity search takes before deciding which candidates get a full evaluation; one row per
   configuration and token count. Surrogates never train on them.
+- ``fidelities``: the fidelity ladder: a configuration promoted to a higher rung (more tokens
+  of the search windows) gets one row per rung, and a pick gets a row for its measurement on
+  the validation split. Written ``pending`` first like evaluations, so a killed ladder resumes
+  without losing or repeating a measurement. The first rung is the evaluation row itself.
 - ``rounds``: per active-learning round, timings and the front's hypervolume.
 - ``failures``: every worker that died or raised under a distributed executor, with the job it
   held (if any), which attempt that was and whether the job was retried elsewhere.
@@ -23,7 +27,7 @@ import json
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -78,6 +82,21 @@ CREATE TABLE IF NOT EXISTS screenings (
     duration_s REAL,
     created_at TEXT NOT NULL,
     UNIQUE (run_id, config_key, tokens)
+);
+CREATE TABLE IF NOT EXISTS fidelities (
+    id INTEGER PRIMARY KEY,
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    eval_id INTEGER NOT NULL REFERENCES evaluations(id),
+    split TEXT NOT NULL CHECK (split IN ('search', 'validation')),
+    tokens INTEGER NOT NULL,
+    round INTEGER NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('pending', 'ok', 'failed')),
+    metrics TEXT,
+    error TEXT,
+    duration_s REAL,
+    created_at TEXT NOT NULL,
+    finished_at TEXT,
+    UNIQUE (eval_id, split, tokens)
 );
 CREATE TABLE IF NOT EXISTS rounds (
     run_id INTEGER NOT NULL REFERENCES runs(id),
@@ -157,6 +176,29 @@ class Evaluation:
     created_at: str
     finished_at: str | None
     duration_s: float | None
+    # The fidelity ladder (filled by Store.evaluations): rung token count -> metrics of the
+    # higher rungs this configuration reached, and its validation measurement, if any.
+    ladder: dict = field(default_factory=dict)
+    validation: dict | None = None
+
+
+@dataclass(frozen=True)
+class Fidelity:
+    """One measurement of an evaluated configuration above its first rung: a higher rung of the
+    search windows (``split`` search) or the validation split."""
+
+    id: int
+    run_id: int
+    eval_id: int
+    split: str
+    tokens: int
+    round: int
+    status: str
+    metrics: dict
+    error: str | None
+    duration_s: float | None
+    created_at: str
+    finished_at: str | None
 
 
 @dataclass(frozen=True)
@@ -350,11 +392,22 @@ class Store:
             )
 
     def evaluations(self, run_id: int, status: str | None = None) -> list[Evaluation]:
+        """A run's evaluations in order, each with the ladder rungs and validation it reached."""
         sql, args = "SELECT * FROM evaluations WHERE run_id=?", [run_id]
         if status is not None:
             sql += " AND status=?"
             args.append(status)
-        return [self._evaluation(r) for r in self._conn.execute(sql + " ORDER BY id", args)]
+        evals = [self._evaluation(r) for r in self._conn.execute(sql + " ORDER BY id", args)]
+        ladder: dict[int, dict] = {}
+        validation: dict[int, dict] = {}
+        for f in self.fidelities(run_id, status="ok"):
+            if f.split == "search":
+                ladder.setdefault(f.eval_id, {})[f.tokens] = f.metrics
+            else:
+                validation[f.eval_id] = {"tokens": f.tokens, "metrics": f.metrics}
+        if not ladder and not validation:
+            return evals
+        return [replace(e, ladder=ladder.get(e.id, {}), validation=validation.get(e.id)) for e in evals]
 
     def evaluation(self, eval_id: int) -> Evaluation:
         row = self._conn.execute("SELECT * FROM evaluations WHERE id=?", (eval_id,)).fetchone()
@@ -370,6 +423,38 @@ class Store:
         d["predicted"] = json.loads(d["predicted"]) if d["predicted"] else None
         d["cost"] = json.loads(d["cost"]) if d.get("cost") else {}
         return Evaluation(**d)
+
+    # -- the fidelity ladder ----------------------------------------------------------------
+    def add_fidelity(self, run_id: int, eval_id: int, split: str, tokens: int, round_: int) -> int | None:
+        """Write a pending measurement of evaluation ``eval_id``; None when it already exists."""
+        with self._tx() as c:
+            cur = c.execute(
+                "INSERT OR IGNORE INTO fidelities (run_id, eval_id, split, tokens, round, status, created_at) "
+                "VALUES (?,?,?,?,?,'pending',?)",
+                (run_id, eval_id, split, int(tokens), round_, _now()),
+            )
+            return int(cur.lastrowid) if cur.rowcount else None
+
+    def finish_fidelity(
+        self, fidelity_id: int, *, ok: bool, metrics: dict, error: str | None, duration_s: float
+    ) -> None:
+        with self._tx() as c:
+            c.execute(
+                "UPDATE fidelities SET status=?, metrics=?, error=?, finished_at=?, duration_s=? WHERE id=?",
+                ("ok" if ok else "failed", json.dumps(metrics), error, _now(), float(duration_s), fidelity_id),
+            )
+
+    def fidelities(self, run_id: int, status: str | None = None) -> list[Fidelity]:
+        sql, args = "SELECT * FROM fidelities WHERE run_id=?", [run_id]
+        if status is not None:
+            sql, args = sql + " AND status=?", [*args, status]
+        return [self._fidelity(r) for r in self._conn.execute(sql + " ORDER BY id", args)]
+
+    @staticmethod
+    def _fidelity(row: sqlite3.Row) -> Fidelity:
+        d = dict(row)
+        d["metrics"] = json.loads(d["metrics"]) if d["metrics"] else {}
+        return Fidelity(**d)
 
     # -- rounds -----------------------------------------------------------------------------
     def add_screening(

@@ -28,12 +28,20 @@ class BackendSettings:
 
     ``calib_data`` is the text importance is scored on; ``None`` uses the evaluation text,
     with windows that do not overlap the evaluation windows.
+
+    The fidelity ladder: every configuration is first measured on ``eval_tokens`` tokens (the
+    pairs the surrogate learns from); the promising ones are measured again on each rung of
+    ``ladder`` (token counts, comma-separated; ``auto``: 4 x ``eval_tokens``; ``none``: no
+    ladder), whose windows extend the first rung's (as EvoPress's multi-step selection and
+    DarwinLM's 1k-8k token schedule do). The picks are then measured on ``validation_tokens``
+    (``None``: 2 x ``eval_tokens``; 0: none) of windows disjoint from every rung and from the
+    calibration windows, so the figure a pick is reported with was never selected on.
     """
 
     criterion: str = "wanda"
-    eval_tokens: int = 1024
+    eval_tokens: int = 2048
     calib_tokens: int = 2048
-    seq_len: int = 256
+    seq_len: int = 512
     batch_size: int = 4
     head_unit: str = "query_head"
     attn_levels: int = 0
@@ -43,6 +51,33 @@ class BackendSettings:
     kl_top_k: int = 32
     dtype: str = "float32"
     device: str = "cpu"  # where evaluation runs; not part of what a run measured (see identity())
+    ladder: str = "auto"
+    validation_tokens: int | None = None
+
+    @property
+    def ladder_tokens(self) -> tuple[int, ...]:
+        """Token counts of the rungs above the first, increasing (empty: no ladder)."""
+        spec = str(self.ladder).strip().lower()
+        if spec in ("none", "", "0", "off"):
+            return ()
+        if spec == "auto":
+            return (4 * self.eval_tokens,)
+        try:
+            rungs = tuple(int(v) for v in spec.replace(" ", "").split(","))
+        except ValueError:
+            raise EvopruneError(
+                f"--ladder {self.ladder!r} is not a list of token counts: use e.g. 8192 or 4096,16384, auto or none"
+            ) from None
+        return rungs
+
+    @property
+    def validation_token_count(self) -> int:
+        return 2 * self.eval_tokens if self.validation_tokens is None else self.validation_tokens
+
+    @property
+    def search_tokens(self) -> int:
+        """Tokens of the windows every rung reads (the largest rung)."""
+        return max((self.eval_tokens, *self.ladder_tokens))
 
     def identity(self) -> dict:
         """The settings that decide the measurements: a run continues on another device."""
@@ -58,7 +93,19 @@ class BackendSettings:
             if getattr(self, name) < 1:
                 raise EvopruneError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.eval_tokens < self.seq_len or self.calib_tokens < self.seq_len:
-            raise EvopruneError(f"token counts must be at least one window of --seq-len {self.seq_len} tokens")
+            raise EvopruneError(
+                f"--eval-tokens {self.eval_tokens} and --calib-tokens {self.calib_tokens} must each be at least "
+                f"one window of --seq-len {self.seq_len} tokens: raise them or lower --seq-len"
+            )
+        rungs = (self.eval_tokens, *self.ladder_tokens)
+        if any(b <= a for a, b in zip(rungs, rungs[1:], strict=False)):
+            raise EvopruneError(
+                f"--ladder rungs must increase above --eval-tokens {self.eval_tokens}, got {self.ladder!r}"
+            )
+        if self.validation_token_count and self.validation_token_count < self.seq_len:
+            raise EvopruneError(
+                f"--validation-tokens must be 0 (none) or at least one window of --seq-len {self.seq_len} tokens"
+            )
         if self.criterion not in CRITERIA:
             raise EvopruneError(f"importance criterion {self.criterion!r} is unknown: use one of {', '.join(CRITERIA)}")
 
@@ -120,16 +167,30 @@ class PruningBackend:
             mlp_levels=settings.mlp_levels,
             mlp_multiple=settings.mlp_multiple,
         )
-        tok = loaded.tokenizer
-        self.eval_windows = token_windows(tok, text.text, settings.eval_tokens, settings.seq_len)
-        if calib_text is None:
-            # Calibration windows come right after the evaluation windows, so importance is
-            # never scored on the tokens that judge the result.
-            self.calib_windows = token_windows(
-                tok, text.text, settings.calib_tokens, settings.seq_len, skip_tokens=settings.eval_tokens
+        context = getattr(model.config, "max_position_embeddings", None)
+        if context is not None and settings.seq_len > context:
+            raise EvopruneError(
+                f"--seq-len {settings.seq_len} is longer than the model's context of {context} tokens: "
+                f"use --seq-len {context} or less"
             )
+        tok = loaded.tokenizer
+        # One stretch of the evaluation text, in this order: the rungs' windows (each rung reads
+        # a prefix of the largest), the calibration windows (when scored on the same text), the
+        # validation windows. No token judges a result that it helped to choose or to score.
+        search = settings.search_tokens
+        self.search_windows = token_windows(tok, text.text, search, settings.seq_len)
+        self.eval_windows = self.search_windows[: self.windows_for(settings.eval_tokens)]
+        used = search
+        if calib_text is None:
+            self.calib_windows = token_windows(
+                tok, text.text, settings.calib_tokens, settings.seq_len, skip_tokens=used
+            )
+            used += settings.calib_tokens
         else:
             self.calib_windows = token_windows(tok, calib_text.text, settings.calib_tokens, settings.seq_len)
+        self.validation_skip = used
+        self._validation_windows: torch.Tensor | None = None
+        self._validation_reference: DenseReference | bool | None = None
         self.importance: Importance | None = None
         self.importance_cached = False
         self._reference: DenseReference | bool | None = None
@@ -142,7 +203,8 @@ class PruningBackend:
     def data_fingerprint(self) -> str:
         s = self.settings
         calib = self.calib_text.fingerprint if self.calib_text else "same"
-        return f"{self.text.fingerprint}:{calib}:{s.eval_tokens}:{s.calib_tokens}:{s.seq_len}"
+        rungs = ",".join(str(t) for t in s.ladder_tokens)
+        return f"{self.text.fingerprint}:{calib}:{s.eval_tokens}:{s.calib_tokens}:{s.seq_len}:{rungs}"
 
     def score(self) -> Importance:
         """Compute (or load from the cache) the importance of every head and channel."""
@@ -163,19 +225,32 @@ class PruningBackend:
     def plan(self, x) -> list[LayerPlan]:
         return resolve_plan(self.space, x, self.score())
 
-    def reference(self) -> DenseReference | None:
-        """The dense model's top-k log-probabilities on the evaluation windows (computed once).
+    def reference(self, n_windows: int | None = None) -> DenseReference | None:
+        """The dense model's top-k log-probabilities on the first ``n_windows`` rung windows
+        (default: the first rung's), computed once and extended when a higher rung needs more.
 
         ``None`` when the dense model itself produces non-finite values: KL to it means nothing,
         and evaluations then report perplexity only.
         """
-        if self._reference is None:
+        n = len(self.eval_windows) if n_windows is None else n_windows
+        have = 0 if self._reference in (None, False) else len(self._reference.indices)
+        if self._reference is not False and have < n:
             self._unmask()
-            ref = dense_reference(
-                self.loaded.model, self.eval_windows, self.settings.kl_top_k, self.settings.batch_size
+            more = dense_reference(
+                self.loaded.model, self.search_windows[have:n], self.settings.kl_top_k, self.settings.batch_size
             )
-            self._reference = ref if bool(torch.isfinite(ref.logprobs).all()) else False
-        return self._reference or None
+            if not bool(torch.isfinite(more.logprobs).all()):
+                self._reference = False
+            elif have == 0:
+                self._reference = more
+            else:
+                self._reference = DenseReference(
+                    torch.cat([self._reference.indices, more.indices]),
+                    torch.cat([self._reference.logprobs, more.logprobs]),
+                )
+        if not self._reference:
+            return None
+        return DenseReference(self._reference.indices[:n], self._reference.logprobs[:n])
 
     def _masks(self) -> MaskedModel:
         if self._masked is None:
@@ -188,25 +263,60 @@ class PruningBackend:
             self._masked.remove()
             self._masked = None
 
-    def evaluate(self, x, tokens: int | None = None) -> Measurement:
-        """Perplexity and KL of configuration ``x`` on the evaluation windows, through masks.
+    def windows_for(self, tokens: int) -> int:
+        """How many rung windows ``tokens`` tokens take (at least one, at most all)."""
+        return max(1, min(len(self.search_windows), -(-tokens // self.settings.seq_len)))
 
-        ``tokens`` screens on a prefix of the windows instead (at least one window; the extra
-        metrics, e.g. task accuracies, are skipped): the cheap fidelity of multi-fidelity search.
+    def validation_windows(self) -> torch.Tensor:
+        """The validation split: windows after the rungs and the calibration (tokenized on first use)."""
+        if self._validation_windows is None:
+            s = self.settings
+            if not s.validation_token_count:
+                raise EvopruneError("this run measures no validation split (--validation-tokens 0)")
+            self._validation_windows = token_windows(
+                self.loaded.tokenizer,
+                self.text.text,
+                s.validation_token_count,
+                s.seq_len,
+                skip_tokens=self.validation_skip,
+            )
+        return self._validation_windows
+
+    def _validation_ref(self) -> DenseReference | None:
+        if self._validation_reference is None:
+            self._unmask()
+            ref = dense_reference(
+                self.loaded.model, self.validation_windows(), self.settings.kl_top_k, self.settings.batch_size
+            )
+            self._validation_reference = ref if bool(torch.isfinite(ref.logprobs).all()) else False
+        return self._validation_reference or None
+
+    def evaluate(self, x, tokens: int | None = None, split: str = "search") -> Measurement:
+        """Perplexity and KL (with standard errors) of configuration ``x``, through masks.
+
+        ``split="search"``: on the first ``tokens`` tokens of the rung windows (``None``: the
+        first rung, ``eval_tokens``, which alone also runs the extra metrics such as task
+        accuracies); a smaller count screens (multi-fidelity), a larger one is a higher rung of
+        the ladder. ``split="validation"``: on the validation windows, disjoint from every rung
+        and from calibration. Raises EvopruneError for an unknown split.
         """
         # Everything a real evaluation costs counts in its duration: the plan, the dense reference
         # (computed on the first call), the forward passes.
         start = time.perf_counter()
         plans = self.plan(x)
-        reference = self.reference()
+        first_rung = tokens is None and split == "search"
+        if split == "validation":
+            windows, reference = self.validation_windows(), self._validation_ref()
+        elif split == "search":
+            windows = self.search_windows[: self.windows_for(self.settings.eval_tokens if tokens is None else tokens)]
+            reference = self.reference(len(windows))
+        else:
+            raise EvopruneError(f"split {split!r} is unknown: use search or validation")
         masked = self._masks()
-        windows = self.eval_windows
-        if tokens is not None:
-            windows = windows[: max(1, min(len(windows), -(-tokens // self.settings.seq_len)))]
         try:
             masked.apply(plans)
             metrics = quality(self.loaded.model, windows, reference, self.settings.batch_size)
-            for extra in self.extra_metrics if tokens is None else ():
+            for extra in self.extra_metrics if first_rung else ():
                 metrics.update(extra(self))
             error = None
             if not all(math.isfinite(v) for v in metrics.values()):

@@ -1,0 +1,203 @@
+"""The fidelity ladder: promotion to more tokens, validation of the picks, choice by fidelity,
+resumption after SIGKILL, and stores written before the ladder existed."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from evoprune.backend.pruner import BackendSettings
+from evoprune.pareto import best_of, rung_offsets, selection_value
+from evoprune.search import ActiveLearning, SearchContext, SearchSettings, prepare_backend, search
+from evoprune.store import Evaluation, Store
+from tests.test_cli import _assert_clean_usage_error, evoprune
+
+BACKEND = BackendSettings(eval_tokens=256, calib_tokens=256, seq_len=64, mlp_levels=4, ladder="1024")
+OLD_STORE = Path(__file__).parent / "data" / "store_v1.db"
+
+
+def _settings(**kw) -> SearchSettings:
+    base = dict(evals=12, init=6, batch=3, pop_size=24, generations=8, max_params=0.8, backend=BACKEND)
+    base.update(kw)
+    return SearchSettings(**base)
+
+
+def _fidelity_rows(store: Path) -> list[tuple]:
+    con = sqlite3.connect(store)
+    try:
+        return con.execute(
+            "SELECT f.id, e.config_key, f.split, f.tokens, f.status, f.metrics, f.finished_at "
+            "FROM fidelities f JOIN evaluations e ON e.id = f.eval_id ORDER BY f.id"
+        ).fetchall()
+    except sqlite3.OperationalError:  # the table is created with the run
+        return []
+    finally:
+        con.close()
+
+
+def test_a_promoted_configuration_keeps_one_row_per_fidelity(tmp_path, tiny_model_dir, text_file):
+    path = tmp_path / "s.db"
+    result = search(str(tiny_model_dir), str(text_file), str(path), _settings())
+    with Store(path) as st:
+        evals = st.evaluations(result.run.id)
+        rows = st.fidelities(result.run.id)
+    promoted = [e for e in evals if e.ladder]
+    assert promoted, "the contenders under the budget climb to the next rung"
+    assert all(set(e.ladder) == {1024} for e in promoted)
+    keys = [(f.eval_id, f.split, f.tokens) for f in rows]
+    assert len(keys) == len(set(keys)), "one row per configuration and fidelity"
+    for e in promoted:
+        first, rung = e.metrics, e.ladder[1024]
+        assert first["tokens"] == 4 * 63 and rung["tokens"] == 16 * 63  # windows x predicted tokens
+        assert first["ppl"] != rung["ppl"] and rung["ppl_se"] > 0
+        assert all(e.params_fraction <= 0.8 for e in promoted)
+    # The pick is the best under the budget by the highest rung reached, and only it is validated.
+    validated = [e for e in evals if e.validation is not None]
+    feasible = [e for e in evals if e.status == "ok" and e.params_fraction <= 0.8]
+    assert [e.id for e in validated] == [best_of(feasible, "ppl").id]
+    assert validated[0].validation["tokens"] == 512 and validated[0].validation["metrics"]["ppl_se"] > 0
+
+
+def test_validation_windows_are_disjoint_from_rungs_and_calibration(tiny_model_dir, text_file):
+    backend = prepare_backend(str(tiny_model_dir), str(text_file), _settings())
+    s = backend.settings
+    assert backend.search_windows.numel() == 1024 and backend.eval_windows.numel() == 256
+    assert backend.validation_skip == s.search_tokens + s.calib_tokens
+    assert backend.validation_windows().numel() == s.validation_token_count == 512
+    # Rung windows extend the first rung's: a configuration's first rung is a prefix of its next.
+    assert backend.search_windows[: len(backend.eval_windows)].equal(backend.eval_windows)
+    assert not backend.validation_windows()[0].equal(backend.search_windows[0])
+
+
+def test_the_surrogate_learns_from_the_first_rung_only(tmp_path, tiny_model_dir, text_file):
+    path = tmp_path / "s.db"
+    settings = _settings()
+    search(str(tiny_model_dir), str(text_file), str(path), settings)
+    backend = prepare_backend(str(tiny_model_dir), str(text_file), settings)
+    with Store(path) as st:
+        ctx = SearchContext(backend, st, settings)
+        ctx.open_run()
+        X, targets = ActiveLearning()._train(ctx)
+        ok = [e for e in ctx.evaluations() if e.status == "ok"]
+    assert any(e.ladder for e in ok)
+    assert np.allclose(targets["ppl"], [math.log(e.metrics["ppl"]) for e in ok])
+    assert [list(x) for x in X] == [e.levels for e in ok]
+
+
+def _evaluation(i: int, first: float, rung: float | None, se: float = 0.01) -> Evaluation:
+    return Evaluation(
+        id=i, run_id=1, config_key=str(i), levels=[0, 0], status="ok", origin="design", round=0, params=1,
+        params_fraction=0.8, metrics={"ppl": first, "nll_se": se}, cost={}, predicted=None, error=None,
+        created_at="", finished_at=None, duration_s=None,
+        ladder={} if rung is None else {8192: {"ppl": rung, "nll_se": se / 2}},
+    )  # fmt: skip
+
+
+def test_choice_uses_the_highest_fidelity_on_the_first_rungs_scale():
+    # a is best on the first rung but worse than b on the larger rung; c never climbed.
+    a, b, c = _evaluation(1, 10.0, 12.0), _evaluation(2, 11.0, 11.5), _evaluation(3, 14.0, None)
+    offsets = rung_offsets([a, b, c], "ppl")
+    assert offsets[8192] == pytest.approx((math.log(1.2) + math.log(11.5 / 11)) / 2)
+    assert best_of([a, b, c], "ppl").id == 2
+    assert selection_value(c, "ppl", offsets) == pytest.approx(math.log(14.0))
+    assert selection_value(b, "ppl", offsets) < selection_value(a, "ppl", offsets)
+
+
+def test_without_a_ladder_nothing_climbs_and_the_picks_are_still_validated(tmp_path, tiny_model_dir, text_file):
+    path = tmp_path / "s.db"
+    settings = _settings(backend=BackendSettings(eval_tokens=256, calib_tokens=256, seq_len=64, ladder="none"))
+    result = search(str(tiny_model_dir), str(text_file), str(path), settings)
+    with Store(path) as st:
+        rows = st.fidelities(result.run.id)
+    assert rows and {f.split for f in rows} == {"validation"}
+
+
+def test_pareto_json_carries_fidelity_standard_error_and_validation(tmp_path, tiny_model_dir, text_file):
+    store = tmp_path / "s.db"
+    args = ["search", "--model", str(tiny_model_dir), "--data", str(text_file), "--store", str(store),
+            "--evals", "10", "--init", "6", "--batch", "2", "--eval-tokens", "256", "--calib-tokens", "256",
+            "--seq-len", "64", "--mlp-levels", "4", "--ladder", "1024", "--validation-tokens", "256"]  # fmt: skip
+    result = evoprune(*args)
+    assert result.returncode == 0, result.stderr
+    assert "valid ppl" in result.stdout and "±" in result.stdout
+    out = evoprune("pareto", "--store", str(store), "--json")
+    assert out.returncode == 0, out.stderr
+    points = json.loads(out.stdout)["points"]
+    for p in points:
+        assert p["metrics"]["ppl_se"] > 0 and p["fidelity"]["tokens"] in (256, 1024)
+        assert p["fidelity"]["metrics"]["ppl_se"] > 0
+    # Without a budget every front member climbs and is validated (on 256 tokens, as asked).
+    assert any(p["fidelity"]["tokens"] == 1024 for p in points)
+    assert all(p["validation"]["tokens"] == 256 and p["validation"]["metrics"]["ppl"] > 1 for p in points)
+
+
+def test_a_ladder_that_does_not_climb_is_refused(tmp_path, tiny_model_dir, text_file):
+    store = tmp_path / "s.db"
+    result = evoprune("search", "--model", str(tiny_model_dir), "--data", str(text_file), "--store", str(store),
+                      "--evals", "4", "--eval-tokens", "256", "--seq-len", "64", "--ladder", "128")  # fmt: skip
+    _assert_clean_usage_error(result, "--ladder")
+    assert not store.exists()
+
+
+def test_sigkill_in_the_middle_of_the_ladder_loses_and_repeats_nothing(tmp_path, tiny_model_dir, text_file):
+    def command(store: Path) -> list[str]:
+        return [
+            sys.executable, "-m", "evoprune", "search", "--model", str(tiny_model_dir), "--data", str(text_file),
+            "--store", str(store), "--evals", "12", "--init", "6", "--batch", "3", "--max-params", "0.8",
+            "--eval-tokens", "256", "--calib-tokens", "256", "--seq-len", "64", "--mlp-levels", "4",
+            "--ladder", "8192", "--validation-tokens", "4096",
+        ]  # fmt: skip
+
+    whole = tmp_path / "whole.db"
+    assert subprocess.run(command(whole), capture_output=True, timeout=300).returncode == 0
+    killed = tmp_path / "killed.db"
+    proc = subprocess.Popen(command(killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline, at_kill = time.time() + 240, []
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+        try:
+            at_kill = _fidelity_rows(killed)
+        except sqlite3.OperationalError:
+            continue
+        if any(r[4] == "ok" for r in at_kill):  # the ladder has begun and measured something
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    at_kill = _fidelity_rows(killed)
+    final_whole = _fidelity_rows(whole)
+    assert any(r[4] == "ok" for r in at_kill) and len(at_kill) < len(final_whole), "not killed mid-ladder"
+
+    assert subprocess.run(command(killed), capture_output=True, timeout=300).returncode == 0
+    rows = _fidelity_rows(killed)
+    by_id = {r[0]: r for r in rows}
+    for r in at_kill:
+        if r[4] != "pending":  # every measurement finished before the kill is kept as it was
+            assert by_id[r[0]] == r
+    assert all(r[4] == "ok" for r in rows)
+    # The same decisions as a search that was never interrupted, each measured once.
+    assert sorted(r[1:4] for r in rows) == sorted(r[1:4] for r in final_whole)
+    assert {r[1:4]: json.loads(r[5]) for r in rows} == {r[1:4]: json.loads(r[5]) for r in final_whole}
+
+
+def test_a_store_written_before_the_ladder_still_opens(tmp_path):
+    store = tmp_path / "old.db"
+    shutil.copy(OLD_STORE, store)
+    out = evoprune("pareto", "--store", str(store), "--json")
+    assert out.returncode == 0, out.stderr
+    points = json.loads(out.stdout)["points"]
+    assert points and all(p["fidelity"]["tokens"] == 256 and p["validation"] is None for p in points)
+    table = evoprune("pareto", "--store", str(store))
+    assert table.returncode == 0 and "Pareto front" in table.stdout, table.stderr
+    plan = evoprune("plan", "--store", str(store), "--max-params", "0.8", "--json")
+    assert plan.returncode == 0, plan.stderr
+    assert json.loads(plan.stdout)["measured"]["ppl"] > 1
