@@ -190,7 +190,12 @@ def search_command(
         20.0, "--max-ppl-ratio", help="Only spend evaluations on candidates predicted within this factor of the best."
     ),
     task_limit: int = typer.Option(100, "--task-limit", help="Questions per task for acc:TASK objectives."),
-    criterion: str = typer.Option("wanda", "--importance", help="Importance criterion: wanda, magnitude or taylor."),
+    criterion: str = typer.Option(
+        "wanda", "--importance", help="Importance criterion: wanda, wanda-sp, flap, magnitude or taylor."
+    ),
+    compensation: str = typer.Option(
+        "none", "--compensation", help="Replace removed units' mean contribution: none or bias (FLAP)."
+    ),
     calib_data: str = typer.Option(
         None, "--calib-data", help="Text for importance scoring (default: --data, windows disjoint from evaluation)."
     ),

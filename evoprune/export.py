@@ -60,14 +60,16 @@ def export_pruned(
     x = space.validate(np.asarray(x))
     check_target(out, force)
     plans = backend.plan(x)
-    sizes = layer_sizes(plans)
+    sizes = layer_sizes(plans, backend.biases(plans))
     pruned = backend.sliced_copy(x)
     config = pruned.config
     base = backend.adapter.base_class_name(config)
     config.evoprune_layers = sizes
     config.auto_map = {"AutoModelForCausalLM": f"{MODELING_FILE[:-3]}.EvopruneForCausalLM"}
     config.architectures = ["EvopruneForCausalLM"]
-    params = space.params(x)
+    # The real count: bias compensation adds up to two hidden-size biases per layer, which the
+    # search space's count (space.params) leaves out; without compensation the two are equal.
+    params = sum(p.numel() for p in pruned.parameters())
     plan = {
         "levels": {"attn": x[: space.num_layers].tolist(), "mlp": x[space.num_layers :].tolist()},
         "layers": sizes,

@@ -21,10 +21,10 @@ from tests.conftest import TINY_CONFIGS, build_tiny_model
 STANDALONE = Path(__file__).with_name("standalone_load.py")
 
 
-def _backend(family: str, tokenizer, text_file) -> PruningBackend:
+def _backend(family: str, tokenizer, text_file, compensation: str = "none") -> PruningBackend:
     model = build_tiny_model(family, seed=7)
     loaded = LoadedModel(ModelSource(f"tiny-{family}", "dir", "tiny"), model, tokenizer, model_fingerprint(model))
-    settings = BackendSettings(eval_tokens=128, calib_tokens=128, seq_len=64, mlp_levels=4)
+    settings = BackendSettings(eval_tokens=128, calib_tokens=128, seq_len=64, mlp_levels=4, compensation=compensation)
     return PruningBackend(loaded, TextSource(str(text_file), text_file.read_text()), settings)
 
 
@@ -38,7 +38,8 @@ def prune_everywhere(space) -> np.ndarray:
 
 def masked_logits(backend: PruningBackend, x, tokens) -> torch.Tensor:
     masks = backend._masks()
-    masks.apply(backend.plan(x))
+    plans = backend.plan(x)
+    masks.apply(plans, backend.biases(plans))
     try:
         with torch.inference_mode():
             return backend.loaded.model(input_ids=tokens).logits
@@ -62,9 +63,12 @@ def load_in_fresh_process(export_dir: Path, tokens: torch.Tensor, tmp_path: Path
     return dict(np.load(out))
 
 
+@pytest.mark.parametrize("compensation", ["none", "bias"])
 @pytest.mark.parametrize("family", list(TINY_CONFIGS))
-def test_export_loads_in_plain_transformers_and_matches_the_masked_model(family, tiny_tokenizer, text_file, tmp_path):
-    backend = _backend(family, tiny_tokenizer, text_file)
+def test_export_loads_in_plain_transformers_and_matches_the_masked_model(
+    family, compensation, tiny_tokenizer, text_file, tmp_path
+):
+    backend = _backend(family, tiny_tokenizer, text_file, compensation)
     x = prune_everywhere(backend.space)
     tokens = backend.eval_windows[:2, :48]
     want = masked_logits(backend, x, tokens)
@@ -72,12 +76,20 @@ def test_export_loads_in_plain_transformers_and_matches_the_masked_model(family,
     assert (tmp_path / "export" / "model.safetensors").exists()
     got = load_in_fresh_process(tmp_path / "export", tokens, tmp_path)
     assert np.abs(got["logits"] - want.numpy()).max() < 1e-4
-    assert int(got["params"]) == result.params == backend.space.params(x)
+    assert int(got["params"]) == result.params
+    if compensation == "none":
+        assert result.params == backend.space.params(x)
+    else:  # every pruned sub-layer got a compensation bias, recorded per layer in the config
+        assert all(spec["o_bias"] and spec["down_bias"] for spec in result.layers)
+        added = sum(p.numel() for p in backend.sliced_copy(x).parameters()) - backend.space.params(x)
+        assert result.params == backend.space.params(x) + added and added > 0
     assert got["generated"].shape == (1, 14)
 
     model, _ = load_pruned(tmp_path / "export")
     with torch.inference_mode():
         torch.testing.assert_close(model(input_ids=tokens).logits, want, atol=1e-4, rtol=0)
+        if compensation == "bias":
+            assert torch.equal(model(input_ids=tokens).logits, want)
 
 
 def test_generate_with_cache_equals_greedy_without_cache(tiny_tokenizer, text_file, tmp_path):

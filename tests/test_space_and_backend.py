@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from evoprune.backend.adapters import adapter_for
+from evoprune.backend.compensation import bias_compensation
 from evoprune.backend.data import TextSource, token_windows
 from evoprune.backend.evaluate import perplexity
 from evoprune.backend.importance import compute_importance
@@ -78,6 +79,30 @@ def test_param_count_and_logits_match_a_physically_sliced_model(family, head_uni
         )
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_bias_compensation_masked_equals_sliced_to_the_last_bit(family):
+    model = build_tiny_model(family, seed=4)
+    space = _space(model, head_unit="query_head")
+    adapter = adapter_for(model.config)
+    tokens = torch.randint(0, model.config.vocab_size, (2, 24), generator=torch.Generator().manual_seed(0))
+    importance, _ = compute_importance(
+        model, adapter.layers(model), tokens, space.arch.head_dim, "flap", with_means=True
+    )
+    for x in _configs(space, 2, seed=5)[1:]:
+        plans = resolve_plan(space, x, importance)
+        biases = bias_compensation(adapter.layers(model), plans, importance, space.arch.head_dim)
+        pruned = slice_model(copy.deepcopy(model), adapter, plans, space.arch.head_dim, biases)
+        extra = sum(model.config.hidden_size for b in biases for t in (b.o, b.down) if t is not None)
+        assert space.params(x) < sum(p.numel() for p in pruned.parameters()) <= space.params(x) + extra
+        masked = MaskedModel(model, adapter, space.arch.num_heads, space.arch.head_dim)
+        masked.apply(plans, biases)
+        with torch.inference_mode():
+            got = model(input_ids=tokens).logits
+            want = pruned(input_ids=tokens).logits
+        masked.reset()
+        assert torch.equal(got, want)
+
+
 def test_levels_map_to_monotone_widths():
     model = build_tiny_model("llama")
     space = _space(model, mlp_levels=8, mlp_multiple=8)
@@ -115,18 +140,26 @@ def test_search_space_round_trips_through_a_dict():
     assert space.upper[0] == 0 and space.upper[space.num_layers] == 0
 
 
-@pytest.mark.parametrize("criterion", ["magnitude", "wanda", "taylor"])
-def test_backend_masked_perplexity_equals_the_sliced_model(criterion, tiny_tokenizer, text_file):
+@pytest.mark.parametrize(
+    "criterion, compensation",
+    [(c, "none") for c in ("magnitude", "wanda", "wanda-sp", "flap", "taylor")]
+    + [("wanda", "bias"), ("taylor", "bias")],
+)
+def test_backend_masked_perplexity_equals_the_sliced_model(criterion, compensation, tiny_tokenizer, text_file):
     model = build_tiny_model("llama", seed=3)
     loaded = LoadedModel(ModelSource("tiny", "dir", "tiny"), model, tiny_tokenizer, model_fingerprint(model))
     text = TextSource(str(text_file), text_file.read_text())
-    settings = BackendSettings(criterion=criterion, eval_tokens=256, calib_tokens=256, seq_len=64, mlp_levels=4)
+    settings = BackendSettings(
+        criterion=criterion, compensation=compensation, eval_tokens=256, calib_tokens=256, seq_len=64, mlp_levels=4
+    )
     backend = PruningBackend(loaded, text, settings)
     x = _configs(backend.space, 0, seed=0)[2]
     masked = backend.evaluate(x)
     assert masked.ok and np.isfinite(masked.metrics["ppl"])
     pruned = backend.sliced_copy(x)
     assert perplexity(pruned, backend.eval_windows) == pytest.approx(masked.metrics["ppl"], rel=1e-5)
+    if compensation == "bias":  # the biases are there, and masked evaluation used the same tensors
+        assert any(m.bias is not None for m in pruned.modules() if hasattr(m, "bias") and not hasattr(m, "weight"))
     dense = backend.evaluate(backend.space.lower)
     assert dense.metrics["ppl"] == pytest.approx(perplexity(model, backend.eval_windows), rel=1e-6)
 

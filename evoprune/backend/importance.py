@@ -1,14 +1,34 @@
 """Importance of every attention head and MLP channel, by a named criterion, cached on disk.
 
-Criteria (chosen by name, see ``CRITERIA``):
+Criteria (chosen by name, see ``CRITERIA``); every score is raw (no normalisation across layers or
+modules) and higher means more important:
 
 - ``magnitude``: L1 norm of the weights that belong to the unit.
 - ``wanda``: activation-weighted magnitude, sum of ``|W| * ||X||`` over the unit's weights, with
   ``||X||`` the L2 norm of each input feature over the calibration tokens (Sun et al. 2023).
-- ``taylor``: first-order Taylor, sum of ``|W * dL/dW|`` over the unit's weights (LLM-Pruner).
+- ``wanda-sp``: the structured Wanda baseline of FLAP (An et al. 2024, github.com/CASIA-IVA-Lab/FLAP,
+  ``lib/prune.py:prune_wanda_sp``): for MLP channel ``j``, ``||X_j||_2 * sum_i |W_down[i, j]|`` with
+  ``X_j`` the down projection's input feature ``j`` over the calibration tokens; for a head, the same
+  over the ``o`` projection's input features of the head, summed. FLAP averages ``|W|`` over the
+  rows and scales ``||X||`` by ``1/sqrt(samples)``: both are factors common to every unit (down and
+  ``o`` have the same number of rows), so the ranking is the same.
+- ``flap``: FLAP's fluctuation metric WIFV: ``Var(X_j) * ||W_down[:, j]||_2^2`` with ``Var`` the
+  (population) variance of input feature ``j`` over the calibration tokens; heads sum it over their
+  ``o`` input features. FLAP additionally squares the per-feature ``o`` scores and standardises each
+  module's scores before its global ranking; that belongs to the FLAP baseline, not to this score.
+- ``taylor``: first-order Taylor of LLM-Pruner (Ma et al. 2023), the element-wise ``|W * dL/dW|``
+  summed over each coupled group, with the gradient of the language-modelling loss accumulated over
+  the calibration windows. An MLP channel's group is its rows of ``gate`` and ``up`` and its column
+  of ``down``. A query head's group is its rows of ``q`` and its columns of ``o``, plus an equal share
+  (``1 / queries_per_group``) of its KV head's ``k`` and ``v`` rows: a KV group's score (the sum of
+  its query heads, see ``plan.py``) is then exactly LLM-Pruner's score of the whole group, while the
+  ranking of query heads inside a group, which keeps ``k`` and ``v``, is unaffected.
 
-A unit's weights are: for a query head, its rows of ``q`` and columns of ``o``; for an MLP
-channel, its rows of ``gate`` and ``up`` and its column of ``down``.
+For ``magnitude`` and ``wanda``, a query head's weights are its rows of ``q`` and columns of ``o``,
+and an MLP channel's its rows of ``gate`` and ``up`` and its column of ``down``.
+
+The same calibration pass records the mean input of every ``o`` and ``down`` projection feature,
+which bias compensation (``compensation.py``) needs; they are cached with the scores.
 """
 
 from __future__ import annotations
@@ -31,6 +51,72 @@ from evoprune.errors import EvopruneError
 class Importance:
     attn: np.ndarray  # (num_layers, num_heads): score per query head
     mlp: np.ndarray  # (num_layers, intermediate_size): score per channel
+    # Mean over the calibration tokens of each input feature of o and down (float64), or None when
+    # not computed: (num_layers, num_heads * head_dim) and (num_layers, intermediate_size).
+    o_mean: np.ndarray | None = None
+    down_mean: np.ndarray | None = None
+
+
+class ActivationStats:
+    """Per-feature sums and sums of squares (float64) of projection inputs over calibration tokens.
+
+    Keys: ``attn_in`` (input of q, k and v), ``o_in``, ``mlp_in`` (input of gate and up), ``down_in``.
+    """
+
+    KEYS = ("attn_in", "o_in", "mlp_in", "down_in")
+
+    def __init__(self, layers: list[LayerParts]):
+        self.layers = layers
+        self.sums: dict[tuple[int, str], torch.Tensor] = {}
+        self.sumsq: dict[tuple[int, str], torch.Tensor] = {}
+        self.count: dict[tuple[int, str], int] = {}
+
+    @property
+    def collected(self) -> bool:
+        return bool(self.count)
+
+    def attach(self) -> list:
+        """Register forward pre-hooks that accumulate; returns the handles (remove them after)."""
+
+        def hook(key):
+            def fn(_module, args):
+                x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
+                self.sums[key] = self.sums.get(key, 0) + x.sum(dim=0)
+                self.sumsq[key] = self.sumsq.get(key, 0) + (x * x).sum(dim=0)
+                self.count[key] = self.count.get(key, 0) + x.shape[0]
+
+            return fn
+
+        handles = []
+        for i, p in enumerate(self.layers):
+            for key, module in zip(self.KEYS, (p.q, p.o, p.up, p.down), strict=True):
+                handles.append(module.register_forward_pre_hook(hook((i, key))))
+        return handles
+
+    def collect(self, model, windows: torch.Tensor) -> None:
+        """One inference pass over ``windows`` (n_windows, seq_len), unless already collected."""
+        if self.collected:
+            return
+        handles = self.attach()
+        try:
+            with torch.inference_mode():
+                for row in windows:
+                    model(input_ids=row[None].to(model.device))
+        finally:
+            for h in handles:
+                h.remove()
+
+    def norm(self, i: int, key: str) -> torch.Tensor:
+        """L2 norm of each input feature over the tokens: (in_features,), float64."""
+        return self.sumsq[(i, key)].sqrt()
+
+    def mean(self, i: int, key: str) -> torch.Tensor:
+        return self.sums[(i, key)] / self.count[(i, key)]
+
+    def variance(self, i: int, key: str) -> torch.Tensor:
+        """Population variance of each input feature over the tokens (clamped at 0 against rounding)."""
+        mean = self.mean(i, key)
+        return (self.sumsq[(i, key)] / self.count[(i, key)] - mean * mean).clamp_min(0.0)
 
 
 def _head_sum(per_feature: torch.Tensor, head_dim: int) -> torch.Tensor:
@@ -46,7 +132,11 @@ def _unit_scores(parts: LayerParts, head_dim: int, q_w, o_w, gate_w, up_w, down_
     return head, channel
 
 
-def _magnitude(model, layers: list[LayerParts], windows: torch.Tensor, head_dim: int) -> Importance:
+def _w(module) -> torch.Tensor:
+    return module.weight.detach().double()
+
+
+def _magnitude(model, layers: list[LayerParts], windows, head_dim: int, stats: ActivationStats) -> Importance:
     heads, channels = [], []
     for p in layers:
         gate = p.gate.weight.abs() if p.gate is not None else None
@@ -58,40 +148,12 @@ def _magnitude(model, layers: list[LayerParts], windows: torch.Tensor, head_dim:
     return _stack(heads, channels)
 
 
-def _input_norms(model, layers: list[LayerParts], windows: torch.Tensor) -> dict:
-    """Squared L2 norm of every input feature of q, o, gate/up and down over the windows."""
-    sums: dict[tuple[int, str], torch.Tensor] = {}
-    handles = []
-
-    def hook(key):
-        def fn(_module, args):
-            x = args[0].detach().float().reshape(-1, args[0].shape[-1])
-            sums[key] = sums.get(key, 0) + (x * x).sum(dim=0)
-
-        return fn
-
-    for i, p in enumerate(layers):
-        handles += [
-            p.q.register_forward_pre_hook(hook((i, "attn_in"))),
-            p.o.register_forward_pre_hook(hook((i, "o_in"))),
-            p.up.register_forward_pre_hook(hook((i, "mlp_in"))),
-            p.down.register_forward_pre_hook(hook((i, "down_in"))),
-        ]
-    try:
-        with torch.inference_mode():
-            for row in windows:
-                model(input_ids=row[None].to(model.device))
-    finally:
-        for h in handles:
-            h.remove()
-    return {k: v.sqrt() for k, v in sums.items()}
-
-
-def _wanda(model, layers: list[LayerParts], windows: torch.Tensor, head_dim: int) -> Importance:
-    norms = _input_norms(model, layers, windows)
+def _wanda(model, layers: list[LayerParts], windows, head_dim: int, stats: ActivationStats) -> Importance:
+    stats.collect(model, windows)
     heads, channels = [], []
     for i, p in enumerate(layers):
-        x_attn, x_o, x_mlp, x_down = (norms[(i, k)] for k in ("attn_in", "o_in", "mlp_in", "down_in"))
+        # float32 norms, as this criterion has always used, so its scores keep their precision.
+        x_attn, x_o, x_mlp, x_down = (stats.norm(i, k).float().to(p.q.weight.device) for k in stats.KEYS)
         gate = p.gate.weight.abs() * x_mlp if p.gate is not None else None
         h, c = _unit_scores(
             p,
@@ -107,8 +169,28 @@ def _wanda(model, layers: list[LayerParts], windows: torch.Tensor, head_dim: int
     return _stack(heads, channels)
 
 
-def _taylor(model, layers: list[LayerParts], windows: torch.Tensor, head_dim: int) -> Importance:
-    modules = [m for p in layers for m in (p.q, p.o, p.gate, p.up, p.down) if m is not None]
+def _wanda_sp(model, layers: list[LayerParts], windows, head_dim: int, stats: ActivationStats) -> Importance:
+    stats.collect(model, windows)
+    heads, channels = [], []
+    for i, p in enumerate(layers):
+        o_norm, down_norm = stats.norm(i, "o_in"), stats.norm(i, "down_in")
+        heads.append(_head_sum(_w(p.o).abs().sum(dim=0).cpu() * o_norm.cpu(), head_dim))
+        channels.append(_w(p.down).abs().sum(dim=0).cpu() * down_norm.cpu())
+    return _stack(heads, channels)
+
+
+def _flap(model, layers: list[LayerParts], windows, head_dim: int, stats: ActivationStats) -> Importance:
+    stats.collect(model, windows)
+    heads, channels = [], []
+    for i, p in enumerate(layers):
+        o_var, down_var = stats.variance(i, "o_in"), stats.variance(i, "down_in")
+        heads.append(_head_sum(_w(p.o).pow(2).sum(dim=0).cpu() * o_var.cpu(), head_dim))
+        channels.append(_w(p.down).pow(2).sum(dim=0).cpu() * down_var.cpu())
+    return _stack(heads, channels)
+
+
+def _taylor(model, layers: list[LayerParts], windows, head_dim: int, stats: ActivationStats) -> Importance:
+    modules = [m for p in layers for m in (p.q, p.k, p.v, p.o, p.gate, p.up, p.down) if m is not None]
     previous = {id(m): m.weight.requires_grad for m in modules}
     # Only the pruned projections need gradients; freezing the rest saves memory and time.
     frozen = [(prm, prm.requires_grad) for prm in model.parameters()]
@@ -117,6 +199,8 @@ def _taylor(model, layers: list[LayerParts], windows: torch.Tensor, head_dim: in
     for m in modules:
         m.weight.requires_grad_(True)
         m.weight.grad = None
+    # The same forward passes record the activation statistics (means for compensation).
+    handles = [] if stats.collected else stats.attach()
     try:
         for row in windows:
             row = row[None].to(model.device)
@@ -130,10 +214,14 @@ def _taylor(model, layers: list[LayerParts], windows: torch.Tensor, head_dim: in
 
             gate = score(p.gate) if p.gate is not None else None
             h, c = _unit_scores(p, head_dim, score(p.q), score(p.o), gate, score(p.up), score(p.down))
-            heads.append(h)
+            kv = _head_sum(score(p.k).sum(dim=1) + score(p.v).sum(dim=1), head_dim)  # (num_kv_heads,)
+            per_group = len(h) // len(kv)
+            heads.append(h + (kv / per_group).repeat_interleave(per_group))
             channels.append(c)
         return _stack(heads, channels)
     finally:
+        for handle in handles:
+            handle.remove()
         for prm, flag in frozen:
             prm.requires_grad_(flag)
         for m in modules:
@@ -148,12 +236,26 @@ def _stack(heads, channels) -> Importance:
     )
 
 
-CRITERIA: dict[str, Callable] = {"magnitude": _magnitude, "wanda": _wanda, "taylor": _taylor}
+CRITERIA: dict[str, Callable] = {
+    "magnitude": _magnitude,
+    "wanda": _wanda,
+    "wanda-sp": _wanda_sp,
+    "flap": _flap,
+    "taylor": _taylor,
+}
+# Bumped when a criterion's definition changes, so stale cached scores are not reused.
+_VERSIONS = {"taylor": 2}
 
 
 def importance_cache_key(model_fingerprint: str, data_fingerprint: str, criterion: str, n_tokens: int) -> str:
-    payload = json.dumps([model_fingerprint, data_fingerprint, criterion, n_tokens, 1])
+    payload = json.dumps([model_fingerprint, data_fingerprint, criterion, n_tokens, _VERSIONS.get(criterion, 1)])
     return hashlib.sha1(payload.encode()).hexdigest()[:20]
+
+
+def _with_means(scores: Importance, stats: ActivationStats, layers: list[LayerParts]) -> Importance:
+    o_mean = torch.stack([stats.mean(i, "o_in").cpu() for i in range(len(layers))]).numpy()
+    down_mean = torch.stack([stats.mean(i, "down_in").cpu() for i in range(len(layers))]).numpy()
+    return Importance(attn=scores.attn, mlp=scores.mlp, o_mean=o_mean, down_mean=down_mean)
 
 
 def compute_importance(
@@ -163,25 +265,45 @@ def compute_importance(
     head_dim: int,
     criterion: str = "wanda",
     cache_key: str | None = None,
+    with_means: bool = False,
 ) -> tuple[Importance, bool]:
-    """Score every head and channel; returns the scores and whether they came from the cache."""
+    """Score every head and channel; returns the scores and whether they came from the cache.
+
+    ``windows``: calibration token ids, (n_windows, seq_len). ``with_means`` also records the mean
+    input of every ``o`` and ``down`` feature (``Importance.o_mean``/``down_mean``), for bias
+    compensation; a cached entry without them is recomputed. Raises EvopruneError for an unknown
+    criterion.
+    """
     if criterion not in CRITERIA:
         raise EvopruneError(f"importance criterion {criterion!r} is unknown: use one of {', '.join(CRITERIA)}")
     path = cache_dir("importance") / f"{cache_key}.safetensors" if cache_key else None
     if path is not None and path.exists():
         try:
             arrays = load_file(str(path))
-            return Importance(attn=arrays["attn"], mlp=arrays["mlp"]), True
+            if not with_means or "o_mean" in arrays:
+                return Importance(
+                    attn=arrays["attn"],
+                    mlp=arrays["mlp"],
+                    o_mean=arrays.get("o_mean"),
+                    down_mean=arrays.get("down_mean"),
+                ), True
         except Exception:  # noqa: BLE001 - a damaged cache entry is recomputed, not fatal
             path.unlink(missing_ok=True)
     was_training = model.training
     model.eval()
+    stats = ActivationStats(layers)
     try:
-        scores = CRITERIA[criterion](model, layers, windows, head_dim)
+        scores = CRITERIA[criterion](model, layers, windows, head_dim, stats)
+        if with_means:
+            stats.collect(model, windows)
+            scores = _with_means(scores, stats, layers)
     finally:
         model.train(was_training)
     if path is not None:
         tmp = path.with_suffix(".tmp")
-        save_file({"attn": scores.attn, "mlp": scores.mlp}, str(tmp))
+        arrays = {"attn": scores.attn, "mlp": scores.mlp}
+        if scores.o_mean is not None:
+            arrays.update(o_mean=scores.o_mean, down_mean=scores.down_mean)
+        save_file(arrays, str(tmp))
         tmp.replace(path)
     return scores, False

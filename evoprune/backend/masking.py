@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from evoprune.backend.adapters import Adapter, LayerParts
+from evoprune.backend.compensation import LayerBias
 from evoprune.backend.plan import LayerPlan
 
 # Attributes that the families' setters change on attention and MLP modules.
@@ -23,13 +24,24 @@ _ATTRIBUTES = ("num_heads", "num_key_value_groups", "num_key_value_heads", "inte
 
 
 class IndexedLinear(nn.Module):
-    """A view of a linear layer restricted to some output rows and/or input columns."""
+    """A view of a linear layer restricted to some output rows and/or input columns.
 
-    def __init__(self, base: nn.Linear, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None):
+    ``bias`` (out_features,) replaces the base layer's bias (bias compensation): it is the very
+    tensor that slicing copies into the exported ``nn.Linear``, passed to the same ``F.linear``.
+    """
+
+    def __init__(
+        self,
+        base: nn.Linear,
+        rows: torch.Tensor | None = None,
+        cols: torch.Tensor | None = None,
+        bias: torch.Tensor | None = None,
+    ):
         super().__init__()
         self._base = (base,)  # a tuple, so the dense weights are not registered twice
         self.rows = rows.to(base.weight.device) if rows is not None else None
         self.cols = cols.to(base.weight.device) if cols is not None else None
+        self.bias_override = bias
         self.in_features = base.in_features if cols is None else len(cols)
         self.out_features = base.out_features if rows is None else len(rows)
 
@@ -41,6 +53,8 @@ class IndexedLinear(nn.Module):
             bias = bias.index_select(0, self.rows) if bias is not None else None
         if self.cols is not None:
             weight = weight.index_select(1, self.cols)
+        if self.bias_override is not None:
+            bias = self.bias_override
         return F.linear(x, weight, bias)
 
 
@@ -76,10 +90,12 @@ class MaskedModel:
         self.head_dim = head_dim
         self._snapshots: list[_Snapshot] = []
 
-    def apply(self, plans: list[LayerPlan]) -> None:
+    def apply(self, plans: list[LayerPlan], biases: list[LayerBias] | None = None) -> None:
+        """Apply ``plans`` (one per layer), with the compensation ``biases`` of the same plans if any."""
         self.reset()
         family = self.adapter.family
-        for parts, plan in zip(self.layers, plans, strict=True):
+        for i, (parts, plan) in enumerate(zip(self.layers, plans, strict=True)):
+            comp = biases[i] if biases is not None else LayerBias()
             layer = parts.layer
             attn_changed = plan.attn_removed or len(plan.q_heads) < self.num_heads
             mlp_changed = plan.mlp_removed or len(plan.mlp_channels) < parts.down.in_features
@@ -88,24 +104,24 @@ class MaskedModel:
             owners = [layer] + [m for m in (getattr(layer, "self_attn", None), getattr(layer, "mlp", None)) if m]
             self._snapshots.append(_Snapshot(owners))
             if plan.attn_removed:
-                family.remove_attention(layer, parts.index)
+                family.remove_attention(layer, parts.index, comp.o)
             elif attn_changed:
                 q_idx, kv_idx = _features(plan.q_heads, self.head_dim), _features(plan.kv_heads, self.head_dim)
                 linears = {
                     "q": IndexedLinear(parts.q, rows=q_idx),
                     "k": IndexedLinear(parts.k, rows=kv_idx),
                     "v": IndexedLinear(parts.v, rows=kv_idx),
-                    "o": IndexedLinear(parts.o, cols=q_idx),
+                    "o": IndexedLinear(parts.o, cols=q_idx, bias=comp.o),
                 }
                 family.set_attention(layer, linears, len(plan.q_heads), len(plan.kv_heads))
             if plan.mlp_removed:
-                family.remove_mlp(layer)
+                family.remove_mlp(layer, comp.down)
             elif mlp_changed:
                 ch = torch.tensor(plan.mlp_channels, dtype=torch.long)
                 linears = {
                     "gate": IndexedLinear(parts.gate, rows=ch) if parts.gate is not None else None,
                     "up": IndexedLinear(parts.up, rows=ch),
-                    "down": IndexedLinear(parts.down, cols=ch),
+                    "down": IndexedLinear(parts.down, cols=ch, bias=comp.down),
                 }
                 family.set_mlp(layer, linears, len(plan.mlp_channels))
 

@@ -8,7 +8,9 @@ Slicing in evoprune goes through the same setters, so the exported shapes cannot
 the ones the search measured.
 
 A layer spec is ``{"q_heads": int, "kv_heads": int, "mlp": int}``; 0 heads or 0 channels
-means the sub-layer is removed.
+means the sub-layer is removed. Optional ``"o_bias": true`` / ``"down_bias": true`` (written when
+evoprune's bias compensation changed them) give that projection a bias even where the base family
+has none; for a removed sub-layer, the stand-in then adds that constant bias instead of nothing.
 """
 
 from __future__ import annotations
@@ -19,16 +21,27 @@ import torch
 from torch import nn
 
 
+def _constant(hidden_states: torch.Tensor, bias: nn.Parameter | None) -> torch.Tensor:
+    out = torch.zeros_like(hidden_states)
+    return out if bias is None else out + bias
+
+
+def _optional_bias(bias: torch.Tensor | None) -> nn.Parameter | None:
+    return None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+
+
 class RemovedAttention(nn.Module):
-    """Stands in for a removed attention sub-layer: adds nothing to the residual stream.
+    """Stands in for a removed attention sub-layer: adds nothing to the residual stream, or the
+    constant ``bias`` (hidden_size,) when bias compensation gave it one.
 
     During generation it still records the sequence length in the KV cache (one tiny slot per
     token), because models read the number of past tokens from the cache of a layer.
     """
 
-    def __init__(self, layer_idx: int):
+    def __init__(self, layer_idx: int, bias: torch.Tensor | None = None):
         super().__init__()
         self.layer_idx = layer_idx
+        self.bias = _optional_bias(bias)
 
     def forward(self, hidden_states, *args, **kwargs):
         cache = None
@@ -40,12 +53,18 @@ class RemovedAttention(nn.Module):
             bsz, seq = hidden_states.shape[:2]
             slot = hidden_states.new_zeros(bsz, 1, seq, 1)
             cache.update(slot, slot, self.layer_idx)
-        return torch.zeros_like(hidden_states), None
+        return _constant(hidden_states, self.bias), None
 
 
 class RemovedMLP(nn.Module):
+    """Stands in for a removed MLP: adds nothing, or the constant ``bias`` (hidden_size,)."""
+
+    def __init__(self, bias: torch.Tensor | None = None):
+        super().__init__()
+        self.bias = _optional_bias(bias)
+
     def forward(self, hidden_states, *args, **kwargs):
-        return torch.zeros_like(hidden_states)
+        return _constant(hidden_states, self.bias)
 
 
 def _linear_like(old: nn.Linear, in_features: int, out_features: int, bias: bool | None = None) -> nn.Linear:
@@ -83,8 +102,8 @@ class LlamaFamily:
         a.num_key_value_heads = kv_heads
 
     @staticmethod
-    def remove_attention(layer, layer_idx: int) -> None:
-        layer.self_attn = RemovedAttention(layer_idx)
+    def remove_attention(layer, layer_idx: int, bias: torch.Tensor | None = None) -> None:
+        layer.self_attn = RemovedAttention(layer_idx, bias)
         layer.input_layernorm = nn.Identity()
 
     @staticmethod
@@ -95,8 +114,8 @@ class LlamaFamily:
             m.intermediate_size = channels
 
     @staticmethod
-    def remove_mlp(layer) -> None:
-        layer.mlp = RemovedMLP()
+    def remove_mlp(layer, bias: torch.Tensor | None = None) -> None:
+        layer.mlp = RemovedMLP(bias)
         layer.post_attention_layernorm = nn.Identity()
 
 
@@ -127,8 +146,8 @@ class OPTFamily:
         a.num_heads = q_heads
 
     @staticmethod
-    def remove_attention(layer, layer_idx: int) -> None:
-        layer.self_attn = RemovedAttention(layer_idx)
+    def remove_attention(layer, layer_idx: int, bias: torch.Tensor | None = None) -> None:
+        layer.self_attn = RemovedAttention(layer_idx, bias)
         layer.self_attn_layer_norm = nn.Identity()
 
     @staticmethod
@@ -136,13 +155,17 @@ class OPTFamily:
         layer.fc1, layer.fc2 = linears["up"], linears["down"]
 
     @staticmethod
-    def remove_mlp(layer) -> None:
-        # The MLP is inline in OPT's layer: zero-width projections without bias add exactly 0.
+    def remove_mlp(layer, bias: torch.Tensor | None = None) -> None:
+        # The MLP is inline in OPT's layer: zero-width projections without bias add exactly 0
+        # (with a compensation bias, fc2 adds exactly that constant).
         hidden = layer.fc1.in_features
         with warnings.catch_warnings():  # torch warns that initialising an empty tensor does nothing
             warnings.simplefilter("ignore", UserWarning)
             layer.fc1 = _linear_like(layer.fc1, hidden, 0, bias=False)
-            layer.fc2 = _linear_like(layer.fc2, 0, hidden, bias=False)
+            layer.fc2 = _linear_like(layer.fc2, 0, hidden, bias=bias is not None)
+        if bias is not None:
+            with torch.no_grad():
+                layer.fc2.bias.copy_(bias)
         layer.final_layer_norm = nn.Identity()
 
 
@@ -156,23 +179,26 @@ def family_of(config):
         raise ValueError(f"model type {config.model_type!r} has no pruned layout; known: {sorted(FAMILIES)}") from None
 
 
-def empty_attention(old: dict, head_dim: int, q_heads: int, kv_heads: int) -> dict:
-    """Uninitialised projections of the pruned widths (weights are loaded or copied in later)."""
+def empty_attention(old: dict, head_dim: int, q_heads: int, kv_heads: int, o_bias: bool | None = None) -> dict:
+    """Uninitialised projections of the pruned widths (weights are loaded or copied in later).
+
+    ``o_bias``: True gives ``o`` a bias, None keeps the base model's choice.
+    """
     hidden = old["q"].in_features
     return {
         "q": _linear_like(old["q"], hidden, q_heads * head_dim),
         "k": _linear_like(old["k"], hidden, kv_heads * head_dim),
         "v": _linear_like(old["v"], hidden, kv_heads * head_dim),
-        "o": _linear_like(old["o"], q_heads * head_dim, hidden),
+        "o": _linear_like(old["o"], q_heads * head_dim, hidden, bias=o_bias or None),
     }
 
 
-def empty_mlp(old: dict, channels: int) -> dict:
+def empty_mlp(old: dict, channels: int, down_bias: bool | None = None) -> dict:
     hidden = old["up"].in_features
     return {
         "gate": _linear_like(old["gate"], hidden, channels) if old["gate"] is not None else None,
         "up": _linear_like(old["up"], hidden, channels),
-        "down": _linear_like(old["down"], channels, hidden),
+        "down": _linear_like(old["down"], channels, hidden, bias=down_bias or None),
     }
 
 
@@ -188,16 +214,21 @@ def apply_layer_sizes(model, sizes: list[dict]) -> None:
     if len(sizes) != len(layers):
         raise ValueError(f"the pruned layout has {len(sizes)} layers but the model has {len(layers)}")
     head_dim = head_dim_of(config)
+    hidden = config.hidden_size
     for i, (layer, spec) in enumerate(zip(layers, sizes, strict=True)):
+        o_bias, down_bias = bool(spec.get("o_bias", False)), bool(spec.get("down_bias", False))
+        # Placeholders of the right shape; from_pretrained loads the real biases over them.
         if spec["q_heads"] == 0:
-            family.remove_attention(layer, i)
+            family.remove_attention(layer, i, torch.zeros(hidden) if o_bias else None)
         else:
-            linears = empty_attention(family.attention_linears(layer), head_dim, spec["q_heads"], spec["kv_heads"])
+            linears = empty_attention(
+                family.attention_linears(layer), head_dim, spec["q_heads"], spec["kv_heads"], o_bias=o_bias
+            )
             family.set_attention(layer, linears, spec["q_heads"], spec["kv_heads"])
         if spec["mlp"] == 0:
-            family.remove_mlp(layer)
+            family.remove_mlp(layer, torch.zeros(hidden) if down_bias else None)
         else:
-            family.set_mlp(layer, empty_mlp(family.mlp_linears(layer), spec["mlp"]), spec["mlp"])
+            family.set_mlp(layer, empty_mlp(family.mlp_linears(layer), spec["mlp"], down_bias=down_bias), spec["mlp"])
 
 
 def make_pruned_class(base: type) -> type:

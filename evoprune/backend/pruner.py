@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from evoprune.backend.adapters import adapter_for
+from evoprune.backend.compensation import COMPENSATIONS, LayerBias, compensate
 from evoprune.backend.data import TextSource, load_text, token_windows
 from evoprune.backend.evaluate import DenseReference, dense_reference, quality
 from evoprune.backend.importance import CRITERIA, Importance, compute_importance, importance_cache_key
@@ -27,7 +28,8 @@ class BackendSettings:
     """How configurations are scored, measured and encoded.
 
     ``calib_data`` is the text importance is scored on; ``None`` uses the evaluation text,
-    with windows that do not overlap the evaluation windows.
+    with windows that do not overlap the evaluation windows. ``compensation`` is what replaces the
+    removed units' contribution (``compensation.COMPENSATIONS``: ``none`` or FLAP's ``bias``).
 
     The fidelity ladder: every configuration is first measured on ``eval_tokens`` tokens (the
     pairs the surrogate learns from); the promising ones are measured again on each rung of
@@ -39,6 +41,7 @@ class BackendSettings:
     """
 
     criterion: str = "wanda"
+    compensation: str = "none"
     eval_tokens: int = 2048
     calib_tokens: int = 2048
     seq_len: int = 512
@@ -83,6 +86,8 @@ class BackendSettings:
         """The settings that decide the measurements: a run continues on another device."""
         d = asdict(self)
         d.pop("device")
+        if d["compensation"] == "none":  # runs recorded before compensation existed keep their identity
+            d.pop("compensation")
         return d
 
     def validate(self) -> None:
@@ -108,6 +113,10 @@ class BackendSettings:
             )
         if self.criterion not in CRITERIA:
             raise EvopruneError(f"importance criterion {self.criterion!r} is unknown: use one of {', '.join(CRITERIA)}")
+        if self.compensation not in COMPENSATIONS:
+            raise EvopruneError(
+                f"--compensation {self.compensation!r} is unknown: use one of {', '.join(COMPENSATIONS)}"
+            )
 
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -219,11 +228,17 @@ class PruningBackend:
                 self.space.arch.head_dim,
                 self.settings.criterion,
                 cache_key=key,
+                with_means=self.settings.compensation != "none",
             )
         return self.importance
 
     def plan(self, x) -> list[LayerPlan]:
         return resolve_plan(self.space, x, self.score())
+
+    def biases(self, plans: list[LayerPlan]) -> list[LayerBias] | None:
+        """The compensation biases of ``plans`` under the settings' ``compensation`` (None for none)."""
+        layers = self._masks().layers if self._masked is not None else self.adapter.layers(self.loaded.model)
+        return compensate(self.settings.compensation, layers, plans, self.score(), self.space.arch.head_dim)
 
     def reference(self, n_windows: int | None = None) -> DenseReference | None:
         """The dense model's top-k log-probabilities on the first ``n_windows`` rung windows
@@ -314,7 +329,7 @@ class PruningBackend:
             raise EvopruneError(f"split {split!r} is unknown: use search or validation")
         masked = self._masks()
         try:
-            masked.apply(plans)
+            masked.apply(plans, self.biases(plans))
             metrics = quality(self.loaded.model, windows, reference, self.settings.batch_size)
             for extra in self.extra_metrics if first_rung else ():
                 metrics.update(extra(self))
@@ -332,8 +347,9 @@ class PruningBackend:
         """A physically pruned copy of the model (the dense one stays untouched)."""
         plans = self.plan(x)
         self._unmask()  # hooks must not travel with the copy
+        biases = self.biases(plans)
         model = copy.deepcopy(self.loaded.model)
-        return slice_model(model, self.adapter, plans, self.space.arch.head_dim)
+        return slice_model(model, self.adapter, plans, self.space.arch.head_dim, biases)
 
 
 def load_backend(model: str, data: str, settings: BackendSettings, progress=None) -> PruningBackend:

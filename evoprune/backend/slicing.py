@@ -6,11 +6,12 @@ import torch
 from torch import nn
 
 from evoprune.backend.adapters import Adapter, LayerParts
+from evoprune.backend.compensation import LayerBias
 from evoprune.backend.plan import LayerPlan
 from evoprune.backend.pruned_modeling import empty_attention, empty_mlp
 
 
-def _copy_into(new: nn.Linear, old: nn.Linear, rows=None, cols=None) -> nn.Linear:
+def _copy_into(new: nn.Linear, old: nn.Linear, rows=None, cols=None, bias=None) -> nn.Linear:
     w = old.weight.data
     rows = rows.to(w.device) if rows is not None else None
     if rows is not None:
@@ -19,7 +20,9 @@ def _copy_into(new: nn.Linear, old: nn.Linear, rows=None, cols=None) -> nn.Linea
         w = w[:, cols.to(w.device)]
     with torch.no_grad():
         new.weight.copy_(w)
-        if new.bias is not None:
+        if bias is not None:  # bias compensation: the tensor masked evaluation uses
+            new.bias.copy_(bias)
+        elif new.bias is not None:
             new.bias.copy_(old.bias.data[rows] if rows is not None else old.bias.data)
     return new
 
@@ -28,40 +31,46 @@ def _feature_index(units, unit_size: int) -> torch.Tensor:
     return torch.tensor([u * unit_size + j for u in units for j in range(unit_size)], dtype=torch.long)
 
 
-def slice_layer(adapter: Adapter, parts: LayerParts, plan: LayerPlan, head_dim: int) -> None:
-    """Prune one decoder layer in place according to ``plan``."""
+def slice_layer(
+    adapter: Adapter, parts: LayerParts, plan: LayerPlan, head_dim: int, bias: LayerBias | None = None
+) -> None:
+    """Prune one decoder layer in place according to ``plan`` (and its compensation ``bias``)."""
     family = adapter.family
+    bias = bias or LayerBias()
     if plan.attn_removed:
-        family.remove_attention(parts.layer, parts.index)
+        family.remove_attention(parts.layer, parts.index, bias.o)
     else:
         old = {"q": parts.q, "k": parts.k, "v": parts.v, "o": parts.o}
-        new = empty_attention(old, head_dim, len(plan.q_heads), len(plan.kv_heads))
+        new = empty_attention(old, head_dim, len(plan.q_heads), len(plan.kv_heads), o_bias=bias.o is not None)
         q_idx, kv_idx = _feature_index(plan.q_heads, head_dim), _feature_index(plan.kv_heads, head_dim)
         _copy_into(new["q"], parts.q, rows=q_idx)
         _copy_into(new["k"], parts.k, rows=kv_idx)
         _copy_into(new["v"], parts.v, rows=kv_idx)
-        _copy_into(new["o"], parts.o, cols=q_idx)
+        _copy_into(new["o"], parts.o, cols=q_idx, bias=bias.o)
         family.set_attention(parts.layer, new, len(plan.q_heads), len(plan.kv_heads))
     if plan.mlp_removed:
-        family.remove_mlp(parts.layer)
+        family.remove_mlp(parts.layer, bias.down)
     else:
         old = {"gate": parts.gate, "up": parts.up, "down": parts.down}
-        new = empty_mlp(old, len(plan.mlp_channels))
+        new = empty_mlp(old, len(plan.mlp_channels), down_bias=bias.down is not None)
         ch = torch.tensor(plan.mlp_channels, dtype=torch.long)
         if parts.gate is not None:
             _copy_into(new["gate"], parts.gate, rows=ch)
         _copy_into(new["up"], parts.up, rows=ch)
-        _copy_into(new["down"], parts.down, cols=ch)
+        _copy_into(new["down"], parts.down, cols=ch, bias=bias.down)
         family.set_mlp(parts.layer, new, len(plan.mlp_channels))
 
 
-def slice_model(model, adapter: Adapter, plans: list[LayerPlan], head_dim: int):
+def slice_model(model, adapter: Adapter, plans: list[LayerPlan], head_dim: int, biases: list[LayerBias] | None = None):
     """Prune ``model`` in place (make a copy first to keep the dense one) and return it."""
-    for parts, plan in zip(adapter.layers(model), plans, strict=True):
-        slice_layer(adapter, parts, plan, head_dim)
+    for i, (parts, plan) in enumerate(zip(adapter.layers(model), plans, strict=True)):
+        slice_layer(adapter, parts, plan, head_dim, biases[i] if biases is not None else None)
     return model
 
 
-def layer_sizes(plans: list[LayerPlan]) -> list[dict]:
-    """The per-layer widths an exported config carries."""
-    return [{"q_heads": len(p.q_heads), "kv_heads": len(p.kv_heads), "mlp": len(p.mlp_channels)} for p in plans]
+def layer_sizes(plans: list[LayerPlan], biases: list[LayerBias] | None = None) -> list[dict]:
+    """The per-layer widths an exported config carries, and where compensation added a bias."""
+    sizes = [{"q_heads": len(p.q_heads), "kv_heads": len(p.kv_heads), "mlp": len(p.mlp_channels)} for p in plans]
+    for spec, bias in zip(sizes, biases or [], strict=False):
+        spec["o_bias"], spec["down_bias"] = bias.o is not None, bias.down is not None
+    return sizes

@@ -1,0 +1,159 @@
+"""Importance criteria on hand-made cases, and bias compensation on tiny models."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from evoprune.backend.adapters import LayerParts, adapter_for
+from evoprune.backend.compensation import bias_compensation, compensate
+from evoprune.backend.data import TextSource
+from evoprune.backend.importance import CRITERIA, ActivationStats, compute_importance
+from evoprune.backend.loading import LoadedModel, ModelSource, model_fingerprint
+from evoprune.backend.pruner import BackendSettings, PruningBackend
+from evoprune.errors import EvopruneError
+from tests.conftest import build_tiny_model
+
+
+def _linear(weight) -> nn.Linear:
+    weight = torch.tensor(weight, dtype=torch.float32)
+    lin = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(weight)
+    return lin
+
+
+def _hand_made_layer():
+    """One layer with hidden 2, two heads of head_dim 2 (o: 2 x 4) and 3 MLP channels (down: 2 x 3)."""
+    o = _linear([[1.0, -2.0, 0.5, 0.0], [0.0, 1.0, 0.5, -1.0]])
+    down = _linear([[1.0, 0.5, -1.0], [-2.0, 0.5, 0.0]])
+    q, k, v = _linear(np.ones((4, 2))), _linear(np.ones((2, 2))), _linear(np.ones((2, 2)))
+    up, gate = _linear(np.ones((3, 2))), _linear(np.ones((3, 2)))
+    parts = LayerParts(0, nn.Module(), q, k, v, o, up, gate, down)
+    stats = ActivationStats([parts])
+    handles = stats.attach()
+    # Four calibration tokens. Input feature columns of down: norms 2, 4, 3; variances 1, 0, 1.6875.
+    x_down = torch.tensor([[1.0, 2.0, 3.0], [-1.0, 2.0, 0.0], [1.0, 2.0, 0.0], [-1.0, 2.0, 0.0]])
+    # Input features of o: [1,1,1,1] (norm 2, var 0), [2,0,0,0] (2, .75), [0,0,0,0], [1,-1,1,-1] (2, 1).
+    x_o = torch.tensor([[1.0, 2.0, 0.0, 1.0], [1.0, 0.0, 0.0, -1.0], [1.0, 0.0, 0.0, 1.0], [1.0, 0.0, 0.0, -1.0]])
+    for module, x in ((down, x_down), (o, x_o), (q, torch.zeros(4, 2)), (up, torch.zeros(4, 2))):
+        module(x)
+    for h in handles:
+        h.remove()
+    return parts, stats
+
+
+def test_wanda_sp_is_input_norm_times_column_l1_norm():
+    parts, stats = _hand_made_layer()
+    scores = CRITERIA["wanda-sp"](None, [parts], None, 2, stats)
+    # down columns' L1 norms 3, 1, 1 times input norms 2, 4, 3.
+    np.testing.assert_allclose(scores.mlp[0], [6.0, 4.0, 3.0])
+    # o columns' L1 norms 1, 3, 1, 1 times input norms 2, 2, 0, 2; heads sum features (0, 1) and (2, 3).
+    np.testing.assert_allclose(scores.attn[0], [1 * 2 + 3 * 2, 0 + 1 * 2])
+
+
+def test_flap_is_input_variance_times_squared_column_norm():
+    parts, stats = _hand_made_layer()
+    scores = CRITERIA["flap"](None, [parts], None, 2, stats)
+    # down columns' squared L2 norms 5, 0.5, 1 times variances 1, 0, 1.6875.
+    np.testing.assert_allclose(scores.mlp[0], [5.0, 0.0, 1.6875])
+    # o columns' squared norms 1, 5, 0.5, 1 times variances 0, 0.75, 0, 1.
+    np.testing.assert_allclose(scores.attn[0], [5 * 0.75, 1.0])
+    np.testing.assert_allclose(stats.mean(0, "down_in").numpy(), [0.0, 2.0, 0.75])
+
+
+def test_taylor_sums_weight_times_gradient_over_each_coupled_group():
+    model = build_tiny_model("llama", seed=5, num_layers=2)
+    adapter = adapter_for(model.config)
+    layers = adapter.layers(model)
+    windows = torch.randint(0, model.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(1))
+    scores, _ = compute_importance(model, layers, windows, 16, "taylor")
+    # The definition, by hand: gradient of the mean loss over the windows.
+    model.zero_grad()
+    for row in windows:
+        (model(input_ids=row[None], labels=row[None]).loss / len(windows)).backward()
+    p = layers[1]
+
+    def s(m):
+        return (m.weight * m.weight.grad).abs().detach().double()
+
+    # Query heads 0 and 1 share KV head 0 (4 heads, 2 KV heads, head_dim 16).
+    group = s(p.q)[:32].sum() + s(p.o)[:, :32].sum() + s(p.k)[:16].sum() + s(p.v)[:16].sum()
+    assert scores.attn[1, :2].sum() == pytest.approx(float(group), rel=1e-6)
+    channel = s(p.gate)[7].sum() + s(p.up)[7].sum() + s(p.down)[:, 7].sum()
+    assert scores.mlp[1, 7] == pytest.approx(float(channel), rel=1e-6)
+    model.zero_grad(set_to_none=True)
+
+
+def test_an_unknown_criterion_or_compensation_is_one_clear_line():
+    with pytest.raises(EvopruneError, match="wanda-sp"):
+        BackendSettings(criterion="wandasp").validate()
+    with pytest.raises(EvopruneError, match="--compensation 'mean' is unknown: use one of none, bias"):
+        BackendSettings(compensation="mean").validate()
+    with pytest.raises(EvopruneError, match="unknown"):
+        compensate("lsq2", [], [], None, 16)
+
+
+def test_compensation_none_keeps_the_run_identity_of_older_stores():
+    assert "compensation" not in BackendSettings().identity()
+    assert BackendSettings(compensation="bias").identity()["compensation"] == "bias"
+
+
+def _backend(family: str, tokenizer, text_file, compensation: str, criterion: str = "wanda") -> PruningBackend:
+    model = build_tiny_model(family, seed=11)
+    loaded = LoadedModel(ModelSource(f"tiny-{family}", "dir", "tiny"), model, tokenizer, model_fingerprint(model))
+    settings = BackendSettings(
+        criterion=criterion, compensation=compensation, eval_tokens=128, calib_tokens=256, seq_len=64, mlp_levels=4
+    )
+    return PruningBackend(loaded, TextSource(str(text_file), text_file.read_text()), settings)
+
+
+def _layer_output_error(backend: PruningBackend, x, layer: int) -> float:
+    """Mean squared error of one decoder layer's output against the dense model, on calibration tokens."""
+    parts = backend.adapter.layers(backend.loaded.model)[layer]
+    outputs = []
+    handle = parts.layer.register_forward_hook(
+        lambda _m, _a, out: outputs.append(out[0] if isinstance(out, tuple) else out)
+    )
+    try:
+        with torch.inference_mode():
+            backend.loaded.model(input_ids=backend.calib_windows)
+            dense = outputs.pop()
+            masks = backend._masks()
+            masks.apply(backend.plan(x), backend.biases(backend.plan(x)))
+            try:
+                backend.loaded.model(input_ids=backend.calib_windows)
+            finally:
+                masks.reset()
+    finally:
+        handle.remove()
+    return float((outputs.pop() - dense).pow(2).mean())
+
+
+@pytest.mark.parametrize("family", ["llama", "opt"])
+@pytest.mark.parametrize("what", ["attn", "mlp"])
+@pytest.mark.parametrize("level", ["half", "all"])
+def test_bias_compensation_lowers_the_calibration_error_of_a_pruned_layer(
+    family, what, level, tiny_tokenizer, text_file
+):
+    errors = {}
+    for compensation in ("none", "bias"):
+        backend = _backend(family, tiny_tokenizer, text_file, compensation)
+        space = backend.space
+        x = space.lower.copy()
+        top = space.attn_levels if what == "attn" else space.mlp_levels
+        x[(0 if what == "attn" else space.num_layers) + 2] = top if level == "all" else top // 2
+        errors[compensation] = _layer_output_error(backend, space.validate(x), layer=2)
+    assert 0 < errors["bias"] < errors["none"], errors
+
+
+def test_bias_compensation_needs_the_calibration_means(tiny_tokenizer, text_file):
+    backend = _backend("llama", tiny_tokenizer, text_file, "none")
+    plans = backend.plan(backend.space.upper)
+    layers = backend.adapter.layers(backend.loaded.model)
+    scores, _ = compute_importance(backend.loaded.model, layers, backend.calib_windows, 16, "magnitude")
+    assert scores.o_mean is None
+    with pytest.raises(EvopruneError, match="calibration means"):
+        bias_compensation(layers, plans, scores, 16)
