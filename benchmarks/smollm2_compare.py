@@ -247,7 +247,8 @@ def render(results: dict, args) -> str:
         f"{sum((r['wall_s'] or 0) for r in rows) / 3600 + 0.3:.1f} h on this machine). Search on WikiText-2 valid, "
         f"{a.get('eval_tokens', args.eval_tokens)} tokens per real evaluation, wanda importance on "
         f"{a.get('calib_tokens', args.calib_tokens)} tokens; every method gets {evals} real evaluations "
-        f"(`uniform` and `owl` stop when their few candidates are done) and `ga x{a.get('ga_multiple', 3)}` three "
+        "(`uniform`, `mlp-only` and `flap` evaluate their one answer, `owl` stops when its few candidates "
+        f"are done) and `ga x{a.get('ga_multiple', 3)}` three "
         f"times as many. Held-out: the first {a.get('heldout_tokens', args.heldout_tokens)} tokens of WikiText-2 test "
         f"and PTB valid and {arc_limit} ARC-Easy dev questions, all through the exported model reloaded from disk.",
         "",
