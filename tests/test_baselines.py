@@ -200,3 +200,23 @@ def test_unset_skips_leave_the_run_identity_of_earlier_runs_alone():
     assert "baseline_skip_first" not in SearchSettings(evals=1).identity()
     assert SearchSettings(evals=1, baseline_skip_first=2).identity()["baseline_skip_first"] == 2
     assert {"mlp-only", "flap"} <= set(DEFAULT_METHODS)
+
+
+def test_cli_uniform_with_skips_then_resume_reopens_the_same_run(tmp_path, tiny8_dir, text_file):
+    store = str(tmp_path / "u.db")
+    runner = CliRunner()
+    args = ["search", "--model", str(tiny8_dir), "--data", str(text_file), "--store", store, "--evals", "2",
+            "--method", "uniform", "--max-params", "0.75", "--baseline-skip-first", "2", "--baseline-skip-last", "0",
+            "--eval-tokens", "256", "--calib-tokens", "256", "--seq-len", "64", "--json"]  # fmt: skip
+    out = runner.invoke(app, args)
+    assert out.exit_code == 0, out.output
+    front = json.loads(out.stdout)
+    (point,) = front["points"]
+    assert 0.99 * 0.75 <= point["params_fraction"] <= 0.75
+    attn, mlp = point["levels"]["attn"], point["levels"]["mlp"]
+    assert attn[:2] == mlp[:2] == [0, 0] and mlp[7] > 0  # skipped first two layers, pruned the last
+    again = runner.invoke(app, ["resume", "--store", store, "--evals", "3", "--json"])
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout)["run"] == front["run"]
+    with Store(store) as st:
+        assert len(st.runs()) == 1 and len(st.evaluations(front["run"])) == 1
