@@ -30,6 +30,7 @@ from benchmarks._markdown import write_section  # noqa: E402
 from evoprune.backend.data import load_text, token_windows  # noqa: E402
 from evoprune.backend.evaluate import quality  # noqa: E402
 from evoprune.backend.pruner import BackendSettings  # noqa: E402
+from evoprune.baselines import method_settings  # noqa: E402
 from evoprune.compare import DEFAULT_METHODS, best_under_budget  # noqa: E402
 from evoprune.cost import measure_model  # noqa: E402
 from evoprune.export import export_pruned, load_pruned  # noqa: E402
@@ -65,6 +66,9 @@ def run_method(backend, costs, s: SearchSettings, store: str, label: str, args, 
     start = time.perf_counter()
     result = search(args.model, args.data, store, s, backend=backend)
     wall = time.perf_counter() - start
+    # the one-shot baselines run on a finer level grid: cost and export their levels in it
+    backend = backend.with_grid(method_settings(s).backend)
+    costs = CostEvaluator(backend.space, backend.loaded.model.config)
     with Store(store) as st:
         evals = st.evaluations(result.run.id)
         rounds = st.rounds(result.run.id)
@@ -189,7 +193,16 @@ def plot_fronts(results: dict, out: Path) -> None:
     budgets = sorted({r["budget"] for r in rows}, reverse=True)
     seeds = sorted({r["seed"] for r in rows})
     fig, axes = plt.subplots(len(budgets), len(seeds), figsize=(6 * len(seeds), 4.2 * len(budgets)), squeeze=False)
-    colors = {"evoprune": "C3", "uniform": "C7", "owl": "C5", "random": "C0", "predictor-rank": "C2", "ga": "C1"}
+    colors = {
+        "evoprune": "C3",
+        "uniform": "C7",
+        "mlp-only": "C8",
+        "flap": "C9",
+        "owl": "C5",
+        "random": "C0",
+        "predictor-rank": "C2",
+        "ga": "C1",
+    }
     for i, budget in enumerate(budgets):
         for j, seed in enumerate(seeds):
             ax = axes[i][j]
@@ -234,7 +247,8 @@ def render(results: dict, args) -> str:
         f"{sum((r['wall_s'] or 0) for r in rows) / 3600 + 0.3:.1f} h on this machine). Search on WikiText-2 valid, "
         f"{a.get('eval_tokens', args.eval_tokens)} tokens per real evaluation, wanda importance on "
         f"{a.get('calib_tokens', args.calib_tokens)} tokens; every method gets {evals} real evaluations "
-        f"(`uniform` and `owl` stop when their few candidates are done) and `ga x{a.get('ga_multiple', 3)}` three "
+        "(`uniform`, `mlp-only` and `flap` evaluate their one answer, `owl` stops when its few candidates "
+        f"are done) and `ga x{a.get('ga_multiple', 3)}` three "
         f"times as many. Held-out: the first {a.get('heldout_tokens', args.heldout_tokens)} tokens of WikiText-2 test "
         f"and PTB valid and {arc_limit} ARC-Easy dev questions, all through the exported model reloaded from disk.",
         "",

@@ -13,6 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.table import Table
 
 from evoprune.backend.pruner import BackendSettings
+from evoprune.compare import DEFAULT_METHODS
 from evoprune.errors import EvopruneError
 from evoprune.executors import executor_factory
 from evoprune.pareto import ParetoPoint, pareto_front, pick_evaluation
@@ -153,7 +154,9 @@ def search_command(
     config: Path = typer.Option(None, "--config", help="TOML file with any of these options; flags override it."),
     seed: int = typer.Option(0, "--seed", help="Random seed: same seed and store contents give the same search."),
     method: str = typer.Option(
-        "evoprune", "--method", help="evoprune, or a baseline: uniform, owl, random, predictor-rank, ga."
+        "evoprune",
+        "--method",
+        help="evoprune, or a baseline: uniform, mlp-only, flap, owl, random, predictor-rank, ga.",
     ),
     objectives: str = typer.Option(
         "ppl,params", "--objectives", help="Two or three of ppl, kl, acc:TASK, params, flops, memory, latency."
@@ -190,6 +193,12 @@ def search_command(
         20.0, "--max-ppl-ratio", help="Only spend evaluations on candidates predicted within this factor of the best."
     ),
     task_limit: int = typer.Option(100, "--task-limit", help="Questions per task for acc:TASK objectives."),
+    baseline_skip_first: int = typer.Option(
+        None, "--baseline-skip-first", help="uniform: first layers left dense (default: 4 of 32, scaled to depth)."
+    ),
+    baseline_skip_last: int = typer.Option(
+        None, "--baseline-skip-last", help="uniform: last layers left dense (default: 2 of 32, scaled to depth)."
+    ),
     criterion: str = typer.Option(
         "wanda", "--importance", help="Importance criterion: wanda, wanda-sp, flap, magnitude or taylor."
     ),
@@ -218,7 +227,9 @@ def search_command(
         "query_head", "--head-unit", help="Attention pruning unit under GQA: query_head or kv_group."
     ),
     mlp_levels: int = typer.Option(
-        8, "--mlp-levels", help="Number of MLP pruning steps (the top one removes the MLP)."
+        8,
+        "--mlp-levels",
+        help="Number of MLP pruning steps (the top one removes the MLP); 0: one per --mlp-multiple channels.",
     ),
     mlp_multiple: int = typer.Option(1, "--mlp-multiple", help="Round kept MLP widths to a multiple (e.g. 64)."),
     executor: str = typer.Option(
@@ -438,14 +449,18 @@ def compare_command(
     data: str = typer.Option("builtin", "--data", "-d", help="Evaluation text, as for 'evoprune search'."),
     store: Path = typer.Option(..., "--store", "-s", help="SQLite pair store (one run per method)."),
     evals: int = typer.Option(..., "--evals", "-n", help="Real evaluations per method."),
-    methods: str = typer.Option(
-        "evoprune,uniform,owl,random,predictor-rank,ga", "--methods", help="Comma-separated methods to run."
-    ),
+    methods: str = typer.Option(",".join(DEFAULT_METHODS), "--methods", help="Comma-separated methods to run."),
     max_params: float = typer.Option(None, "--max-params", help="Parameter budget (kept fraction or count)."),
     max_memory: str = typer.Option(None, "--max-memory", help="Memory budget, e.g. 2GB."),
     max_latency_ms: float = typer.Option(None, "--max-latency-ms", help="Latency budget (ms per forward)."),
     min_params: float = typer.Option(0.5, "--min-params", help="Smallest kept parameter fraction to search."),
     seed: int = typer.Option(0, "--seed", help="Random seed shared by every method."),
+    baseline_skip_first: int = typer.Option(
+        None, "--baseline-skip-first", help="uniform: first layers left dense (default: 4 of 32, scaled)."
+    ),
+    baseline_skip_last: int = typer.Option(
+        None, "--baseline-skip-last", help="uniform: last layers left dense (default: 2 of 32, scaled)."
+    ),
     eval_tokens: int = typer.Option(_BACKEND.eval_tokens, "--eval-tokens", help="Tokens per real evaluation."),
     calib_tokens: int = typer.Option(_BACKEND.calib_tokens, "--calib-tokens", help="Tokens for importance scoring."),
     seq_len: int = typer.Option(_BACKEND.seq_len, "--seq-len", help="Tokens per window."),
@@ -459,7 +474,7 @@ def compare_command(
 
     settings = SearchSettings(
         evals=evals, seed=seed, max_params=max_params, max_memory=max_memory, max_latency_ms=max_latency_ms,
-        min_params=min_params,
+        min_params=min_params, baseline_skip_first=baseline_skip_first, baseline_skip_last=baseline_skip_last,
         backend=BackendSettings(eval_tokens=eval_tokens, calib_tokens=calib_tokens, seq_len=seq_len,
                                 mlp_levels=mlp_levels, device=device, dtype=dtype),
     )  # fmt: skip

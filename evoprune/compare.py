@@ -11,9 +11,10 @@ from evoprune.errors import EvopruneError
 from evoprune.objectives import Budget, CostEvaluator
 from evoprune.pareto import best_of, rung_offsets
 from evoprune.search import ProgressFn, SearchSettings, _noop, prepare_backend, search
+from evoprune.space import SearchSpace
 from evoprune.store import Evaluation, Run, Store
 
-DEFAULT_METHODS = ("evoprune", "uniform", "owl", "random", "predictor-rank", "ga")
+DEFAULT_METHODS = ("evoprune", "uniform", "mlp-only", "flap", "owl", "random", "predictor-rank", "ga")
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,9 @@ def compare(
 ) -> list[CompareRow]:
     """Run every method with ``settings`` (same budget, seed and evaluator) and summarise each.
 
-    Warm start is off for all of them, so no method sees another's evaluations.
+    Warm start is off for all of them, so no method sees another's evaluations. The model is
+    loaded once; a method on another level grid (``evoprune.baselines.method_settings``) gets
+    a second backend on it, and its evaluations are costed in its own run's space.
     """
     from evoprune.baselines import STRATEGIES
 
@@ -85,7 +88,6 @@ def compare(
     if unknown:
         raise EvopruneError(f"method {unknown[0]!r} is unknown: use any of {', '.join(STRATEGIES)}")
     backend = prepare_backend(model, data, settings, progress)
-    costs = CostEvaluator(backend.space, backend.loaded.model.config)
     rows = []
     for method in methods:
         progress("phase", name=f"method {method}")
@@ -93,6 +95,7 @@ def compare(
         start = time.perf_counter()
         result = search(model, data, store, s, progress, backend=backend)
         wall = time.perf_counter() - start if result.new_evaluations else None
+        costs = CostEvaluator(SearchSpace.from_dict(result.run.space), backend.loaded.model.config)
         with Store(store) as st:
             rows.append(summarize(st, result.run, s, costs, wall))
     return rows

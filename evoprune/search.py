@@ -78,6 +78,8 @@ class SearchSettings:
     warm_start: bool = True
     max_ppl_ratio: float = 20.0
     task_limit: int = 100
+    baseline_skip_first: int | None = None  # uniform baseline: layers left dense; None: LLM-Pruner's 4 of 32, scaled
+    baseline_skip_last: int | None = None  # the same at the end (LLM-Pruner: 2 of 32)
     backend: BackendSettings = field(default_factory=BackendSettings)
 
     @property
@@ -108,6 +110,9 @@ class SearchSettings:
             raise EvopruneError("--screen-tokens screens on perplexity or KL: put ppl or kl first in --objectives")
         if not 0 <= self.focus < 1:
             raise EvopruneError(f"--focus must be in [0, 1), got {self.focus}")
+        for name in ("baseline_skip_first", "baseline_skip_last"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                raise EvopruneError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}")
         if self.max_ppl_ratio <= 1:
             raise EvopruneError(f"--max-ppl-ratio must be above 1, got {self.max_ppl_ratio}")
         if self.method not in STRATEGIES:
@@ -137,6 +142,9 @@ class SearchSettings:
         """The settings that define a run (a larger ``evals`` continues the same run)."""
         d = asdict(self)
         d.pop("evals")
+        for name in ("baseline_skip_first", "baseline_skip_last"):
+            if d[name] is None:  # unset: runs recorded before these options existed keep their identity
+                d.pop(name)
         d["backend"] = self.backend.identity()
         return d
 
@@ -853,12 +861,17 @@ def search(
     The store file is created only after the model, data and budget have been checked, so bad
     input never leaves an empty store behind. ``executor`` names where real evaluations run
     (``local`` in this process; see ``evoprune.executors``). Pass ``backend`` to reuse a loaded
-    model across searches (``compare`` does).
+    model across searches (``compare`` does); a method that needs another level grid (the one-shot
+    baselines, see ``evoprune.baselines.method_settings``) gets it on the same loaded model.
     """
+    from evoprune.baselines import method_settings
+
+    settings = method_settings(settings)
     if backend is None:
         backend = prepare_backend(model, data, settings, progress)
     else:
         settings.validate()
+        backend = backend.with_grid(settings.backend)
     CostEvaluator(backend.space, backend.loaded.model.config).check_feasible(settings.budget)
     recipe = BackendRecipe(model, data, settings.backend, backend.loaded.fingerprint)
     runner = make_executor(executor, backend, recipe, **(executor_options or {}))

@@ -99,8 +99,8 @@ class SearchSpace:
 
     arch: ArchSpec
     head_unit: str = "query_head"
-    attn_levels: int = 0  # 0: one level per attention unit (capped at 8)
-    mlp_levels: int = 8
+    attn_levels: int = 0  # 0: one level per attention unit (capped at 8); -1: one per unit, uncapped
+    mlp_levels: int = 8  # 0: one level per ``mlp_multiple`` channels (the finest grid)
     mlp_multiple: int = 1
     frozen_layers: tuple[int, ...] = field(default_factory=tuple)
 
@@ -109,13 +109,22 @@ class SearchSpace:
             raise EvopruneError(f"head unit {self.head_unit!r} is unknown: use one of {', '.join(HEAD_UNITS)}")
         if self.attn_levels == 0:
             object.__setattr__(self, "attn_levels", min(self.attn_units, 8))
+        elif self.attn_levels == -1:
+            # The one-shot baselines need every head count reachable (evoprune.baselines).
+            object.__setattr__(self, "attn_levels", self.attn_units)
+        if self.mlp_levels == 0 and self.mlp_multiple >= 1:
+            n, m = self.arch.intermediate_size, self.mlp_multiple
+            object.__setattr__(self, "mlp_levels", -(-n // m))
         if not 1 <= self.attn_levels <= self.attn_units:
             raise EvopruneError(
                 f"attention levels must be between 1 and {self.attn_units} (the number of attention "
                 f"units), got {self.attn_levels}"
             )
         if not 1 <= self.mlp_levels <= self.arch.intermediate_size:
-            raise EvopruneError(f"MLP levels must be between 1 and {self.arch.intermediate_size}")
+            raise EvopruneError(
+                f"MLP levels must be between 1 and {self.arch.intermediate_size} (or 0: one per --mlp-multiple "
+                f"channels), got {self.mlp_levels}"
+            )
         if self.mlp_multiple < 1:
             raise EvopruneError(f"MLP width multiple must be at least 1, got {self.mlp_multiple}")
         bad = [i for i in self.frozen_layers if not 0 <= i < self.arch.num_layers]

@@ -6,7 +6,7 @@ import copy
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 
@@ -207,6 +207,7 @@ class PruningBackend:
         # Called by evaluate() while the configuration is applied; each returns more metrics
         # (e.g. evoprune.tasks.TaskEvaluator: {"acc:arc_easy": ...}).
         self.extra_metrics: list[Callable[[PruningBackend], dict[str, float]]] = []
+        self._siblings: dict[BackendSettings, PruningBackend] = {}
 
     @property
     def data_fingerprint(self) -> str:
@@ -231,6 +232,30 @@ class PruningBackend:
                 with_means=self.settings.compensation != "none",
             )
         return self.importance
+
+    def with_grid(self, settings: BackendSettings) -> PruningBackend:
+        """This backend with another level grid (``head_unit``, ``attn_levels``, ``mlp_levels``,
+        ``mlp_multiple``): same loaded model and texts, sharing the importance scores, the dense
+        reference and the extra metrics, which do not depend on the grid. Built once per grid.
+
+        Raises EvopruneError when ``settings`` differ in anything but the grid (that needs a new backend).
+        """
+        if settings == self.settings:
+            return self
+        grid = ("head_unit", "attn_levels", "mlp_levels", "mlp_multiple")
+        if replace(settings, **{k: getattr(self.settings, k) for k in grid}) != self.settings:
+            raise EvopruneError("a backend can switch only its level grid: load another backend for other settings")
+        if settings not in self._siblings:
+            other = PruningBackend(self.loaded, self.text, settings, self.calib_text)
+            other.importance, other.importance_cached = self.importance, self.importance_cached
+            other._reference = self._reference
+            for extra in self.extra_metrics:
+                if getattr(extra, "backend", None) is self:  # e.g. a TaskEvaluator, bound to its backend
+                    extra = copy.copy(extra)
+                    extra.backend = other
+                other.extra_metrics.append(extra)
+            self._siblings[settings] = other
+        return self._siblings[settings]
 
     def plan(self, x) -> list[LayerPlan]:
         return resolve_plan(self.space, x, self.score())

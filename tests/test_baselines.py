@@ -1,0 +1,222 @@
+"""The one-shot baselines (uniform, mlp-only, flap): on budget within 1%, on their recipes, end to end."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from evoprune.backend.importance import Importance
+from evoprune.backend.pruner import BackendSettings
+from evoprune.baselines import (
+    attention_unit_scores,
+    flap_config,
+    flap_order,
+    method_settings,
+    mlp_only_config,
+    skipped_layers,
+    uniform_config,
+)
+from evoprune.cli import app
+from evoprune.compare import DEFAULT_METHODS, compare
+from evoprune.errors import EvopruneError
+from evoprune.search import SearchSettings, search
+from evoprune.space import ArchSpec, SearchSpace
+from evoprune.store import Store
+from tests.conftest import build_tiny_model
+
+ONE_SHOT = ("uniform", "mlp-only", "flap")
+BACKEND = BackendSettings(eval_tokens=256, calib_tokens=256, seq_len=64)
+# The tiny Llama's sizes, with 8 layers so that LLM-Pruner's skipped layers leave some to prune.
+ARCH = ArchSpec("llama", 8, 64, 4, 2, 16, 96, 384, True, norm_params=64)
+
+
+@pytest.fixture(scope="module")
+def tiny8_dir(tmp_path_factory, tiny_tokenizer):
+    path = tmp_path_factory.mktemp("tiny-llama-8")
+    build_tiny_model("llama", num_layers=8).save_pretrained(path)
+    tiny_tokenizer.save_pretrained(path)
+    return path
+
+
+def _fraction_at_most(space: SearchSpace, limit: float):
+    return lambda X: space.params_matrix(np.atleast_2d(X)) / space.arch.dense_params() <= limit
+
+
+def _fine(**kw) -> SearchSpace:
+    return SearchSpace(ARCH, attn_levels=-1, mlp_levels=0, **kw)
+
+
+def test_fine_grid_has_one_level_per_unit_and_per_channel_multiple():
+    space = _fine()
+    assert space.attn_levels == space.attn_units == 2 and space.mlp_levels == 96
+    assert [space.kept_mlp_channels(lv) for lv in (0, 1, 95, 96)] == [96, 95, 1, 0]
+    coarse = SearchSpace(ARCH, mlp_levels=0, mlp_multiple=8)
+    assert coarse.mlp_levels == 12 and coarse.kept_mlp_channels(1) == 88
+    # stored resolved, so the run's space reopens as it was searched
+    assert SearchSpace.from_dict(space.to_dict()) == space
+
+
+def test_method_settings_give_the_one_shot_baselines_a_fine_grid_unless_the_user_chose_one():
+    base = SearchSettings(evals=1, max_params=0.8, backend=BACKEND)
+    for method in ONE_SHOT:
+        b = method_settings(replace(base, method=method)).backend
+        assert (b.mlp_levels, b.attn_levels) == (0, -1)
+    assert method_settings(base) == base  # evoprune's own grid is untouched
+    assert method_settings(replace(base, method="owl")) == replace(base, method="owl")
+    chosen = replace(base, method="flap", backend=replace(BACKEND, mlp_levels=4))
+    assert method_settings(chosen) == chosen
+    latency = replace(base, method="uniform", max_latency_ms=5.0)
+    assert method_settings(latency) == latency
+
+
+def test_skipped_layers_scale_llm_pruners_defaults_to_depth():
+    assert skipped_layers(32) == (4, 2)
+    assert skipped_layers(30) == (4, 2)
+    assert skipped_layers(8) == (1, 1)
+    assert skipped_layers(30, 0, 3) == (0, 3)
+
+
+@pytest.mark.parametrize("budget", [0.8, 0.65])
+@pytest.mark.parametrize("head_unit", ["query_head", "kv_group"])
+def test_every_one_shot_solver_lands_within_one_percent_under_the_budget(budget, head_unit):
+    space = _fine(head_unit=head_unit)
+    rng = np.random.default_rng(1)
+    imp = Importance(rng.random((8, 4)), rng.random((8, 96)) * np.arange(1, 9)[:, None])
+    meets = _fraction_at_most(space, budget)
+    for x in (uniform_config(space, meets, 1, 1), mlp_only_config(space, meets), flap_config(space, imp, meets)):
+        assert 0.99 * budget <= space.params_fraction(x) <= budget, x
+
+
+def test_uniform_prunes_one_ratio_and_leaves_the_skipped_layers_untouched():
+    space = _fine()
+    x = uniform_config(space, _fraction_at_most(space, 0.7), 2, 1)
+    attn, mlp = np.array(x[:8]), np.array(x[8:])
+    assert not attn[:2].any() and not mlp[:2].any() and attn[7] == 0 and mlp[7] == 0
+    assert len(set(attn[2:7])) == 1 and attn[2] >= 1  # heads: one count in every pruned layer
+    assert mlp[2:7].max() - mlp[2:7].min() <= 1  # channels: one ratio, up to one channel of rounding
+    with pytest.raises(EvopruneError, match="--baseline-skip-first"):
+        uniform_config(space, _fraction_at_most(space, 0.7), 4, 4)
+    assert uniform_config(space, _fraction_at_most(space, 0.2), 2, 1) is None  # the skipped layers alone exceed it
+
+
+def test_mlp_only_leaves_attention_alone_with_one_ratio():
+    space = _fine()
+    x = mlp_only_config(space, _fraction_at_most(space, 0.75))
+    assert not any(x[:8]) and x[8:].max() - x[8:].min() <= 1
+
+
+def test_flap_ranks_standardised_scores_globally():
+    """Layer 0's scores are 1000 times larger: a raw global ranking would never prune it; FLAP's
+    per-layer z-scores do, and what it removes scores below what it keeps (module by module)."""
+    space = _fine(head_unit="kv_group")
+    rng = np.random.default_rng(0)
+    mlp = rng.random((8, 96))
+    mlp[0] *= 1000.0
+    attn = rng.random((8, 4)) + np.arange(8)[:, None]  # later layers have larger raw head scores
+    imp = Importance(attn, mlp)
+    x = flap_config(space, imp, _fraction_at_most(space, 0.75))
+    assert x[8] > 0  # layer 0 loses channels
+    z = (mlp - mlp.mean(axis=1, keepdims=True)) / mlp.std(axis=1, ddof=1, keepdims=True)
+    removed, kept = [], []
+    for layer in range(8):
+        order = np.sort(z[layer])
+        removed += list(order[: x[8 + layer]])
+        kept += list(order[x[8 + layer] :])
+    assert max(removed) <= min(kept)
+    # heads: the removal order is by z-score per layer, never by raw score
+    order = flap_order(space, imp)
+    heads = [tuple(r) for r in order if r[0] == 0]
+    unit_z = {}
+    for layer in range(8):
+        s = attention_unit_scores(space, attn[layer])
+        unit_z[layer] = np.sort((s - s.mean()) / s.std(ddof=1))
+    first = [unit_z[layer][0] for _, layer in heads[:8]]
+    assert first == sorted(first) and {layer for _, layer in heads[:8]} == set(range(8))
+
+
+def test_attention_units_follow_the_plan():
+    space = _fine()  # query_head under GQA: unit k removes the k-th weakest query head of each group
+    scores = np.array([4.0, 1.0, 2.0, 8.0])  # groups (4, 1) and (2, 8)
+    assert attention_unit_scores(space, scores).tolist() == [1.5, 6.0]
+    kv = _fine(head_unit="kv_group")
+    assert attention_unit_scores(kv, scores).tolist() == [5.0, 10.0]
+
+
+@pytest.mark.parametrize("budget", [0.8, 0.7])
+def test_compare_runs_the_one_shot_baselines_once_each_on_budget(tmp_path, tiny8_dir, text_file, budget):
+    store = tmp_path / "c.db"
+    settings = SearchSettings(evals=4, max_params=budget, min_params=0.3, backend=BACKEND)
+    rows = compare(str(tiny8_dir), str(text_file), str(store), settings, ONE_SHOT)
+    assert [r.method for r in rows] == list(ONE_SHOT)
+    runner = CliRunner()
+    with Store(store) as st:
+        for r in rows:
+            run = st.get_run(r.run_id)
+            evals = st.evaluations(r.run_id)
+            assert len(evals) == 1 and evals[0].status == "ok", r.method  # the recipe's one answer
+            assert 0.99 * budget <= evals[0].params_fraction <= budget, r.method
+            assert r.best_id == evals[0].id
+            assert run.space["mlp_levels"] == 96 and run.space["attn_levels"] == 2  # the fine grid, recorded
+            if r.method == "uniform":
+                levels = np.array(evals[0].levels)
+                assert not levels[[0, 7, 8, 15]].any()  # first and last layer untouched (1 and 1 of 8)
+    for r in rows:
+        out = runner.invoke(app, ["pareto", "--store", str(store), "--run", str(r.run_id), "--json"])
+        assert out.exit_code == 0, out.output
+        assert [p["id"] for p in json.loads(out.stdout)["points"]] == [r.best_id]
+    flap = rows[-1]
+    out = runner.invoke(
+        app, ["export", "--store", str(store), "--run", str(flap.run_id), "--pick", str(flap.best_id),
+              "--out", str(tmp_path / "flap"), "--json"],
+    )  # fmt: skip
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.stdout)["params_fraction"] == pytest.approx(flap.best_params_fraction)
+
+
+def test_without_a_budget_a_one_shot_baseline_evaluates_a_spread(tmp_path, tiny8_dir, text_file):
+    settings = SearchSettings(evals=3, method="flap", min_params=0.3, backend=BACKEND)
+    result = search(str(tiny8_dir), str(text_file), str(tmp_path / "s.db"), settings)
+    fractions = [e.params_fraction for e in result.evaluations]
+    assert len(fractions) == 3
+    for target, got in zip((0.95, 0.9, 0.85), fractions, strict=True):
+        assert 0.99 * target <= got <= target
+
+
+def test_bad_skip_counts_are_refused(tmp_path, tiny8_dir, text_file):
+    with pytest.raises(EvopruneError, match="--baseline-skip-first must be 0 or more"):
+        SearchSettings(evals=1, method="uniform", baseline_skip_first=-1).validate()
+    settings = SearchSettings(
+        evals=1, method="uniform", max_params=0.8, baseline_skip_first=5, baseline_skip_last=3, backend=BACKEND
+    )
+    with pytest.raises(EvopruneError, match="leaving none to prune"):
+        search(str(tiny8_dir), str(text_file), str(tmp_path / "s.db"), settings)
+
+
+def test_unset_skips_leave_the_run_identity_of_earlier_runs_alone():
+    assert "baseline_skip_first" not in SearchSettings(evals=1).identity()
+    assert SearchSettings(evals=1, baseline_skip_first=2).identity()["baseline_skip_first"] == 2
+    assert {"mlp-only", "flap"} <= set(DEFAULT_METHODS)
+
+
+def test_cli_uniform_with_skips_then_resume_reopens_the_same_run(tmp_path, tiny8_dir, text_file):
+    store = str(tmp_path / "u.db")
+    runner = CliRunner()
+    args = ["search", "--model", str(tiny8_dir), "--data", str(text_file), "--store", store, "--evals", "2",
+            "--method", "uniform", "--max-params", "0.75", "--baseline-skip-first", "2", "--baseline-skip-last", "0",
+            "--eval-tokens", "256", "--calib-tokens", "256", "--seq-len", "64", "--json"]  # fmt: skip
+    out = runner.invoke(app, args)
+    assert out.exit_code == 0, out.output
+    front = json.loads(out.stdout)
+    (point,) = front["points"]
+    assert 0.99 * 0.75 <= point["params_fraction"] <= 0.75
+    attn, mlp = point["levels"]["attn"], point["levels"]["mlp"]
+    assert attn[:2] == mlp[:2] == [0, 0] and mlp[7] > 0  # skipped first two layers, pruned the last
+    again = runner.invoke(app, ["resume", "--store", store, "--evals", "3", "--json"])
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout)["run"] == front["run"]
+    with Store(store) as st:
+        assert len(st.runs()) == 1 and len(st.evaluations(front["run"])) == 1
