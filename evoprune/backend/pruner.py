@@ -5,7 +5,8 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 
 import torch
@@ -344,7 +345,6 @@ class PruningBackend:
         # (computed on the first call), the forward passes.
         start = time.perf_counter()
         plans = self.plan(x)
-        first_rung = tokens is None and split == "search"
         if split == "validation":
             windows, reference = self.validation_windows(), self._validation_ref()
         elif split == "search":
@@ -352,11 +352,32 @@ class PruningBackend:
             reference = self.reference(len(windows))
         else:
             raise EvopruneError(f"split {split!r} is unknown: use search or validation")
+        extras = self.extra_metrics if tokens is None and split == "search" else ()
+        return self._measure(plans, windows, reference, extras, start)
+
+    def evaluate_on(self, x, windows: torch.Tensor) -> Measurement:
+        """Perplexity of configuration ``x`` on other token windows ((n, seq_len) ids), e.g. a
+        held-out test set, pruned exactly as the search measured it (same plan, compensation)."""
+        return self._measure(self.plan(x), windows, None, (), time.perf_counter())
+
+    @contextmanager
+    def applied(self, x) -> Iterator[list[LayerPlan]]:
+        """The model pruned to configuration ``x`` (masks and compensation, exactly as the search
+        measures and the export stores it) inside the block, dense again after it."""
+        plans = self.plan(x)
+        masked = self._masks()
+        try:
+            masked.apply(plans, self.biases(plans))
+            yield plans
+        finally:
+            masked.reset()
+
+    def _measure(self, plans, windows, reference, extras, start: float) -> Measurement:
         masked = self._masks()
         try:
             masked.apply(plans, self.biases(plans))
             metrics = quality(self.loaded.model, windows, reference, self.settings.batch_size)
-            for extra in self.extra_metrics if first_rung else ():
+            for extra in extras:
                 metrics.update(extra(self))
             error = None
             if not all(math.isfinite(v) for v in metrics.values()):

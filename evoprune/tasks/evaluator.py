@@ -132,13 +132,8 @@ class TaskEvaluator:
 
     def result(self, levels) -> TaskResult:
         """The full result (per-question log-likelihoods included) of configuration ``levels``."""
-        plans = self.backend.plan(levels)
-        masked = self.backend._masks()
-        masked.apply(plans)
-        try:
+        with self.backend.applied(levels):
             return self._score_current()
-        finally:
-            masked.reset()
 
     def evaluate(self, levels) -> dict[str, float]:
         """``{"acc:TASK": ..., "acc_norm:TASK": ...}`` of configuration ``levels``."""

@@ -53,12 +53,8 @@ class Target:
         if self.backend is None:
             yield
             return
-        masked = self.backend._masks()
-        masked.apply(self.backend.plan(np.asarray(self.levels)))
-        try:
+        with self.backend.applied(np.asarray(self.levels)):
             yield
-        finally:
-            masked.reset()
 
 
 def is_export(spec: str) -> bool:
