@@ -1,12 +1,21 @@
-"""evoprune against the paper's method and the field's baselines on SmolLM2-135M.
+"""evoprune's picks against the simple recipes an expert runs first, on text the search never saw.
 
-Search and calibration on WikiText-2 valid; every reported quality figure is measured on data
-the search never saw (WikiText-2 test and PTB valid perplexity, ARC-Easy dev accuracy), through
-the exported model reloaded from disk. Writes the "SmolLM2-135M: methods side by side" section
-of BENCHMARKS.md and a JSON file with every number.
+SmolLM2-135M, search and calibration on WikiText-2 valid with the default settings (no tuning
+flags). Each method's pick under the budget (its own choice: evoprune by the highest rung of its
+fidelity ladder) is then measured on held-out text: the first 16,384 tokens of WikiText-2 test
+and of PTB valid in 512-token windows and all 570 ARC-Easy dev questions, through the masks the
+search measured with (the tests show the exported model's logits equal them). One-shot baselines
+(`uniform` as LLM-Pruner, `mlp-only`, `flap`) do not depend on the seed and run once per budget.
+With ``--tau N`` the N best evaluated configurations near each evoprune budget are also measured
+on held-out text, for the rank agreement between the figure the search chose by and held-out
+perplexity.
 
-    python benchmarks/smollm2_compare.py                         # the full run (see BENCHMARKS.md)
-    python benchmarks/smollm2_compare.py --tiny                  # CI: tiny random model, a few evaluations
+    python benchmarks/smollm2_compare.py --seeds 0 --budgets 0.8 --out benchmarks/results/a.json
+    python benchmarks/smollm2_compare.py --render benchmarks/results/a.json,benchmarks/results/b.json
+    python benchmarks/smollm2_compare.py --tiny ...     # CI: a tiny random model, a few evaluations
+
+Parts run in parallel processes (one per seed or budget) write their own JSON; ``--render``
+merges them into the "SmolLM2-135M: picks on held-out text" section of BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -15,8 +24,8 @@ import argparse
 import json
 import math
 import platform
+import statistics
 import sys
-import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -24,145 +33,182 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from scipy.stats import kendalltau  # noqa: E402
 
 from benchmarks._markdown import write_section  # noqa: E402
 from evoprune.backend.data import load_text, token_windows  # noqa: E402
 from evoprune.backend.evaluate import quality  # noqa: E402
 from evoprune.backend.pruner import BackendSettings  # noqa: E402
-from evoprune.baselines import method_settings  # noqa: E402
-from evoprune.compare import DEFAULT_METHODS, best_under_budget  # noqa: E402
-from evoprune.cost import measure_model  # noqa: E402
-from evoprune.export import export_pruned, load_pruned  # noqa: E402
+from evoprune.baselines import FINE_GRID_METHODS, method_settings  # noqa: E402
+from evoprune.compare import best_under_budget  # noqa: E402
 from evoprune.objectives import CostEvaluator  # noqa: E402
+from evoprune.pareto import rung_offsets, selection_value  # noqa: E402
 from evoprune.search import SearchSettings, library_versions, prepare_backend, search  # noqa: E402
 from evoprune.store import Store  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
+HELD_OUT = {"wikitext2_test": SHARED / "wikitext-2" / "test.txt", "ptb_valid": SHARED / "ptb" / "valid.txt"}
+SECTION = "SmolLM2-135M: picks on held-out text"
 
 
-def held_out(model, tokenizer, tokens: int, seq_len: int, arc_limit: int | None) -> dict:
+class HeldOut:
+    """Held-out windows and questions, built once, measured for any configuration of a backend."""
+
+    def __init__(self, tokenizer, tokens: int, seq_len: int, arc_limit: int):
+        self.windows = {
+            name: token_windows(tokenizer, load_text(str(path)).text, tokens, seq_len)
+            for name, path in HELD_OUT.items()
+            if path.exists()
+        }
+        self.arc_limit = arc_limit
+
+    def perplexity(self, backend, levels, names=None) -> dict:
+        out = {}
+        for name, windows in self.windows.items():
+            if names is None or name in names:
+                m = backend.evaluate_on(np.asarray(levels), windows)
+                out[f"ppl:{name}"], out[f"ppl_se:{name}"] = m.metrics.get("ppl"), m.metrics.get("ppl_se")
+        return out
+
+    def measure(self, backend, levels) -> dict:
+        out = self.perplexity(backend, levels)
+        if self.arc_limit and (SHARED / "arc_easy" / "ARC-Easy-Dev.jsonl").exists():
+            from evoprune.tasks import TaskEvaluator
+
+            r = TaskEvaluator(backend, "arc_easy", limit=self.arc_limit).result(np.asarray(levels))
+            out["acc:arc_easy"], out["acc_se:arc_easy"], out["arc_n"] = r.metrics["acc"], r.stderr["acc"], r.n
+        return out
+
+
+def dense_held_out(backend, held: HeldOut) -> dict:
+    model = backend.loaded.model
     out = {}
-    for name, path in (
-        ("wikitext2_test", SHARED / "wikitext-2" / "test.txt"),
-        ("ptb_valid", SHARED / "ptb" / "valid.txt"),
-    ):
-        if path.exists():
-            windows = token_windows(tokenizer, load_text(str(path)).text, tokens, seq_len)
-            out[f"ppl:{name}"] = quality(model, windows)["ppl"]
-    if arc_limit and (SHARED / "arc_easy" / "ARC-Easy-Dev.jsonl").exists():
-        try:
-            from evoprune.tasks import evaluate_model
-
-            r = evaluate_model(model, tokenizer, "arc_easy", limit=arc_limit)
-            out["acc:arc_easy"], out["acc_norm:arc_easy"] = r.metrics["acc"], r.metrics["acc_norm"]
-        except Exception as exc:  # noqa: BLE001 - a missing task module must not lose the other figures
-            out["arc_error"] = str(exc)
+    for name, windows in held.windows.items():
+        q = quality(model, windows, None, backend.settings.batch_size)
+        out[f"ppl:{name}"], out[f"ppl_se:{name}"] = q["ppl"], q["ppl_se"]
+    if held.arc_limit:
+        out.update({k: v for k, v in held.measure(backend, backend.space.lower).items() if "arc" in k})
     return out
 
 
-def run_method(backend, costs, s: SearchSettings, store: str, label: str, args, seq_len: int) -> dict:
-    """One method's search at one budget and seed, then its pick exported, reloaded and measured."""
+def tokens_spent(store: Store, run, evals) -> dict:
+    """Tokens the method's real evaluations read: first rungs, higher rungs, validation."""
+    first = run.settings["backend"]["eval_tokens"]
+    rows = store.fidelities(run.id, status="ok")
+    return {
+        "first_rung": first * sum(e.status != "pending" for e in evals),
+        "ladder": sum(f.tokens for f in rows if f.split == "search"),
+        "validation": sum(f.tokens for f in rows if f.split == "validation"),
+        "promotions": sum(f.split == "search" for f in rows),
+    }
+
+
+def rank_agreement(backend, held: HeldOut, evals, budget: float, n: int) -> dict:
+    """Kendall tau over the ``n`` best configurations within 5% under ``budget``: the figure the
+    search chose by (highest rung reached) and the first-rung figure, each against held-out."""
+    near = [e for e in evals if e.status == "ok" and budget - 0.05 <= e.params_fraction <= budget]
+    offsets = rung_offsets(near, "ppl")
+    near.sort(key=lambda e: selection_value(e, "ppl", offsets))
+    near = near[:n]
+    held_ppl = [held.perplexity(backend, e.levels, ["wikitext2_test"])["ppl:wikitext2_test"] for e in near]
+    chosen_by = [selection_value(e, "ppl", offsets) for e in near]
+    first = [math.log(e.metrics["ppl"]) for e in near]
+    return {
+        "n": len(near),
+        "tau_chosen_by": float(kendalltau(chosen_by, held_ppl)[0]) if len(near) > 2 else None,
+        "tau_first_rung": float(kendalltau(first, held_ppl)[0]) if len(near) > 2 else None,
+        "climbed": sum(bool(e.ladder) for e in near),
+        "points": [[e.id, e.params_fraction, v, h, bool(e.ladder)] for e, v, h in zip(near, chosen_by, held_ppl, strict=True)],
+    }
+
+
+def run_method(backend, held: HeldOut, s: SearchSettings, store: str, args) -> dict:
     start = time.perf_counter()
     result = search(args.model, args.data, store, s, backend=backend)
     wall = time.perf_counter() - start
-    # the one-shot baselines run on a finer level grid: cost and export their levels in it
-    backend = backend.with_grid(method_settings(s).backend)
-    costs = CostEvaluator(backend.space, backend.loaded.model.config)
+    grid = backend.with_grid(method_settings(s).backend)
+    costs = CostEvaluator(grid.space, grid.loaded.model.config)
     with Store(store) as st:
         evals = st.evaluations(result.run.id)
         rounds = st.rounds(result.run.id)
-        best = best_under_budget(evals, "ppl", s.budget, costs)
-    row = {"budget": s.max_params, "seed": s.seed, "method": label, "run": result.run.id, "store": Path(store).name,
-           "evaluations": len(evals), "failed": sum(e.status == "failed" for e in evals),
+        fid = st.fidelities(result.run.id, status="ok")
+        spent = tokens_spent(st, result.run, evals)
+    best = best_under_budget(evals, "ppl", s.budget, costs)
+    row = {"budget": s.max_params, "seed": s.seed, "method": s.method, "run": result.run.id,
+           "evaluations": len(evals), "failed": sum(e.status == "failed" for e in evals), "tokens": spent,
            "wall_s": wall if result.new_evaluations else None,
-           "eval_s": sum(e.duration_s or 0 for e in evals),
+           "eval_s": sum(e.duration_s or 0 for e in evals), "ladder_s": sum(f.duration_s or 0 for f in fid),
            "fit_s": sum(r["fit_s"] for r in rounds), "search_s": sum(r["search_s"] for r in rounds),
-           "taus": [r["tau"] for r in rounds if r.get("tau") is not None],
            "points": [[e.params_fraction, e.metrics.get("ppl")] for e in evals if e.status == "ok"]}  # fmt: skip
     if best is None:
         return row
-    row.update(best_id=best.id, search_ppl=best.metrics["ppl"], params_fraction=best.params_fraction)
-    with tempfile.TemporaryDirectory() as tmp:
-        export_pruned(backend, best.levels, Path(tmp) / "m")
-        model, tok = load_pruned(Path(tmp) / "m")
-        arc = args.arc_limit if args.arc_methods == "all" or s.method in args.arc_methods else 0
-        row["heldout"] = held_out(model, tok, args.heldout_tokens, seq_len, arc)
-        m = measure_model(model, seq_len=seq_len, repeats=args.latency_repeats)
-        row["export"] = {"latency_ms": m.latency_ms, "weight_bytes": m.weight_bytes, "params": m.params}
-        del model
+    top = max(best.ladder) if best.ladder else None
+    row.update(best_id=best.id, params_fraction=best.params_fraction, levels=best.levels,
+               search_ppl=best.metrics["ppl"], chosen_ppl=(best.ladder[top] if top else best.metrics)["ppl"],
+               chosen_tokens=top or s.backend.eval_tokens,
+               validation_ppl=best.validation["metrics"]["ppl"] if best.validation else None)  # fmt: skip
+    row["heldout"] = held.measure(grid, best.levels)
+    if args.tau and s.method == "evoprune":
+        row["tau"] = rank_agreement(grid, held, evals, s.max_params, args.tau)
     return row
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--data", default=str(SHARED / "wikitext-2" / "valid.txt"))
-    p.add_argument("--evals", type=int, default=40)
+    p.add_argument("--evals", type=int, default=60)
     p.add_argument("--budgets", default="0.8,0.7")
-    p.add_argument("--seeds", default="0")
-    p.add_argument("--methods", default=",".join(DEFAULT_METHODS))
-    p.add_argument("--eval-tokens", type=int, default=1024)
-    p.add_argument("--calib-tokens", type=int, default=2048)
-    p.add_argument("--heldout-tokens", type=int, default=4096)
-    p.add_argument("--arc-limit", type=int, default=200)
-    p.add_argument("--arc-methods", default="all", help="methods whose pick is also scored on ARC-Easy (time)")
-    p.add_argument("--ga-multiple", type=int, default=3, help="also run ga with this many times the budget")
-    p.add_argument("--latency-repeats", type=int, default=7)
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--methods", default="evoprune,uniform,mlp-only,flap")
+    p.add_argument("--heldout-tokens", type=int, default=16384)
+    p.add_argument("--arc-limit", type=int, default=570, help="ARC-Easy dev questions (570: all)")
+    p.add_argument("--tau", type=int, default=0, help="measure the N best near each evoprune budget on held-out text")
+    p.add_argument("--no-dense", action="store_true", help="skip the dense model's held-out figures")
     p.add_argument("--store", default=str(ROOT / "benchmarks" / "results" / "smollm2_compare.db"))
+    p.add_argument("--out", help="results JSON (default: the store's name with .json)")
     p.add_argument("--tiny", action="store_true", help="a tiny random model and a few evaluations (CI)")
     p.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
     p.add_argument("--markdown", default=str(ROOT / "BENCHMARKS.md"), help="the file --render writes (plots beside it)")
-    p.add_argument("--render", help="only write BENCHMARKS.md and the plots from a run's JSON (final or .partial.json)")
+    p.add_argument("--render", help="only write BENCHMARKS.md and the plot from results JSON files (comma-separated)")
     args = p.parse_args()
     if args.render:
         render_results(args)
         return
 
-    seq_len = 256
+    backend_settings = BackendSettings()
     if args.tiny:
-        args.evals, args.heldout_tokens, args.arc_limit, args.latency_repeats = 6, 256, 0, 1
-        args.eval_tokens, args.calib_tokens, seq_len = 256, 256, 64
+        args.evals, args.heldout_tokens, args.arc_limit = 8, 512, 0
+        backend_settings = BackendSettings(eval_tokens=256, calib_tokens=256, seq_len=64)
     Path(args.store).parent.mkdir(parents=True, exist_ok=True)
+    out_json = Path(args.out) if args.out else Path(args.store).with_suffix(".json")
     budgets = [float(b) for b in args.budgets.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
     methods = [m.strip() for m in args.methods.split(",")]
-    backend_settings = BackendSettings(eval_tokens=args.eval_tokens, calib_tokens=args.calib_tokens, seq_len=seq_len)
-    base = SearchSettings(evals=args.evals, min_params=0.0, warm_start=False, backend=backend_settings)
-    phases: dict[str, float] = {}
-
-    def note_phase(event, **kw) -> None:
-        if event == "phase":
-            phases.setdefault(kw["name"].split(" (")[0], time.perf_counter())
-
+    base = SearchSettings(evals=args.evals, backend=backend_settings)
     t0 = time.perf_counter()
-    backend = prepare_backend(args.model, args.data, base, note_phase)
-    t_end = time.perf_counter()
-    t_score = phases.get("scoring importance", t_end)
-    load_s, importance_s = t_score - t0, t_end - t_score
-    costs = CostEvaluator(backend.space, backend.loaded.model.config)
-    tokenizer = backend.loaded.tokenizer
-    results = {"machine": platform.platform(), "cpus": torch.get_num_threads(), "versions": library_versions(),
-               "load_and_importance_s": load_s + importance_s, "load_s": load_s, "importance_s": importance_s,
-               "importance_cached": backend.importance_cached, "args": vars(args), "rows": []}  # fmt: skip
-    dense = held_out(backend.loaded.model, tokenizer, args.heldout_tokens, seq_len, args.arc_limit)
-    m = measure_model(backend.loaded.model, seq_len=seq_len, repeats=args.latency_repeats)
-    results["dense"] = {"heldout": dense, "search_ppl": backend.evaluate(backend.space.lower).metrics["ppl"],
-                        "export": {"latency_ms": m.latency_ms, "weight_bytes": m.weight_bytes, "params": m.params}}  # fmt: skip
+    backend = prepare_backend(args.model, args.data, base)
+    held = HeldOut(backend.loaded.tokenizer, args.heldout_tokens, backend_settings.seq_len, args.arc_limit)
+    results = {"machine": platform.platform(), "threads": torch.get_num_threads(), "versions": library_versions(),
+               "settings": {"criterion": backend_settings.criterion, "compensation": backend_settings.compensation,
+                            "eval_tokens": backend_settings.eval_tokens, "ladder": list(backend_settings.ladder_tokens),
+                            "validation_tokens": backend_settings.validation_token_count,
+                            "seq_len": backend_settings.seq_len, "calib_tokens": backend_settings.calib_tokens},
+               "load_s": time.perf_counter() - t0, "args": vars(args), "rows": []}  # fmt: skip
+    if not args.no_dense:
+        results["dense"] = {"heldout": dense_held_out(backend, held)}
     for seed in seeds:  # seed-major: a stopped run still has whole seeds
         for budget in budgets:
-            runs = [(name, args.evals, args.store) for name in methods]
-            if args.ga_multiple > 1:
-                # its own store: a larger budget in the same store would continue the ga run above
-                runs.append(("ga", args.evals * args.ga_multiple, str(Path(args.store).with_name("ga_multiple.db"))))
-            for method, evals, store in runs:
-                s = replace(base, method=method, seed=seed, max_params=budget, evals=evals)
-                label = method if evals == args.evals else f"{method} x{args.ga_multiple}"
-                row = run_method(backend, costs, s, store, label, args, seq_len)
+            for method in methods:
+                if method in FINE_GRID_METHODS and seed != seeds[0]:
+                    continue  # one-shot recipes do not depend on the seed
+                s = replace(base, method=method, seed=seed, max_params=budget)
+                row = run_method(backend, held, s, args.store, args)
                 results["rows"].append(row)
-                print(json.dumps(row), flush=True)
-                Path(args.store).with_suffix(".partial.json").write_text(json.dumps(results, indent=2))
-    out_json = Path(args.store).with_suffix(".json")
+                print(json.dumps({k: v for k, v in row.items() if k not in ("points", "levels")}), flush=True)
+                out_json.write_text(json.dumps(results, indent=2))
     out_json.write_text(json.dumps(results, indent=2))
     if not args.no_write and not args.tiny:
         args.render = str(out_json)
@@ -170,197 +216,183 @@ def main() -> None:
     print(f"wrote {out_json}")
 
 
-def _fmt(v, spec=".2f") -> str:
+# -- rendering ------------------------------------------------------------------------------
+def _fmt(v, spec=".1f") -> str:
     return "-" if v is None else format(v, spec)
 
 
-def _mean(values) -> float | None:
+def _median(values) -> float | None:
     values = [v for v in values if v is not None]
-    return sum(values) / len(values) if values else None
+    return statistics.median(values) if values else None
 
 
-OTHERS = ("ga", "predictor-rank", "owl", "random")
+def _pm(h: dict, key: str, spec=".1f") -> str:
+    name = key.split(":", 1)[1]
+    kind = key.split(":", 1)[0]
+    v, se = h.get(key), h.get(f"{kind}_se:{name}")
+    return "-" if v is None else f"{v:{spec}} ±{se:{spec}}" if se is not None else f"{v:{spec}}"
 
 
-def plot_fronts(results: dict, out: Path) -> None:
-    """One panel per budget and seed: every method's evaluated points and its pick."""
+def plot_fronts(rows: list[dict], out: Path) -> None:
+    """One panel per budget: every method's evaluated points (first rung) and each pick."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = results["rows"]
     budgets = sorted({r["budget"] for r in rows}, reverse=True)
-    seeds = sorted({r["seed"] for r in rows})
-    fig, axes = plt.subplots(len(budgets), len(seeds), figsize=(6 * len(seeds), 4.2 * len(budgets)), squeeze=False)
-    colors = {
-        "evoprune": "C3",
-        "uniform": "C7",
-        "mlp-only": "C8",
-        "flap": "C9",
-        "owl": "C5",
-        "random": "C0",
-        "predictor-rank": "C2",
-        "ga": "C1",
-    }
-    for i, budget in enumerate(budgets):
-        for j, seed in enumerate(seeds):
-            ax = axes[i][j]
-            for r in rows:
-                if r["budget"] != budget or r["seed"] != seed or not r.get("points"):
-                    continue
-                base = r["method"].split(" ")[0]
-                color = colors.get(base, "k")
-                pts = [(f, p) for f, p in r["points"] if p is not None and math.isfinite(p)]
-                marker = "x" if " x" in r["method"] else "o"
-                ax.scatter([f for f, _ in pts], [p for _, p in pts], s=10, alpha=0.45, color=color, marker=marker,
-                           label=r["method"])  # fmt: skip
-                if r.get("params_fraction"):
-                    ax.scatter([r["params_fraction"]], [r["search_ppl"]], s=90, facecolors="none", edgecolors=color,
-                               linewidths=2)  # fmt: skip
-            ax.axvline(budget, color="k", ls="--", lw=1)
-            ax.set_yscale("log")
-            ax.set_ylim(15, 3000)
-            ax.set_xlim(max(0.4, budget - 0.3), min(1.0, budget + 0.05))
-            ax.set_xlabel("kept parameter fraction")
-            ax.set_ylabel("search perplexity (WikiText-2 valid)")
-            ax.set_title(f"budget {budget:.0%}, seed {seed} (circles: each method's pick)")
-            ax.legend(fontsize=7, loc="upper left")
+    fig, axes = plt.subplots(1, len(budgets), figsize=(6.5 * len(budgets), 4.4), squeeze=False)
+    colors = {"evoprune": "C3", "uniform": "C7", "mlp-only": "C8", "flap": "C9", "owl": "C5", "random": "C0",
+              "predictor-rank": "C2", "ga": "C1"}  # fmt: skip
+    for ax, budget in zip(axes[0], budgets, strict=True):
+        seen = set()
+        for r in rows:
+            if r["budget"] != budget:
+                continue
+            c = colors.get(r["method"], "k")
+            label = r["method"] if r["method"] not in seen else None
+            seen.add(r["method"])
+            pts = [(f, q) for f, q in r.get("points", []) if q is not None and math.isfinite(q)]
+            ax.scatter([f for f, _ in pts], [q for _, q in pts], s=9, alpha=0.35, color=c, label=label)
+            h = r.get("heldout", {}).get("ppl:wikitext2_test")
+            if h:
+                ax.scatter([r["params_fraction"]], [h], s=80, marker="*", color=c, edgecolors="k", linewidths=0.6)
+        ax.axvline(budget, color="k", ls="--", lw=1)
+        ax.set_yscale("log")
+        ax.set_xlim(max(0.4, budget - 0.25), min(1.0, budget + 0.05))
+        ax.set_xlabel("kept parameter fraction")
+        ax.set_ylabel("perplexity")
+        ax.set_title(f"budget {budget:.0%}: dots = first-rung figures (WikiText-2 valid),\nstars = picks on WikiText-2 test")
+        ax.legend(fontsize=7, loc="upper right")
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=90)
     plt.close(fig)
 
 
-def render(results: dict, args) -> str:
+def render(results: dict) -> str:
     rows = results["rows"]
-    d = results["dense"]
-    dh = d["heldout"]
+    st = results["settings"]
     a = results.get("args", {})
-    evals, arc_limit = a.get("evals", args.evals), a.get("arc_limit", args.arc_limit)
     budgets = sorted({r["budget"] for r in rows}, reverse=True)
-    seeds = sorted({r["seed"] for r in rows})
-    mib = 2**20
+    seeds = sorted({r["seed"] for r in rows if r["method"] == "evoprune"})
+    dense = results.get("dense", {}).get("heldout", {})
     lines = [
-        f"Command: `python benchmarks/smollm2_compare.py --evals {evals} --seeds {','.join(map(str, seeds))} "
-        f"--budgets {','.join(str(b) for b in budgets)} --arc-limit {arc_limit}` (about "
-        f"{sum((r['wall_s'] or 0) for r in rows) / 3600 + 0.3:.1f} h on this machine). Search on WikiText-2 valid, "
-        f"{a.get('eval_tokens', args.eval_tokens)} tokens per real evaluation, wanda importance on "
-        f"{a.get('calib_tokens', args.calib_tokens)} tokens; every method gets {evals} real evaluations "
-        "(`uniform`, `mlp-only` and `flap` evaluate their one answer, `owl` stops when its few candidates "
-        f"are done) and `ga x{a.get('ga_multiple', 3)}` three "
-        f"times as many. Held-out: the first {a.get('heldout_tokens', args.heldout_tokens)} tokens of WikiText-2 test "
-        f"and PTB valid and {arc_limit} ARC-Easy dev questions, all through the exported model reloaded from disk.",
+        f"Command: `python benchmarks/smollm2_compare.py --evals {a.get('evals')} --seeds {','.join(map(str, seeds))} "
+        f"--budgets {','.join(str(b) for b in budgets)} --tau {a.get('tau')}` (parts in parallel processes, merged "
+        "with `--render`). Every method searched or pruned with evoprune's defaults: "
+        f"`{st['criterion']}` importance, `{st['compensation']}` compensation on {st['calib_tokens']} calibration "
+        f"tokens, {st['seq_len']}-token windows; evoprune's first rung {st['eval_tokens']} tokens, ladder "
+        f"{', '.join(map(str, st['ladder'])) or 'none'}, validation {st['validation_tokens']} tokens, all of "
+        f"WikiText-2 valid; {a.get('evals')} real evaluations. Held-out: the first {a.get('heldout_tokens')} tokens "
+        f"of WikiText-2 test and of PTB valid ({st['seq_len']}-token windows) and {a.get('arc_limit')} ARC-Easy dev "
+        "questions, none of which any method saw; ± is one standard error (per-window for perplexity, binomial for "
+        "accuracy).",
         "",
-        f"Machine: {results['machine']}, {results['cpus']} torch threads (CPU, float32); torch "
-        f"{results['versions']['torch']}, transformers {results['versions']['transformers']}, pymoo "
-        f"{results['versions']['pymoo']}.",
+        f"Machine: {results['machine']}, {results['threads']} torch thread(s) per process, CPU float32; torch "
+        f"{results['versions']['torch']}, transformers {results['versions']['transformers']}.",
         "",
-        f"Dense SmolLM2-135M: search ppl {d['search_ppl']:.2f}; WikiText-2 test ppl {_fmt(dh.get('ppl:wikitext2_test'))}, "
-        f"PTB ppl {_fmt(dh.get('ppl:ptb_valid'))}, ARC-Easy acc {_fmt(dh.get('acc:arc_easy'), '.3f')}; "
-        f"{d['export']['latency_ms']:.0f} ms per 256-token forward, {d['export']['weight_bytes'] / mib:.0f} MiB of "
-        "weights.",
-        "",
-        "### Held-out quality at each budget (mean over seeds)",
-        "",
-        "| budget | method | kept params | WikiText-2 test ppl | PTB ppl | ARC-Easy acc | evoprune / method (WikiText-2) |",
-        "|---|---|---|---|---|---|---|",
     ]
-    summary: dict = {}
+    if dense:
+        lines += [f"Dense SmolLM2-135M: WikiText-2 test {_pm(dense, 'ppl:wikitext2_test')}, PTB "
+                  f"{_pm(dense, 'ppl:ptb_valid')}, ARC-Easy {_pm(dense, 'acc:arc_easy', '.3f')}.", ""]  # fmt: skip
+    lines += [
+        "### Held-out quality of each pick (median over seeds)",
+        "",
+        "`selected on`: the figure the method chose its pick by (WikiText-2 valid, tokens in brackets); `validation`: "
+        "evoprune's disjoint validation split of WikiText-2 valid; the last three columns are held-out.",
+        "",
+        "| budget | method | seeds | kept params | real evals | tokens read | selected on | validation | "
+        "WikiText-2 test | PTB | ARC-Easy acc | evoprune / method (WikiText-2 test) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    summary = {}
     for budget in budgets:
         methods = list(dict.fromkeys(r["method"] for r in rows if r["budget"] == budget))
         for m in methods:
             rs = [r for r in rows if r["budget"] == budget and r["method"] == m and r.get("heldout")]
-            summary[(budget, m)] = {
-                "kept": _mean(r.get("params_fraction") for r in rs),
-                "wt2": _mean(r["heldout"].get("ppl:wikitext2_test") for r in rs),
-                "ptb": _mean(r["heldout"].get("ppl:ptb_valid") for r in rs),
-                "arc": _mean(r["heldout"].get("acc:arc_easy") for r in rs),
-                "n": len(rs),
-            }
-        ours = summary.get((budget, "evoprune"), {}).get("wt2")
-        for m in methods:
-            v = summary[(budget, m)]
-            ratio = f"{ours / v['wt2']:.2f}x" if ours and v["wt2"] and m != "evoprune" else "-"
-            lines.append(f"| {budget:.0%} | {m} | {_fmt(v['kept'], '.3f')} | {_fmt(v['wt2'])} | {_fmt(v['ptb'])} | "
-                         f"{_fmt(v['arc'], '.3f')} | {ratio} |")  # fmt: skip
-    lines += ["", "### Targets", ""]
+            med = {k: _median(r["heldout"].get(k) for r in rs) for k in ("ppl:wikitext2_test", "ppl:ptb_valid", "acc:arc_easy")}
+            summary[(budget, m)] = med
+            mid = min(rs, key=lambda r: abs(r["heldout"]["ppl:wikitext2_test"] - med["ppl:wikitext2_test"])) if rs else {}
+            tok = _median(sum(r["tokens"][k] for k in ("first_rung", "ladder", "validation")) for r in rs)
+            lines.append("| " + " | ".join([
+                f"{budget:.0%}", m, str(len(rs)), _fmt(_median(r.get("params_fraction") for r in rs), ".3f"),
+                _fmt(_median(r["evaluations"] for r in rs), ".0f"), _fmt(tok / 1e3 if tok else None, ".0f") + "k",
+                f"{_fmt(_median(r.get('chosen_ppl') for r in rs))} ({_fmt(_median(r.get('chosen_tokens') for r in rs), '.0f')})",
+                _fmt(_median(r.get("validation_ppl") for r in rs)),
+                _pm({**mid.get("heldout", {}), "ppl:wikitext2_test": med["ppl:wikitext2_test"]}, "ppl:wikitext2_test"),
+                _pm({**mid.get("heldout", {}), "ppl:ptb_valid": med["ppl:ptb_valid"]}, "ppl:ptb_valid"),
+                _pm({**mid.get("heldout", {}), "acc:arc_easy": med["acc:arc_easy"]}, "acc:arc_easy", ".3f"),
+                "-",
+            ]) + " |")  # fmt: skip
+        ours = summary.get((budget, "evoprune"), {}).get("ppl:wikitext2_test")
+        for i, line in enumerate(lines):
+            cells = line.split(" | ")
+            if len(cells) > 2 and cells[0] == f"| {budget:.0%}" and cells[1] != "evoprune" and ours:
+                theirs = summary.get((budget, cells[1]), {}).get("ppl:wikitext2_test")
+                if theirs:
+                    lines[i] = line[: line.rfind("| -")] + f"| {ours / theirs:.2f}x |"
+    lines += ["", "(± of a median: the standard error of the run whose figure is nearest the median.)", "",
+              "### Targets (issue #12)", ""]  # fmt: skip
     for budget in budgets:
-        ours = summary.get((budget, "evoprune"))
-        uni = summary.get((budget, "uniform"))
-        others = {
-            m: summary[(budget, m)]["wt2"] for m in OTHERS if (budget, m) in summary and summary[(budget, m)]["wt2"]
-        }
-        if not ours or not ours["wt2"]:
+        ours = summary.get((budget, "evoprune"), {}).get("ppl:wikitext2_test")
+        if not ours:
             continue
-        if uni and uni["wt2"]:
-            ok = ours["wt2"] <= 0.5 * uni["wt2"]
-            lines.append(
-                f"- {budget:.0%}, against uniform: WikiText-2 {ours['wt2']:.1f} vs {uni['wt2']:.1f} = "
-                f"{ours['wt2'] / uni['wt2']:.2f}x (target <= 0.5x: {'met' if ok else 'NOT met'}); PTB {ours['ptb']:.1f} vs "
-                f"{uni['ptb']:.1f} ({'better' if ours['ptb'] < uni['ptb'] else 'NOT better'}); ARC-Easy "
-                f"{_fmt(ours['arc'], '.3f')} vs {_fmt(uni['arc'], '.3f')} "
-                f"({'better' if (ours['arc'] or 0) > (uni['arc'] or 0) else 'NOT better'}; {arc_limit} questions, "
-                f"one standard error about {0.5 / math.sqrt(max(1, arc_limit)):.2f})."
-            )
-        if others:
-            best = min(others, key=others.get)
-            ok = ours["wt2"] <= 0.9 * others[best]
-            lines.append(
-                f"- {budget:.0%}, against the best other search at the same budget ({best}, {others[best]:.1f}): "
-                f"{ours['wt2'] / others[best]:.2f}x (target <= 0.9x: {'met' if ok else 'NOT met'})."
-            )
-        ga3 = next((summary[key] for key in summary if key[0] == budget and key[1].startswith("ga x")), None)
-        if ga3 and ga3["wt2"]:
-            lines.append(
-                f"- {budget:.0%}, sample efficiency: evoprune with {evals} evaluations {ours['wt2']:.1f} vs `ga` with "
-                f"three times as many {ga3['wt2']:.1f} ({'matches or beats' if ours['wt2'] <= ga3['wt2'] else 'does NOT match'})."
-            )
-    lines += [
-        "",
-        "### Every run",
-        "",
-        "Overhead: the share of the search's wall time spent on anything but real evaluation, split into surrogate "
-        "fits + inner search and the rest (building each configuration's pruning plan, store transactions, costs); "
-        "model loading and importance are not part of a search. τ: the surrogate's out-of-sample Kendall τ on each "
-        "batch of 4, predicted before the batch was evaluated, mean over rounds (a pooled τ across rounds is not "
-        "meaningful: each round's surrogate is a different fit).",
-        "",
-        "| budget | seed | method | evals | kept params | search ppl | WikiText-2 test | PTB | ARC-Easy | export ms | "
-        "export MiB | eval s | fit s | inner s | wall s | overhead: fit + inner / rest | τ |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+        base = {m: v["ppl:wikitext2_test"] for (b, m), v in summary.items() if b == budget and m != "evoprune" and v["ppl:wikitext2_test"]}
+        if base:
+            best = min(base, key=base.get)
+            lines.append(f"- {budget:.0%}: evoprune {ours:.1f} vs the best baseline ({best}, {base[best]:.1f}) = "
+                         f"{ours / base[best]:.2f}x (target <= 0.8x: {'met' if ours <= 0.8 * base[best] else 'NOT met'}).")  # fmt: skip
+        if base.get("uniform"):
+            lines.append(f"- {budget:.0%}: evoprune vs `uniform` (LLM-Pruner's recipe, {base['uniform']:.1f}) = "
+                         f"{ours / base['uniform']:.2f}x (target <= 0.5x: {'met' if ours <= 0.5 * base['uniform'] else 'NOT met'}).")  # fmt: skip
+    taus = [r for r in rows if r.get("tau")]
+    if taus:
+        lines += ["", "### Does the figure the search chooses by rank like held-out text?", "",
+                  "Kendall τ over the best evaluated configurations within 5% under the budget (ranked by the figure "
+                  "the search chooses by), against their WikiText-2 test perplexity on the held-out tokens above.", "",
+                  "| budget | seed | configurations | of which climbed the ladder | τ, figure chosen by | τ, first rung only |",
+                  "|---|---|---|---|---|---|"]  # fmt: skip
+        for r in taus:
+            t = r["tau"]
+            lines.append(f"| {r['budget']:.0%} | {r['seed']} | {t['n']} | {t['climbed']} | {_fmt(t['tau_chosen_by'], '.2f')} | "
+                         f"{_fmt(t['tau_first_rung'], '.2f')} |")  # fmt: skip
+    lines += ["", "### Every run", "",
+              "Overhead: the share of the search's wall time spent on anything but real evaluation (first rungs, "
+              "ladder, validation): surrogate fits + inner search, and the rest (plans, store, costs).", "",
+              "| budget | seed | method | evals | ladder promotions | kept | selected on | WikiText-2 test | PTB | ARC-Easy | "
+              "eval s | ladder s | fit + inner s | wall s | overhead |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
-        h, e = r.get("heldout", {}), r.get("export", {})
+        h = r.get("heldout", {})
         wall = r.get("wall_s")
-        model_s = r["fit_s"] + r["search_s"]
-        overhead = f"{model_s / wall:.1%} / {(wall - r['eval_s'] - model_s) / wall:.1%}" if wall else "-"
-        tau = _fmt(_mean(r.get("taus") or []), ".2f")
-        lines.append(
-            f"| {r['budget']:.0%} | {r['seed']} | {r['method']} | {r['evaluations']} | "
-            f"{_fmt(r.get('params_fraction'), '.3f')} | {_fmt(r.get('search_ppl'))} | "
-            f"{_fmt(h.get('ppl:wikitext2_test'))} | {_fmt(h.get('ppl:ptb_valid'))} | {_fmt(h.get('acc:arc_easy'), '.2f')} | "
-            f"{_fmt(e.get('latency_ms'), '.0f')} | {_fmt(e['weight_bytes'] / mib if e else None, '.0f')} | "
-            f"{r['eval_s']:.0f} | {r['fit_s']:.1f} | {r['search_s']:.1f} | {_fmt(wall, '.0f')} | {overhead} | {tau} |"
-        )
-    lines += [
-        "",
-        f"Time split: model load {results.get('load_s', float('nan')):.0f} s, importance "
-        f"{results.get('importance_s', float('nan')):.0f} s"
-        f"{' (read from the disk cache)' if results.get('importance_cached') else ''}; the rest per run above.",
-        "",
-        "![evaluated points of every method](docs/images/smollm2_fronts.png)",
-    ]
+        over = (wall - r["eval_s"] - r["ladder_s"]) / wall if wall else None
+        lines.append("| " + " | ".join([
+            f"{r['budget']:.0%}", str(r["seed"]), r["method"], str(r["evaluations"]), str(r["tokens"]["promotions"]),
+            _fmt(r.get("params_fraction"), ".3f"), _fmt(r.get("chosen_ppl")), _pm(h, "ppl:wikitext2_test"),
+            _pm(h, "ppl:ptb_valid"), _pm(h, "acc:arc_easy", ".3f"), f"{r['eval_s']:.0f}", f"{r['ladder_s']:.0f}",
+            f"{r['fit_s'] + r['search_s']:.1f}", _fmt(wall, ".0f"), _fmt(over * 100 if over is not None else None, ".1f") + "%",
+        ]) + " |")  # fmt: skip
+    lines += ["", "![evaluated points and picks](docs/images/smollm2_fronts.png)"]
     return "\n".join(lines)
 
 
+def merge(paths: list[str]) -> dict:
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    merged = dict(parts[0])
+    merged["rows"] = [r for part in parts for r in part["rows"]]
+    for part in parts:
+        if "dense" in part:
+            merged["dense"] = part["dense"]
+    merged["args"] = {**parts[0]["args"], "tau": max(p["args"].get("tau", 0) for p in parts)}
+    return merged
+
+
 def render_results(args) -> None:
-    """Write the section (and the front plots) from a run's JSON, final or partial."""
-    path = Path(args.render)
-    results = json.loads(path.read_text())
+    results = merge(args.render.split(","))
     out = Path(args.markdown)
-    plot_fronts(results, out.parent / "docs" / "images" / "smollm2_fronts.png")
-    write_section("SmolLM2-135M: methods side by side", render(results, args), out)
+    plot_fronts(results["rows"], out.parent / "docs" / "images" / "smollm2_fronts.png")
+    write_section(SECTION, render(results), out)
 
 
 if __name__ == "__main__":
