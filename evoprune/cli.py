@@ -16,7 +16,7 @@ from evoprune.backend.pruner import BackendSettings
 from evoprune.compare import DEFAULT_METHODS
 from evoprune.errors import EvopruneError
 from evoprune.executors import executor_factory
-from evoprune.pareto import ParetoPoint, pareto_front, pick_evaluation
+from evoprune.pareto import ParetoPoint, first_rung_tokens, pareto_front, pick_evaluation, top_rung
 from evoprune.search import SearchSettings, search
 from evoprune.store import Store
 
@@ -526,9 +526,13 @@ def plan_command(
     e = result.evaluation
     pred = e.predicted or {}
     predicted_ppl = f"{math.exp(pred['ppl']):.2f}" if "ppl" in pred else "-"
+    tokens, top = top_rung(e)
+    measured = f"measured ppl {_figure_text(top)} on {_tokens_text(tokens or first_rung_tokens(result.run))} tokens"
+    if e.validation:
+        measured += f", {_figure_text(e.validation['metrics'])} on the validation split"
     out_console.print(
         f"evaluation #{e.id}: {e.params / 1e6:.2f}M parameters ({e.params_fraction:.1%} kept), "
-        f"measured ppl {e.metrics.get('ppl', float('nan')):.2f} (predicted before evaluation: {predicted_ppl}), "
+        f"{measured} (predicted before evaluation: {predicted_ppl}), "
         f"memory {result.cost['memory_bytes'] / 2**20:.0f} MiB at 2048 tokens of KV cache; "
         f"best of {result.candidates} evaluated configurations under the budget"
         + (f", {result.spent} evaluated now" if result.spent else "")

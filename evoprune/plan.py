@@ -6,7 +6,7 @@ from dataclasses import dataclass, replace
 
 from evoprune.errors import EvopruneError
 from evoprune.objectives import Budget, CostModel, parse_size
-from evoprune.pareto import best_of, rung_offsets
+from evoprune.pareto import best_of, first_rung_tokens, rung_offsets, top_rung
 from evoprune.search import ProgressFn, _noop, search
 from evoprune.space import SearchSpace
 from evoprune.store import Evaluation, Run, Store
@@ -28,6 +28,8 @@ class PlanResult:
             "evaluation": e.id,
             "levels": {"attn": e.levels[: len(e.levels) // 2], "mlp": e.levels[len(e.levels) // 2 :]},
             "measured": e.metrics,
+            "fidelity": {"tokens": top_rung(e)[0] or first_rung_tokens(self.run), "metrics": top_rung(e)[1]},
+            "validation": e.validation,
             "predicted": e.predicted,
             "cost": self.cost,
             "layers": self.layers,

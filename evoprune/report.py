@@ -6,7 +6,7 @@ import base64
 import html
 from pathlib import Path
 
-from evoprune.pareto import pareto_front
+from evoprune.pareto import best_of, pareto_front, top_rung
 from evoprune.plots import plot_front, plot_levels, plot_rounds
 from evoprune.store import Store
 
@@ -19,6 +19,13 @@ def _table(headers: list[str], rows: list[list]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _figure(metrics: dict, name: str, spec: str = ".2f") -> str:
+    if name not in metrics:
+        return "-"
+    se = metrics.get(f"{name}_se")
+    return format(metrics[name], spec) + (f" ±{format(se, spec)}" if se is not None else "")
 
 
 def _comparison(store: Store) -> str:
@@ -37,12 +44,12 @@ def _comparison(store: Store) -> str:
             ok = [e for e in store.evaluations(r.id) if e.status == "ok" and "ppl" in e.metrics]
             limit = budget if budget is not None else 1.0
             under = [e for e in ok if e.params_fraction <= limit]
-            best = min(under, key=lambda e: e.metrics["ppl"]) if under else None
+            best = best_of(under, "ppl")
             rows.append([r.settings.get("method"), r.id, len(ok),
-                         f"{best.metrics['ppl']:.2f}" if best else "-",
+                         _figure(top_rung(best)[1], "ppl") if best else "-",
                          f"{best.params_fraction:.3f}" if best else "-",
                          f"{sum(e.duration_s or 0 for e in store.evaluations(r.id)):.0f}"])  # fmt: skip
-        rows.sort(key=lambda row: float(row[3]) if row[3] != "-" else float("inf"))
+        rows.sort(key=lambda row: float(row[3].split()[0]) if row[3] != "-" else float("inf"))
         parts.append(f"<h3>budget {budget if budget is not None else 'none'}, {evals} evaluations</h3>")
         parts.append(_table(["method", "run", "ok evaluations", "best ppl", "kept params", "eval s"], rows))
     return "".join(parts) or "<p>No comparison in this store (run <code>evoprune compare</code>).</p>"
@@ -78,8 +85,11 @@ def write_report(store: Store, out_dir: str | Path, run_id: int | None = None) -
     run = store.get_run(run_id)
     rounds = store.rounds(run.id)
     points = pareto_front(store, run)
-    front_rows = [[p.id, f"{p.params / 1e6:.2f}M", f"{p.params_fraction:.3f}",
-                   f"{p.metrics.get('ppl', float('nan')):.2f}", f"{p.metrics.get('kl', float('nan')):.4f}",
+    front_rows = [[p.id, f"{p.params / 1e6:.2f}M", f"{p.params_fraction:.3f}", _figure(p.metrics, "ppl"),
+                   _figure(p.fidelity["metrics"], "ppl") if p.fidelity else "-",
+                   (p.fidelity or {}).get("tokens") or "-",
+                   _figure(p.validation["metrics"], "ppl") if p.validation else "-",
+                   _figure(p.metrics, "kl", ".4f"),
                    p.origin if p.origin != "acquired" else f"round {p.round}"] for p in points]  # fmt: skip
     L = run.space["arch"]["num_layers"]
 
@@ -100,7 +110,9 @@ def write_report(store: Store, out_dir: str | Path, run_id: int | None = None) -
         f"{len(store.evaluations(run.id))} evaluations.</p>",
         "<h2>Pareto front</h2>",
         _img(plot_front(store, run, budget_lines=[budget] if budget and budget <= 1 else None), "front"),
-        _table(["id", "params", "kept", "ppl", "KL", "found"], front_rows),
+        "<p>ppl: first rung; chosen by: the highest rung of the fidelity ladder the configuration reached "
+        "(its tokens); validation: the disjoint validation split, never used to choose; ± one standard error.</p>",
+        _table(["id", "params", "kept", "ppl", "chosen by", "tokens", "validation", "KL", "found"], front_rows),
         "<h2>Per-layer levels on the front</h2>",
         _img(plot_levels(store, run), "levels"),
         "<h2>Rounds</h2>",
