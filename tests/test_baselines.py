@@ -23,6 +23,9 @@ from evoprune.baselines import (
 from evoprune.cli import app
 from evoprune.compare import DEFAULT_METHODS, compare
 from evoprune.errors import EvopruneError
+from evoprune.objectives import Budget
+from evoprune.plan import plan
+from evoprune.report import write_report
 from evoprune.search import SearchSettings, search
 from evoprune.space import ArchSpec, SearchSpace
 from evoprune.store import Store
@@ -169,6 +172,12 @@ def test_compare_runs_the_one_shot_baselines_once_each_on_budget(tmp_path, tiny8
         assert out.exit_code == 0, out.output
         assert [p["id"] for p in json.loads(out.stdout)["points"]] == [r.best_id]
     flap = rows[-1]
+    chosen = plan(str(store), Budget(max_params=budget), run_id=flap.run_id)
+    # plan pools the runs of one problem (same model, data and grid): the best of the three answers
+    assert chosen.evaluation.id == min(rows, key=lambda r: r.best_value).best_id
+    assert sum(d["mlp"] for d in chosen.layers) < 8 * 96
+    with Store(store) as st:
+        assert write_report(st, tmp_path / "report", run_id=flap.run_id).stat().st_size > 1000
     out = runner.invoke(
         app, ["export", "--store", str(store), "--run", str(flap.run_id), "--pick", str(flap.best_id),
               "--out", str(tmp_path / "flap"), "--json"],
