@@ -70,6 +70,22 @@ def structured_families(space: SearchSpace) -> dict[str, list[np.ndarray]]:
     return out
 
 
+def top_up(space: SearchSpace, x: np.ndarray, lighter: np.ndarray, feasible: FeasibleFn) -> np.ndarray:
+    """``x`` with as many layers as stay feasible set to their level in ``lighter`` (less pruning),
+    the first and last layers first (they are the most sensitive), then inwards."""
+    x = x.copy()
+    L = space.num_layers
+    order = sorted(range(L), key=lambda i: (-abs(i - (L - 1) / 2), i))
+    for i in order:
+        for j in (i, L + i):
+            if lighter[j] < x[j]:
+                trial = x.copy()
+                trial[j] = lighter[j]
+                if feasible(trial[None])[0]:
+                    x = trial
+    return x
+
+
 def _maximin(candidates: np.ndarray, chosen: list[np.ndarray], n: int) -> list[np.ndarray]:
     picked: list[np.ndarray] = []
     for _ in range(n):
@@ -110,7 +126,10 @@ def feasible_design(space: SearchSpace, n: int, seed: int, feasible: FeasibleFn,
             if not usable:
                 continue
             if has_budget:
-                add(usable[0])  # the least pruning that meets the budget
+                # The least pruning that meets the budget, topped up layer by layer towards the
+                # family's next lighter member, so that it spends (nearly) all of the budget.
+                first = next(i for i, x in enumerate(configs) if x is usable[0])
+                add(top_up(space, usable[0], configs[first - 1], feasible) if first > 0 else usable[0])
             else:
                 add(usable[min(len(usable) - 1, (pick + 1) * len(usable) // 4)])
     remaining = n - len(design)

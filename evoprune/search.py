@@ -441,13 +441,14 @@ class SearchContext:
     def promote(self, round_: int, limit: int | None = None) -> int:
         """Climb the ladder: per rung, measure on the next rung the configurations of the pool
         whose figure is within noise (two standard errors of the difference) of the best one's,
-        best first, at most ``limit`` (default: the batch size) per rung. Without a budget every
-        front member is promoted (at most ``limit`` per rung), since each is the best at its cost."""
+        best first, at most ``limit`` per rung (default: half the batch, at least one; a higher
+        rung costs several first rungs). Without a budget every front member is promoted (at most
+        ``limit`` per rung), since each is the best at its cost."""
         rungs = self.ladder_rungs()
         if not rungs:
             return 0
         metric = self.objectives.quality[0]
-        limit = self.settings.batch if limit is None else limit
+        limit = max(1, self.settings.batch // 2) if limit is None else limit
         added = 0
         for i, tokens in enumerate(rungs):
             pool = self.ladder_pool(self.evaluations())
@@ -824,7 +825,7 @@ def run_strategy(ctx: SearchContext) -> SearchResult:
     STRATEGIES[ctx.settings.method]().run(ctx)
     # Every method ends the same way: its candidates climb the ladder, its picks are validated.
     final_round = ctx.next_round()
-    ctx.promote(final_round)
+    ctx.promote(final_round, limit=ctx.settings.batch)
     ctx.validate_picks(final_round)
     return SearchResult(ctx.run, ctx.evaluations(), ctx.new_evaluations, ctx.backend.importance_cached)
 
