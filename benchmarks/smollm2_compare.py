@@ -150,7 +150,8 @@ def run_method(backend, held: HeldOut, s: SearchSettings, store: str, args) -> d
                chosen_tokens=top or s.backend.eval_tokens,
                validation_ppl=best.validation["metrics"]["ppl"] if best.validation else None)  # fmt: skip
     row["heldout"] = held.measure(grid, best.levels)
-    if args.tau and s.method == "evoprune":
+    tau_budgets = [float(b) for b in args.tau_budgets.split(",")] if args.tau_budgets else None
+    if args.tau and s.method == "evoprune" and (tau_budgets is None or s.max_params in tau_budgets):
         row["tau"] = rank_agreement(grid, held, evals, s.max_params, args.tau)
     return row
 
@@ -166,6 +167,7 @@ def main() -> None:
     p.add_argument("--heldout-tokens", type=int, default=16384)
     p.add_argument("--arc-limit", type=int, default=570, help="ARC-Easy dev questions (570: all)")
     p.add_argument("--tau", type=int, default=0, help="measure the N best near each evoprune budget on held-out text")
+    p.add_argument("--tau-budgets", default=None, help="only at these budgets (comma-separated; default: all)")
     p.add_argument("--no-dense", action="store_true", help="skip the dense model's held-out figures")
     p.add_argument("--store", default=str(ROOT / "benchmarks" / "results" / "smollm2_compare.db"))
     p.add_argument("--out", help="results JSON (default: the store's name with .json)")

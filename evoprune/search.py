@@ -444,7 +444,8 @@ class SearchContext:
         whose figure is within noise (two standard errors of the difference) of the best one's,
         best first, at most ``limit`` per rung (default: half the batch, at least one; a higher
         rung costs several first rungs). Without a budget every front member is promoted (at most
-        ``limit`` per rung), since each is the best at its cost."""
+        ``limit`` per rung), since each is the best at its cost; searches without a budget climb
+        only once, at the end."""
         rungs = self.ladder_rungs()
         if not rungs:
             return 0
@@ -474,7 +475,7 @@ class SearchContext:
 
     def validate_picks(self, round_: int) -> int:
         """Measure the picks on the validation split: under a budget the best configuration within
-        it, otherwise the front members (at most twice the batch size)."""
+        it, otherwise front members spread along it (at most a batch)."""
         from evoprune.pareto import best_of, front_of
 
         tokens = self.backend.settings.validation_token_count
@@ -487,7 +488,9 @@ class SearchContext:
             best = best_of([e for e, f in zip(ok, self.feasible(X), strict=True) if f], metric)
             picks = [best] if best is not None else []
         else:
-            picks = front_of(ok, self.objectives.names)[: 2 * self.settings.batch]
+            front = front_of(ok, self.objectives.names)
+            spread = np.unique(np.linspace(0, len(front) - 1, min(len(front), self.settings.batch)).round().astype(int))
+            picks = [front[i] for i in spread]
         todo = [e for e in picks if e.validation is None]
         for e in todo:
             self.store.add_fidelity(self.run.id, e.id, "validation", tokens, round_)
@@ -705,7 +708,8 @@ class ActiveLearning(Strategy):
         before = len(ctx.evaluations())
         ctx.evaluate_now(pool[chosen], "acquired", round_, [predictions[i] for i in chosen])
         ladder_before = ctx.timings["ladder_s"]
-        ctx.promote(round_)
+        if ctx.constraint_names:  # the contenders for a budget's answer climb as they appear
+            ctx.promote(round_)
         screened = sum(sc.duration_s or 0 for sc in ctx.store.screenings(ctx.run.id) if sc.round == round_)
         screened += ctx.timings["ladder_s"] - ladder_before
         batch = [e for e in ctx.evaluations() if e.round == round_ and e.status == "ok" and e.predicted]
