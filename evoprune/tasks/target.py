@@ -218,7 +218,7 @@ def open_target(model: str, config: str | None = None, store=None, data: str | N
         if text_spec is None and plan.get("store") and Path(plan["store"]).is_file():
             from evoprune.store import Store
 
-            with Store.open_existing(plan["store"]) as origin:
+            with Store.open_existing(plan["store"], readonly=True) as origin:
                 text_spec = origin.get_run(plan.get("run")).data
         if text_spec is None:
             raise EvopruneError(

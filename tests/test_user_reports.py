@@ -1,0 +1,102 @@
+"""Situations users reported against other pruning tools (issue 13), tried on evoprune.
+
+Each test holds one kind of fault at bay: read commands on read-only media, two processes on one
+store, exports that load as something they are not, searches that stop or fail without saying so.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from evoprune.backend.pruner import BackendSettings
+from evoprune.errors import EvopruneError
+from evoprune.search import SearchSettings, search
+from evoprune.store import Store
+
+BACKEND = BackendSettings(eval_tokens=256, calib_tokens=256, seq_len=64, mlp_levels=4)
+SEARCH_ARGS = ["--eval-tokens", "256", "--calib-tokens", "256", "--seq-len", "64", "--mlp-levels", "4"]
+
+
+def _settings(**kw) -> SearchSettings:
+    base = dict(evals=6, init=4, batch=2, pop_size=16, generations=4, backend=BACKEND)
+    base.update(kw)
+    return SearchSettings(**base)
+
+
+def evoprune(*args: str, timeout: float = 300, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    repo = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")]))}
+    return subprocess.run(
+        [sys.executable, "-m", "evoprune", *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd
+    )
+
+
+def _one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def searched_store(tmp_path_factory, tiny_model_dir, text_file) -> Path:
+    """A store holding one finished 6-evaluation search on the tiny Llama."""
+    path = tmp_path_factory.mktemp("searched") / "s.db"
+    search(str(tiny_model_dir), str(text_file), str(path), _settings())
+    return path
+
+
+@pytest.fixture
+def read_only_copy(tmp_path, searched_store):
+    """A copy of the searched store in a directory nobody can write to (a read-only bind mount as root)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy2(searched_store, src / "s.db")
+    if os.geteuid() != 0:
+        os.chmod(src / "s.db", 0o444)
+        os.chmod(src, 0o555)
+        yield src / "s.db"
+        os.chmod(src, 0o755)
+        return
+    mnt = tmp_path / "ro"
+    mnt.mkdir()
+    mounted = subprocess.run(["mount", "--bind", str(src), str(mnt)], capture_output=True).returncode == 0
+    if not mounted or subprocess.run(["mount", "-o", "remount,ro,bind", str(mnt)], capture_output=True).returncode:
+        if mounted:
+            subprocess.run(["umount", str(mnt)], check=False)
+        pytest.skip("root without permission to make a read-only mount")
+    try:
+        yield mnt / "s.db"
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
+# -- 4: read-only stores ---------------------------------------------------------------------
+def test_read_commands_work_on_a_store_in_a_read_only_location(read_only_copy, tmp_path):
+    store = str(read_only_copy)
+    with pytest.raises(OSError):
+        (read_only_copy.parent / "probe").write_text("x")
+    for args in (
+        ["runs", "--store", store],
+        ["pareto", "--store", store, "--json"],
+        ["plan", "--store", store, "--max-params", "0.9", "--json"],
+        ["report", "--store", store, "--out", str(tmp_path / "report")],
+        ["export", "--store", store, "--pick", "knee", "--out", str(tmp_path / "export")],
+    ):
+        result = evoprune(*args)
+        assert result.returncode == 0, (args, result.stderr)
+        assert "not an evoprune store" not in result.stderr
+    with Store.open_existing(read_only_copy, readonly=True) as st:
+        assert len(st.evaluations(st.get_run().id)) == 6
+    # A write says what is wrong, in one line, and does not blame the file's format.
+    with pytest.raises(EvopruneError, match="read-only"):
+        Store.open_existing(read_only_copy)
+    resumed = evoprune("resume", "--store", store, "--evals", "8")
+    _one_line_error(resumed, "read-only", "copy the store")
