@@ -41,6 +41,7 @@ from evoprune.design import feasible_design, intensity_sample
 from evoprune.errors import EvopruneError
 from evoprune.executors import BackendRecipe, Executor, Job, LocalExecutor, WorkerFailure, make_executor
 from evoprune.features import FeatureMap
+from evoprune.locking import search_lock
 from evoprune.objectives import Budget, CostEvaluator, Objectives, quality_value
 from evoprune.pareto import hypervolume_of
 from evoprune.store import Evaluation, Run, Screening, Store
@@ -534,6 +535,8 @@ class ActiveLearning(Strategy):
 
     def round(self, ctx: SearchContext, round_: int) -> int:
         s = ctx.settings
+        if ctx.budget_left() <= 0:  # the store may have been filled since the caller looked
+            return 0
         X, targets = self._train(ctx)
         featurize = FeatureMap(ctx.space, ctx.backend.score())
         t0 = time.perf_counter()
@@ -742,7 +745,8 @@ def search(
     recipe = BackendRecipe(model, data, settings.backend, backend.loaded.fingerprint)
     runner = make_executor(executor, backend, recipe, **(executor_options or {}))
     try:
-        with Store(store) as st:
+        # One searching process per store: a second one would redo the first one's pending rows.
+        with Store(store) as st, search_lock(store):
             return run_strategy(SearchContext(backend, st, settings, progress, runner))
     finally:
         runner.close()

@@ -310,9 +310,10 @@ class Store:
         existing = self.find_run(run_key)
         if existing is not None:
             return existing, False
+        # Another process may insert the same run between the look-up and here: let the key decide.
         with self._tx() as c:
-            c.execute(
-                "INSERT INTO runs (run_key, created_at, model, model_fingerprint, data, data_fingerprint, "
+            cur = c.execute(
+                "INSERT OR IGNORE INTO runs (run_key, created_at, model, model_fingerprint, data, data_fingerprint, "
                 "dense_params, space, settings, versions) VALUES (?,?,?,?,?,?,?,?,?,?)",
                 (
                     run_key,
@@ -327,7 +328,7 @@ class Store:
                     json.dumps(fields["versions"], sort_keys=True),
                 ),
             )
-        return self.find_run(run_key), True
+        return self.find_run(run_key), cur.rowcount == 1
 
     def find_run(self, run_key: str) -> Run | None:
         row = self._conn.execute("SELECT * FROM runs WHERE run_key=?", (run_key,)).fetchone()

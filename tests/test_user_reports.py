@@ -100,3 +100,66 @@ def test_read_commands_work_on_a_store_in_a_read_only_location(read_only_copy, t
         Store.open_existing(read_only_copy)
     resumed = evoprune("resume", "--store", store, "--evals", "8")
     _one_line_error(resumed, "read-only", "copy the store")
+
+
+# -- 5: two processes on one store -----------------------------------------------------------
+def test_two_processes_creating_the_same_run_get_the_same_row(tmp_path):
+    fields = dict(model="m", model_fingerprint="f", data="d", data_fingerprint="g", dense_params=10,
+                  space={}, settings={}, versions={})  # fmt: skip
+    with Store(tmp_path / "s.db") as first, Store(tmp_path / "s.db") as second:
+        # The second process looked before the first inserted: its look-up misses, its insert must not fail.
+        real_find, calls = second.find_run, []
+
+        def late_find(key):
+            calls.append(key)
+            return None if len(calls) == 1 else real_find(key)
+
+        second.find_run = late_find
+        run, created = first.get_or_create_run("key", **fields)
+        again, created_again = second.get_or_create_run("key", **fields)
+        assert created and not created_again and again.id == run.id
+
+
+def test_a_second_search_on_a_store_in_use_is_refused_in_one_line(tmp_path, tiny_model_dir, text_file):
+    from evoprune.locking import search_lock
+
+    store = tmp_path / "s.db"
+    with search_lock(store):  # another search holds the store
+        with pytest.raises(EvopruneError, match="is in use by another evoprune search"):
+            search(str(tiny_model_dir), str(text_file), str(store), _settings(evals=2, init=2))
+        with Store(store) as st:
+            assert st.runs() == []
+    # Once it is released (as when its process ends), the search runs.
+    result = search(str(tiny_model_dir), str(text_file), str(store), _settings(evals=2, init=2))
+    assert len(result.evaluations) == 2
+
+
+def test_the_same_search_started_twice_at_once_loses_and_repeats_nothing(tmp_path, tiny_model_dir, text_file):
+    store = tmp_path / "s.db"
+    args = ["search", "--model", str(tiny_model_dir), "--data", str(text_file), "--store", str(store),
+            "--evals", "8", "--init", "4", "--batch", "2", *SEARCH_ARGS]  # fmt: skip
+    repo = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": repo}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "evoprune", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )  # fmt: skip
+        for _ in range(2)
+    ]
+    results = [(p.wait(timeout=600), p.communicate()[1]) for p in procs]
+    codes = sorted(code for code, _ in results)
+    # Either the second one finds the store in use, or it started after the first finished: nothing left to do.
+    assert codes in ([0, 0], [0, 2]), results
+    for code, err in results:
+        if code == 2:
+            lines = [line for line in err.splitlines() if line.strip()]
+            assert len(lines) == 1 and "is in use by another evoprune search" in lines[0], err
+    with Store(store) as st:
+        (run,) = st.runs()
+        evals = st.evaluations(run.id)
+    assert len(evals) == 8 and {e.status for e in evals} == {"ok"}
+    assert len({e.config_key for e in evals}) == 8
