@@ -163,3 +163,45 @@ def test_the_same_search_started_twice_at_once_loses_and_repeats_nothing(tmp_pat
         evals = st.evaluations(run.id)
     assert len(evals) == 8 and {e.status for e in evals} == {"ok"}
     assert len({e.config_key for e in evals}) == 8
+
+
+# -- 1: exports load as what they are, or not at all -----------------------------------------
+def _allocations(space) -> dict:
+    L = space.num_layers
+    dense = space.lower.copy()
+    depth = dense.copy()
+    depth[1], depth[L + 2] = space.attn_levels, space.mlp_levels  # attention of layer 1, MLP of layer 2
+    width = dense.copy()
+    width[:L], width[L:] = 1, 1
+    return {"dense": dense, "depth-only": depth, "width-only": width}
+
+
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "qwen3", "llama-mha", "opt"])
+def test_an_export_never_loads_silently_as_its_dense_base_model(family, tiny_tokenizer, text_file, tmp_path):
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, pipeline
+
+    from evoprune.backend.loading import load_config, resolve_model
+    from evoprune.export import export_pruned, load_pruned
+    from tests.test_export import _backend
+
+    backend = _backend(family, tiny_tokenizer, text_file)
+    tokens = backend.eval_windows[:1, :24]
+    for name, x in _allocations(backend.space).items():
+        out = tmp_path / name
+        result = export_pruned(backend, x, out)
+        # Without its code, transformers refuses the directory instead of building the dense base model.
+        with pytest.raises(ValueError, match="trust_remote_code"):
+            AutoModelForCausalLM.from_pretrained(out)
+        with pytest.raises(ValueError, match="trust_remote_code"):
+            pipeline("text-generation", model=str(out), tokenizer=tiny_tokenizer)
+        config = AutoConfig.from_pretrained(out, trust_remote_code=True)
+        model = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True, dtype=torch.float32).eval()
+        assert config.architectures == [type(model).__name__] == ["EvopruneForCausalLM"], name
+        assert sum(p.numel() for p in model.parameters()) == result.params, name
+        # Nor does evoprune itself take it as a model to prune.
+        with pytest.raises(EvopruneError, match="is an evoprune export"):
+            load_config(resolve_model(str(out)))
+        ours, _ = load_pruned(out)
+        with torch.inference_mode():
+            torch.testing.assert_close(model(input_ids=tokens).logits, ours(input_ids=tokens).logits, rtol=0, atol=0)
