@@ -148,6 +148,7 @@ class SearchResult:
     evaluations: list[Evaluation]
     new_evaluations: int
     importance_cached: bool
+    stop_reason: str | None = None  # why the method ended with budget left; None when it spent it
 
 
 def library_versions() -> dict:
@@ -700,7 +701,28 @@ def run_strategy(ctx: SearchContext) -> SearchResult:
     ctx.progress("start", run=ctx.run, done=len(ctx.evaluations()), total=ctx.settings.evals)
     ctx.evaluate_pending()  # finish what a killed process left behind
     STRATEGIES[ctx.settings.method]().run(ctx)
-    return SearchResult(ctx.run, ctx.evaluations(), ctx.new_evaluations, ctx.backend.importance_cached)
+    reason = _stop_reason(ctx)
+    if reason:
+        ctx.progress("stopped", reason=reason)
+    return SearchResult(ctx.run, ctx.evaluations(), ctx.new_evaluations, ctx.backend.importance_cached, reason)
+
+
+def _stop_reason(ctx: SearchContext) -> str | None:
+    """One sentence on why a method ended before spending ``evals`` (every method can: a small
+    space, a tight budget, a method that proposes a fixed set, a GA that converged)."""
+    done = len(ctx.evaluations())
+    if done >= ctx.settings.evals:
+        return None
+    text = (
+        f"method {ctx.settings.method} stopped after {done} of {ctx.settings.evals} evaluations: "
+        "it proposed no further configuration that is feasible and not yet evaluated"
+    )
+    sizes = ctx.space.upper - ctx.space.lower + 1
+    if float(np.prod(sizes.astype(float))) <= 200_000:  # small enough to count exactly
+        grids = np.meshgrid(*[np.arange(lo, hi + 1) for lo, hi in zip(ctx.space.lower, ctx.space.upper, strict=True)])
+        X = np.column_stack([g.ravel() for g in grids])
+        text += f" (the space holds {int(ctx.feasible(X).sum())} feasible configurations within the budget and floor)"
+    return text
 
 
 def prepare_backend(model: str, data: str, settings: SearchSettings, progress: ProgressFn = _noop) -> PruningBackend:

@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -205,3 +206,24 @@ def test_an_export_never_loads_silently_as_its_dense_base_model(family, tiny_tok
         ours, _ = load_pruned(out)
         with torch.inference_mode():
             torch.testing.assert_close(model(input_ids=tokens).logits, ours(input_ids=tokens).logits, rtol=0, atol=0)
+
+
+# -- 7: a search that ends before its budget says why -----------------------------------------
+@pytest.mark.parametrize("method", ["random", "ga"])
+def test_a_method_that_stops_before_its_budget_says_why(method, tmp_path, tiny_tokenizer, text_file):
+    from tests.conftest import build_tiny_model
+
+    model_dir = tmp_path / "one-layer"
+    build_tiny_model("llama", num_layers=1).save_pretrained(model_dir)
+    tiny_tokenizer.save_pretrained(model_dir)
+    backend = BackendSettings(eval_tokens=128, calib_tokens=128, seq_len=64, mlp_levels=2)
+    settings = _settings(evals=40, method=method, min_params=0.0, backend=backend)
+    result = search(str(model_dir), str(text_file), str(tmp_path / "s.db"), settings)
+    done = len(result.evaluations)
+    assert done < 40
+    assert result.stop_reason is not None
+    assert f"stopped after {done} of 40 evaluations" in result.stop_reason
+    assert "feasible configurations" in result.stop_reason
+    # A search that spends its budget has nothing to explain.
+    spent = search(str(model_dir), str(text_file), str(tmp_path / "s.db"), replace(settings, evals=done))
+    assert spent.stop_reason is None
