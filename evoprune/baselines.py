@@ -467,6 +467,8 @@ class GABaseline(Strategy):
         generation = 0
         while ctx.budget_left() > 0:
             pop = algorithm.ask()
+            if pop is None or not len(pop):  # pymoo found no offspring unlike those seen: the space is exhausted
+                break
             X = np.round(pop.get("X")).astype(int)
             ctx.evaluate_now(X, "baseline", generation)
             by_key = {e.config_key: e for e in ctx.evaluations() if e.status == "ok"}

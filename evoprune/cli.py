@@ -291,7 +291,7 @@ def resume_command(
     from evoprune.config import settings_from_run
 
     try:
-        with Store.open_existing(store) as st:
+        with Store.open_existing(store, readonly=True) as st:
             r = st.get_run(run)
         settings = settings_from_run(r.settings)
         if evals is not None:
@@ -306,10 +306,10 @@ def resume_command(
 
 
 def _print_search_result(result, store: Path, as_json: bool) -> None:
-    with Store(store) as st:
+    with Store.open_existing(store, readonly=True) as st:
         points = pareto_front(st, result.run)
     if as_json:
-        typer.echo(json.dumps(_front_json(result.run, points), indent=2))
+        typer.echo(json.dumps({**_front_json(result.run, points), "stop_reason": result.stop_reason}, indent=2))
         return
     ok = sum(e.status == "ok" for e in result.evaluations)
     failed = sum(e.status == "failed" for e in result.evaluations)
@@ -317,6 +317,8 @@ def _print_search_result(result, store: Path, as_json: bool) -> None:
         f"run {result.run.id}: {ok} ok and {failed} failed evaluations in '{store}' "
         f"({result.new_evaluations} new in this call)"
     )
+    if result.stop_reason:
+        err_console.print(f"note: {result.stop_reason}", soft_wrap=True)
     out_console.print(_pareto_table(points, f"Pareto front of run {result.run.id} ({result.run.model})"))
 
 
@@ -342,7 +344,7 @@ def pareto_command(
 ) -> None:
     """Show the non-dominated, really evaluated configurations (perplexity vs parameters)."""
     try:
-        with Store.open_existing(store) as st:
+        with Store.open_existing(store, readonly=True) as st:
             r = st.get_run(run)
             points = pareto_front(st, r)
             if plot is not None:
@@ -372,7 +374,7 @@ def export_command(
 
     try:
         check_target(out, force)
-        with Store.open_existing(store) as st:
+        with Store.open_existing(store, readonly=True) as st:
             r = st.get_run(run)
             chosen = pick_evaluation(st, r, pick, max_params)
         with _SearchProgress(err_console) as progress:
@@ -555,7 +557,7 @@ def report_command(
     from evoprune.report import write_report
 
     try:
-        with Store.open_existing(store) as st:
+        with Store.open_existing(store, readonly=True) as st:
             path = write_report(st, out, run)
     except EvopruneError as exc:
         _fail(str(exc))
@@ -566,7 +568,7 @@ def report_command(
 def runs_command(store: Path = typer.Option(..., "--store", "-s", help="SQLite pair store.")) -> None:
     """List the runs in a store with their evaluation counts."""
     try:
-        with Store.open_existing(store) as st:
+        with Store.open_existing(store, readonly=True) as st:
             table = Table(title=f"runs in {store}", title_justify="left")
             for col in ("run", "model", "data", "ok", "failed", "pending", "created"):
                 table.add_column(col)
@@ -614,7 +616,7 @@ def surrogate_report_command(
     from evoprune.surrogate_report import cached_feature_map, surrogate_report
 
     try:
-        with Store.open_existing(store) as st:
+        with Store.open_existing(store, readonly=True) as st:
             r = st.get_run(run)
             chosen = [n.strip() for n in names.split(",") if n.strip()] if names is not None else None
             report = surrogate_report(st, r, chosen, folds=folds, seed=seed, featurize=cached_feature_map(r))

@@ -71,4 +71,4 @@ def settings_from_options(options: dict) -> SearchSettings:
 def settings_from_run(settings: dict) -> SearchSettings:
     """Rebuild a run's resolved settings from the store."""
     search = {k: v for k, v in settings.items() if k in SEARCH_FIELDS}
-    return SearchSettings(**search, backend=BackendSettings(**settings["backend"]))
+    return SearchSettings(**search, backend=BackendSettings.from_record(settings["backend"]))

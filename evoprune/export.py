@@ -41,14 +41,36 @@ def check_target(out: Path, force: bool) -> None:
         raise EvopruneError(f"export target '{out}' exists and is not empty: choose another --out or pass --force")
 
 
-def _modeling_source(base_class_name: str) -> str:
+def _modeling_source(base_class_name: str, base_config_name: str) -> str:
     source = Path(pruned_modeling.__file__).read_text(encoding="utf-8")
     return (
         source
-        + "\n\n# Added by evoprune export: the class transformers instantiates for this directory.\n"
-        + f"from transformers import {base_class_name} as _Base  # noqa: E402\n\n"
-        + "EvopruneForCausalLM = make_pruned_class(_Base)\n"
+        + "\n\n# Added by evoprune export: the classes transformers instantiates for this directory.\n"
+        + f"from transformers import {base_class_name} as _Base  # noqa: E402\n"
+        + f"from transformers import {base_config_name} as _BaseConfig  # noqa: E402\n\n"
+        + "EvopruneConfig = make_pruned_config_class(_BaseConfig)\n"
+        + "EvopruneForCausalLM = make_pruned_class(_Base, EvopruneConfig)\n"
     )
+
+
+def _declare_export(out: Path, base_model_type: str) -> None:
+    """Make ``config.json`` say what the directory is: a ``model_type`` only its own code loads.
+
+    Every export gets this, dense or pruned in width or depth alike: under the base family's
+    ``model_type`` transformers would load the dense base class without ``trust_remote_code``,
+    fill removed sub-layers with random weights and only warn.
+    """
+    path = out / "config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config["model_type"] = pruned_modeling.MODEL_TYPE
+    config[pruned_modeling.BASE_TYPE_KEY] = base_model_type
+    config["architectures"] = ["EvopruneForCausalLM"]
+    module = MODELING_FILE[:-3]
+    config["auto_map"] = {
+        "AutoConfig": f"{module}.EvopruneConfig",
+        "AutoModelForCausalLM": f"{module}.EvopruneForCausalLM",
+    }
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def export_pruned(
@@ -65,11 +87,10 @@ def export_pruned(
     config = pruned.config
     base = backend.adapter.base_class_name(config)
     config.evoprune_layers = sizes
-    config.auto_map = {"AutoModelForCausalLM": f"{MODELING_FILE[:-3]}.EvopruneForCausalLM"}
-    config.architectures = ["EvopruneForCausalLM"]
     # The real count: bias compensation adds up to two hidden-size biases per layer, which the
     # search space's count (space.params) leaves out; without compensation the two are equal.
     params = sum(p.numel() for p in pruned.parameters())
+    base_model_type = config.model_type
     plan = {
         "levels": {"attn": x[: space.num_layers].tolist(), "mlp": x[space.num_layers :].tolist()},
         "layers": sizes,
@@ -85,7 +106,8 @@ def export_pruned(
     out.mkdir(parents=True, exist_ok=True)
     pruned.save_pretrained(out, safe_serialization=True)
     backend.loaded.tokenizer.save_pretrained(out)
-    (out / MODELING_FILE).write_text(_modeling_source(base), encoding="utf-8")
+    _declare_export(out, base_model_type)
+    (out / MODELING_FILE).write_text(_modeling_source(base, type(config).__name__), encoding="utf-8")
     (out / PLAN_FILE).write_text(json.dumps(plan, indent=2), encoding="utf-8")
     return ExportResult(out, params, plan["params_fraction"], sizes)
 
@@ -94,7 +116,7 @@ def backend_for_run(run, progress=None) -> PruningBackend:
     """Reload the model, data and importance a stored run was searched with, and check they match."""
     from evoprune.backend.pruner import BackendSettings, load_backend
 
-    backend = load_backend(run.model, run.data, BackendSettings(**run.settings["backend"]), progress)
+    backend = load_backend(run.model, run.data, BackendSettings.from_record(run.settings["backend"]), progress)
     if backend.loaded.fingerprint != run.model_fingerprint:
         raise EvopruneError(
             f"model '{run.model}' is not the one run {run.id} searched (its weights or config changed): "
@@ -105,6 +127,30 @@ def backend_for_run(run, progress=None) -> PruningBackend:
     return backend
 
 
+def read_export_config(path: str | Path):
+    """An export's config as its base family's config class (``LlamaConfig``, ...), read without
+    running code from ``path``; exports written before ``model_type`` ``evoprune`` read the same.
+
+    Raises ``EvopruneError`` when ``config.json`` is missing, unreadable or not an evoprune export's.
+    """
+    from transformers import CONFIG_MAPPING
+
+    file = Path(path) / "config.json"
+    if not file.is_file():
+        raise EvopruneError(f"'{path}' has no config.json: pass a directory written by 'evoprune export'")
+    try:
+        raw = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise EvopruneError(f"could not read '{file}': {str(exc).splitlines()[0]}") from None
+    if "evoprune_layers" not in raw:
+        raise EvopruneError(f"'{path}' is not an evoprune export (config.json has no evoprune_layers)")
+    base_type = raw.pop(pruned_modeling.BASE_TYPE_KEY, raw.get("model_type"))
+    raw.pop("model_type", None)
+    if base_type not in CONFIG_MAPPING:
+        raise EvopruneError(f"'{file}' names base model type {base_type!r}, which this transformers does not know")
+    return CONFIG_MAPPING[base_type].from_dict(raw)
+
+
 def load_pruned(path: str | Path, dtype=None):
     """Load an evoprune export with evoprune's own modeling code (no code from ``path`` runs).
 
@@ -112,28 +158,21 @@ def load_pruned(path: str | Path, dtype=None):
     """
     import torch
     import transformers
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from evoprune.backend.loading import quiet_transformers
 
     quiet_transformers()
     path = Path(path)
-    if not (path / "config.json").is_file():
-        raise EvopruneError(f"'{path}' has no config.json: pass a directory written by 'evoprune export'")
-    try:
-        config = AutoConfig.from_pretrained(path)
-    except (OSError, ValueError) as exc:
-        raise EvopruneError(f"could not read '{path / 'config.json'}': {str(exc).splitlines()[0]}") from None
-    if not hasattr(config, "evoprune_layers"):
-        raise EvopruneError(f"'{path}' is not an evoprune export (config.json has no evoprune_layers)")
+    config = read_export_config(path)
     base = getattr(transformers, adapter_for(config).base_class_name(config))
     cls = pruned_modeling.make_pruned_class(base)
     try:
-        model = cls.from_pretrained(path, dtype=dtype or torch.float32)
+        model = cls.from_pretrained(path, config=config, dtype=dtype or torch.float32)
     except Exception as exc:  # noqa: BLE001 - safetensors and shape errors become one clear line
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise EvopruneError(
             f"could not load the weights in '{path}' ({reason}): the export is corrupt or incomplete; export it again"
         ) from None
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(path, config=config)  # its own config.json needs the remote code
     return model.eval(), tokenizer

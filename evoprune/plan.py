@@ -65,7 +65,7 @@ def plan(
 
     if all(v is None for v in (budget.max_params, budget.max_memory, budget.max_latency_ms)):
         raise EvopruneError("plan needs a budget: pass --max-params, --max-memory or --max-latency-ms")
-    with Store.open_existing(store_path) as st:
+    with Store.open_existing(store_path, readonly=True) as st:
         run = st.get_run(run_id)
     spent = 0
     if spend > 0:
@@ -79,7 +79,7 @@ def plan(
             warm_start=True,
             method="evoprune",
         )
-        with Store(store_path) as st:
+        with Store.open_existing(store_path, readonly=True) as st:
             prior = 0
             for r in st.runs():
                 if r.settings.get("pair_key") == run.settings.get("pair_key") and all(
@@ -90,7 +90,7 @@ def plan(
         spent = result.new_evaluations
     space = SearchSpace.from_dict(run.space)
     cost_model = CostModel(space)
-    with Store(store_path) as st:
+    with Store.open_existing(store_path, readonly=True) as st:
         evals = _problem_evaluations(st, run)
     limit_params = budget.params_fraction_limit(run.dense_params)
     limit_memory = parse_size(budget.max_memory) if budget.max_memory else None

@@ -42,6 +42,7 @@ from evoprune.design import feasible_design, intensity_sample
 from evoprune.errors import EvopruneError
 from evoprune.executors import BackendRecipe, Executor, Job, LocalExecutor, WorkerFailure, make_executor
 from evoprune.features import FeatureMap
+from evoprune.locking import search_lock
 from evoprune.objectives import Budget, CostEvaluator, Objectives, quality_value
 from evoprune.pareto import hypervolume_of
 from evoprune.store import Evaluation, Run, Screening, Store
@@ -156,6 +157,7 @@ class SearchResult:
     evaluations: list[Evaluation]
     new_evaluations: int
     importance_cached: bool
+    stop_reason: str | None = None  # why the method ended with budget left; None when it spent it
 
 
 def library_versions() -> dict:
@@ -660,6 +662,8 @@ class ActiveLearning(Strategy):
 
     def round(self, ctx: SearchContext, round_: int) -> int:
         s = ctx.settings
+        if ctx.budget_left() <= 0:  # the store may have been filled since the caller looked
+            return 0
         X, targets = self._train(ctx)
         featurize = FeatureMap(ctx.space, ctx.backend.score())
         t0 = time.perf_counter()
@@ -877,7 +881,28 @@ def run_strategy(ctx: SearchContext) -> SearchResult:
     final_round = ctx.next_round()
     ctx.promote(final_round, limit=ctx.settings.batch)
     ctx.validate_picks(final_round)
-    return SearchResult(ctx.run, ctx.evaluations(), ctx.new_evaluations, ctx.backend.importance_cached)
+    reason = _stop_reason(ctx)
+    if reason:
+        ctx.progress("stopped", reason=reason)
+    return SearchResult(ctx.run, ctx.evaluations(), ctx.new_evaluations, ctx.backend.importance_cached, reason)
+
+
+def _stop_reason(ctx: SearchContext) -> str | None:
+    """One sentence on why a method ended before spending ``evals`` (every method can: a small
+    space, a tight budget, a method that proposes a fixed set, a GA that converged)."""
+    done = len(ctx.evaluations())
+    if done >= ctx.settings.evals:
+        return None
+    text = (
+        f"method {ctx.settings.method} stopped after {done} of {ctx.settings.evals} evaluations: "
+        "it proposed no further configuration that is feasible and not yet evaluated"
+    )
+    sizes = ctx.space.upper - ctx.space.lower + 1
+    if float(np.prod(sizes.astype(float))) <= 200_000:  # small enough to count exactly
+        grids = np.meshgrid(*[np.arange(lo, hi + 1) for lo, hi in zip(ctx.space.lower, ctx.space.upper, strict=True)])
+        X = np.column_stack([g.ravel() for g in grids])
+        text += f" (the space holds {int(ctx.feasible(X).sum())} feasible configurations within the budget and floor)"
+    return text
 
 
 def prepare_backend(model: str, data: str, settings: SearchSettings, progress: ProgressFn = _noop) -> PruningBackend:
@@ -927,7 +952,8 @@ def search(
     recipe = BackendRecipe(model, data, settings.backend, backend.loaded.fingerprint)
     runner = make_executor(executor, backend, recipe, **(executor_options or {}))
     try:
-        with Store(store) as st:
+        # One searching process per store: a second one would redo the first one's pending rows.
+        with Store(store) as st, search_lock(store):
             return run_strategy(SearchContext(backend, st, settings, progress, runner))
     finally:
         runner.close()

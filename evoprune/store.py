@@ -251,40 +251,85 @@ class TaskRecord:
 
 
 class Store:
-    """A SQLite pair store. Every write is its own committed transaction."""
+    """A SQLite pair store. Every write is its own committed transaction.
 
-    def __init__(self, path: str | Path):
+    ``readonly=True`` opens an existing store without writing anything (no journal mode, no
+    schema), so stores on read-only media, or owned by someone else, can be read; any write
+    through such a store raises ``EvopruneError``. A writable open of a store that cannot be
+    written raises ``EvopruneError`` naming the reason.
+    """
+
+    def __init__(self, path: str | Path, *, readonly: bool = False):
         self.path = Path(path)
-        self._conn = sqlite3.connect(str(self.path), timeout=30, isolation_level=None)
-        self._conn.row_factory = sqlite3.Row
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=FULL")
-        self._conn.execute("PRAGMA foreign_keys=ON")
-        with self._tx():
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    self._conn.execute(statement)
-            self._conn.execute(
-                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
-            )
-        version = int(self._conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0])
+        self.readonly = readonly
+        try:
+            self._conn = self._connect_readonly() if readonly else self._connect_writable()
+            row = self._conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise self._open_error(exc) from None
+        version = int(row[0]) if row else None
         if version != SCHEMA_VERSION:
             raise EvopruneError(f"store '{path}' has schema version {version}, this evoprune reads {SCHEMA_VERSION}")
 
+    def _connect_writable(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(str(self.path), timeout=30, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        self._conn = conn
+        with self._tx():
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        return conn
+
+    def _connect_readonly(self) -> sqlite3.Connection:
+        uri = self.path.resolve().as_uri()
+        conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=30, isolation_level=None)
+        try:
+            conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+        except sqlite3.OperationalError:
+            # A WAL store needs its -shm file, which SQLite cannot create on read-only media; nobody
+            # can write there either, so reading the file as immutable sees the same data.
+            conn.close()
+            conn = sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        return conn
+
+    def _open_error(self, exc: sqlite3.DatabaseError) -> EvopruneError:
+        """One accurate line for a store that cannot be opened: not SQLite, not evoprune, or not writable."""
+        text = str(exc)
+        if "file is not a database" in text or "file is encrypted" in text:
+            return EvopruneError(f"'{self.path}' is not an evoprune store (not a SQLite database)")
+        if "no such table" in text:
+            return EvopruneError(f"'{self.path}' is a SQLite database but not an evoprune store (no meta table)")
+        if "readonly" in text or "read-only" in text or "unable to open" in text:
+            return EvopruneError(
+                f"store '{self.path}' cannot be written ({text}): the file or its directory is read-only; "
+                "copy the store to a writable location or pass another --store"
+            )
+        return EvopruneError(f"could not open store '{self.path}': {text}")
+
     @classmethod
-    def open_existing(cls, path: str | Path) -> Store:
-        """Open a store that must already exist (for read commands)."""
+    def open_existing(cls, path: str | Path, *, readonly: bool = False) -> Store:
+        """Open a store that must already exist; ``readonly=True`` for commands that only read it."""
         p = Path(path)
         if not p.is_file():
             raise EvopruneError(f"store '{path}' does not exist: run 'evoprune search --store {path} ...' first")
-        try:
-            return cls(p)
-        except sqlite3.DatabaseError:
-            raise EvopruneError(f"'{path}' is not an evoprune store (not a SQLite database)") from None
+        return cls(p, readonly=readonly)
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        self._conn.execute("BEGIN IMMEDIATE")
+        if self.readonly:
+            raise EvopruneError(f"store '{self.path}' was opened read-only: this command cannot write to it")
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if "readonly" not in str(exc):
+                raise
+            raise self._open_error(exc) from None
         try:
             yield self._conn
         except BaseException:
@@ -307,9 +352,10 @@ class Store:
         existing = self.find_run(run_key)
         if existing is not None:
             return existing, False
+        # Another process may insert the same run between the look-up and here: let the key decide.
         with self._tx() as c:
-            c.execute(
-                "INSERT INTO runs (run_key, created_at, model, model_fingerprint, data, data_fingerprint, "
+            cur = c.execute(
+                "INSERT OR IGNORE INTO runs (run_key, created_at, model, model_fingerprint, data, data_fingerprint, "
                 "dense_params, space, settings, versions) VALUES (?,?,?,?,?,?,?,?,?,?)",
                 (
                     run_key,
@@ -324,7 +370,7 @@ class Store:
                     json.dumps(fields["versions"], sort_keys=True),
                 ),
             )
-        return self.find_run(run_key), True
+        return self.find_run(run_key), cur.rowcount == 1
 
     def find_run(self, run_key: str) -> Run | None:
         row = self._conn.execute("SELECT * FROM runs WHERE run_key=?", (run_key,)).fetchone()

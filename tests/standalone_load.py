@@ -22,7 +22,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 export_dir, tokens_path, out_path = sys.argv[1:4]
 model = AutoModelForCausalLM.from_pretrained(export_dir, trust_remote_code=True, dtype=torch.float32).eval()
-tokenizer = AutoTokenizer.from_pretrained(export_dir)
+tokenizer = AutoTokenizer.from_pretrained(export_dir, trust_remote_code=True)
 tokens = torch.from_numpy(np.load(tokens_path))
 with torch.inference_mode():
     logits = model(input_ids=tokens).logits

@@ -58,6 +58,13 @@ def load_config(source: ModelSource):
 
     if source.kind == "zoo":
         source = ModelSource(source.spec, "dir", str(fetch_zoo_model(source.spec)))
+    if source.kind == "dir" and _is_export_dir(Path(source.path)):
+        # Its config names model type "evoprune": as its base family it would load dense, with random weights.
+        raise EvopruneError(
+            f"model '{source.spec}' is an evoprune export, which search and pruning do not take: "
+            "pass the model it was exported from (plan.json's source_model), or use it with "
+            "'evoprune evaluate' / 'evoprune measure' / evoprune.load_pruned"
+        )
     try:
         config = AutoConfig.from_pretrained(source.path, **source.from_pretrained_kwargs())
     except (OSError, ValueError) as exc:
@@ -69,6 +76,13 @@ def load_config(source: ModelSource):
         raise EvopruneError(f"could not read the config of model '{source.spec}': {_first_line(exc)}") from None
     adapter_for(config)
     return config
+
+
+def _is_export_dir(path: Path) -> bool:
+    try:
+        return "evoprune_layers" in json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
 
 
 def _first_line(exc: Exception) -> str:

@@ -173,10 +173,11 @@ FAMILIES = {"llama": LlamaFamily, "mistral": LlamaFamily, "qwen2": LlamaFamily, 
 
 
 def family_of(config):
+    model_type = getattr(config, BASE_TYPE_KEY, None) or config.model_type  # an export's config says "evoprune"
     try:
-        return FAMILIES[config.model_type]
+        return FAMILIES[model_type]
     except KeyError:
-        raise ValueError(f"model type {config.model_type!r} has no pruned layout; known: {sorted(FAMILIES)}") from None
+        raise ValueError(f"model type {model_type!r} has no pruned layout; known: {sorted(FAMILIES)}") from None
 
 
 def empty_attention(old: dict, head_dim: int, q_heads: int, kv_heads: int, o_bias: bool | None = None) -> dict:
@@ -231,13 +232,36 @@ def apply_layer_sizes(model, sizes: list[dict]) -> None:
             family.set_mlp(layer, empty_mlp(family.mlp_linears(layer), spec["mlp"], down_bias=down_bias), spec["mlp"])
 
 
-def make_pruned_class(base: type) -> type:
-    """A subclass of a transformers causal-LM class that builds the pruned widths from its config."""
+def make_pruned_class(base: type, config_class: type | None = None) -> type:
+    """A subclass of a transformers causal-LM class that builds the pruned widths from its config.
+
+    ``config_class`` (from ``make_pruned_config_class``) is the config class the Auto classes
+    map this model to; without it the base family's config class stays.
+    """
 
     class EvopruneForCausalLM(base):
         def __init__(self, config, *args, **kwargs):
             super().__init__(config, *args, **kwargs)
             apply_layer_sizes(self, config.evoprune_layers)
 
+    if config_class is not None:
+        EvopruneForCausalLM.config_class = config_class
     EvopruneForCausalLM.__name__ = EvopruneForCausalLM.__qualname__ = "EvopruneForCausalLM"
     return EvopruneForCausalLM
+
+
+# The model_type an export's config.json declares. transformers knows no such type, so loading an
+# export without this file's code fails instead of building the dense base model with random
+# weights where sub-layers were removed; the base family's type is kept in BASE_TYPE_KEY.
+MODEL_TYPE = "evoprune"
+BASE_TYPE_KEY = "evoprune_base_model_type"
+
+
+def make_pruned_config_class(base: type) -> type:
+    """The base family's config class under ``model_type`` ``evoprune``, for ``trust_remote_code``."""
+
+    class EvopruneConfig(base):
+        model_type = MODEL_TYPE
+
+    EvopruneConfig.__name__ = EvopruneConfig.__qualname__ = "EvopruneConfig"
+    return EvopruneConfig

@@ -7,7 +7,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 
 import torch
 
@@ -82,6 +82,17 @@ class BackendSettings:
     def search_tokens(self) -> int:
         """Tokens of the windows every rung reads (the largest rung)."""
         return max((self.eval_tokens, *self.ladder_tokens))
+
+    @classmethod
+    def from_record(cls, record: dict) -> BackendSettings:
+        """Settings as a store or an export recorded them. Records written before the fidelity
+        ladder existed measured without one: they read as ``ladder="none"`` and no validation
+        split, so their windows (and the calibration windows after them) are cut as they were."""
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in record.items() if k in known}
+        if "ladder" not in record:
+            values.update(ladder="none", validation_tokens=0)
+        return cls(**values)
 
     def identity(self) -> dict:
         """The settings that decide the measurements: a run continues on another device."""

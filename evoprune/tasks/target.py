@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -70,8 +70,7 @@ def is_export(spec: str) -> bool:
 def _settings(raw: dict):
     from evoprune.backend.pruner import BackendSettings
 
-    known = {f.name for f in fields(BackendSettings)}
-    return BackendSettings(**{k: v for k, v in raw.items() if k in known})
+    return BackendSettings.from_record(raw)
 
 
 def _read_plan(path: Path) -> dict:
@@ -214,7 +213,7 @@ def open_target(model: str, config: str | None = None, store=None, data: str | N
         if text_spec is None and plan.get("store") and Path(plan["store"]).is_file():
             from evoprune.store import Store
 
-            with Store.open_existing(plan["store"]) as origin:
+            with Store.open_existing(plan["store"], readonly=True) as origin:
                 text_spec = origin.get_run(plan.get("run")).data
         if text_spec is None:
             raise EvopruneError(

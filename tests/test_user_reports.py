@@ -1,0 +1,229 @@
+"""Situations users reported against other pruning tools (issue 13), tried on evoprune.
+
+Each test holds one kind of fault at bay: read commands on read-only media, two processes on one
+store, exports that load as something they are not, searches that stop or fail without saying so.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from evoprune.backend.pruner import BackendSettings
+from evoprune.errors import EvopruneError
+from evoprune.search import SearchSettings, search
+from evoprune.store import Store
+
+BACKEND = BackendSettings(eval_tokens=256, calib_tokens=256, seq_len=64, mlp_levels=4)
+SEARCH_ARGS = ["--eval-tokens", "256", "--calib-tokens", "256", "--seq-len", "64", "--mlp-levels", "4"]
+
+
+def _settings(**kw) -> SearchSettings:
+    base = dict(evals=6, init=4, batch=2, pop_size=16, generations=4, backend=BACKEND)
+    base.update(kw)
+    return SearchSettings(**base)
+
+
+def evoprune(*args: str, timeout: float = 300, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    repo = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")]))}
+    return subprocess.run(
+        [sys.executable, "-m", "evoprune", *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd
+    )
+
+
+def _one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def searched_store(tmp_path_factory, tiny_model_dir, text_file) -> Path:
+    """A store holding one finished 6-evaluation search on the tiny Llama."""
+    path = tmp_path_factory.mktemp("searched") / "s.db"
+    search(str(tiny_model_dir), str(text_file), str(path), _settings())
+    return path
+
+
+@pytest.fixture
+def read_only_copy(tmp_path, searched_store):
+    """A copy of the searched store in a directory nobody can write to (a read-only bind mount as root)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy2(searched_store, src / "s.db")
+    if os.geteuid() != 0:
+        os.chmod(src / "s.db", 0o444)
+        os.chmod(src, 0o555)
+        yield src / "s.db"
+        os.chmod(src, 0o755)
+        return
+    mnt = tmp_path / "ro"
+    mnt.mkdir()
+    mounted = subprocess.run(["mount", "--bind", str(src), str(mnt)], capture_output=True).returncode == 0
+    if not mounted or subprocess.run(["mount", "-o", "remount,ro,bind", str(mnt)], capture_output=True).returncode:
+        if mounted:
+            subprocess.run(["umount", str(mnt)], check=False)
+        pytest.skip("root without permission to make a read-only mount")
+    try:
+        yield mnt / "s.db"
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
+# -- 4: read-only stores ---------------------------------------------------------------------
+def test_read_commands_work_on_a_store_in_a_read_only_location(read_only_copy, tmp_path):
+    store = str(read_only_copy)
+    with pytest.raises(OSError):
+        (read_only_copy.parent / "probe").write_text("x")
+    for args in (
+        ["runs", "--store", store],
+        ["pareto", "--store", store, "--json"],
+        ["plan", "--store", store, "--max-params", "0.9", "--json"],
+        ["report", "--store", store, "--out", str(tmp_path / "report")],
+        ["export", "--store", store, "--pick", "knee", "--out", str(tmp_path / "export")],
+    ):
+        result = evoprune(*args)
+        assert result.returncode == 0, (args, result.stderr)
+        assert "not an evoprune store" not in result.stderr
+    with Store.open_existing(read_only_copy, readonly=True) as st:
+        assert len(st.evaluations(st.get_run().id)) == 6
+    # A write says what is wrong, in one line, and does not blame the file's format.
+    with pytest.raises(EvopruneError, match="read-only"):
+        Store.open_existing(read_only_copy)
+    resumed = evoprune("resume", "--store", store, "--evals", "8")
+    _one_line_error(resumed, "read-only", "copy the store")
+
+
+# -- 5: two processes on one store -----------------------------------------------------------
+def test_two_processes_creating_the_same_run_get_the_same_row(tmp_path):
+    fields = dict(model="m", model_fingerprint="f", data="d", data_fingerprint="g", dense_params=10,
+                  space={}, settings={}, versions={})  # fmt: skip
+    with Store(tmp_path / "s.db") as first, Store(tmp_path / "s.db") as second:
+        # The second process looked before the first inserted: its look-up misses, its insert must not fail.
+        real_find, calls = second.find_run, []
+
+        def late_find(key):
+            calls.append(key)
+            return None if len(calls) == 1 else real_find(key)
+
+        second.find_run = late_find
+        run, created = first.get_or_create_run("key", **fields)
+        again, created_again = second.get_or_create_run("key", **fields)
+        assert created and not created_again and again.id == run.id
+
+
+def test_a_second_search_on_a_store_in_use_is_refused_in_one_line(tmp_path, tiny_model_dir, text_file):
+    from evoprune.locking import search_lock
+
+    store = tmp_path / "s.db"
+    with search_lock(store):  # another search holds the store
+        with pytest.raises(EvopruneError, match="is in use by another evoprune search"):
+            search(str(tiny_model_dir), str(text_file), str(store), _settings(evals=2, init=2))
+        with Store(store) as st:
+            assert st.runs() == []
+    # Once it is released (as when its process ends), the search runs.
+    result = search(str(tiny_model_dir), str(text_file), str(store), _settings(evals=2, init=2))
+    assert len(result.evaluations) == 2
+
+
+def test_the_same_search_started_twice_at_once_loses_and_repeats_nothing(tmp_path, tiny_model_dir, text_file):
+    store = tmp_path / "s.db"
+    args = ["search", "--model", str(tiny_model_dir), "--data", str(text_file), "--store", str(store),
+            "--evals", "8", "--init", "4", "--batch", "2", *SEARCH_ARGS]  # fmt: skip
+    repo = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": repo}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "evoprune", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )  # fmt: skip
+        for _ in range(2)
+    ]
+    results = [(p.wait(timeout=600), p.communicate()[1]) for p in procs]
+    codes = sorted(code for code, _ in results)
+    # Either the second one finds the store in use, or it started after the first finished: nothing left to do.
+    assert codes in ([0, 0], [0, 2]), results
+    for code, err in results:
+        if code == 2:
+            lines = [line for line in err.splitlines() if line.strip()]
+            assert len(lines) == 1 and "is in use by another evoprune search" in lines[0], err
+    with Store(store) as st:
+        (run,) = st.runs()
+        evals = st.evaluations(run.id)
+    assert len(evals) == 8 and {e.status for e in evals} == {"ok"}
+    assert len({e.config_key for e in evals}) == 8
+
+
+# -- 1: exports load as what they are, or not at all -----------------------------------------
+def _allocations(space) -> dict:
+    L = space.num_layers
+    dense = space.lower.copy()
+    depth = dense.copy()
+    depth[1], depth[L + 2] = space.attn_levels, space.mlp_levels  # attention of layer 1, MLP of layer 2
+    width = dense.copy()
+    width[:L], width[L:] = 1, 1
+    return {"dense": dense, "depth-only": depth, "width-only": width}
+
+
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "qwen3", "llama-mha", "opt"])
+def test_an_export_never_loads_silently_as_its_dense_base_model(family, tiny_tokenizer, text_file, tmp_path):
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, pipeline
+
+    from evoprune.backend.loading import load_config, resolve_model
+    from evoprune.export import export_pruned, load_pruned
+    from tests.test_export import _backend
+
+    backend = _backend(family, tiny_tokenizer, text_file)
+    tokens = backend.eval_windows[:1, :24]
+    for name, x in _allocations(backend.space).items():
+        out = tmp_path / name
+        result = export_pruned(backend, x, out)
+        # Without its code, transformers refuses the directory instead of building the dense base model.
+        with pytest.raises(ValueError, match="trust_remote_code"):
+            AutoModelForCausalLM.from_pretrained(out)
+        with pytest.raises(ValueError, match="trust_remote_code"):
+            pipeline("text-generation", model=str(out), tokenizer=tiny_tokenizer)
+        config = AutoConfig.from_pretrained(out, trust_remote_code=True)
+        model = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True, dtype=torch.float32).eval()
+        assert config.architectures == [type(model).__name__] == ["EvopruneForCausalLM"], name
+        assert sum(p.numel() for p in model.parameters()) == result.params, name
+        # Nor does evoprune itself take it as a model to prune.
+        with pytest.raises(EvopruneError, match="is an evoprune export"):
+            load_config(resolve_model(str(out)))
+        ours, _ = load_pruned(out)
+        with torch.inference_mode():
+            torch.testing.assert_close(model(input_ids=tokens).logits, ours(input_ids=tokens).logits, rtol=0, atol=0)
+
+
+# -- 7: a search that ends before its budget says why -----------------------------------------
+@pytest.mark.parametrize("method", ["random", "ga"])
+def test_a_method_that_stops_before_its_budget_says_why(method, tmp_path, tiny_tokenizer, text_file):
+    from tests.conftest import build_tiny_model
+
+    model_dir = tmp_path / "one-layer"
+    build_tiny_model("llama", num_layers=1).save_pretrained(model_dir)
+    tiny_tokenizer.save_pretrained(model_dir)
+    backend = BackendSettings(eval_tokens=128, calib_tokens=128, seq_len=64, mlp_levels=2)
+    settings = _settings(evals=40, method=method, min_params=0.0, backend=backend)
+    result = search(str(model_dir), str(text_file), str(tmp_path / "s.db"), settings)
+    done = len(result.evaluations)
+    assert done < 40
+    assert result.stop_reason is not None
+    assert f"stopped after {done} of 40 evaluations" in result.stop_reason
+    assert "feasible configurations" in result.stop_reason
+    # A search that spends its budget has nothing to explain.
+    spent = search(str(model_dir), str(text_file), str(tmp_path / "s.db"), replace(settings, evals=done))
+    assert spent.stop_reason is None
