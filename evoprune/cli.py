@@ -200,10 +200,10 @@ def search_command(
         None, "--baseline-skip-last", help="uniform: last layers left dense (default: 2 of 32, scaled to depth)."
     ),
     criterion: str = typer.Option(
-        "wanda", "--importance", help="Importance criterion: wanda, wanda-sp, flap, magnitude or taylor."
+        _BACKEND.criterion, "--importance", help="Importance criterion: wanda, wanda-sp, flap, magnitude or taylor."
     ),
     compensation: str = typer.Option(
-        "none", "--compensation", help="Replace removed units' mean contribution: none or bias (FLAP)."
+        _BACKEND.compensation, "--compensation", help="Replace removed units' mean contribution: none or bias (FLAP)."
     ),
     calib_data: str = typer.Option(
         None, "--calib-data", help="Text for importance scoring (default: --data, windows disjoint from evaluation)."

@@ -41,8 +41,8 @@ class BackendSettings:
     calibration windows, so the figure a pick is reported with was never selected on.
     """
 
-    criterion: str = "wanda"
-    compensation: str = "none"
+    criterion: str = "flap"
+    compensation: str = "bias"
     eval_tokens: int = 2048
     calib_tokens: int = 2048
     seq_len: int = 512
