@@ -103,6 +103,9 @@ class SearchSpace:
     mlp_levels: int = 8  # 0: one level per ``mlp_multiple`` channels (the finest grid)
     mlp_multiple: int = 1
     frozen_layers: tuple[int, ...] = field(default_factory=tuple)
+    # Bias compensation (backend.compensation "bias") gives every pruned sub-layer a hidden-size
+    # bias where it had none, and a removed one a hidden-size constant: counted as parameters.
+    compensation_bias: bool = False
 
     def __post_init__(self) -> None:
         if self.head_unit not in HEAD_UNITS:
@@ -221,12 +224,26 @@ class SearchSpace:
         return out
 
     # -- cost -------------------------------------------------------------------------------
+    def attn_level_params(self, level: int) -> int:
+        """Parameters of one attention sub-layer at ``level`` (compensation bias included)."""
+        params = self.arch.attention_params(*self.attn_heads(level))
+        if self.compensation_bias and level > 0 and (params == 0 or not self.arch.o_bias):
+            params += self.arch.hidden_size
+        return params
+
+    def mlp_level_params(self, level: int) -> int:
+        """Parameters of one MLP sub-layer at ``level`` (compensation bias included)."""
+        params = self.arch.mlp_params(self.kept_mlp_channels(level))
+        if self.compensation_bias and level > 0 and (params == 0 or not self.arch.mlp_bias):
+            params += self.arch.hidden_size
+        return params
+
     def params(self, x) -> int:
-        """Exact parameter count of the pruned model."""
-        total = self.arch.fixed_params()
-        for w in self.widths(x):
-            total += self.arch.attention_params(w.q_heads, w.kv_heads) + self.arch.mlp_params(w.mlp_channels)
-        return total
+        """Exact parameter count of the pruned model (the export's, compensation biases included)."""
+        attn, mlp = self.split(x)
+        return self.arch.fixed_params() + sum(self.attn_level_params(a) for a in attn) + sum(
+            self.mlp_level_params(m) for m in mlp
+        )
 
     def params_fraction(self, x) -> float:
         return self.params(x) / self.arch.dense_params()
@@ -235,14 +252,16 @@ class SearchSpace:
         """Parameter counts of many configurations at once (vectorised through lookup tables)."""
         X = np.asarray(X, dtype=int)
         L = self.num_layers
-        attn_table = np.array([self.arch.attention_params(*self.attn_heads(lv)) for lv in range(self.attn_levels + 1)])
-        mlp_table = np.array([self.arch.mlp_params(self.kept_mlp_channels(lv)) for lv in range(self.mlp_levels + 1)])
+        attn_table = np.array([self.attn_level_params(lv) for lv in range(self.attn_levels + 1)])
+        mlp_table = np.array([self.mlp_level_params(lv) for lv in range(self.mlp_levels + 1)])
         return self.arch.fixed_params() + attn_table[X[:, :L]].sum(axis=1) + mlp_table[X[:, L:]].sum(axis=1)
 
     # -- persistence ------------------------------------------------------------------------
     def to_dict(self) -> dict:
         d = asdict(self)
         d["frozen_layers"] = list(self.frozen_layers)
+        if not self.compensation_bias:
+            del d["compensation_bias"]  # spaces recorded before the field existed read the same
         return d
 
     @classmethod

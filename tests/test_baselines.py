@@ -24,6 +24,7 @@ from evoprune.cli import app
 from evoprune.compare import DEFAULT_METHODS, compare
 from evoprune.errors import EvopruneError
 from evoprune.objectives import Budget
+from evoprune.pareto import best_of
 from evoprune.plan import plan
 from evoprune.report import write_report
 from evoprune.search import SearchSettings, search
@@ -173,8 +174,12 @@ def test_compare_runs_the_one_shot_baselines_once_each_on_budget(tmp_path, tiny8
         assert [p["id"] for p in json.loads(out.stdout)["points"]] == [r.best_id]
     flap = rows[-1]
     chosen = plan(str(store), Budget(max_params=budget), run_id=flap.run_id)
-    # plan pools the runs of one problem (same model, data and grid): the best of the three answers
-    assert chosen.evaluation.id == min(rows, key=lambda r: r.best_value).best_id
+    # plan pools the runs of one problem (same model, data and grid): the best of the three answers,
+    # each judged on the highest rung of the fidelity ladder it reached
+    with Store(store) as st:
+        answers = [e for r in rows for e in st.evaluations(r.run_id)]
+    assert all(e.ladder for e in answers)
+    assert chosen.evaluation.id == best_of(answers, "ppl").id
     assert sum(d["mlp"] for d in chosen.layers) < 8 * 96
     with Store(store) as st:
         assert write_report(st, tmp_path / "report", run_id=flap.run_id).stat().st_size > 1000

@@ -187,6 +187,7 @@ class PruningBackend:
             attn_levels=settings.attn_levels,
             mlp_levels=settings.mlp_levels,
             mlp_multiple=settings.mlp_multiple,
+            compensation_bias=settings.compensation == "bias",
         )
         context = getattr(model.config, "max_position_embeddings", None)
         if context is not None and settings.seq_len > context:
