@@ -444,10 +444,11 @@ class SearchContext:
     def promote(self, round_: int, limit: int | None = None) -> int:
         """Climb the ladder: per rung, measure on the next rung the configurations of the pool
         whose figure is within noise (two standard errors of the difference) of the best one's,
-        best first, at most ``limit`` per rung (default: half the batch, at least one; a higher
-        rung costs several first rungs). Without a budget every front member is promoted (at most
-        ``limit`` per rung), since each is the best at its cost; searches without a budget climb
-        only once, at the end."""
+        best first, at most ``limit`` per rung (default: half the batch, at least one). Without a
+        budget every front member is promoted (at most ``limit`` per rung), since each is the best
+        at its cost. A search climbs once, when its method is done (``run_strategy``): higher rungs
+        decide the choice, not the search's direction (surrogates learn from first rungs), and a
+        contender found late would otherwise be measured on fewer tokens than an early one."""
         rungs = self.ladder_rungs()
         if not rungs:
             return 0
@@ -712,8 +713,6 @@ class ActiveLearning(Strategy):
         before = len(ctx.evaluations())
         ctx.evaluate_now(pool[chosen], "acquired", round_, [predictions[i] for i in chosen])
         ladder_before = ctx.timings["ladder_s"]
-        if ctx.constraint_names:  # the contenders for a budget's answer climb as they appear
-            ctx.promote(round_)
         screened = sum(sc.duration_s or 0 for sc in ctx.store.screenings(ctx.run.id) if sc.round == round_)
         screened += ctx.timings["ladder_s"] - ladder_before
         batch = [e for e in ctx.evaluations() if e.round == round_ and e.status == "ok" and e.predicted]
@@ -879,7 +878,7 @@ def run_strategy(ctx: SearchContext) -> SearchResult:
     STRATEGIES[ctx.settings.method]().run(ctx)
     # Every method ends the same way: its candidates climb the ladder, its picks are validated.
     final_round = ctx.next_round()
-    ctx.promote(final_round, limit=ctx.settings.batch)
+    ctx.promote(final_round, limit=2 * ctx.settings.batch if ctx.constraint_names else ctx.settings.batch)
     ctx.validate_picks(final_round)
     reason = _stop_reason(ctx)
     if reason:
