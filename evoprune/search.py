@@ -712,9 +712,7 @@ class ActiveLearning(Strategy):
             chosen = self._acquire(ctx, models, featurize, pool, mean, std, first_cost, k, seed)
         before = len(ctx.evaluations())
         ctx.evaluate_now(pool[chosen], "acquired", round_, [predictions[i] for i in chosen])
-        ladder_before = ctx.timings["ladder_s"]
         screened = sum(sc.duration_s or 0 for sc in ctx.store.screenings(ctx.run.id) if sc.round == round_)
-        screened += ctx.timings["ladder_s"] - ladder_before
         batch = [e for e in ctx.evaluations() if e.round == round_ and e.status == "ok" and e.predicted]
         tau, rmse = _prediction_quality(batch, primary)
         ctx.store.close_round(
