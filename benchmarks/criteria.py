@@ -168,6 +168,13 @@ def render(paths: list[Path]) -> str:
                 mark = ""
         lines.append(cells)
     lines.append("")
+    if any(" - |" in line for line in lines):
+        lines += ["`-`: not measured yet when this section was written (the run was cut short).", ""]
+    lines += [
+        "The standard errors are per configuration; every configuration is evaluated on the same windows, so",
+        "differences between rows are more precise than the error bars suggest (no paired test was run).",
+        "",
+    ]
     for b in budgets:
         r = best[b]
         if r is None:

@@ -130,7 +130,15 @@ def _assert_clean_usage_error(result: subprocess.CompletedProcess, *needles: str
 
 @pytest.mark.parametrize(
     "case",
-    ["missing-model", "unsupported-arch", "missing-data", "empty-data", "zero-evals", "negative-evals"],
+    [
+        "missing-model",
+        "unsupported-arch",
+        "missing-data",
+        "empty-data",
+        "zero-evals",
+        "negative-evals",
+        "unknown-compensation",
+    ],
 )
 def test_bad_input_is_one_line_exit_2_and_leaves_no_store(case, tmp_path, tiny_model_dir, text_file):
     from transformers import GPT2Config
@@ -138,6 +146,7 @@ def test_bad_input_is_one_line_exit_2_and_leaves_no_store(case, tmp_path, tiny_m
     store = tmp_path / "bad.db"
     model, data, evals = str(tiny_model_dir), str(text_file), "4"
     needles: tuple[str, ...] = ()
+    extra: tuple[str, ...] = ()
     if case == "missing-model":
         model, needles = str(tmp_path / "no-such-model"), ("does not exist", "no-such-model")
     elif case == "unsupported-arch":
@@ -152,9 +161,13 @@ def test_bad_input_is_one_line_exit_2_and_leaves_no_store(case, tmp_path, tiny_m
         data, needles = str(empty), ("empty",)
     elif case == "zero-evals":
         evals, needles = "0", ("--evals must be at least 1",)
+    elif case == "unknown-compensation":
+        extra, needles = ("--compensation", "mean"), ("--compensation 'mean' is unknown", "none, bias")
     else:
         evals, needles = "-3", ("--evals must be at least 1",)
-    result = evoprune("search", "--model", model, "--data", data, "--store", str(store), "--evals", evals, *SEARCH_ARGS)
+    result = evoprune(
+        "search", "--model", model, "--data", data, "--store", str(store), "--evals", evals, *SEARCH_ARGS, *extra
+    )
     _assert_clean_usage_error(result, *needles)
     assert not store.exists()
 
