@@ -61,6 +61,9 @@ def run(criteria: list[str], out: Path) -> None:
     tok = loaded.tokenizer
     calib = load_text(str(CALIB))
     backends: dict[tuple[str, str], PruningBackend] = {}
+    # A rerun with the same --out continues: measurements already in it are not repeated.
+    lines = out.read_text(encoding="utf-8").splitlines() if out.exists() else []
+    done = {(r["text"], r["budget"], r["criterion"], r["compensation"]) for r in map(json.loads, filter(None, lines))}
 
     def backend(criterion: str, compensation: str) -> PruningBackend:
         if (criterion, compensation) not in backends:
@@ -106,6 +109,8 @@ def run(criteria: list[str], out: Path) -> None:
         for fraction in FRACTIONS:
             for criterion in criteria:
                 for compensation in COMPENSATIONS:
+                    if (text, f"{fraction:.0%}", criterion, compensation) in done:
+                        continue
                     b = backend(criterion, compensation)
                     x = mlp_only_uniform(b.space, fraction)
                     evaluate(
