@@ -184,9 +184,16 @@ def render(paths: list[Path]) -> str:
         r = best[b]
         if r is None:
             continue
+        default = next(
+            (d for d in rows if d["budget"] == b and (d["criterion"], d["compensation"]) == ("wanda", "none")), None
+        )
+        gain = ""
+        if default is not None and "wikitext2-test" in default:
+            ratio = 1 - r["wikitext2-test"]["ppl"] / default["wikitext2-test"]["ppl"]
+            gain = f", {ratio:.1%} lower than the default `wanda` + `none` ({default['wikitext2-test']['ppl']:.1f})"
         lines.append(
             f"Best on held-out WikiText-2 at {b}: `{r['criterion']}` + `{r['compensation']}` "
-            f"({r['wikitext2-test']['ppl']:.1f})."
+            f"({r['wikitext2-test']['ppl']:.1f}{gain})."
         )
     return "\n".join(lines)
 
