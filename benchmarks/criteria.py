@@ -191,8 +191,10 @@ def render(paths: list[Path]) -> str:
         if default is not None and "wikitext2-test" in default:
             ratio = 1 - r["wikitext2-test"]["ppl"] / default["wikitext2-test"]["ppl"]
             gain = f", {ratio:.1%} lower than the default `wanda` + `none` ({default['wikitext2-test']['ppl']:.1f})"
+        measured = sum(1 for d in rows if d["budget"] == b and "wikitext2-test" in d)
+        of = "" if measured == len(keys) else f" (of the {measured} of {len(keys)} measured)"
         lines.append(
-            f"Best on held-out WikiText-2 at {b}: `{r['criterion']}` + `{r['compensation']}` "
+            f"Best on held-out WikiText-2 at {b}{of}: `{r['criterion']}` + `{r['compensation']}` "
             f"({r['wikitext2-test']['ppl']:.1f}{gain})."
         )
     return "\n".join(lines)
