@@ -61,6 +61,9 @@ def run(criteria: list[str], out: Path) -> None:
     tok = loaded.tokenizer
     calib = load_text(str(CALIB))
     backends: dict[tuple[str, str], PruningBackend] = {}
+    # A rerun with the same --out continues: measurements already in it are not repeated.
+    lines = out.read_text(encoding="utf-8").splitlines() if out.exists() else []
+    done = {(r["text"], r["budget"], r["criterion"], r["compensation"]) for r in map(json.loads, filter(None, lines))}
 
     def backend(criterion: str, compensation: str) -> PruningBackend:
         if (criterion, compensation) not in backends:
@@ -106,6 +109,8 @@ def run(criteria: list[str], out: Path) -> None:
         for fraction in FRACTIONS:
             for criterion in criteria:
                 for compensation in COMPENSATIONS:
+                    if (text, f"{fraction:.0%}", criterion, compensation) in done:
+                        continue
                     b = backend(criterion, compensation)
                     x = mlp_only_uniform(b.space, fraction)
                     evaluate(
@@ -179,9 +184,18 @@ def render(paths: list[Path]) -> str:
         r = best[b]
         if r is None:
             continue
+        default = next(
+            (d for d in rows if d["budget"] == b and (d["criterion"], d["compensation"]) == ("wanda", "none")), None
+        )
+        gain = ""
+        if default is not None and "wikitext2-test" in default:
+            ratio = 1 - r["wikitext2-test"]["ppl"] / default["wikitext2-test"]["ppl"]
+            gain = f", {ratio:.1%} lower than the default `wanda` + `none` ({default['wikitext2-test']['ppl']:.1f})"
+        measured = sum(1 for d in rows if d["budget"] == b and "wikitext2-test" in d)
+        of = "" if measured == len(keys) else f" (of the {measured} of {len(keys)} measured)"
         lines.append(
-            f"Best on held-out WikiText-2 at {b}: `{r['criterion']}` + `{r['compensation']}` "
-            f"({r['wikitext2-test']['ppl']:.1f})."
+            f"Best on held-out WikiText-2 at {b}{of}: `{r['criterion']}` + `{r['compensation']}` "
+            f"({r['wikitext2-test']['ppl']:.1f}{gain})."
         )
     return "\n".join(lines)
 
