@@ -227,3 +227,110 @@ def test_a_method_that_stops_before_its_budget_says_why(method, tmp_path, tiny_t
     # A search that spends its budget has nothing to explain.
     spent = search(str(model_dir), str(text_file), str(tmp_path / "s.db"), replace(settings, evals=done))
     assert spent.stop_reason is None
+
+
+# -- 8: shipped tasks never read a development path -------------------------------------------
+ARC_ROWS = [
+    {
+        "id": f"q{i}",
+        "question": f"Question {i}?",
+        "choices": {"text": ["yes", "no"], "label": ["A", "B"]},
+        "answerKey": "A",
+    }
+    for i in range(3)
+]
+
+
+@pytest.fixture
+def task_data(tmp_path) -> Path:
+    """A task data folder in the layout the shipped tasks name (arc_easy/..., mmlu/dev/...)."""
+    import json
+
+    root = tmp_path / "task-data"
+    (root / "arc_easy").mkdir(parents=True)
+    lines = [
+        json.dumps(
+            {
+                "question": {
+                    "stem": r["question"],
+                    "choices": [{"text": t, "label": la} for t, la in zip(*r["choices"].values(), strict=True)],
+                },
+                "answerKey": r["answerKey"],
+            }
+        )
+        for r in ARC_ROWS
+    ]
+    (root / "arc_easy" / "ARC-Easy-Dev.jsonl").write_text("\n".join(lines) + "\n")
+    (root / "mmlu" / "dev").mkdir(parents=True)
+    (root / "mmlu" / "dev" / "astronomy_dev.csv").write_text(
+        "question,choice0,choice1,choice2,choice3,answer\nA?,a,b,c,d,0\nB?,a,b,c,d,1\n"
+    )
+    return root
+
+
+def test_shipped_tasks_read_the_task_data_folder_or_the_hub_and_otherwise_say_how_to_get_the_data(
+    task_data, monkeypatch
+):
+    import datasets
+
+    from evoprune.tasks import build_questions, registry, resolve_task
+
+    assert all(not Path(s.path).is_absolute() and ".." not in Path(s.path).parts for s in registry().values())
+    # From the option, then from the variable; never from a folder beside the project.
+    ref = resolve_task("arc_easy", task_data)
+    assert ref.data == task_data / "arc_easy" / "ARC-Easy-Dev.jsonl" and len(build_questions(ref)) == 3
+    monkeypatch.setenv("EVOPRUNE_TASK_DATA", str(task_data))
+    assert len(build_questions(resolve_task("mmlu"))) == 2
+    with pytest.raises(EvopruneError, match=r"does not exist in the task data directory .* --tasks arc_challenge=PATH"):
+        resolve_task("arc_challenge")
+    with pytest.raises(EvopruneError, match=r"task data directory '.*nowhere' \(from --task-data\) does not exist"):
+        resolve_task("arc_easy", task_data / "nowhere")
+    # No folder: the hub, through datasets, in the Hugging Face layouts.
+    monkeypatch.delenv("EVOPRUNE_TASK_DATA")
+    calls = []
+
+    def fake_load(name, config, split):
+        calls.append((name, config, split))
+        if name == "cais/mmlu":
+            return [{"question": "Q?", "subject": "anatomy", "choices": ["a", "b", "c", "d"], "answer": 2}] * 2
+        return ARC_ROWS
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    arc = resolve_task("arc_easy")
+    assert arc.data == "hf:allenai/ai2_arc:ARC-Easy:validation" and len(build_questions(arc)) == 3
+    mmlu = build_questions(resolve_task("mmlu"), shots=1)
+    assert mmlu[0].context.startswith("The following are multiple choice questions (with answers) about anatomy.")
+    assert calls == [("allenai/ai2_arc", "ARC-Easy", "validation"), ("cais/mmlu", "all", "dev")]
+
+    # Hub unreachable: one line that says how to get the data.
+    def offline(name, config, split):
+        raise ConnectionError("Couldn't reach 'allenai/ai2_arc' on the Hub (LocalEntryNotFoundError)\nmore")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(EvopruneError) as err:
+        resolve_task("arc_easy")
+    message = str(err.value)
+    assert "\n" not in message and "Couldn't reach" in message
+    for hint in ("--task-data DIR", "EVOPRUNE_TASK_DATA", "arc_easy/ARC-Easy-Dev.jsonl", "--tasks arc_easy=PATH"):
+        assert hint in message, message
+
+
+def test_cli_evaluate_takes_task_data_from_the_option_outside_the_project(task_data, tiny_model_dir, tmp_path):
+    env_less = {k: v for k, v in os.environ.items() if k != "EVOPRUNE_TASK_DATA"}
+    repo = str(Path(__file__).resolve().parents[1])
+    env_less["PYTHONPATH"] = os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")]))
+    env_less["HF_HUB_OFFLINE"] = env_less["HF_DATASETS_OFFLINE"] = "1"
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "evoprune", "evaluate", "--model", str(tiny_model_dir), *args]
+        return subprocess.run(command, capture_output=True, text=True, timeout=300, env=env_less, cwd=tmp_path)
+
+    ok = run("--tasks", "arc_easy,mmlu", "--task-data", str(task_data), "--json")
+    assert ok.returncode == 0, ok.stderr
+    import json
+
+    report = json.loads(ok.stdout)
+    assert [r["n"] for r in report["results"]] == [3, 2]
+    assert report["results"][0]["data"] == str(task_data / "arc_easy" / "ARC-Easy-Dev.jsonl")
+    _one_line_error(run("--tasks", "arc_easy"), "could not load allenai/ai2_arc", "--task-data DIR")
+    _one_line_error(run("--tasks", "arc_easy", "--task-data", str(tmp_path / "none")), "does not exist")

@@ -6,6 +6,7 @@ import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from evoprune.errors import EvopruneError
 from evoprune.tasks.scoring import Scored, accuracy, score_questions, stderr
@@ -50,8 +51,8 @@ class TaskResult:
         return d
 
 
-def _ref(task: str | TaskRef) -> TaskRef:
-    return task if isinstance(task, TaskRef) else resolve_task(task)
+def _ref(task: str | TaskRef, data_dir: str | Path | None = None) -> TaskRef:
+    return task if isinstance(task, TaskRef) else resolve_task(task, data_dir)
 
 
 def _result(ref: TaskRef, scored: list[Scored], *, shots, limit, seed, duration_s) -> TaskResult:
@@ -79,13 +80,15 @@ def evaluate_model(
     shots: int | None = None,
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
+    data_dir: str | Path | None = None,
 ) -> TaskResult:
     """Accuracy of ``model`` as it is (dense, masked or an export) on ``task``.
 
     ``limit`` scores a fixed random subset of that many questions (chosen by ``seed``);
-    ``shots`` overrides the task's default number of in-context examples.
+    ``shots`` overrides the task's default number of in-context examples; ``data_dir`` is the
+    task data directory of shipped tasks (see ``resolve_task``).
     """
-    ref = _ref(task)
+    ref = _ref(task, data_dir)
     questions = build_questions(ref, limit=limit, shots=shots, seed=seed)
     start = time.perf_counter()
     scored = score_questions(model, tokenizer, questions, progress)
@@ -104,10 +107,17 @@ class TaskEvaluator:
     """
 
     def __init__(
-        self, backend, task: str | TaskRef, *, limit: int | None = None, shots: int | None = None, seed: int = 0
+        self,
+        backend,
+        task: str | TaskRef,
+        *,
+        limit: int | None = None,
+        shots: int | None = None,
+        seed: int = 0,
+        data_dir: str | Path | None = None,
     ):
         self.backend = backend
-        self.ref = _ref(task)
+        self.ref = _ref(task, data_dir)
         self.limit = limit
         self.shots = self.ref.spec.shots if shots is None else shots
         self.seed = seed
@@ -147,7 +157,13 @@ class TaskEvaluator:
 
 
 def task_evaluators(
-    backend, metric_names: Iterable[str], *, limit: int | None = None, shots: int | None = None, seed: int = 0
+    backend,
+    metric_names: Iterable[str],
+    *,
+    limit: int | None = None,
+    shots: int | None = None,
+    seed: int = 0,
+    data_dir: str | Path | None = None,
 ) -> list[TaskEvaluator]:
     """One evaluator per task named in ``metric_names`` (``acc:TASK``/``acc_norm:TASK``; others are skipped).
 
@@ -163,7 +179,7 @@ def task_evaluators(
             wanted.setdefault(task, []).append(name)
     evaluators = []
     for task, names in wanted.items():
-        ev = TaskEvaluator(backend, task, limit=limit, shots=shots, seed=seed)
+        ev = TaskEvaluator(backend, task, limit=limit, shots=shots, seed=seed, data_dir=data_dir)
         missing = [n for n in names if n.partition(":")[0] not in ev.ref.spec.metrics]
         if missing:
             raise EvopruneError(
