@@ -334,3 +334,29 @@ def test_cli_evaluate_takes_task_data_from_the_option_outside_the_project(task_d
     assert report["results"][0]["data"] == str(task_data / "arc_easy" / "ARC-Easy-Dev.jsonl")
     _one_line_error(run("--tasks", "arc_easy"), "could not load allenai/ai2_arc", "--task-data DIR")
     _one_line_error(run("--tasks", "arc_easy", "--task-data", str(tmp_path / "none")), "does not exist")
+
+
+# -- 3: degenerate items, searches whose evaluations all fail, what a run's identity covers ----
+def _mc_task(folder: Path, questions: list[str]) -> Path:
+    """A generic multiple-choice task file over a jsonl of the given questions."""
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [{"question": q, "choices": ["yes", "no"], "answer": i % 2} for i, q in enumerate(questions)]
+    (folder / "items.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    spec = folder / "task.yaml"
+    spec.write_text('name: yesno\nformat: mc_jsonl\npath: items.jsonl\nprompt: "{question}"\nmetrics: [acc]\n')
+    return spec
+
+
+def test_a_question_that_encodes_to_nothing_is_scored_not_a_crash(tmp_path, tiny_tokenizer):
+    import math
+
+    from evoprune.tasks import encode_pair, evaluate_model, resolve_task
+    from tests.conftest import build_tiny_model
+
+    ctx, cont = encode_pair(tiny_tokenizer, "  \n ", " yes")
+    assert ctx == [tiny_tokenizer.bos_token_id] and tiny_tokenizer.decode(cont) == "  \n  yes"
+    spec = _mc_task(tmp_path / "t", ["Is water wet?", "   ", "", "\n\t"])
+    result = evaluate_model(build_tiny_model("llama"), tiny_tokenizer, resolve_task(str(spec)))
+    assert result.n == 4 and all(math.isfinite(ll) for s in result.items for ll in s.loglikelihoods)
