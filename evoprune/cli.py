@@ -260,6 +260,9 @@ def search_command(
         None, "--workers", help="Ray workers, each with a copy of the model (default: as many as CPUs and memory hold)."
     ),
     gpus_per_worker: float = typer.Option(None, "--gpus-per-worker", help="GPUs each Ray worker reserves."),
+    retry_failed: bool = typer.Option(
+        False, "--retry-failed", help="Evaluate the run's failed rows again before going on (after fixing a fault)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the resulting front as JSON instead of a table."),
 ) -> None:
     """Search per-layer pruning levels for MODEL, spending EVALS real evaluations."""
@@ -289,6 +292,7 @@ def search_command(
                 progress=progress,
                 executor=executor,
                 executor_options=executor_options,
+                retry_failed=bool(options.get("retry_failed")),
             )
     except EvopruneError as exc:
         _fail(str(exc))
@@ -307,6 +311,9 @@ def resume_command(
         "--task-data",
         help="Folder of the shipped tasks' data (arc_easy/, mmlu/dev/; default: $EVOPRUNE_TASK_DATA, else the hub).",
     ),
+    retry_failed: bool = typer.Option(
+        False, "--retry-failed", help="Evaluate the run's failed rows again before going on (after fixing a fault)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the resulting front as JSON."),
 ) -> None:
     """Continue a stored run with its recorded settings; nothing but the store is needed."""
@@ -322,7 +329,7 @@ def resume_command(
             settings = replace(settings, evals=evals)
         _use_task_data(task_data)
         with _SearchProgress(err_console) as progress:
-            result = search(r.model, r.data, str(store), settings, progress=progress)
+            result = search(r.model, r.data, str(store), settings, progress=progress, retry_failed=retry_failed)
     except EvopruneError as exc:
         _fail(str(exc))
     except KeyboardInterrupt:

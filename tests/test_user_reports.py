@@ -360,3 +360,74 @@ def test_a_question_that_encodes_to_nothing_is_scored_not_a_crash(tmp_path, tiny
     spec = _mc_task(tmp_path / "t", ["Is water wet?", "   ", "", "\n\t"])
     result = evaluate_model(build_tiny_model("llama"), tiny_tokenizer, resolve_task(str(spec)))
     assert result.n == 4 and all(math.isfinite(ll) for s in result.items for ll in s.loglikelihoods)
+
+
+def test_a_search_whose_evaluations_all_fail_stops_in_one_line(tmp_path, tiny_model_dir, tiny_tokenizer, text_file):
+    import torch
+
+    from evoprune.search import prepare_backend
+    from tests.conftest import build_tiny_model
+
+    # A metric that raises on every configuration (as a task item that crashed the scorer did):
+    # a fault, so the search stops after its first batch instead of spending the budget.
+    settings = _settings()
+    backend = prepare_backend(str(tiny_model_dir), str(text_file), settings)
+
+    def broken_metric(_backend):
+        raise RuntimeError("Expected tensor for argument #1 'indices' to have one of the following scalar types")
+
+    backend.extra_metrics.append(broken_metric)
+    store = tmp_path / "fault.db"
+    with pytest.raises(EvopruneError, match=r"all 4 evaluations of run 1 failed, the first with: RuntimeError: "):
+        search(str(tiny_model_dir), str(text_file), str(store), settings, backend=backend)
+    with Store(store) as st:
+        assert [e.status for e in st.evaluations(1)] == ["failed"] * 4
+    # Every configuration collapses (the final norm is NaN): collapse is a verdict on a
+    # configuration, so the method goes on, but it ends with one line and exit 2, never an empty front.
+    model = build_tiny_model("llama")
+    with torch.no_grad():
+        model.model.norm.weight.fill_(float("nan"))
+    path = tmp_path / "broken"
+    model.save_pretrained(path)
+    tiny_tokenizer.save_pretrained(path)
+    cli = evoprune(
+        "search", "--model", str(path), "--data", str(text_file), "--store", str(tmp_path / "cli.db"),
+        "--evals", "6", "--init", "4", "--batch", "2", *SEARCH_ARGS,
+    )  # fmt: skip
+    _one_line_error(cli, "all 6 evaluations of run 1 failed", "non-finite", "--retry-failed")
+
+
+def test_a_run_is_its_task_files_content_and_failed_rows_are_retried_on_request(
+    tmp_path, searched_store, tiny_model_dir, text_file
+):
+    # A task file edited in place is another problem: a new run, the old one untouched.
+    spec = _mc_task(tmp_path / "t", ["Is water wet?", "Is fire cold?", "Is ice hot?"])
+    settings = _settings(evals=4, objectives=f"ppl,acc:{spec},params", task_limit=3)
+    first = search(str(tiny_model_dir), str(text_file), str(tmp_path / "a.db"), settings)
+    _mc_task(tmp_path / "t", ["Is water wet?", "Is fire cold?", "Is snow white?"])
+    second = search(str(tiny_model_dir), str(text_file), str(tmp_path / "a.db"), settings)
+    assert second.run.id != first.run.id and second.new_evaluations == 4
+    same = search(str(tiny_model_dir), str(text_file), str(tmp_path / "a.db"), settings)
+    assert same.run.id == second.run.id and same.new_evaluations == 0
+    # Failed rows stay failed unless asked; --retry-failed evaluates them again.
+    store = tmp_path / "s.db"
+    shutil.copy2(searched_store, store)
+    with Store(store) as st:
+        before = {e.id: e for e in st.evaluations(1)}
+        hit = [e.id for e in before.values() if e.status == "ok"][:2]
+        for eid in hit:
+            st.finish(eid, ok=False, metrics={}, error="RuntimeError: CUDA out of memory", duration_s=1.0)
+    again = search(str(tiny_model_dir), str(text_file), str(store), _settings())
+    assert again.new_evaluations == 0 and sum(e.status == "failed" for e in again.evaluations) == 2
+    config = tmp_path / "search.toml"
+    config.write_text("pop_size = 16\ngenerations = 4\n")  # the inner search as _settings() has it
+    cli = evoprune(
+        "search", "--model", str(tiny_model_dir), "--data", str(text_file), "--store", str(store),
+        "--evals", "6", "--init", "4", "--batch", "2", "--config", str(config), *SEARCH_ARGS, "--retry-failed",
+    )  # fmt: skip
+    assert cli.returncode == 0, cli.stderr
+    with Store(store) as st:
+        after = {e.id: e for e in st.evaluations(1)}
+    assert after.keys() == before.keys() and all(after[i].status == "ok" for i in after)
+    for eid in hit:
+        assert after[eid].metrics["ppl"] == pytest.approx(before[eid].metrics["ppl"], rel=1e-6)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -126,6 +128,17 @@ class TaskEvaluator:
     @property
     def task(self) -> str:
         return self.ref.name
+
+    @property
+    def fingerprint(self) -> str:
+        """A hash of everything that shapes these accuracies: the metrics, and every question's
+        context (prompt, shots), continuations, choices and answer, so an edited task file or
+        data file is another task, whatever its name or path."""
+        payload = [
+            self.ref.spec.metrics,
+            [(q.index, q.context, q.continuations, q.choices, q.gold) for q in self.questions],
+        ]
+        return hashlib.sha1(json.dumps(payload).encode()).hexdigest()[:16]
 
     @property
     def metric_names(self) -> tuple[str, ...]:
