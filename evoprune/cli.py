@@ -445,6 +445,9 @@ def measure_command(
     seq_len: int = typer.Option(256, "--seq-len", help="Tokens per forward pass."),
     batch: int = typer.Option(1, "--batch", help="Sequences per forward pass."),
     repeats: int = typer.Option(15, "--repeats", help="Timed forward passes (the median is reported)."),
+    dtype: str | None = typer.Option(
+        None, "--dtype", help="float32, bfloat16 or float16 (default: the run's or export's own, else float32)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Time a real model's forward pass and weigh it; for exports, next to the cost model's prediction."""
@@ -455,7 +458,7 @@ def measure_command(
     try:
         with _SearchProgress(err_console) as progress:
             progress("phase", name=f"measuring {model}")
-            report = measure(model, seq_len=seq_len, batch=batch, repeats=repeats)
+            report = measure(model, seq_len=seq_len, batch=batch, repeats=repeats, dtype=dtype)
     except EvopruneError as exc:
         _fail(str(exc))
     if as_json:
@@ -712,6 +715,9 @@ def evaluate_command(
     limit: int | None = typer.Option(None, "--limit", help="Score a fixed random subset of N questions per task."),
     shots: int | None = typer.Option(None, "--shots", help="In-context examples (default: the task's own, 0)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the --limit subset and of the few-shot examples."),
+    dtype: str | None = typer.Option(
+        None, "--dtype", help="float32, bfloat16 or float16 (default: the run's or export's own, else float32)."
+    ),
     task_data: str | None = typer.Option(
         None,
         "--task-data",
@@ -743,6 +749,7 @@ def evaluate_command(
                 seed=seed,
                 progress=progress,
                 task_data=task_data,
+                dtype=dtype,
             )
     except EvopruneError as exc:
         _fail(str(exc))

@@ -192,7 +192,8 @@ class SearchContext:
         self.executor = executor or LocalExecutor(backend)
         self.space = backend.space
         self.objectives = Objectives.parse(settings.objectives)
-        self.costs = CostEvaluator(backend.space, backend.loaded.model.config)
+        # Bytes per weight and KV element follow the run's dtype (2 in bfloat16/float16).
+        self.costs = CostEvaluator(backend.space, backend.loaded.model.config, dtype=backend.settings.dtype)
         self.constraint_names, self.constraint_limits = self.costs.constraints(settings.budget)
         self.costs.check_feasible(settings.budget)
         self.dense_params = self.space.arch.dense_params()
@@ -984,7 +985,9 @@ def search(
     else:
         settings.validate()
         backend = backend.with_grid(settings.backend)
-    CostEvaluator(backend.space, backend.loaded.model.config).check_feasible(settings.budget)
+    CostEvaluator(backend.space, backend.loaded.model.config, dtype=settings.backend.dtype).check_feasible(
+        settings.budget
+    )
     recipe = BackendRecipe(model, data, settings.backend, backend.loaded.fingerprint)
     runner = make_executor(executor, backend, recipe, **(executor_options or {}))
     try:

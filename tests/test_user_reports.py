@@ -431,3 +431,46 @@ def test_a_run_is_its_task_files_content_and_failed_rows_are_retried_on_request(
     assert after.keys() == before.keys() and all(after[i].status == "ok" for i in after)
     for eid in hit:
         assert after[eid].metrics["ppl"] == pytest.approx(before[eid].metrics["ppl"], rel=1e-6)
+
+
+# -- 2: the run's dtype after the search ------------------------------------------------------
+def test_a_bfloat16_run_counts_two_bytes_and_loads_its_model_and_export_in_bfloat16(
+    tmp_path, tiny_model_dir, text_file
+):
+    import torch
+
+    from evoprune.export import export_pruned, load_pruned
+    from evoprune.measure import measure
+    from evoprune.objectives import Budget
+    from evoprune.plan import plan
+    from evoprune.search import prepare_backend
+    from evoprune.tasks.command import run_evaluate
+
+    backend_settings = replace(BACKEND, dtype="bfloat16")
+    probe = prepare_backend(str(tiny_model_dir), str(text_file), _settings(backend=backend_settings))
+    space = probe.space
+    dense = space.lower
+    kv_bytes = 2 * space.arch.num_layers * space.arch.num_kv_heads * space.arch.head_dim * 2048 * 2
+    dense_bytes = space.params(dense) * 2 + kv_bytes  # 2 bytes per weight and KV element
+    # A budget just above the dense model in bfloat16 (in float32 it is twice that): dense is a candidate.
+    limit = f"{dense_bytes + 16}B"
+    settings = _settings(evals=3, init=3, max_memory=limit, backend=backend_settings)
+    store = tmp_path / "s.db"
+    result = search(str(tiny_model_dir), str(text_file), str(store), settings, backend=probe)
+    by_levels = {tuple(e.levels): e for e in result.evaluations}
+    assert tuple(dense.tolist()) in by_levels
+    assert by_levels[tuple(dense.tolist())].cost["memory_bytes"] == dense_bytes
+    assert plan(str(store), Budget(max_memory=limit)).cost["memory_bytes"] <= dense_bytes
+    # evaluate --config ID loads the run's model in its dtype (and accepts it), or in one it is told.
+    spec = _mc_task(tmp_path / "t", ["Is water wet?", "Is fire cold?"])
+    ev = next(e for e in result.evaluations if e.levels != dense.tolist())
+    for dtype, want in ((None, torch.bfloat16), ("float32", torch.float32)):
+        report = run_evaluate(str(tiny_model_dir), [str(spec)], config=str(ev.id), store_path=store, dtype=dtype)
+        assert next(report.target.model.parameters()).dtype == want and report.target.run_id == result.run.id
+    # An export of the run loads, and is measured, in bfloat16: measured bytes equal predicted ones.
+    out = tmp_path / "export"
+    export_pruned(probe, ev.levels, out)
+    model, _ = load_pruned(out)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    report = measure(str(out), seq_len=16, repeats=1)
+    assert report["weight_bytes"] == report["predicted"]["weight_bytes"]

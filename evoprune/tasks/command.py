@@ -82,10 +82,12 @@ def run_evaluate(
     seed: int = 0,
     progress=None,
     task_data: str | Path | None = None,
+    dtype: str | None = None,
 ) -> EvaluateReport:
     """Score ``tasks`` on what ``model``/``config`` name; keep the results in the store when given.
 
-    ``task_data`` is the data directory of shipped tasks (default ``$EVOPRUNE_TASK_DATA``, else the hub).
+    ``task_data`` is the data directory of shipped tasks (default ``$EVOPRUNE_TASK_DATA``, else the hub);
+    ``dtype`` the model's (default: the run's, plan's or export's, else float32).
     """
     from evoprune.store import Store
 
@@ -97,7 +99,7 @@ def run_evaluate(
     checked = _check_tasks(tasks, limit, shots, seed, task_data)
     store = Store.open_existing(store_path) if store_path is not None else None
     try:
-        target = open_target(model, config, store, data, progress)
+        target = open_target(model, config, store, data, progress, dtype)
         results = []
         with target.applied():
             for ref in checked:
