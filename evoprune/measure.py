@@ -46,7 +46,7 @@ def measure(spec: str, seq_len: int = 256, batch: int = 1, repeats: int = 15, dt
         x = np.array(plan["levels"]["attn"] + plan["levels"]["mlp"])
         measured_dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
         cost = CostModel(space, dtype=measured_dtype, context=seq_len, batch=batch).cost(x)
-        table = LatencyTable.cached(model.config, space, seq_len=seq_len, batch=batch)
+        table = LatencyTable.cached(model.config, space, seq_len=seq_len, batch=batch, dtype=measured_dtype)
         report["predicted"] = {
             "params": cost.params,
             "weight_bytes": cost.weight_bytes,

@@ -474,3 +474,29 @@ def test_a_bfloat16_run_counts_two_bytes_and_loads_its_model_and_export_in_bfloa
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     report = measure(str(out), seq_len=16, repeats=1)
     assert report["weight_bytes"] == report["predicted"]["weight_bytes"]
+
+
+def test_latency_of_a_bfloat16_run_is_timed_in_bfloat16(tmp_path):
+    """The latency table behind --max-latency-ms and the latency objective runs the run's dtype."""
+    from evoprune.backend.adapters import adapter_for
+    from evoprune.cost import LatencyTable
+    from evoprune.objectives import CostEvaluator
+    from evoprune.space import SearchSpace
+    from tests.conftest import build_tiny_model
+
+    model = build_tiny_model("llama", num_layers=2)
+    space = SearchSpace(adapter_for(model.config).arch_spec(model.config), mlp_levels=2)
+    table = LatencyTable.measure(model.config, space, seq_len=16, repeats=1, dtype="bfloat16")
+    assert len(table.attn_ms) == 3 and table.fixed_ms >= 0
+    timed = []
+    real = LatencyTable.measure.__func__
+
+    def spy(cls, config, space, seq_len=256, batch=1, repeats=15, dtype="float32"):
+        timed.append(dtype)
+        return real(cls, config, space, seq_len, batch, 1, dtype=dtype)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(LatencyTable, "measure", classmethod(spy))
+        costs = CostEvaluator(space, model.config, dtype="bfloat16", latency_seq_len=16)
+        costs.matrix(space.lower[None], ["latency"])
+    assert timed == ["bfloat16"]
