@@ -467,6 +467,9 @@ def test_a_bfloat16_run_counts_two_bytes_and_loads_its_model_and_export_in_bfloa
     for dtype, want in ((None, torch.bfloat16), ("float32", torch.float32)):
         report = run_evaluate(str(tiny_model_dir), [str(spec)], config=str(ev.id), store_path=store, dtype=dtype)
         assert next(report.target.model.parameters()).dtype == want and report.target.run_id == result.run.id
+    dense_report = run_evaluate(str(tiny_model_dir), [str(spec)], store_path=store)
+    assert next(dense_report.target.model.parameters()).dtype == torch.bfloat16
+    assert dense_report.target.eval_id == by_levels[tuple(dense.tolist())].id
     # An export of the run loads, and is measured, in bfloat16: measured bytes equal predicted ones.
     out = tmp_path / "export"
     export_pruned(probe, ev.levels, out)

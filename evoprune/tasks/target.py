@@ -211,6 +211,11 @@ def open_target(
         if plan is not None
         else None
     )
+    if recorded is None and store is not None:
+        # The dense model or uniform:R next to a store: the dtype this model was searched in there,
+        # so its fingerprint finds that run.
+        same = [r for r in store.runs() if r.model == model]
+        dtype = dtype or (same[-1].settings["backend"].get("dtype") if same else None)
     dtype = dtype or recorded or "float32"
     if dtype not in DTYPES:
         raise EvopruneError(f"--dtype {dtype!r} is unknown: use one of {', '.join(DTYPES)}")
