@@ -503,3 +503,14 @@ def test_latency_of_a_bfloat16_run_is_timed_in_bfloat16(tmp_path):
         costs = CostEvaluator(space, model.config, dtype="bfloat16", latency_seq_len=16)
         costs.matrix(space.lower[None], ["latency"])
     assert timed == ["bfloat16"]
+
+
+def test_a_question_the_model_cannot_score_is_refused_in_one_line_naming_task_and_item(tmp_path, tiny_model_dir):
+    spec = _mc_task(tmp_path / "t", ["Is water wet?", "Is fire cold?"])
+    items = tmp_path / "t" / "items.jsonl"
+    lines = items.read_text().splitlines()
+    # Question 2's right answer is longer than the model's 512 positions.
+    lines[1] = lines[1].replace('"no"', '"' + " no" * 700 + '"')
+    items.write_text("\n".join(lines) + "\n")
+    out = evoprune("evaluate", "--model", str(tiny_model_dir), "--tasks", str(spec))
+    _one_line_error(out, "task 'yesno'", "items.jsonl", "question 2: a choice of", "longer than the model's 512")

@@ -73,6 +73,14 @@ def _result(ref: TaskRef, scored: list[Scored], *, shots, limit, seed, duration_
     )
 
 
+def _scored(ref: TaskRef, model, tokenizer, questions, progress=None) -> list[Scored]:
+    """``score_questions``; a question it refuses is named with its task and data."""
+    try:
+        return score_questions(model, tokenizer, questions, progress)
+    except EvopruneError as exc:
+        raise EvopruneError(f"task {ref.name!r} ({ref.data}): {exc}") from None
+
+
 def evaluate_model(
     model,
     tokenizer,
@@ -93,7 +101,7 @@ def evaluate_model(
     ref = _ref(task, data_dir)
     questions = build_questions(ref, limit=limit, shots=shots, seed=seed)
     start = time.perf_counter()
-    scored = score_questions(model, tokenizer, questions, progress)
+    scored = _scored(ref, model, tokenizer, questions, progress)
     return _result(ref, scored, shots=shots, limit=limit, seed=seed, duration_s=time.perf_counter() - start)
 
 
@@ -148,7 +156,7 @@ class TaskEvaluator:
     def _score_current(self) -> TaskResult:
         loaded = self.backend.loaded
         start = time.perf_counter()
-        scored = score_questions(loaded.model, loaded.tokenizer, self.questions)
+        scored = _scored(self.ref, loaded.model, loaded.tokenizer, self.questions)
         return _result(
             self.ref, scored, shots=self.shots, limit=self.limit, seed=self.seed, duration_s=time.perf_counter() - start
         )
