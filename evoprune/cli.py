@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -36,6 +37,18 @@ def _fail(message: str, code: int = 2) -> None:
     # Plain echo, not rich: a rich console would wrap a long message over several lines.
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
+
+
+def _use_task_data(task_data: str | None) -> None:
+    """Point shipped tasks at ``--task-data`` (checked: EvopruneError when it is not a folder).
+
+    Through the environment, so every evaluator of the command, and Ray workers (which forward
+    it), read the same folder.
+    """
+    if task_data is not None:
+        from evoprune.tasks.spec import TASK_DATA_ENV, task_data_dir
+
+        os.environ[TASK_DATA_ENV] = str(task_data_dir(task_data))
 
 
 def _levels_text(levels: list[int]) -> str:
@@ -193,6 +206,11 @@ def search_command(
         20.0, "--max-ppl-ratio", help="Only spend evaluations on candidates predicted within this factor of the best."
     ),
     task_limit: int = typer.Option(100, "--task-limit", help="Questions per task for acc:TASK objectives."),
+    task_data: str | None = typer.Option(
+        None,
+        "--task-data",
+        help="Folder of the shipped tasks' data (arc_easy/, mmlu/dev/; default: $EVOPRUNE_TASK_DATA, else the hub).",
+    ),
     baseline_skip_first: int = typer.Option(
         None, "--baseline-skip-first", help="uniform: first layers left dense (default: 4 of 32, scaled to depth)."
     ),
@@ -242,6 +260,9 @@ def search_command(
         None, "--workers", help="Ray workers, each with a copy of the model (default: as many as CPUs and memory hold)."
     ),
     gpus_per_worker: float = typer.Option(None, "--gpus-per-worker", help="GPUs each Ray worker reserves."),
+    retry_failed: bool = typer.Option(
+        False, "--retry-failed", help="Evaluate the run's failed rows again before going on (after fixing a fault)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the resulting front as JSON instead of a table."),
 ) -> None:
     """Search per-layer pruning levels for MODEL, spending EVALS real evaluations."""
@@ -261,6 +282,7 @@ def search_command(
         if executor != "ray" and executor_options:
             raise EvopruneError("--ray-address, --workers and --gpus-per-worker need --executor ray")
         executor_factory(executor)  # a missing Ray or an unknown name fails here, before the model loads
+        _use_task_data(options.get("task_data"))
         with _SearchProgress(err_console) as progress:
             result = search(
                 model,
@@ -270,6 +292,7 @@ def search_command(
                 progress=progress,
                 executor=executor,
                 executor_options=executor_options,
+                retry_failed=bool(options.get("retry_failed")),
             )
     except EvopruneError as exc:
         _fail(str(exc))
@@ -283,6 +306,14 @@ def resume_command(
     store: Path = typer.Option(..., "--store", "-s", help="SQLite pair store written by 'evoprune search'."),
     run: int | None = typer.Option(None, "--run", help="Run id (default: the latest run)."),
     evals: int | None = typer.Option(None, "--evals", "-n", help="New total budget (default: the run's own)."),
+    task_data: str | None = typer.Option(
+        None,
+        "--task-data",
+        help="Folder of the shipped tasks' data (arc_easy/, mmlu/dev/; default: $EVOPRUNE_TASK_DATA, else the hub).",
+    ),
+    retry_failed: bool = typer.Option(
+        False, "--retry-failed", help="Evaluate the run's failed rows again before going on (after fixing a fault)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the resulting front as JSON."),
 ) -> None:
     """Continue a stored run with its recorded settings; nothing but the store is needed."""
@@ -296,8 +327,9 @@ def resume_command(
         settings = settings_from_run(r.settings)
         if evals is not None:
             settings = replace(settings, evals=evals)
+        _use_task_data(task_data)
         with _SearchProgress(err_console) as progress:
-            result = search(r.model, r.data, str(store), settings, progress=progress)
+            result = search(r.model, r.data, str(store), settings, progress=progress, retry_failed=retry_failed)
     except EvopruneError as exc:
         _fail(str(exc))
     except KeyboardInterrupt:
@@ -413,6 +445,9 @@ def measure_command(
     seq_len: int = typer.Option(256, "--seq-len", help="Tokens per forward pass."),
     batch: int = typer.Option(1, "--batch", help="Sequences per forward pass."),
     repeats: int = typer.Option(15, "--repeats", help="Timed forward passes (the median is reported)."),
+    dtype: str | None = typer.Option(
+        None, "--dtype", help="float32, bfloat16 or float16 (default: the run's or export's own, else float32)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Time a real model's forward pass and weigh it; for exports, next to the cost model's prediction."""
@@ -423,7 +458,7 @@ def measure_command(
     try:
         with _SearchProgress(err_console) as progress:
             progress("phase", name=f"measuring {model}")
-            report = measure(model, seq_len=seq_len, batch=batch, repeats=repeats)
+            report = measure(model, seq_len=seq_len, batch=batch, repeats=repeats, dtype=dtype)
     except EvopruneError as exc:
         _fail(str(exc))
     if as_json:
@@ -680,6 +715,14 @@ def evaluate_command(
     limit: int | None = typer.Option(None, "--limit", help="Score a fixed random subset of N questions per task."),
     shots: int | None = typer.Option(None, "--shots", help="In-context examples (default: the task's own, 0)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the --limit subset and of the few-shot examples."),
+    dtype: str | None = typer.Option(
+        None, "--dtype", help="float32, bfloat16 or float16 (default: the run's or export's own, else float32)."
+    ),
+    task_data: str | None = typer.Option(
+        None,
+        "--task-data",
+        help="Folder of the shipped tasks' data (arc_easy/, mmlu/dev/; default: $EVOPRUNE_TASK_DATA, else the hub).",
+    ),
     data: str | None = typer.Option(
         None, "--data", "-d", help="Importance text for uniform:R or a plan.json that names none (default: builtin)."
     ),
@@ -705,6 +748,8 @@ def evaluate_command(
                 shots=shots,
                 seed=seed,
                 progress=progress,
+                task_data=task_data,
+                dtype=dtype,
             )
     except EvopruneError as exc:
         _fail(str(exc))

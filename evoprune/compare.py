@@ -95,7 +95,9 @@ def compare(
         start = time.perf_counter()
         result = search(model, data, store, s, progress, backend=backend)
         wall = time.perf_counter() - start if result.new_evaluations else None
-        costs = CostEvaluator(SearchSpace.from_dict(result.run.space), backend.loaded.model.config)
+        costs = CostEvaluator(
+            SearchSpace.from_dict(result.run.space), backend.loaded.model.config, dtype=backend.settings.dtype
+        )
         with Store(store) as st:
             rows.append(summarize(st, result.run, s, costs, wall))
     return rows

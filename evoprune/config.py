@@ -19,7 +19,17 @@ from evoprune.search import SearchSettings
 SEARCH_FIELDS = {f.name for f in fields(SearchSettings)} - {"backend"}
 BACKEND_FIELDS = {f.name for f in fields(BackendSettings)}
 # Options that are not settings of the search itself.
-RUN_FIELDS = {"model", "data", "store", "executor", "ray_address", "workers", "gpus_per_worker"}
+RUN_FIELDS = {
+    "model",
+    "data",
+    "store",
+    "executor",
+    "ray_address",
+    "workers",
+    "gpus_per_worker",
+    "task_data",
+    "retry_failed",
+}
 # CLI names that differ from the settings' field names.
 ALIASES = {"importance": "criterion"}
 

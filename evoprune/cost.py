@@ -104,8 +104,17 @@ class LatencyTable:
         return self.fixed_ms + overhead + sum(self.attn_ms[a] for a in attn) + sum(self.mlp_ms[m] for m in mlp)
 
     @classmethod
-    def measure(cls, config, space: SearchSpace, seq_len: int = 256, batch: int = 1, repeats: int = 15) -> LatencyTable:
-        """Time real decoder layers of ``config``'s family at every width ``space`` allows (CPU).
+    def measure(
+        cls,
+        config,
+        space: SearchSpace,
+        seq_len: int = 256,
+        batch: int = 1,
+        repeats: int = 15,
+        dtype: str = "float32",
+    ) -> LatencyTable:
+        """Time real decoder layers of ``config``'s family at every width ``space`` allows (CPU),
+        with weights and activations in ``dtype`` (the run's: bfloat16 matmuls run at another speed).
 
         One decoder layer is built per width (random weights of the real shapes) and timed with
         the family's own forward code, so norms, rotary embeddings and residual adds are counted.
@@ -117,9 +126,10 @@ class LatencyTable:
 
         adapter = adapter_for(config)
         family = adapter.family
-        model = _one_layer_model(config)
+        model = _one_layer_model(config, dtype)
         base = family.layers(model)[0]
         hidden = torch.randn(batch, seq_len, config.hidden_size, generator=torch.Generator().manual_seed(0))
+        hidden = hidden.to(getattr(torch, dtype))
         call = adapter.layer_caller(model, hidden)
 
         def layer_ms(attn_level: int | None, mlp_level: int | None) -> float:
@@ -155,19 +165,24 @@ class LatencyTable:
         return cls(attn_ms, mlp_ms, fixed, empty, seq_len, batch, "cpu", torch.get_num_threads())
 
     @classmethod
-    def cached(cls, config, space: SearchSpace, seq_len: int = 256, batch: int = 1) -> LatencyTable:
-        """The table for this space on this machine, measured on first use and kept in the cache."""
-        key_src = json.dumps([space.fingerprint(), seq_len, batch, torch.get_num_threads(), torch.__version__, 2])
+    def cached(
+        cls, config, space: SearchSpace, seq_len: int = 256, batch: int = 1, dtype: str = "float32"
+    ) -> LatencyTable:
+        """The table for this space and dtype on this machine, measured on first use and kept in the cache."""
+        key = [space.fingerprint(), seq_len, batch, torch.get_num_threads(), torch.__version__, 2]
+        if dtype != "float32":  # float32 tables keep the key they always had
+            key.append(dtype)
+        key_src = json.dumps(key)
         path = cache_dir("latency") / f"{hashlib.sha1(key_src.encode()).hexdigest()[:20]}.json"
         if path.exists():
             return cls(**json.loads(path.read_text()))
-        table = cls.measure(config, space, seq_len, batch)
+        table = cls.measure(config, space, seq_len, batch, dtype=dtype)
         path.write_text(json.dumps(asdict(table)))
         return table
 
 
-def _one_layer_model(config):
-    """A dense one-layer model of ``config``'s family with random weights, for timing."""
+def _one_layer_model(config, dtype: str = "float32"):
+    """A dense one-layer model of ``config``'s family with random weights in ``dtype``, for timing."""
     from transformers import AutoModelForCausalLM
 
     cfg = copy.deepcopy(config)
@@ -177,7 +192,7 @@ def _one_layer_model(config):
     cfg.num_hidden_layers = 1
     cfg.architectures = None
     torch.manual_seed(0)
-    return AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
+    return AutoModelForCausalLM.from_config(cfg, dtype=getattr(torch, dtype)).eval()
 
 
 @dataclass(frozen=True)

@@ -151,10 +151,21 @@ def read_export_config(path: str | Path):
     return CONFIG_MAPPING[base_type].from_dict(raw)
 
 
+def export_dtype(path: str | Path) -> str:
+    """The dtype an export was searched and written in (its plan's ``backend.dtype``; float32 for
+    exports without a readable plan)."""
+    try:
+        plan = json.loads((Path(path) / PLAN_FILE).read_text(encoding="utf-8"))
+        return str(plan["backend"]["dtype"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return "float32"
+
+
 def load_pruned(path: str | Path, dtype=None):
     """Load an evoprune export with evoprune's own modeling code (no code from ``path`` runs).
 
-    Returns ``(model, tokenizer)``.
+    ``dtype`` (a ``torch.dtype`` or its name) defaults to the export's own (``export_dtype``), so a
+    bfloat16 search's export computes as the search measured it. Returns ``(model, tokenizer)``.
     """
     import torch
     import transformers
@@ -167,8 +178,15 @@ def load_pruned(path: str | Path, dtype=None):
     config = read_export_config(path)
     base = getattr(transformers, adapter_for(config).base_class_name(config))
     cls = pruned_modeling.make_pruned_class(base)
+    if not isinstance(dtype, torch.dtype):
+        from evoprune.backend.pruner import DTYPES
+
+        name = dtype or export_dtype(path)
+        if name not in DTYPES:
+            raise EvopruneError(f"dtype {name!r} is unknown: use one of {', '.join(DTYPES)}")
+        dtype = getattr(torch, name)
     try:
-        model = cls.from_pretrained(path, config=config, dtype=dtype or torch.float32)
+        model = cls.from_pretrained(path, config=config, dtype=dtype)
     except Exception as exc:  # noqa: BLE001 - safetensors and shape errors become one clear line
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise EvopruneError(

@@ -112,6 +112,7 @@ class CostEvaluator:
                  latency_seq_len: int = 256):  # fmt: skip
         self.space = space
         self.model = CostModel(space, dtype=dtype, context=context)
+        self.dtype = dtype
         self.model_config = model_config
         self.latency_seq_len = latency_seq_len
         self._latency: LatencyTable | None = None
@@ -120,7 +121,9 @@ class CostEvaluator:
 
     def latency_table(self) -> LatencyTable:
         if self._latency is None:
-            self._latency = LatencyTable.cached(self.model_config, self.space, seq_len=self.latency_seq_len)
+            self._latency = LatencyTable.cached(
+                self.model_config, self.space, seq_len=self.latency_seq_len, dtype=self.dtype
+            )
         return self._latency
 
     def matrix(self, X: np.ndarray, names) -> np.ndarray:

@@ -89,7 +89,7 @@ def plan(
         result = search(run.model, run.data, store_path, replace(focused, evals=prior + spend), progress)
         spent = result.new_evaluations
     space = SearchSpace.from_dict(run.space)
-    cost_model = CostModel(space)
+    cost_model = CostModel(space, dtype=run.settings["backend"].get("dtype", "float32"))  # the run's bytes per weight
     with Store.open_existing(store_path, readonly=True) as st:
         evals = _problem_evaluations(st, run)
     limit_params = budget.params_fraction_limit(run.dense_params)

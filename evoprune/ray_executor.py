@@ -56,6 +56,7 @@ _DEATH_FIELD = re.compile(r"^(class_name|actor_id|pid|name|namespace|ip):")
 # cluster's workers inherit the environment of `ray start`, not the driver's, so they are passed on.
 FORWARDED_ENV = (
     "EVOPRUNE_CACHE_DIR",
+    "EVOPRUNE_TASK_DATA",
     "HF_HOME",
     "HF_HUB_CACHE",
     "HF_DATASETS_CACHE",

@@ -37,7 +37,7 @@ from pymoo.util.ref_dirs import get_reference_directions
 from scipy.stats import kendalltau
 
 from evoprune.acquisition import ACQUISITIONS, expected_hv_improvement, select_batch
-from evoprune.backend.pruner import BackendSettings, Measurement, PruningBackend, load_backend
+from evoprune.backend.pruner import COLLAPSED, BackendSettings, Measurement, PruningBackend, load_backend
 from evoprune.design import feasible_design, intensity_sample
 from evoprune.errors import EvopruneError
 from evoprune.executors import BackendRecipe, Executor, Job, LocalExecutor, WorkerFailure, make_executor
@@ -192,7 +192,8 @@ class SearchContext:
         self.executor = executor or LocalExecutor(backend)
         self.space = backend.space
         self.objectives = Objectives.parse(settings.objectives)
-        self.costs = CostEvaluator(backend.space, backend.loaded.model.config)
+        # Bytes per weight and KV element follow the run's dtype (2 in bfloat16/float16).
+        self.costs = CostEvaluator(backend.space, backend.loaded.model.config, dtype=backend.settings.dtype)
         self.constraint_names, self.constraint_limits = self.costs.constraints(settings.budget)
         self.costs.check_feasible(settings.budget)
         self.dense_params = self.space.arch.dense_params()
@@ -205,6 +206,11 @@ class SearchContext:
         """Runs with the same pair key measured the same problem; their pairs can be shared."""
         b = self.backend
         payload = [b.loaded.fingerprint, b.data_fingerprint, self.space.fingerprint(), b.settings.identity()]
+        # Metrics read from files (task questions) are part of the problem by content; runs
+        # without such metrics keep the key they always had.
+        extra = [getattr(m, "fingerprint", None) for m in b.extra_metrics]
+        if any(extra):
+            payload.append([f for f in extra if f])
         return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
     def open_run(self) -> Run:
@@ -346,7 +352,30 @@ class SearchContext:
 
         self.executor.evaluate([Job(e.id, tuple(e.levels)) for e in pending], commit, note_failure)
         self.timings["eval_s"] += spent
+        self.check_not_all_failed()
         return spent
+
+    def check_not_all_failed(self, finished: bool = False) -> None:
+        """Stop the search when every evaluation of the run failed: at once when they failed with
+        errors (a fault in the model, the data or a metric, not in the configurations, so the rest
+        of the budget would only add failed rows), and when the method is done (``finished``)
+        whatever the errors (collapsed models included), so a search never ends with an empty
+        front as if it had succeeded.
+
+        Raises EvopruneError naming the first error and how to go on.
+        """
+        evals = self.evaluations()
+        if not evals or any(e.status in ("ok", "pending") for e in evals):
+            return
+        # Collapse is a verdict on a configuration: others may not collapse, so the search goes on.
+        if not finished and all(e.error == COLLAPSED for e in evals):
+            return
+        first = ((evals[0].error or "").strip().splitlines() or ["no message"])[0]
+        raise EvopruneError(
+            f"all {len(evals)} evaluations of run {self.run.id} failed, the first with: {first}: fix the "
+            "cause (a changed model, data or task file starts a new run), or evaluate these rows again with "
+            "--retry-failed"
+        )
 
     def evaluate_now(self, X, origin: str, round_: int, predicted: list[dict] | None = None) -> None:
         """Enqueue new, feasible, not yet known configurations within the budget, then evaluate them."""
@@ -865,15 +894,20 @@ class ActiveLearningSearch:
         return run_strategy(self.context)
 
 
-def run_strategy(ctx: SearchContext) -> SearchResult:
+def run_strategy(ctx: SearchContext, retry_failed: bool = False) -> SearchResult:
+    """Run ``ctx``'s method to its budget; ``retry_failed`` first evaluates the run's failed rows again."""
     from evoprune.baselines import STRATEGIES
 
     if ctx.run is None:
         ctx.open_run()
+    if retry_failed:
+        retried = ctx.store.retry_failed(ctx.run.id)
+        ctx.progress("phase", name=f"evaluating {retried} failed rows again")
     ctx.progress("start", run=ctx.run, done=len(ctx.evaluations()), total=ctx.settings.evals)
     ctx.evaluate_pending()  # finish what a killed process left behind
     ctx.evaluate_pending_fidelities()
     STRATEGIES[ctx.settings.method]().run(ctx)
+    ctx.check_not_all_failed(finished=True)
     # Every method ends the same way: its candidates climb the ladder, its picks are validated.
     final_round = ctx.next_round()
     ctx.promote(final_round, limit=2 * ctx.settings.batch if ctx.constraint_names else ctx.settings.batch)
@@ -928,8 +962,12 @@ def search(
     executor: str = "local",
     executor_options: dict | None = None,
     backend: PruningBackend | None = None,
+    retry_failed: bool = False,
 ) -> SearchResult:
     """Run (or continue) a search: everything the ``evoprune search`` command does, as one call.
+
+    ``retry_failed`` evaluates the run's failed rows again (after a transient fault was fixed)
+    before the method goes on; they count against ``evals`` as before.
 
     The store file is created only after the model, data and budget have been checked, so bad
     input never leaves an empty store behind. ``executor`` names where real evaluations run
@@ -945,12 +983,14 @@ def search(
     else:
         settings.validate()
         backend = backend.with_grid(settings.backend)
-    CostEvaluator(backend.space, backend.loaded.model.config).check_feasible(settings.budget)
+    CostEvaluator(backend.space, backend.loaded.model.config, dtype=settings.backend.dtype).check_feasible(
+        settings.budget
+    )
     recipe = BackendRecipe(model, data, settings.backend, backend.loaded.fingerprint)
     runner = make_executor(executor, backend, recipe, **(executor_options or {}))
     try:
         # One searching process per store: a second one would redo the first one's pending rows.
         with Store(store) as st, search_lock(store):
-            return run_strategy(SearchContext(backend, st, settings, progress, runner))
+            return run_strategy(SearchContext(backend, st, settings, progress, runner), retry_failed)
     finally:
         runner.close()

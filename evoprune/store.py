@@ -437,6 +437,19 @@ class Store:
                 ("ok" if ok else "failed", json.dumps(metrics), error, _now(), float(duration_s), eval_id),
             )
 
+    def retry_failed(self, run_id: int) -> int:
+        """Turn run ``run_id``'s failed evaluations back into pending rows; return how many.
+
+        Their configurations, origins and rounds stay; the error and metrics go.
+        """
+        with self._tx() as c:
+            cur = c.execute(
+                "UPDATE evaluations SET status='pending', metrics=NULL, error=NULL, finished_at=NULL, duration_s=NULL "
+                "WHERE run_id=? AND status='failed'",
+                (run_id,),
+            )
+            return cur.rowcount
+
     def evaluations(self, run_id: int, status: str | None = None) -> list[Evaluation]:
         """A run's evaluations in order, each with the ladder rungs and validation it reached."""
         sql, args = "SELECT * FROM evaluations WHERE run_id=?", [run_id]

@@ -18,6 +18,8 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     """Importance scores are cached per test session, never in the user's home."""
     monkeypatch.setenv("EVOPRUNE_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "evoprune-cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # The shipped tasks (arc_easy, mmlu) read this workspace's copy of their data, never the hub.
+    monkeypatch.setenv("EVOPRUNE_TASK_DATA", str(SHARED_DATA))
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
 
 

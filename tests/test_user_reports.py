@@ -227,3 +227,290 @@ def test_a_method_that_stops_before_its_budget_says_why(method, tmp_path, tiny_t
     # A search that spends its budget has nothing to explain.
     spent = search(str(model_dir), str(text_file), str(tmp_path / "s.db"), replace(settings, evals=done))
     assert spent.stop_reason is None
+
+
+# -- 8: shipped tasks never read a development path -------------------------------------------
+ARC_ROWS = [
+    {
+        "id": f"q{i}",
+        "question": f"Question {i}?",
+        "choices": {"text": ["yes", "no"], "label": ["A", "B"]},
+        "answerKey": "A",
+    }
+    for i in range(3)
+]
+
+
+@pytest.fixture
+def task_data(tmp_path) -> Path:
+    """A task data folder in the layout the shipped tasks name (arc_easy/..., mmlu/dev/...)."""
+    import json
+
+    root = tmp_path / "task-data"
+    (root / "arc_easy").mkdir(parents=True)
+    lines = [
+        json.dumps(
+            {
+                "question": {
+                    "stem": r["question"],
+                    "choices": [{"text": t, "label": la} for t, la in zip(*r["choices"].values(), strict=True)],
+                },
+                "answerKey": r["answerKey"],
+            }
+        )
+        for r in ARC_ROWS
+    ]
+    (root / "arc_easy" / "ARC-Easy-Dev.jsonl").write_text("\n".join(lines) + "\n")
+    (root / "mmlu" / "dev").mkdir(parents=True)
+    (root / "mmlu" / "dev" / "astronomy_dev.csv").write_text(
+        "question,choice0,choice1,choice2,choice3,answer\nA?,a,b,c,d,0\nB?,a,b,c,d,1\n"
+    )
+    return root
+
+
+def test_shipped_tasks_read_the_task_data_folder_or_the_hub_and_otherwise_say_how_to_get_the_data(
+    task_data, monkeypatch
+):
+    import datasets
+
+    from evoprune.tasks import build_questions, registry, resolve_task
+
+    assert all(not Path(s.path).is_absolute() and ".." not in Path(s.path).parts for s in registry().values())
+    # From the option, then from the variable; never from a folder beside the project.
+    ref = resolve_task("arc_easy", task_data)
+    assert ref.data == task_data / "arc_easy" / "ARC-Easy-Dev.jsonl" and len(build_questions(ref)) == 3
+    monkeypatch.setenv("EVOPRUNE_TASK_DATA", str(task_data))
+    assert len(build_questions(resolve_task("mmlu"))) == 2
+    with pytest.raises(EvopruneError, match=r"does not exist in the task data directory .* --tasks arc_challenge=PATH"):
+        resolve_task("arc_challenge")
+    with pytest.raises(EvopruneError, match=r"task data directory '.*nowhere' \(from --task-data\) does not exist"):
+        resolve_task("arc_easy", task_data / "nowhere")
+    # No folder: the hub, through datasets, in the Hugging Face layouts.
+    monkeypatch.delenv("EVOPRUNE_TASK_DATA")
+    calls = []
+
+    def fake_load(name, config, split):
+        calls.append((name, config, split))
+        if name == "cais/mmlu":
+            return [{"question": "Q?", "subject": "anatomy", "choices": ["a", "b", "c", "d"], "answer": 2}] * 2
+        return ARC_ROWS
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    arc = resolve_task("arc_easy")
+    assert arc.data == "hf:allenai/ai2_arc:ARC-Easy:validation" and len(build_questions(arc)) == 3
+    mmlu = build_questions(resolve_task("mmlu"), shots=1)
+    assert mmlu[0].context.startswith("The following are multiple choice questions (with answers) about anatomy.")
+    assert calls == [("allenai/ai2_arc", "ARC-Easy", "validation"), ("cais/mmlu", "all", "dev")]
+
+    # Hub unreachable: one line that says how to get the data.
+    def offline(name, config, split):
+        raise ConnectionError("Couldn't reach 'allenai/ai2_arc' on the Hub (LocalEntryNotFoundError)\nmore")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(EvopruneError) as err:
+        resolve_task("arc_easy")
+    message = str(err.value)
+    assert "\n" not in message and "Couldn't reach" in message
+    for hint in ("--task-data DIR", "EVOPRUNE_TASK_DATA", "arc_easy/ARC-Easy-Dev.jsonl", "--tasks arc_easy=PATH"):
+        assert hint in message, message
+
+
+def test_cli_evaluate_takes_task_data_from_the_option_outside_the_project(task_data, tiny_model_dir, tmp_path):
+    env_less = {k: v for k, v in os.environ.items() if k != "EVOPRUNE_TASK_DATA"}
+    repo = str(Path(__file__).resolve().parents[1])
+    env_less["PYTHONPATH"] = os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")]))
+    env_less["HF_HUB_OFFLINE"] = env_less["HF_DATASETS_OFFLINE"] = "1"
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "evoprune", "evaluate", "--model", str(tiny_model_dir), *args]
+        return subprocess.run(command, capture_output=True, text=True, timeout=300, env=env_less, cwd=tmp_path)
+
+    ok = run("--tasks", "arc_easy,mmlu", "--task-data", str(task_data), "--json")
+    assert ok.returncode == 0, ok.stderr
+    import json
+
+    report = json.loads(ok.stdout)
+    assert [r["n"] for r in report["results"]] == [3, 2]
+    assert report["results"][0]["data"] == str(task_data / "arc_easy" / "ARC-Easy-Dev.jsonl")
+    _one_line_error(run("--tasks", "arc_easy"), "could not load allenai/ai2_arc", "--task-data DIR")
+    _one_line_error(run("--tasks", "arc_easy", "--task-data", str(tmp_path / "none")), "does not exist")
+
+
+# -- 3: degenerate items, searches whose evaluations all fail, what a run's identity covers ----
+def _mc_task(folder: Path, questions: list[str]) -> Path:
+    """A generic multiple-choice task file over a jsonl of the given questions."""
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [{"question": q, "choices": ["yes", "no"], "answer": i % 2} for i, q in enumerate(questions)]
+    (folder / "items.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    spec = folder / "task.yaml"
+    spec.write_text('name: yesno\nformat: mc_jsonl\npath: items.jsonl\nprompt: "{question}"\nmetrics: [acc]\n')
+    return spec
+
+
+def test_a_question_that_encodes_to_nothing_is_scored_not_a_crash(tmp_path, tiny_tokenizer):
+    import math
+
+    from evoprune.tasks import encode_pair, evaluate_model, resolve_task
+    from tests.conftest import build_tiny_model
+
+    ctx, cont = encode_pair(tiny_tokenizer, "  \n ", " yes")
+    assert ctx == [tiny_tokenizer.bos_token_id] and tiny_tokenizer.decode(cont) == "  \n  yes"
+    spec = _mc_task(tmp_path / "t", ["Is water wet?", "   ", "", "\n\t"])
+    result = evaluate_model(build_tiny_model("llama"), tiny_tokenizer, resolve_task(str(spec)))
+    assert result.n == 4 and all(math.isfinite(ll) for s in result.items for ll in s.loglikelihoods)
+
+
+def test_a_search_whose_evaluations_all_fail_stops_in_one_line(tmp_path, tiny_model_dir, tiny_tokenizer, text_file):
+    import torch
+
+    from evoprune.search import prepare_backend
+    from tests.conftest import build_tiny_model
+
+    # A metric that raises on every configuration (as a task item that crashed the scorer did):
+    # a fault, so the search stops after its first batch instead of spending the budget.
+    settings = _settings()
+    backend = prepare_backend(str(tiny_model_dir), str(text_file), settings)
+
+    def broken_metric(_backend):
+        raise RuntimeError("Expected tensor for argument #1 'indices' to have one of the following scalar types")
+
+    backend.extra_metrics.append(broken_metric)
+    store = tmp_path / "fault.db"
+    with pytest.raises(EvopruneError, match=r"all 4 evaluations of run 1 failed, the first with: RuntimeError: "):
+        search(str(tiny_model_dir), str(text_file), str(store), settings, backend=backend)
+    with Store(store) as st:
+        assert [e.status for e in st.evaluations(1)] == ["failed"] * 4
+    # Every configuration collapses (the final norm is NaN): collapse is a verdict on a
+    # configuration, so the method goes on, but it ends with one line and exit 2, never an empty front.
+    model = build_tiny_model("llama")
+    with torch.no_grad():
+        model.model.norm.weight.fill_(float("nan"))
+    path = tmp_path / "broken"
+    model.save_pretrained(path)
+    tiny_tokenizer.save_pretrained(path)
+    cli = evoprune(
+        "search", "--model", str(path), "--data", str(text_file), "--store", str(tmp_path / "cli.db"),
+        "--evals", "6", "--init", "4", "--batch", "2", *SEARCH_ARGS,
+    )  # fmt: skip
+    _one_line_error(cli, "all 6 evaluations of run 1 failed", "non-finite", "--retry-failed")
+
+
+def test_a_run_is_its_task_files_content_and_failed_rows_are_retried_on_request(
+    tmp_path, searched_store, tiny_model_dir, text_file
+):
+    # A task file edited in place is another problem: a new run, the old one untouched.
+    spec = _mc_task(tmp_path / "t", ["Is water wet?", "Is fire cold?", "Is ice hot?"])
+    settings = _settings(evals=4, objectives=f"ppl,acc:{spec},params", task_limit=3)
+    first = search(str(tiny_model_dir), str(text_file), str(tmp_path / "a.db"), settings)
+    _mc_task(tmp_path / "t", ["Is water wet?", "Is fire cold?", "Is snow white?"])
+    second = search(str(tiny_model_dir), str(text_file), str(tmp_path / "a.db"), settings)
+    assert second.run.id != first.run.id and second.new_evaluations == 4
+    same = search(str(tiny_model_dir), str(text_file), str(tmp_path / "a.db"), settings)
+    assert same.run.id == second.run.id and same.new_evaluations == 0
+    # Failed rows stay failed unless asked; --retry-failed evaluates them again.
+    store = tmp_path / "s.db"
+    shutil.copy2(searched_store, store)
+    with Store(store) as st:
+        before = {e.id: e for e in st.evaluations(1)}
+        hit = [e.id for e in before.values() if e.status == "ok"][:2]
+        for eid in hit:
+            st.finish(eid, ok=False, metrics={}, error="RuntimeError: CUDA out of memory", duration_s=1.0)
+    again = search(str(tiny_model_dir), str(text_file), str(store), _settings())
+    assert again.new_evaluations == 0 and sum(e.status == "failed" for e in again.evaluations) == 2
+    config = tmp_path / "search.toml"
+    config.write_text("pop_size = 16\ngenerations = 4\n")  # the inner search as _settings() has it
+    cli = evoprune(
+        "search", "--model", str(tiny_model_dir), "--data", str(text_file), "--store", str(store),
+        "--evals", "6", "--init", "4", "--batch", "2", "--config", str(config), *SEARCH_ARGS, "--retry-failed",
+    )  # fmt: skip
+    assert cli.returncode == 0, cli.stderr
+    with Store(store) as st:
+        after = {e.id: e for e in st.evaluations(1)}
+    assert after.keys() == before.keys() and all(after[i].status == "ok" for i in after)
+    for eid in hit:
+        assert after[eid].metrics["ppl"] == pytest.approx(before[eid].metrics["ppl"], rel=1e-6)
+
+
+# -- 2: the run's dtype after the search ------------------------------------------------------
+def test_a_bfloat16_run_counts_two_bytes_and_loads_its_model_and_export_in_bfloat16(
+    tmp_path, tiny_model_dir, text_file
+):
+    import torch
+
+    from evoprune.export import export_pruned, load_pruned
+    from evoprune.measure import measure
+    from evoprune.objectives import Budget
+    from evoprune.plan import plan
+    from evoprune.search import prepare_backend
+    from evoprune.tasks.command import run_evaluate
+
+    backend_settings = replace(BACKEND, dtype="bfloat16")
+    probe = prepare_backend(str(tiny_model_dir), str(text_file), _settings(backend=backend_settings))
+    space = probe.space
+    dense = space.lower
+    kv_bytes = 2 * space.arch.num_layers * space.arch.num_kv_heads * space.arch.head_dim * 2048 * 2
+    dense_bytes = space.params(dense) * 2 + kv_bytes  # 2 bytes per weight and KV element
+    # A budget just above the dense model in bfloat16 (in float32 it is twice that): dense is a candidate.
+    limit = f"{dense_bytes + 16}B"
+    settings = _settings(evals=3, init=3, max_memory=limit, backend=backend_settings)
+    store = tmp_path / "s.db"
+    result = search(str(tiny_model_dir), str(text_file), str(store), settings, backend=probe)
+    by_levels = {tuple(e.levels): e for e in result.evaluations}
+    assert tuple(dense.tolist()) in by_levels
+    assert by_levels[tuple(dense.tolist())].cost["memory_bytes"] == dense_bytes
+    assert plan(str(store), Budget(max_memory=limit)).cost["memory_bytes"] <= dense_bytes
+    # evaluate --config ID loads the run's model in its dtype (and accepts it), or in one it is told.
+    spec = _mc_task(tmp_path / "t", ["Is water wet?", "Is fire cold?"])
+    ev = next(e for e in result.evaluations if e.levels != dense.tolist())
+    for dtype, want in ((None, torch.bfloat16), ("float32", torch.float32)):
+        report = run_evaluate(str(tiny_model_dir), [str(spec)], config=str(ev.id), store_path=store, dtype=dtype)
+        assert next(report.target.model.parameters()).dtype == want and report.target.run_id == result.run.id
+    dense_report = run_evaluate(str(tiny_model_dir), [str(spec)], store_path=store)
+    assert next(dense_report.target.model.parameters()).dtype == torch.bfloat16
+    assert dense_report.target.eval_id == by_levels[tuple(dense.tolist())].id
+    # An export of the run loads, and is measured, in bfloat16: measured bytes equal predicted ones.
+    out = tmp_path / "export"
+    export_pruned(probe, ev.levels, out)
+    model, _ = load_pruned(out)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    report = measure(str(out), seq_len=16, repeats=1)
+    assert report["weight_bytes"] == report["predicted"]["weight_bytes"]
+
+
+def test_latency_of_a_bfloat16_run_is_timed_in_bfloat16(tmp_path):
+    """The latency table behind --max-latency-ms and the latency objective runs the run's dtype."""
+    from evoprune.backend.adapters import adapter_for
+    from evoprune.cost import LatencyTable
+    from evoprune.objectives import CostEvaluator
+    from evoprune.space import SearchSpace
+    from tests.conftest import build_tiny_model
+
+    model = build_tiny_model("llama", num_layers=2)
+    space = SearchSpace(adapter_for(model.config).arch_spec(model.config), mlp_levels=2)
+    table = LatencyTable.measure(model.config, space, seq_len=16, repeats=1, dtype="bfloat16")
+    assert len(table.attn_ms) == 3 and table.fixed_ms >= 0
+    timed = []
+    real = LatencyTable.measure.__func__
+
+    def spy(cls, config, space, seq_len=256, batch=1, repeats=15, dtype="float32"):
+        timed.append(dtype)
+        return real(cls, config, space, seq_len, batch, 1, dtype=dtype)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(LatencyTable, "measure", classmethod(spy))
+        costs = CostEvaluator(space, model.config, dtype="bfloat16", latency_seq_len=16)
+        costs.matrix(space.lower[None], ["latency"])
+    assert timed == ["bfloat16"]
+
+
+def test_a_question_the_model_cannot_score_is_refused_in_one_line_naming_task_and_item(tmp_path, tiny_model_dir):
+    spec = _mc_task(tmp_path / "t", ["Is water wet?", "Is fire cold?"])
+    items = tmp_path / "t" / "items.jsonl"
+    lines = items.read_text().splitlines()
+    # Question 2's right answer is longer than the model's 512 positions.
+    lines[1] = lines[1].replace('"no"', '"' + " no" * 700 + '"')
+    items.write_text("\n".join(lines) + "\n")
+    out = evoprune("evaluate", "--model", str(tiny_model_dir), "--tasks", str(spec))
+    _one_line_error(out, "task 'yesno'", "items.jsonl", "question 2: a choice of", "longer than the model's 512")

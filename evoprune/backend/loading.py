@@ -98,14 +98,24 @@ class LoadedModel:
     fingerprint: str
 
 
-def model_fingerprint(model) -> str:
-    """Identifies architecture and weights: the config plus a digest of a few weight tensors."""
-    h = hashlib.sha1(json.dumps(model.config.to_diff_dict(), sort_keys=True, default=str).encode())
+def model_fingerprint(model, as_dtype: torch.dtype | None = None) -> str:
+    """Identifies architecture and weights: the config plus a digest of a few weight tensors.
+
+    ``as_dtype``: the fingerprint the same checkpoint has when loaded in that dtype (a run
+    searched in bfloat16, checked against the model loaded in float32).
+    """
+    config = model.config.to_diff_dict()
+    if as_dtype is not None:
+        config["dtype"] = str(as_dtype).removeprefix("torch.")
+    h = hashlib.sha1(json.dumps(config, sort_keys=True, default=str).encode())
     state = model.state_dict()
     names = sorted(state)
     for name in names[:3] + names[-3:]:
+        tensor = state[name].detach()
+        if as_dtype is not None and tensor.is_floating_point():
+            tensor = tensor.to(as_dtype)
         h.update(name.encode())
-        h.update(state[name].detach().float().flatten()[:4096].numpy().tobytes())
+        h.update(tensor.float().flatten()[:4096].numpy().tobytes())
     return h.hexdigest()[:16]
 
 

@@ -23,6 +23,9 @@ from evoprune.backend.slicing import slice_model
 from evoprune.errors import EvopruneError
 from evoprune.space import SearchSpace
 
+# The error of a configuration whose model collapsed: an outcome of the configuration, not a fault.
+COLLAPSED = "non-finite perplexity or KL (the pruned model collapsed)"
+
 
 @dataclass(frozen=True)
 class BackendSettings:
@@ -393,7 +396,7 @@ class PruningBackend:
                 metrics.update(extra(self))
             error = None
             if not all(math.isfinite(v) for v in metrics.values()):
-                error = "non-finite perplexity or KL (the pruned model collapsed)"
+                error = COLLAPSED
         except (RuntimeError, MemoryError) as exc:
             metrics, error = {}, f"{type(exc).__name__}: {exc}"
         finally:

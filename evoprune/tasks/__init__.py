@@ -1,6 +1,7 @@
 """Task accuracy (ARC, MMLU, any multiple-choice file) as search metrics and in reports.
 
-evoprune's own scorer reads local data files and needs nothing beyond torch and transformers;
+evoprune's own scorer reads local data files (the shipped tasks: a task data folder from
+``--task-data``/``EVOPRUNE_TASK_DATA``, else the Hugging Face hub through ``datasets``);
 ``evoprune.tasks.harness`` runs lm-evaluation-harness tasks by name (``pip install
 'evoprune[tasks]'`` and a reachable Hugging Face hub)::
 

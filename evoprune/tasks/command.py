@@ -53,7 +53,9 @@ def parse_tasks(text: str) -> list[str]:
     return names
 
 
-def _check_tasks(names: list[str], limit: int | None, shots: int | None, seed: int) -> list[TaskRef | str]:
+def _check_tasks(
+    names: list[str], limit: int | None, shots: int | None, seed: int, data_dir: str | Path | None = None
+) -> list[TaskRef | str]:
     """Resolve every task and build its questions now, so bad input fails before the model loads."""
     checked: list[TaskRef | str] = []
     for name in names:
@@ -62,7 +64,7 @@ def _check_tasks(names: list[str], limit: int | None, shots: int | None, seed: i
                 raise EvopruneError(f"task '{name}' needs lm-evaluation-harness, not installed: {harness.INSTALL_HINT}")
             checked.append(name)
         else:
-            ref = resolve_task(name)
+            ref = resolve_task(name, data_dir)
             build_questions(ref, limit=limit, shots=shots, seed=seed)
             checked.append(ref)
     return checked
@@ -79,8 +81,14 @@ def run_evaluate(
     shots: int | None = None,
     seed: int = 0,
     progress=None,
+    task_data: str | Path | None = None,
+    dtype: str | None = None,
 ) -> EvaluateReport:
-    """Score ``tasks`` on what ``model``/``config`` name; keep the results in the store when given."""
+    """Score ``tasks`` on what ``model``/``config`` name; keep the results in the store when given.
+
+    ``task_data`` is the data directory of shipped tasks (default ``$EVOPRUNE_TASK_DATA``, else the hub);
+    ``dtype`` the model's (default: the run's, plan's or export's, else float32).
+    """
     from evoprune.store import Store
 
     progress = progress or (lambda *a, **k: None)
@@ -88,10 +96,10 @@ def run_evaluate(
         raise EvopruneError(f"--limit must be at least 1, got {limit}")
     if shots is not None and shots < 0:
         raise EvopruneError(f"--shots must be at least 0, got {shots}")
-    checked = _check_tasks(tasks, limit, shots, seed)
+    checked = _check_tasks(tasks, limit, shots, seed, task_data)
     store = Store.open_existing(store_path) if store_path is not None else None
     try:
-        target = open_target(model, config, store, data, progress)
+        target = open_target(model, config, store, data, progress, dtype)
         results = []
         with target.applied():
             for ref in checked:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from evoprune.errors import EvopruneError
 from evoprune.tasks.scoring import Scored, accuracy, score_questions, stderr
@@ -50,8 +53,8 @@ class TaskResult:
         return d
 
 
-def _ref(task: str | TaskRef) -> TaskRef:
-    return task if isinstance(task, TaskRef) else resolve_task(task)
+def _ref(task: str | TaskRef, data_dir: str | Path | None = None) -> TaskRef:
+    return task if isinstance(task, TaskRef) else resolve_task(task, data_dir)
 
 
 def _result(ref: TaskRef, scored: list[Scored], *, shots, limit, seed, duration_s) -> TaskResult:
@@ -70,6 +73,14 @@ def _result(ref: TaskRef, scored: list[Scored], *, shots, limit, seed, duration_
     )
 
 
+def _scored(ref: TaskRef, model, tokenizer, questions, progress=None) -> list[Scored]:
+    """``score_questions``; a question it refuses is named with its task and data."""
+    try:
+        return score_questions(model, tokenizer, questions, progress)
+    except EvopruneError as exc:
+        raise EvopruneError(f"task {ref.name!r} ({ref.data}): {exc}") from None
+
+
 def evaluate_model(
     model,
     tokenizer,
@@ -79,16 +90,18 @@ def evaluate_model(
     shots: int | None = None,
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
+    data_dir: str | Path | None = None,
 ) -> TaskResult:
     """Accuracy of ``model`` as it is (dense, masked or an export) on ``task``.
 
     ``limit`` scores a fixed random subset of that many questions (chosen by ``seed``);
-    ``shots`` overrides the task's default number of in-context examples.
+    ``shots`` overrides the task's default number of in-context examples; ``data_dir`` is the
+    task data directory of shipped tasks (see ``resolve_task``).
     """
-    ref = _ref(task)
+    ref = _ref(task, data_dir)
     questions = build_questions(ref, limit=limit, shots=shots, seed=seed)
     start = time.perf_counter()
-    scored = score_questions(model, tokenizer, questions, progress)
+    scored = _scored(ref, model, tokenizer, questions, progress)
     return _result(ref, scored, shots=shots, limit=limit, seed=seed, duration_s=time.perf_counter() - start)
 
 
@@ -104,10 +117,17 @@ class TaskEvaluator:
     """
 
     def __init__(
-        self, backend, task: str | TaskRef, *, limit: int | None = None, shots: int | None = None, seed: int = 0
+        self,
+        backend,
+        task: str | TaskRef,
+        *,
+        limit: int | None = None,
+        shots: int | None = None,
+        seed: int = 0,
+        data_dir: str | Path | None = None,
     ):
         self.backend = backend
-        self.ref = _ref(task)
+        self.ref = _ref(task, data_dir)
         self.limit = limit
         self.shots = self.ref.spec.shots if shots is None else shots
         self.seed = seed
@@ -118,6 +138,17 @@ class TaskEvaluator:
         return self.ref.name
 
     @property
+    def fingerprint(self) -> str:
+        """A hash of everything that shapes these accuracies: the metrics, and every question's
+        context (prompt, shots), continuations, choices and answer, so an edited task file or
+        data file is another task, whatever its name or path."""
+        payload = [
+            self.ref.spec.metrics,
+            [(q.index, q.context, q.continuations, q.choices, q.gold) for q in self.questions],
+        ]
+        return hashlib.sha1(json.dumps(payload).encode()).hexdigest()[:16]
+
+    @property
     def metric_names(self) -> tuple[str, ...]:
         """The keys ``evaluate`` returns; all are accuracies (higher is better)."""
         return self.ref.spec.metric_names()
@@ -125,7 +156,7 @@ class TaskEvaluator:
     def _score_current(self) -> TaskResult:
         loaded = self.backend.loaded
         start = time.perf_counter()
-        scored = score_questions(loaded.model, loaded.tokenizer, self.questions)
+        scored = _scored(self.ref, loaded.model, loaded.tokenizer, self.questions)
         return _result(
             self.ref, scored, shots=self.shots, limit=self.limit, seed=self.seed, duration_s=time.perf_counter() - start
         )
@@ -147,7 +178,13 @@ class TaskEvaluator:
 
 
 def task_evaluators(
-    backend, metric_names: Iterable[str], *, limit: int | None = None, shots: int | None = None, seed: int = 0
+    backend,
+    metric_names: Iterable[str],
+    *,
+    limit: int | None = None,
+    shots: int | None = None,
+    seed: int = 0,
+    data_dir: str | Path | None = None,
 ) -> list[TaskEvaluator]:
     """One evaluator per task named in ``metric_names`` (``acc:TASK``/``acc_norm:TASK``; others are skipped).
 
@@ -163,7 +200,7 @@ def task_evaluators(
             wanted.setdefault(task, []).append(name)
     evaluators = []
     for task, names in wanted.items():
-        ev = TaskEvaluator(backend, task, limit=limit, shots=shots, seed=seed)
+        ev = TaskEvaluator(backend, task, limit=limit, shots=shots, seed=seed, data_dir=data_dir)
         missing = [n for n in names if n.partition(":")[0] not in ev.ref.spec.metrics]
         if missing:
             raise EvopruneError(

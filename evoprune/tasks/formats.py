@@ -175,6 +175,48 @@ LOADERS: dict[str, Callable[[Path], list[Doc]]] = {"arc": load_arc, "mmlu": load
 EXPECTED = {"arc": ARC_EXPECTED, "mmlu": MMLU_EXPECTED, "mc_jsonl": MC_EXPECTED}
 
 
+def _hub_mmlu_doc(row) -> Doc | None:
+    # cais/mmlu rows: {"question": str, "subject": str, "choices": [4 str], "answer": 0-3}
+    if not isinstance(row, dict):
+        return None
+    q, choices, answer = row.get("question"), row.get("choices"), row.get("answer")
+    if not isinstance(q, str) or not isinstance(choices, (list, tuple)) or len(choices) != 4:
+        return None
+    if not all(isinstance(c, str) for c in choices) or not isinstance(answer, int) or not 0 <= answer < 4:
+        return None
+    return Doc(q, tuple(choices), answer, str(row.get("subject", "")))
+
+
+def _hub_mc_doc(row) -> Doc | None:
+    text = row.get("context", row.get("question")) if isinstance(row, dict) else None
+    choices = row.get("choices") if isinstance(row, dict) else None
+    answer = row.get("answer") if isinstance(row, dict) else None
+    if not (isinstance(text, str) and isinstance(choices, (list, tuple)) and len(choices) >= 2):
+        return None
+    if not all(isinstance(c, str) for c in choices) or not isinstance(answer, int) or not 0 <= answer < len(choices):
+        return None
+    return Doc(text, tuple(choices), answer, str(row.get("subject", "")))
+
+
+_HUB_ROWS: dict[str, Callable[[object], Doc | None]] = {"arc": _arc_doc, "mmlu": _hub_mmlu_doc, "mc_jsonl": _hub_mc_doc}
+
+
+def hub_docs(fmt: str, rows, where: str) -> list[Doc]:
+    """The questions of Hugging Face ``datasets`` rows (``allenai/ai2_arc``, ``cais/mmlu`` layouts).
+
+    Raises EvopruneError naming ``where`` and the row when a row is not in the ``fmt`` layout.
+    """
+    docs = []
+    for number, row in enumerate(rows, 1):
+        doc = _HUB_ROWS[fmt](row)
+        if doc is None:
+            raise EvopruneError(
+                f"task data '{where}' row {number} is not in the {fmt} layout: expected {EXPECTED[fmt]}"
+            )
+        docs.append(doc)
+    return docs
+
+
 def load_docs(fmt: str, path: Path) -> list[Doc]:
     """The questions in ``path`` (read in the ``fmt`` layout), in file order."""
     if fmt not in LOADERS:

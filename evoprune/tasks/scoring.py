@@ -9,7 +9,8 @@ Ties go to the first choice, as ``numpy.argmax`` does in the harness.
 Tokens are split as the harness's ``HFLM`` splits them: trailing whitespace of the context moves
 to the continuation, ``context + continuation`` and ``context`` are encoded with the tokenizer's
 default special tokens, and the continuation is what the whole encoding has past the context's
-length. An empty context is replaced by the BOS token (EOS when there is none).
+length. An empty context, or one that encodes to no tokens (only whitespace), is replaced by
+the BOS token (EOS when there is none).
 
 Every choice of a question shares the context, so the context runs once and its KV cache serves
 all continuations (one more forward pass, batched over the choices, unless every continuation is
@@ -48,6 +49,10 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
         context, continuation = context[:-spaces], context[-spaces:] + continuation
     whole = tokenizer.encode(context + continuation)
     ctx = tokenizer.encode(context)
+    if not ctx:
+        # A context of only whitespace (or one the tokenizer drops) encodes to nothing without
+        # a BOS: score it as the harness scores an empty context, after the prefix token.
+        return [prefix_token_id(tokenizer)], whole
     return ctx, whole[len(ctx) :]
 
 
@@ -143,6 +148,12 @@ def score_questions(
             ctx, conts = pairs[0][0], [c for _, c in pairs]
             if not all(conts):
                 raise EvopruneError(f"question {q.index + 1}: a choice encodes to no tokens of its own")
+            if max(len(c) for c in conts) > limit:
+                # No context would be left to score the choice after: refuse rather than crash.
+                raise EvopruneError(
+                    f"question {q.index + 1}: a choice of {max(len(c) for c in conts)} tokens is longer than the "
+                    f"model's {limit} positions: drop the question from the task data"
+                )
             lls = question_loglikelihoods(forward, ctx, conts, limit)
             out.append(Scored(q.index, q.gold, tuple(lls), *predictions(lls, q.choices)))
             if progress is not None:

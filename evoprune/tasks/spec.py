@@ -5,8 +5,10 @@ other file can be named directly. Fields:
 
 - ``name``, ``summary``: identity and a one-line description;
 - ``format``: ``arc``, ``mmlu`` or ``mc_jsonl`` (see ``evoprune.tasks.formats``);
-- ``path``: the default data file or directory; relative paths are relative to the project root
-  (the directory holding the ``evoprune`` package), for shipped specs, or to the spec file;
+- ``path``: the data file or directory; relative paths are relative to the spec file, or, for
+  shipped specs, to the task data directory (``--task-data DIR`` or ``EVOPRUNE_TASK_DATA``);
+- ``hub``: ``DATASET:CONFIG:SPLIT`` on the Hugging Face hub, read through ``datasets`` when a
+  shipped spec has no task data directory (``allenai/ai2_arc:ARC-Easy:validation``);
 - ``prompt``: the question as the model sees it, with ``{question}``, ``{options}`` (lines
   ``A. text``), ``{subject}``; ``strip_question`` strips the question first;
 - ``choice``: a choice as scored, ``{text}`` or ``{label}`` (A, B, ...); the model scores
@@ -25,6 +27,7 @@ and continuations character for character.
 from __future__ import annotations
 
 import json
+import os
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,10 +35,10 @@ from pathlib import Path
 import numpy as np
 
 from evoprune.errors import EvopruneError
-from evoprune.tasks.formats import LOADERS, Doc, load_docs
+from evoprune.tasks.formats import LOADERS, Doc, hub_docs, load_docs
 
 SPECS_DIR = Path(__file__).with_name("specs")
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+TASK_DATA_ENV = "EVOPRUNE_TASK_DATA"
 METRICS = ("acc", "acc_norm")
 SAMPLERS = ("random", "first_n")
 _FIELDS = [
@@ -54,6 +57,7 @@ _FIELDS = [
     "shots",
     "metrics",
     "harness_task",
+    "hub",
 ]
 _PROMPT_FIELDS = {"question", "options", "subject"}
 _CHOICE_FIELDS = {"text", "label"}
@@ -77,12 +81,21 @@ class TaskSpec:
     metrics: tuple[str, ...] = ("acc", "acc_norm")
     harness_task: str | None = None
     summary: str = ""
-    base_dir: Path = field(default=PROJECT_ROOT, compare=False)
+    hub: str | None = None
+    # None: a shipped spec, whose relative ``path`` lies in the task data directory.
+    base_dir: Path | None = field(default=None, compare=False)
 
-    def data_path(self, override: str | Path | None = None) -> Path:
-        """The data file to read: ``override`` when given, else the spec's own path."""
+    def data_path(self, override: str | Path | None = None, data_dir: Path | None = None) -> Path | None:
+        """The data file to read: ``override`` when given, else the spec's own path.
+
+        A shipped spec's relative path is looked up in ``data_dir``; without one it is None
+        (the data then comes from the hub, see ``resolve_task``).
+        """
         path = Path(override if override is not None else self.path).expanduser()
-        return path if path.is_absolute() or override is not None else (self.base_dir / path).resolve()
+        if path.is_absolute() or override is not None:
+            return path
+        base = self.base_dir if self.base_dir is not None else data_dir
+        return None if base is None else (base / path).resolve()
 
     def metric_names(self) -> tuple[str, ...]:
         """The keys this task adds to an evaluation's metrics: ``acc:NAME``, ``acc_norm:NAME``."""
@@ -130,11 +143,18 @@ def spec_from_dict(data: dict, source: Path, base_dir: Path) -> TaskSpec:
     _check_template(values["prompt"], _PROMPT_FIELDS, "prompt", source)
     _check_template(values.get("description", ""), {"subject"}, "description", source)
     _check_template(values.get("choice", "{text}"), _CHOICE_FIELDS, "choice", source)
+    hub = values.get("hub")
+    if hub is not None and (not isinstance(hub, str) or len(hub.split(":")) != 3 or not all(hub.split(":"))):
+        raise EvopruneError(f"task file '{source}': hub must be DATASET:CONFIG:SPLIT, got {hub!r}")
     return TaskSpec(**values, base_dir=base_dir)
 
 
-def read_spec(path: Path, base_dir: Path | None = None) -> TaskSpec:
-    """Read a task file (.yaml, .yml or .json)."""
+def read_spec(path: Path, base_dir: Path | None = None, *, shipped: bool = False) -> TaskSpec:
+    """Read a task file (.yaml, .yml or .json).
+
+    Relative data paths are relative to ``base_dir`` (default: the file's folder), or, when
+    ``shipped``, to the task data directory given at resolution time.
+    """
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -149,29 +169,86 @@ def read_spec(path: Path, base_dir: Path | None = None) -> TaskSpec:
     except Exception as exc:  # noqa: BLE001 - YAML and JSON parse errors become one line
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise EvopruneError(f"task file '{path}' is not valid YAML/JSON ({first})") from None
+    if shipped:
+        return spec_from_dict(data, path, None)
     return spec_from_dict(data, path, base_dir if base_dir is not None else path.resolve().parent)
 
 
 def registry() -> dict[str, TaskSpec]:
     """The shipped tasks by name."""
-    specs = [read_spec(p, PROJECT_ROOT) for p in sorted(SPECS_DIR.glob("*.yaml"))]
+    specs = [read_spec(p, shipped=True) for p in sorted(SPECS_DIR.glob("*.yaml"))]
     return {s.name: s for s in specs}
 
 
 @dataclass(frozen=True)
 class TaskRef:
-    """A task as named on the command line: the spec, and where its data comes from."""
+    """A task as named on the command line: the spec, and where its data comes from.
+
+    ``data`` is a local file or directory, or ``hf:DATASET:CONFIG:SPLIT`` for questions read from
+    the Hugging Face hub, which are then held in ``docs``.
+    """
 
     spec: TaskSpec
-    data: Path
+    data: Path | str
+    docs: tuple[Doc, ...] | None = field(default=None, repr=False)
 
     @property
     def name(self) -> str:
         return self.spec.name
 
+    def load(self) -> list[Doc]:
+        """The task's questions, in data order."""
+        return list(self.docs) if self.docs is not None else load_docs(self.spec.format, Path(self.data))
 
-def resolve_task(name: str) -> TaskRef:
-    """``arc_easy``, ``arc_easy=PATH`` (other data, same prompt), or a task file ``my_task.yaml``."""
+
+def task_data_dir(data_dir: str | Path | None = None) -> Path | None:
+    """The task data directory: ``data_dir``, else ``$EVOPRUNE_TASK_DATA``, else None.
+
+    Raises EvopruneError when the directory named does not exist.
+    """
+    if data_dir is None:
+        data_dir = os.environ.get(TASK_DATA_ENV) or None
+        origin = TASK_DATA_ENV
+    else:
+        origin = "--task-data"
+    if data_dir is None:
+        return None
+    path = Path(data_dir).expanduser().resolve()
+    if not path.is_dir():
+        raise EvopruneError(f"task data directory '{path}' (from {origin}) does not exist: pass an existing folder")
+    return path
+
+
+def _hub_docs(spec: TaskSpec) -> tuple[Doc, ...]:
+    """The questions of ``spec.hub`` read through ``datasets``; EvopruneError when the hub cannot serve them."""
+    dataset, config, split = spec.hub.split(":")
+    how = (
+        f"connect to the Hugging Face hub, or put the {spec.format} data at '{spec.path}' in a folder and pass "
+        f"--task-data DIR (or set {TASK_DATA_ENV}=DIR), or pass --tasks {spec.name}=PATH"
+    )
+    try:
+        import datasets
+
+        rows = datasets.load_dataset(dataset, config, split=split)
+    except Exception as exc:  # noqa: BLE001 - offline, unknown data set, no datasets package: one line
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise EvopruneError(
+            f"task {spec.name!r} has no local data and could not load {dataset} ({config}, {split}) from the hub "
+            f"({reason}): {how}"
+        ) from None
+    docs = hub_docs(spec.format, rows, f"hf:{spec.hub}")
+    if not docs:
+        raise EvopruneError(f"task {spec.name!r}: {dataset} ({config}, {split}) on the hub has no questions: {how}")
+    return tuple(docs)
+
+
+def resolve_task(name: str, data_dir: str | Path | None = None) -> TaskRef:
+    """``arc_easy``, ``arc_easy=PATH`` (other data, same prompt), or a task file ``my_task.yaml``.
+
+    A shipped task reads its data from ``data_dir`` (default ``$EVOPRUNE_TASK_DATA``) when one is
+    set, else from the Hugging Face hub through ``datasets``. Raises EvopruneError when the task
+    is unknown or its data cannot be found, saying how to get it.
+    """
     name = name.strip()
     task, _, override = name.partition("=")
     task, override = task.strip(), override.strip() or None
@@ -188,8 +265,22 @@ def resolve_task(name: str) -> TaskRef:
                 "or lm_eval:NAME for a lm-evaluation-harness task (needs evoprune[tasks] and the Hugging Face hub)"
             )
         spec = known[task]
-    data = spec.data_path(override)
+    directory = task_data_dir(data_dir) if override is None and spec.base_dir is None else None
+    data = spec.data_path(override, directory)
+    if data is None:
+        if spec.hub is None:
+            raise EvopruneError(
+                f"task {spec.name!r} needs a task data directory holding '{spec.path}': pass --task-data DIR "
+                f"(or set {TASK_DATA_ENV}=DIR), or --tasks {spec.name}=PATH"
+            )
+        return TaskRef(spec, f"hf:{spec.hub}", _hub_docs(spec))
     if not data.exists():
+        if directory is not None:
+            raise EvopruneError(
+                f"task {spec.name!r}: data '{data}' does not exist in the task data directory '{directory}': put "
+                f"the {spec.format} data there, unset {TASK_DATA_ENV} to read it from the hub, or pass "
+                f"--tasks {spec.name}=PATH"
+            )
         hint = f"pass --tasks {spec.name}=PATH" if override is None else "check the path"
         raise EvopruneError(f"task {spec.name!r}: data '{data}' does not exist ({hint} to a {spec.format} data file)")
     return TaskRef(spec, data)
@@ -255,7 +346,7 @@ def build_questions(
         raise EvopruneError(f"--shots must be at least 0, got {k}")
     if limit is not None and limit < 1:
         raise EvopruneError(f"--limit must be at least 1, got {limit}")
-    docs = load_docs(spec.format, ref.data)
+    docs = ref.load()
     chosen = range(len(docs))
     if limit is not None and limit < len(docs):
         chosen = sorted(np.random.default_rng(seed).choice(len(docs), size=limit, replace=False).tolist())

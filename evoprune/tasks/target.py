@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -110,11 +110,11 @@ def _latest_run_of(store, fingerprint: str):
     return runs[-1] if runs else None
 
 
-def open_export(path: str, store=None) -> Target:
+def open_export(path: str, store=None, dtype: str | None = None) -> Target:
     from evoprune.export import load_pruned
     from evoprune.space import SearchSpace
 
-    model, tokenizer = load_pruned(path)
+    model, tokenizer = load_pruned(path, dtype)
     plan = _read_plan(Path(path).expanduser() / PLAN_FILE)
     space = SearchSpace.from_dict(plan["space"])
     levels = space.join(plan["levels"]["attn"], plan["levels"]["mlp"])
@@ -152,11 +152,24 @@ def _parse_ratio(config: str) -> float:
     return ratio
 
 
-def open_target(model: str, config: str | None = None, store=None, data: str | None = None, progress=None) -> Target:
-    """Load what ``--model``/``--config`` name (``store`` is an open Store or None)."""
+def open_target(
+    model: str,
+    config: str | None = None,
+    store=None,
+    data: str | None = None,
+    progress=None,
+    dtype: str | None = None,
+) -> Target:
+    """Load what ``--model``/``--config`` name (``store`` is an open Store or None).
+
+    ``dtype`` (float32, bfloat16, float16) defaults to that of the run, plan or export named, else
+    float32: a run's model is measured in the dtype it was searched in.
+    """
+    import torch
+
     from evoprune.backend.data import load_text
-    from evoprune.backend.loading import load_config, load_model, resolve_model
-    from evoprune.backend.pruner import PruningBackend
+    from evoprune.backend.loading import load_config, load_model, model_fingerprint, resolve_model
+    from evoprune.backend.pruner import DTYPES, PruningBackend
     from evoprune.space import SearchSpace
 
     progress = progress or (lambda *a, **k: None)
@@ -164,7 +177,7 @@ def open_target(model: str, config: str | None = None, store=None, data: str | N
         if config is not None:
             raise EvopruneError(f"'{model}' is an export (already pruned): --config applies to a base model only")
         progress("phase", name=f"loading {model}")
-        return open_export(model, store)
+        return open_export(model, store, dtype)
 
     # Decide where levels and settings come from before loading anything heavy.
     plan = run = ev = None
@@ -191,7 +204,26 @@ def open_target(model: str, config: str | None = None, store=None, data: str | N
         progress("phase", name=f"fetching {model}")
     load_config(source)
     progress("phase", name=f"loading {model}")
-    loaded = load_model(source)
+    recorded = (
+        run.settings["backend"].get("dtype")
+        if run is not None
+        else plan.get("backend", {}).get("dtype")
+        if plan is not None
+        else None
+    )
+    if recorded is None and store is not None:
+        # The dense model or uniform:R next to a store: the dtype this model was searched in there,
+        # so its fingerprint finds that run.
+        same = [r for r in store.runs() if r.model == model]
+        dtype = dtype or (same[-1].settings["backend"].get("dtype") if same else None)
+    dtype = dtype or recorded or "float32"
+    if dtype not in DTYPES:
+        raise EvopruneError(f"--dtype {dtype!r} is unknown: use one of {', '.join(DTYPES)}")
+    loaded = load_model(source, dtype=getattr(torch, dtype))
+    # Told another dtype than the run's: check the weights as the run loaded them.
+    fingerprint = (
+        loaded.fingerprint if recorded in (None, dtype) else model_fingerprint(loaded.model, getattr(torch, recorded))
+    )
     dense_params = sum(p.numel() for p in loaded.model.parameters())
     if config is None:
         target = Target(f"{model} (dense)", "dense", loaded.model, loaded.tokenizer, dense_params, 1.0)
@@ -203,7 +235,7 @@ def open_target(model: str, config: str | None = None, store=None, data: str | N
         return target
 
     expected = run.model_fingerprint if run is not None else plan["model_fingerprint"] if plan is not None else None
-    if expected is not None and expected != loaded.fingerprint:
+    if expected is not None and expected != fingerprint:
         what = f"run {run.id}" if run is not None else f"plan {config!r}"
         raise EvopruneError(f"model '{model}' is not the one {what} was made with (its weights or config differ)")
 
@@ -229,6 +261,7 @@ def open_target(model: str, config: str | None = None, store=None, data: str | N
             from evoprune.backend.pruner import BackendSettings
 
             run, settings, text_spec = None, BackendSettings(), data or "builtin"
+    settings = replace(settings, dtype=dtype)  # the masks compute in the dtype the model is in
     settings.validate()
     text = load_text(text_spec)
     calib = load_text(settings.calib_data) if settings.calib_data else None
