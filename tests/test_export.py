@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -77,12 +78,15 @@ def test_export_loads_in_plain_transformers_and_matches_the_masked_model(
     got = load_in_fresh_process(tmp_path / "export", tokens, tmp_path)
     assert np.abs(got["logits"] - want.numpy()).max() < 1e-4
     assert int(got["params"]) == result.params
-    if compensation == "none":
-        assert result.params == backend.space.params(x)
-    else:  # every pruned sub-layer got a compensation bias, recorded per layer in the config
+    # The cost model counts exactly what the export holds, compensation biases included.
+    assert result.params == backend.space.params(x) == sum(p.numel() for p in backend.sliced_copy(x).parameters())
+    if compensation == "bias":  # every pruned sub-layer got a compensation bias, recorded per layer in the config
         assert all(spec["o_bias"] and spec["down_bias"] for spec in result.layers)
-        added = sum(p.numel() for p in backend.sliced_copy(x).parameters()) - backend.space.params(x)
-        assert result.params == backend.space.params(x) + added and added > 0
+        arch = backend.space.arch
+        plain = dataclasses.replace(backend.space, compensation_bias=False).params(x)
+        # a new bias where a pruned sub-layer had none, a constant where one was removed (1 of each here)
+        new = (1 if arch.o_bias else arch.num_layers) + (1 if arch.mlp_bias else arch.num_layers)
+        assert backend.space.params(x) - plain == new * arch.hidden_size
     assert got["generated"].shape == (1, 14)
 
     model, _ = load_pruned(tmp_path / "export")

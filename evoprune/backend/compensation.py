@@ -46,7 +46,10 @@ def _folded(linear, kept: torch.Tensor, mean) -> torch.Tensor | None:
     if not bool(removed.any()):
         return None
     w = linear.weight.detach().double().cpu()[:, removed]
-    bias = w @ torch.as_tensor(mean, dtype=torch.float64)[removed]
+    contribution = w * torch.as_tensor(mean, dtype=torch.float64)[removed]
+    # A removed unit whose weights or mean are not finite (a broken channel) must not break the
+    # pruned model through its compensation: removing it is what heals the model.
+    bias = torch.where(torch.isfinite(contribution), contribution, 0.0).sum(dim=1)
     if linear.bias is not None:
         bias = bias + linear.bias.detach().double().cpu()
     return bias.to(dtype=linear.weight.dtype, device=linear.weight.device)
