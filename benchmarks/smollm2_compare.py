@@ -77,7 +77,7 @@ class HeldOut:
         if self.arc_limit and (SHARED / "arc_easy" / "ARC-Easy-Dev.jsonl").exists():
             from evoprune.tasks import TaskEvaluator
 
-            r = TaskEvaluator(backend, "arc_easy", limit=self.arc_limit).result(np.asarray(levels))
+            r = TaskEvaluator(backend, "arc_easy", limit=self.arc_limit, data_dir=SHARED).result(np.asarray(levels))
             out["acc:arc_easy"], out["acc_se:arc_easy"], out["arc_n"] = r.metrics["acc"], r.stderr["acc"], r.n
         return out
 
