@@ -49,7 +49,8 @@ class SyntheticBackend:
                 removed[i, level] = (dense - space.params(x)) / dense
             removed[i, top + 1 :] = removed[i, top]
         problem = SyntheticPruning(removed=removed, seed=seed)
-        return cls(space, problem, seed, BackendSettings())
+        # Exact losses: a ladder of more tokens or a validation split would measure the same thing.
+        return cls(space, problem, seed, BackendSettings(ladder="none", validation_tokens=0))
 
     # -- what the engine reads --------------------------------------------------------------
     @property
@@ -74,7 +75,7 @@ class SyntheticBackend:
         mlp = np.repeat(sens[L:, None] / a.intermediate_size, a.intermediate_size, axis=1)
         return Importance(attn=attn, mlp=mlp)
 
-    def evaluate(self, x, tokens: int | None = None) -> Measurement:
+    def evaluate(self, x, tokens: int | None = None, split: str = "search") -> Measurement:
         loss = float(self.problem.evaluate_exact(np.asarray(x)[None])[0, 0])
         if tokens is not None:
             # A screening: fewer tokens, a noisier loss; the noise is a function of the configuration.
