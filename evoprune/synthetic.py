@@ -65,6 +65,7 @@ class SyntheticBackend:
 
     data_fingerprint = "synthetic"
     importance_cached = True
+    extra_metrics = ()  # no task accuracies
 
     def score(self) -> Importance:
         """Per-unit scores proportional to each variable's sensitivity (what importance would show)."""
@@ -74,6 +75,10 @@ class SyntheticBackend:
         attn = np.repeat(sens[:L, None] / a.num_heads, a.num_heads, axis=1)
         mlp = np.repeat(sens[L:, None] / a.intermediate_size, a.intermediate_size, axis=1)
         return Importance(attn=attn, mlp=mlp)
+
+    def with_grid(self, settings: BackendSettings) -> SyntheticBackend:
+        """The same backend: the synthetic problem has one level grid (one-shot baselines keep it)."""
+        return self
 
     def evaluate(self, x, tokens: int | None = None, split: str = "search") -> Measurement:
         loss = float(self.problem.evaluate_exact(np.asarray(x)[None])[0, 0])
