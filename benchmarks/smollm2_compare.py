@@ -360,20 +360,25 @@ def render(results: dict) -> str:
             lines.append(f"| {r['budget']:.0%} | {r['seed']} | {t['n']} | {t['climbed']} | {_fmt(t['tau_chosen_by'], '.2f')} | "
                          f"{_fmt(t['tau_first_rung'], '.2f')} |")  # fmt: skip
     lines += ["", "### Every run", "",
-              "Overhead: the share of the search's wall time spent on anything but real evaluation (first rungs, "
-              "ladder, validation): surrogate fits + inner search, and the rest (plans, store, costs).", "",
+              "Overhead: surrogate fits + inner search as a share of fits + inner search + real evaluation (first "
+              "rungs, ladder); `wall s` is the search call's wall time when this part ran the whole search (a "
+              "resumed run has none), and `rest` the share of it spent on neither (plans, store, costs).", "",
               "| budget | seed | method | evals | ladder promotions | kept | selected on | WikiText-2 test | PTB | ARC-Easy | "
-              "eval s | ladder s | fit + inner s | wall s | overhead |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+              "eval s | ladder s | fit + inner s | wall s | overhead | rest |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
         h = r.get("heldout", {})
         wall = r.get("wall_s")
-        over = (wall - r["eval_s"] - r["ladder_s"]) / wall if wall else None
+        model_s = r["fit_s"] + r["search_s"]
+        real_s = r["eval_s"] + r["ladder_s"]
+        over = model_s / (model_s + real_s) if model_s + real_s else None
+        rest = (wall - real_s - model_s) / wall if wall else None
         lines.append("| " + " | ".join([
             f"{r['budget']:.0%}", str(r["seed"]), r["method"], str(r["evaluations"]), str(r["tokens"]["promotions"]),
             _fmt(r.get("params_fraction"), ".3f"), _fmt(r.get("chosen_ppl")), _pm(h, "ppl:wikitext2_test"),
             _pm(h, "ppl:ptb_valid"), _pm(h, "acc:arc_easy", ".3f"), f"{r['eval_s']:.0f}", f"{r['ladder_s']:.0f}",
-            f"{r['fit_s'] + r['search_s']:.1f}", _fmt(wall, ".0f"), _fmt(over * 100 if over is not None else None, ".1f") + "%",
+            f"{model_s:.1f}", _fmt(wall, ".0f"), _fmt(over * 100 if over is not None else None, ".1f") + "%",
+            _fmt(rest * 100 if rest is not None else None, ".1f") + "%",
         ]) + " |")  # fmt: skip
     lines += ["", "![evaluated points and picks](docs/images/smollm2_fronts.png)"]
     return "\n".join(lines)

@@ -497,7 +497,9 @@ class SearchContext:
             if self.constraint_names:
                 best_v, best_se = measured[0][0], measured[0][1]
                 measured = [t for t in measured if t[0] <= best_v + 2 * math.hypot(best_se, t[1])]
-            todo = [e for _, _, e in measured if tokens not in e.ladder][:limit]
+            # The best ``limit`` contenders, whether or not they climbed already: running a finished
+            # search again adds nothing.
+            todo = [e for _, _, e in measured[:limit] if tokens not in e.ladder]
             for e in todo:
                 self.store.add_fidelity(self.run.id, e.id, "search", tokens, round_)
             if todo:

@@ -51,6 +51,10 @@ def test_a_promoted_configuration_keeps_one_row_per_fidelity(tmp_path, tiny_mode
     with Store(path) as st:
         evals = st.evaluations(result.run.id)
         rows = st.fidelities(result.run.id)
+    # The same search again has nothing left to do, on the ladder either.
+    search(str(tiny_model_dir), str(text_file), str(path), _settings())
+    with Store(path) as st:
+        assert st.fidelities(result.run.id) == rows
     promoted = [e for e in evals if e.ladder]
     assert promoted, "the contenders under the budget climb to the next rung"
     assert all(set(e.ladder) == {1024} for e in promoted)
