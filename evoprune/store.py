@@ -504,6 +504,10 @@ class Store:
             )
 
     def fidelities(self, run_id: int, status: str | None = None) -> list[Fidelity]:
+        """A run's ladder and validation rows; none in a store written before the ladder existed
+        and opened read-only (its schema is not upgraded then)."""
+        if not self._conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='fidelities'").fetchone():
+            return []
         sql, args = "SELECT * FROM fidelities WHERE run_id=?", [run_id]
         if status is not None:
             sql, args = sql + " AND status=?", [*args, status]
