@@ -210,7 +210,7 @@ def test_importance_is_computed_once_per_model_data_and_criterion(tiny_tokenizer
     monkeypatch.setitem(importance_module.CRITERIA, "wanda", lambda *a: calls.append(1) or original(*a))
     model = build_tiny_model("llama", seed=5)
     text = TextSource(str(text_file), text_file.read_text())
-    settings = BackendSettings(eval_tokens=128, calib_tokens=128, seq_len=64)
+    settings = BackendSettings(criterion="wanda", eval_tokens=128, calib_tokens=128, seq_len=64)
 
     def backend(m):
         return PruningBackend(
