@@ -99,11 +99,29 @@ def benchmark_design(space: SearchSpace, n: int, seed: int, min_fraction: float 
 
 
 # -- collection --------------------------------------------------------------------------------
-def collect(store_path: Path, data: str, pairs: int, seed: int, eval_tokens: int, model: str = "smollm2-135m") -> tuple:
-    """Evaluate the design for real, committing each pair; returns (backend, run)."""
-    settings = evoprune.SearchSettings(
-        evals=pairs, init=pairs, seed=seed, backend=evoprune.BackendSettings(eval_tokens=eval_tokens)
+def collect(
+    store_path: Path,
+    data: str,
+    pairs: int,
+    seed: int,
+    eval_tokens: int,
+    model: str = "smollm2-135m",
+    seq_len: int = 256,
+    criterion: str = "wanda",
+) -> tuple:
+    """Evaluate the design for real, committing each pair; returns (backend, run).
+
+    The pairs are first-rung figures only (no ladder, no validation): what a surrogate learns from.
+    """
+    backend_settings = evoprune.BackendSettings(
+        eval_tokens=eval_tokens,
+        seq_len=seq_len,
+        criterion=criterion,
+        compensation="none",
+        ladder="none",
+        validation_tokens=0,
     )
+    settings = evoprune.SearchSettings(evals=pairs, init=pairs, seed=seed, backend=backend_settings)
     t0 = time.perf_counter()
     backend = evoprune.prepare_backend(model, data, settings)
     print(f"model and importance ready in {time.perf_counter() - t0:.0f} s", flush=True)
@@ -191,6 +209,9 @@ def main() -> None:
     parser.add_argument("--data", default=str(DEFAULT_DATA) if DEFAULT_DATA.exists() else "builtin")
     parser.add_argument("--pairs", type=int, default=120, help="real evaluations to collect (resumable)")
     parser.add_argument("--eval-tokens", type=int, default=1024)
+    # The published table was measured with these (the search's defaults then); pinned so it reproduces.
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--criterion", default="wanda")
     parser.add_argument("--seed", type=int, default=0, help="seed of the design, the folds and the splits")
     parser.add_argument("--sizes", default="20,40,60,80", help="training sizes of the learning curve")
     parser.add_argument("--holdout", type=int, default=40, help="held-out pairs of the learning curve")
@@ -201,7 +222,9 @@ def main() -> None:
     sizes = [int(s) for s in args.sizes.split(",")]
 
     t0 = time.perf_counter()
-    backend, run = collect(args.store, args.data, args.pairs, args.seed, args.eval_tokens, args.model)
+    backend, run = collect(
+        args.store, args.data, args.pairs, args.seed, args.eval_tokens, args.model, args.seq_len, args.criterion
+    )
     collect_s = time.perf_counter() - t0
     featurize = FeatureMap(backend.space, backend.score())
     featurize.label = "engine FeatureMap (levels, importance removed per sub-layer, kept fraction)"
