@@ -85,12 +85,10 @@ def export_pruned(
     sizes = layer_sizes(plans, backend.biases(plans))
     pruned = backend.sliced_copy(x)
     config = pruned.config
-    base = backend.adapter.base_class_name(config)
     config.evoprune_layers = sizes
     # The real count: bias compensation adds up to two hidden-size biases per layer, which the
     # search space's count (space.params) leaves out; without compensation the two are equal.
     params = sum(p.numel() for p in pruned.parameters())
-    base_model_type = config.model_type
     plan = {
         "levels": {"attn": x[: space.num_layers].tolist(), "mlp": x[space.num_layers :].tolist()},
         "layers": sizes,
@@ -103,13 +101,26 @@ def export_pruned(
         "backend": {k: v for k, v in vars(backend.settings).items()},
         **(metadata or {}),
     }
+    write_export(pruned, backend.loaded.tokenizer, out, plan)
+    return ExportResult(out, params, plan["params_fraction"], sizes)
+
+
+def write_export(model, tokenizer, out: str | Path, plan: dict) -> None:
+    """Write a physically pruned ``model`` (its config carries ``evoprune_layers`` and its base
+    family's ``model_type``) as an export directory: weights, config, tokenizer,
+    ``modeling_evoprune.py`` and ``plan`` as ``plan.json``. Files already in ``out`` with these
+    names are replaced; ``evoprune export`` and ``evoprune recover`` both write through here.
+    """
+    out = Path(out)
+    config = model.config
+    base = adapter_for(config).base_class_name(config)
+    base_model_type = config.model_type
     out.mkdir(parents=True, exist_ok=True)
-    pruned.save_pretrained(out, safe_serialization=True)
-    backend.loaded.tokenizer.save_pretrained(out)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
     _declare_export(out, base_model_type)
     (out / MODELING_FILE).write_text(_modeling_source(base, type(config).__name__), encoding="utf-8")
     (out / PLAN_FILE).write_text(json.dumps(plan, indent=2), encoding="utf-8")
-    return ExportResult(out, params, plan["params_fraction"], sizes)
 
 
 def backend_for_run(run, progress=None) -> PruningBackend:
@@ -143,7 +154,10 @@ def read_export_config(path: str | Path):
     except (OSError, ValueError) as exc:
         raise EvopruneError(f"could not read '{file}': {str(exc).splitlines()[0]}") from None
     if "evoprune_layers" not in raw:
-        raise EvopruneError(f"'{path}' is not an evoprune export (config.json has no evoprune_layers)")
+        raise EvopruneError(
+            f"'{path}' is not an evoprune export (config.json has no evoprune_layers): "
+            "pass a directory written by 'evoprune export'"
+        )
     base_type = raw.pop(pruned_modeling.BASE_TYPE_KEY, raw.get("model_type"))
     raw.pop("model_type", None)
     if base_type not in CONFIG_MAPPING:

@@ -122,10 +122,14 @@ def load_text(spec: str) -> TextSource:
     )
 
 
-def token_windows(tokenizer, text: str, n_tokens: int, seq_len: int, skip_tokens: int = 0) -> torch.Tensor:
+def token_windows(
+    tokenizer, text: str, n_tokens: int, seq_len: int, skip_tokens: int = 0, at_most: bool = False
+) -> torch.Tensor:
     """Cut ``n_tokens`` tokens (after skipping ``skip_tokens``) into windows of ``seq_len``.
 
-    Only as much text as needed is tokenized, so a large corpus costs no more than a small one.
+    Returns (windows, seq_len) int64 token ids. Only as much text as needed is tokenized, so a
+    large corpus costs no more than a small one. ``at_most``: a text shorter than that gives the
+    whole windows it has instead of an error (still an error when it has none).
     """
     need = skip_tokens + n_tokens
     chars = max(need * 8, 4096)
@@ -134,6 +138,9 @@ def token_windows(tokenizer, text: str, n_tokens: int, seq_len: int, skip_tokens
         if len(ids) >= need or chars >= len(text):
             break
         chars *= 2
+    if at_most and len(ids) < need:
+        n_tokens = max(0, len(ids) - skip_tokens)
+        need = skip_tokens + n_tokens
     if len(ids) < need:
         raise EvopruneError(
             f"the data has only {len(ids)} tokens but {need} are needed: pass a longer text or fewer tokens"
