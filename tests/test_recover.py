@@ -1,0 +1,237 @@
+"""Recovery training of exports: distillation lowers the loss, the result is an export again,
+a killed run continues to the same weights, bad input is refused in one line."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from evoprune.backend.data import load_text, token_windows
+from evoprune.backend.evaluate import quality
+from evoprune.backend.pruner import BackendSettings, load_backend
+from evoprune.errors import EvopruneError
+from evoprune.export import export_pruned, load_pruned
+from evoprune.recovery import RecoverySettings, WindowOrder, distillation_loss, recover
+from tests.conftest import build_tiny_model
+from tests.test_export import load_in_fresh_process, prune_everywhere
+
+# One batch of 4 windows is the whole training text, so every step sees the same tokens and
+# the first and last losses compare directly.
+TINY = dict(steps=12, seq_len=64, batch=4, lr=3e-3, heldout_tokens=256, train_tokens=256, checkpoint_every=0)
+
+
+def _export(root: Path, family: str, text_file: Path, tokenizer) -> Path:
+    dense = root / f"dense-{family}"
+    build_tiny_model(family, seed=3).save_pretrained(dense)
+    tokenizer.save_pretrained(dense)
+    settings = BackendSettings(eval_tokens=128, calib_tokens=128, seq_len=64, mlp_levels=4)
+    backend = load_backend(str(dense), str(text_file), settings)
+    export_pruned(backend, prune_everywhere(backend.space), root / f"export-{family}")
+    return root / f"export-{family}"
+
+
+@pytest.fixture(scope="module")
+def llama_export(tmp_path_factory, text_file, tiny_tokenizer) -> Path:
+    return _export(tmp_path_factory.mktemp("recover"), "llama", text_file, tiny_tokenizer)
+
+
+def _digest(directory: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(p for p in directory.rglob("*")):
+        h.update(str(f.relative_to(directory)).encode())
+        if f.is_file():
+            h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def _shapes(directory: Path) -> dict:
+    return {k: tuple(v.shape) for k, v in load_file(directory / "model.safetensors").items()}
+
+
+def test_distillation_loss_is_kl_to_the_teacher_mixed_with_the_lm_loss():
+    torch.manual_seed(0)
+    student, teacher = torch.randn(2, 5, 11), torch.randn(2, 5, 11)
+    ids = torch.randint(0, 11, (2, 5))
+    p, log_q = teacher.softmax(-1), student.log_softmax(-1)
+    want_kl = (p * (p.log() - log_q)).sum(-1).mean()
+    want_ce = -log_q[:, :-1].gather(-1, ids[:, 1:, None]).mean()
+    loss, kl, ce = distillation_loss(student, teacher, ids, 0.25)
+    torch.testing.assert_close(kl, want_kl)
+    torch.testing.assert_close(ce, want_ce)
+    torch.testing.assert_close(loss, 0.75 * want_kl + 0.25 * want_ce)
+    assert float(distillation_loss(teacher, teacher, ids)[0]) == pytest.approx(0, abs=1e-6)
+
+
+def test_window_order_is_seeded_covers_every_window_each_pass_and_resumes_from_its_state():
+    a = WindowOrder(5, 3, seed=7)
+    first = [a.next() for _ in range(5)]  # 15 indices: three whole passes over 5 windows
+    flat = torch.cat(first)
+    for k in range(3):
+        assert sorted(flat[5 * k : 5 * k + 5].tolist()) == list(range(5))
+    b = WindowOrder(5, 3, seed=7)
+    b.next()
+    state = b.state_dict()
+    c = WindowOrder(5, 3, seed=999)
+    c.load_state_dict(state)
+    assert all(torch.equal(c.next(), want) for want in first[1:])
+
+
+def test_lora_recovery_lowers_the_loss_and_writes_an_export_that_loads_anywhere(llama_export, text_file, tmp_path):
+    before_digest = _digest(llama_export)
+    out = tmp_path / "recovered"
+    result = recover(llama_export, str(text_file), out, RecoverySettings(method="lora", **TINY))
+    assert _digest(llama_export) == before_digest, "the input export was modified"
+
+    assert len(result.losses) == 12 and result.losses[-1] < 0.8 * result.losses[0]
+    assert not (out / ".checkpoint").exists() and not (out / ".partial").exists()
+    # An export again: the same shapes, other weights, the recovery recorded in plan.json.
+    assert _shapes(out) == _shapes(llama_export)
+    old, new = load_file(llama_export / "model.safetensors"), load_file(out / "model.safetensors")
+    assert any(not torch.equal(old[k], new[k]) for k in old)
+    assert not any("lora" in k for k in new), "adapters are merged into the weights"
+    config_in, config_out = (json.loads((d / "config.json").read_text()) for d in (llama_export, out))
+    assert config_out["evoprune_layers"] == config_in["evoprune_layers"]
+    assert config_out["model_type"] == "evoprune"
+    plan = json.loads((out / "plan.json").read_text())
+    rec = plan["recovery"]
+    assert rec["data"] == str(text_file) and rec["steps"] == 12 and rec["losses"] == result.losses
+    assert rec["teacher"] == json.loads((llama_export / "plan.json").read_text())["source_model"]
+    assert plan["levels"] == json.loads((llama_export / "plan.json").read_text())["levels"]
+
+    # The figures before and after are the input's and the written model's, on the first 256 tokens.
+    model, tokenizer = load_pruned(out)
+    heldout = token_windows(tokenizer, load_text(str(text_file)).text, 256, 64)
+    assert quality(model, heldout, None, 4)["ppl"] == pytest.approx(result.heldout_after["ppl"], rel=1e-6)
+    original, _ = load_pruned(llama_export)
+    assert quality(original, heldout, None, 4)["ppl"] == pytest.approx(result.heldout_before["ppl"], rel=1e-6)
+    assert result.teacher_heldout["ppl"] > 1 and result.heldout_before["kl"] > 0
+    # Plain transformers in a fresh process, without evoprune, computes the same logits.
+    tokens = heldout[:2, :40]
+    got = load_in_fresh_process(out, tokens, tmp_path)
+    with torch.inference_mode():
+        want = model(input_ids=tokens).logits.numpy()
+    assert abs(got["logits"] - want).max() < 1e-5
+    assert int(got["params"]) == sum(p.numel() for p in model.parameters()) == result.params
+
+
+@pytest.mark.parametrize("family", ["opt", "qwen3"])
+def test_full_recovery_of_other_families(family, tmp_path, text_file, tiny_tokenizer):
+    export = _export(tmp_path, family, text_file, tiny_tokenizer)
+    settings = RecoverySettings(method="full", lm_weight=0.5, **{**TINY, "lr": 1e-3})
+    result = recover(export, str(text_file), tmp_path / "out", settings)
+    assert result.losses[-1] < 0.9 * result.losses[0]
+    assert _shapes(tmp_path / "out") == _shapes(export)
+    model, _ = load_pruned(tmp_path / "out")
+    assert sum(p.numel() for p in model.parameters()) == result.params
+
+
+class _StopAt:
+    """A progress callback that stops the run at a step, as Ctrl-C would."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def __call__(self, event, **info):
+        if event == "step" and info["step"] == self.step:
+            raise KeyboardInterrupt
+
+
+def test_a_stopped_recovery_continues_to_the_same_result_and_refuses_other_arguments(llama_export, text_file, tmp_path):
+    settings = RecoverySettings(method="lora", **{**TINY, "steps": 6, "train_tokens": 640, "checkpoint_every": 2})
+    whole = recover(llama_export, str(text_file), tmp_path / "whole", settings)
+    out = tmp_path / "parts"
+    with pytest.raises(KeyboardInterrupt):
+        recover(llama_export, str(text_file), out, settings, _StopAt(5))  # after the checkpoint at step 4
+    assert (out / ".checkpoint" / "state.pt").exists() and not (out / "model.safetensors").exists()
+    with pytest.raises(EvopruneError, match=r"other arguments \(settings\.lr\).*--restart"):
+        recover(llama_export, str(text_file), out, RecoverySettings(**{**vars(settings), "lr": 1e-3}))
+    parts = recover(llama_export, str(text_file), out, settings)
+    assert parts.resumed_from == [4]
+    assert parts.losses == whole.losses and parts.heldout_before == whole.heldout_before
+    a, b = load_file(tmp_path / "whole" / "model.safetensors"), load_file(out / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((out / "plan.json").read_text())["recovery"]["resumed_from"] == [4]
+
+
+def test_sigkill_then_rerun_equals_an_uninterrupted_run(llama_export, text_file, tmp_path):
+    steps, settings = 40, dict(seq_len=64, batch=2, heldout_tokens=128, train_tokens=640, lr=3e-3)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the command runs below, so both compute the same bits
+    try:
+        whole = recover(llama_export, str(text_file), tmp_path / "whole", RecoverySettings(steps=steps, **settings))
+    finally:
+        torch.set_num_threads(threads)
+
+    out = tmp_path / "killed"
+    args = [sys.executable, "-m", "evoprune", "recover", "--model", str(llama_export), "--data", str(text_file),
+            "--out", str(out), "--steps", str(steps), "--checkpoint-every", "1", "--json",
+            *(f"--{k.replace('_', '-')}={v}" for k, v in settings.items())]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    state = out / ".checkpoint" / "state.pt"
+    deadline = time.time() + 240
+    while time.time() < deadline and not state.exists() and proc.poll() is None:
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the recovery finished before it could be killed"
+    assert not (out / "model.safetensors").exists()
+
+    again = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
+    assert again.returncode == 0, again.stderr
+    result = json.loads(again.stdout)
+    assert len(result["resumed_from"]) == 1 and 1 <= result["resumed_from"][0] < steps
+    assert result["losses"] == whole.losses
+    a, b = load_file(tmp_path / "whole" / "model.safetensors"), load_file(out / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("case", ["not-an-export", "teacher-vocab", "empty-data", "zero-steps", "out-not-empty"])
+def test_bad_input_is_one_line_exit_2_and_changes_nothing(case, llama_export, text_file, tmp_path, tiny_tokenizer):
+    from typer.testing import CliRunner
+
+    from evoprune.cli import app
+
+    model, data, out = str(llama_export), str(text_file), tmp_path / "out"
+    extra: list[str] = []
+    if case == "not-an-export":
+        dense = tmp_path / "dense"
+        build_tiny_model("llama").save_pretrained(dense)
+        model, needle = str(dense), "is not an evoprune export"
+    elif case == "teacher-vocab":
+        teacher = tmp_path / "teacher"
+        build_tiny_model("llama", vocab_size=512).save_pretrained(teacher)
+        tiny_tokenizer.save_pretrained(teacher)
+        extra, needle = ["--teacher", str(teacher)], "predicts 512 tokens but the export 384"
+    elif case == "empty-data":
+        (tmp_path / "empty.txt").write_text("")
+        data, needle = str(tmp_path / "empty.txt"), "is empty"
+    elif case == "zero-steps":
+        extra, needle = ["--steps", "0"], "--steps must be at least 1"
+    else:
+        out.mkdir()
+        (out / "keep.txt").write_text("precious")
+        needle = "exists and is not empty"
+    before = _digest(llama_export)
+    result = CliRunner().invoke(
+        app, ["recover", "--model", model, "--data", data, "--out", str(out), "--seq-len", "64", *extra]
+    )
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], result.stderr
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert _digest(llama_export) == before
+    if case == "out-not-empty":
+        assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    else:
+        assert not out.exists()
