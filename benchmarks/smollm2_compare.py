@@ -72,6 +72,14 @@ class HeldOut:
                 out[f"ppl:{name}"], out[f"ppl_se:{name}"] = m.metrics.get("ppl"), m.metrics.get("ppl_se")
         return out
 
+    def model_perplexity(self, model, batch_size: int = 4) -> dict:
+        """A plain model's (the dense one, an export) perplexity on every held-out text."""
+        out = {}
+        for name, windows in self.windows.items():
+            q = quality(model, windows, None, batch_size)
+            out[f"ppl:{name}"], out[f"ppl_se:{name}"] = q["ppl"], q["ppl_se"]
+        return out
+
     def measure(self, backend, levels) -> dict:
         out = self.perplexity(backend, levels)
         if self.arc_limit and (SHARED / "arc_easy" / "ARC-Easy-Dev.jsonl").exists():
@@ -83,11 +91,7 @@ class HeldOut:
 
 
 def dense_held_out(backend, held: HeldOut) -> dict:
-    model = backend.loaded.model
-    out = {}
-    for name, windows in held.windows.items():
-        q = quality(model, windows, None, backend.settings.batch_size)
-        out[f"ppl:{name}"], out[f"ppl_se:{name}"] = q["ppl"], q["ppl_se"]
+    out = held.model_perplexity(backend.loaded.model, backend.settings.batch_size)
     if held.arc_limit:
         out.update({k: v for k, v in held.measure(backend, backend.space.lower).items() if "arc" in k})
     return out

@@ -15,6 +15,7 @@ from evoprune.backend.pruner import BackendSettings, PruningBackend
 from evoprune.errors import EvopruneError
 from evoprune.export import export_pruned, load_pruned
 from evoprune.pareto import ParetoPoint, pareto_front
+from evoprune.recovery import RecoveryResult, RecoverySettings, recover
 from evoprune.search import ActiveLearningSearch, SearchResult, SearchSettings, prepare_backend, search
 from evoprune.space import ArchSpec, SearchSpace
 from evoprune.store import Store
@@ -26,6 +27,8 @@ __all__ = [
     "EvopruneError",
     "ParetoPoint",
     "PruningBackend",
+    "RecoveryResult",
+    "RecoverySettings",
     "SearchResult",
     "SearchSettings",
     "SearchSpace",
@@ -34,5 +37,6 @@ __all__ = [
     "load_pruned",
     "pareto_front",
     "prepare_backend",
+    "recover",
     "search",
 ]

@@ -627,6 +627,7 @@ def recover(
         "kl": log["kl"],
         "ce": log["ce"],
         "resumed_from": resumed,
+        "duration_s": time.perf_counter() - start_time,  # of this call (a continuation: since it started)
     }
     new_plan = dict(plan or {})
     if "recovery" in new_plan:

@@ -235,3 +235,20 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(case, llama_export, te
         assert [p.name for p in out.iterdir()] == ["keep.txt"]
     else:
         assert not out.exists()
+
+
+def test_recover_benchmark_runs_on_a_tiny_export(llama_export, text_file, tmp_path):
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "recover.py"
+    args = [sys.executable, str(script), "--tiny", "--exports", str(llama_export), "--data", str(text_file),
+            "--out-dir", str(tmp_path / "rec")]  # fmt: skip
+    result = subprocess.run(
+        args, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "rec" / "recover.json").read_text())
+    (row,) = report["rows"]
+    assert len(row["losses"]) == 4 and row["heldout_after"]["ppl"] > 1
+    for figures in (row["before"], row["after"], report["dense"]):
+        assert figures["ppl:wikitext2_test"] > 1 and figures["ppl_se:wikitext2_test"] > 0
+    assert row["before"]["ppl:wikitext2_test"] != row["after"]["ppl:wikitext2_test"]
+    assert "| export | kept params |" in result.stdout

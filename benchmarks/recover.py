@@ -1,0 +1,176 @@
+"""Recovery training of exports, measured on held-out text before and after.
+
+For each export: ``evoprune.recover`` (distillation from the dense model its plan.json names) on
+the training text (default WikiText-2 valid, the text the searches of
+``benchmarks/smollm2_compare.py`` ran on; recover holds out its first ``--heldout-tokens``), then
+the export, the recovered export and the dense model on the held-out text of
+``smollm2_compare.py`` (its ``HeldOut``: the first ``--test-tokens`` tokens of WikiText-2 test and
+of PTB valid in ``--seq-len``-token windows, which neither the search nor the recovery read) and,
+with ``--arc-limit``, ARC-Easy dev questions (``evoprune evaluate``'s scorer). A stopped run
+continues where it stopped: recover resumes from its checkpoint in the output directory.
+
+    python benchmarks/recover.py --exports pruned80/,pruned70/ --method lora --steps 500
+    python benchmarks/recover.py --tiny --exports EXPORT --data TEXT --out-dir DIR   # CI: a few steps
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from benchmarks.smollm2_compare import SHARED, HeldOut  # noqa: E402
+from evoprune.export import load_pruned  # noqa: E402
+from evoprune.recovery import RecoverySettings, recover  # noqa: E402
+from evoprune.search import library_versions  # noqa: E402
+
+
+def arc_easy(model: str, limit: int) -> dict:
+    """ARC-Easy dev accuracy of a model or export (``limit`` questions; 0: not measured)."""
+    if not limit or not (SHARED / "arc_easy" / "ARC-Easy-Dev.jsonl").exists():
+        return {}
+    from evoprune.tasks.command import run_evaluate
+
+    r = run_evaluate(model, ["arc_easy"], limit=limit, task_data=SHARED).results[0]
+    return {"acc:arc_easy": r.metrics["acc"], "acc_se:arc_easy": r.stderr["acc"], "arc_n": r.n}
+
+
+def held_out(model_dir: str, held_tokens: int, seq_len: int, arc_limit: int, batch: int) -> dict:
+    model, tokenizer = load_pruned(model_dir)
+    held = HeldOut(tokenizer, held_tokens, seq_len, 0)
+    return {**held.model_perplexity(model, batch), **arc_easy(model_dir, arc_limit)}
+
+
+def dense_held_out(export: Path, held_tokens: int, seq_len: int, arc_limit: int, batch: int) -> dict:
+    """The dense model the export's plan.json names (the first export's: one dense row per table), on the same
+    held-out text."""
+    from evoprune.backend.loading import load_config, load_model, resolve_model
+
+    spec = json.loads((export / "plan.json").read_text())["source_model"]
+    source = resolve_model(spec)
+    load_config(source)
+    loaded = load_model(source)
+    held = HeldOut(loaded.tokenizer, held_tokens, seq_len, 0)
+    return {"model": spec, **held.model_perplexity(loaded.model, batch), **arc_easy(spec, arc_limit)}
+
+
+def _pm(h: dict, key: str, spec: str = ".2f") -> str:
+    kind, name = key.split(":", 1)
+    v, se = h.get(key), h.get(f"{kind}_se:{name}")
+    return "-" if v is None else f"{v:{spec}} ±{se:{spec}}" if se is not None else f"{v:{spec}}"
+
+
+def render(results: dict) -> str:
+    s = results["settings"]
+    lines = [
+        f"Recovery: `{s['method']}`, {s['steps']} steps of {s['batch']} x {s['seq_len']} tokens, lr "
+        f"{s['lr']}, LM-loss weight {s['lm_weight']}, on {results['data']}; held-out: the first "
+        f"{results['test_tokens']} tokens of WikiText-2 test and PTB valid. Machine: {results['machine']}, "
+        f"torch {results['versions']['torch']}.",
+        "",
+        "| export | kept params | train loss first -> last | recover's held-out: ppl | KL to dense | WikiText-2 test | PTB | "
+        "ARC-Easy | minutes |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    dense = results.get("dense")
+    if dense:
+        lines.append(f"| dense ({dense['model']}) | 100% | - | - | 0 | {_pm(dense, 'ppl:wikitext2_test')} | "
+                     f"{_pm(dense, 'ppl:ptb_valid')} | {_pm(dense, 'acc:arc_easy', '.3f')} | - |")  # fmt: skip
+    for r in results["rows"]:
+        b, a = r["before"], r["after"]
+        lines.append(
+            f"| {r['export']} | {r['params_fraction']:.1%} | {r['losses'][0]:.3f} -> {r['losses'][-1]:.3f} | "
+            f"{r['heldout_before']['ppl']:.2f} -> {r['heldout_after']['ppl']:.2f} | "
+            f"{r['heldout_before'].get('kl', float('nan')):.4f} -> {r['heldout_after'].get('kl', float('nan')):.4f} | "
+            f"{_pm(b, 'ppl:wikitext2_test')} -> {_pm(a, 'ppl:wikitext2_test')} | "
+            f"{_pm(b, 'ppl:ptb_valid')} -> {_pm(a, 'ppl:ptb_valid')} | "
+            f"{_pm(b, 'acc:arc_easy', '.3f')} -> {_pm(a, 'acc:arc_easy', '.3f')} | {r['recover_s'] / 60:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--exports", required=True, help="export directories, comma-separated")
+    p.add_argument("--data", default=str(SHARED / "wikitext-2" / "valid.txt"), help="training text")
+    p.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results" / "recovered"))
+    p.add_argument("--json", default=None, help="results JSON (default: OUT_DIR/recover.json)")
+    p.add_argument("--method", default="lora")
+    p.add_argument("--steps", type=int, default=500)
+    p.add_argument("--seq-len", type=int, default=512)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--lm-weight", type=float, default=0.0)
+    p.add_argument("--heldout-tokens", type=int, default=4096, help="recover's own held-out split")
+    p.add_argument("--test-tokens", type=int, default=16384, help="WikiText-2 test and PTB tokens")
+    p.add_argument("--arc-limit", type=int, default=570, help="ARC-Easy dev questions (570: all; 0: none)")
+    p.add_argument("--checkpoint-every", type=int, default=50)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default=None)
+    p.add_argument("--no-dense", action="store_true", help="skip the dense model's figures")
+    p.add_argument("--tiny", action="store_true", help="a few short steps and little held-out text (CI)")
+    args = p.parse_args()
+    if args.tiny:
+        args.steps, args.seq_len, args.batch, args.heldout_tokens = 4, 64, 2, 128
+        args.test_tokens, args.arc_limit, args.lr = 256, 0, args.lr or 3e-3
+    settings = RecoverySettings(
+        method=args.method, steps=args.steps, seq_len=args.seq_len, batch=args.batch, lr=args.lr,
+        lm_weight=args.lm_weight, heldout_tokens=args.heldout_tokens, seed=args.seed, device=args.device,
+        dtype=args.dtype, checkpoint_every=args.checkpoint_every,
+    )  # fmt: skip
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out_json = Path(args.json) if args.json else out_dir / "recover.json"
+    exports = [Path(e.strip()) for e in args.exports.split(",") if e.strip()]
+    results = {"machine": platform.platform(), "threads": torch.get_num_threads(), "versions": library_versions(),
+               "data": args.data, "test_tokens": args.test_tokens,
+               "settings": {**asdict(settings), "lr": settings.learning_rate}, "args": vars(args), "rows": []}  # fmt: skip
+    if not args.no_dense:
+        results["dense"] = dense_held_out(exports[0], args.test_tokens, args.seq_len, args.arc_limit, args.batch)
+        print(json.dumps({"dense": results["dense"]}), flush=True)
+
+    def report(event: str, **info) -> None:
+        if event == "phase":
+            print(f"  {info['name']}", flush=True)
+        elif event == "step" and (info["step"] % max(1, args.steps // 20) == 0 or info["step"] == info["total"]):
+            print(f"  step {info['step']}/{info['total']}: running loss {info['running_loss']:.4f}", flush=True)
+
+    for export in exports:
+        out = out_dir / f"{export.name}-{args.method}-{args.steps}"
+        print(f"{export} -> {out}", flush=True)
+        before = held_out(str(export), args.test_tokens, args.seq_len, args.arc_limit, args.batch)
+        start = time.perf_counter()
+        done = out / "plan.json"
+        if done.exists() and "recovery" in json.loads(done.read_text()):
+            recovery = json.loads(done.read_text())["recovery"]  # finished earlier: measure only
+            r = {k: recovery[k] for k in ("heldout_before", "heldout_after", "losses", "resumed_from")}
+            start -= recovery.get("duration_s", 0.0)
+        else:
+            res = recover(export, args.data, out, settings, report)
+            r = {"heldout_before": res.heldout_before, "heldout_after": res.heldout_after, "losses": res.losses,
+                 "resumed_from": res.resumed_from}  # fmt: skip
+        elapsed = time.perf_counter() - start
+        after = held_out(str(out), args.test_tokens, args.seq_len, args.arc_limit, args.batch)
+        plan = json.loads((export / "plan.json").read_text())
+        row = {"export": str(export), "out": str(out), "params_fraction": plan["params_fraction"],
+               "before": before, "after": after, "recover_s": elapsed, **r}  # fmt: skip
+        results["rows"].append(row)
+        print(json.dumps({k: v for k, v in row.items() if k != "losses"}), flush=True)
+        out_json.write_text(json.dumps(results, indent=2))
+    out_json.write_text(json.dumps(results, indent=2))
+    print(render(results))
+    print(f"wrote {out_json}")
+
+
+if __name__ == "__main__":
+    main()
