@@ -574,6 +574,12 @@ def plan_command(
         f"best of {result.candidates} evaluated configurations under the budget"
         + (f", {result.spent} evaluated now" if result.spent else "")
     )
+    for r in result.recoveries:
+        out_console.print(
+            f"recovered ({r.method}, {r.steps} steps) into {r.out}: perplexity {_figure_text(r.before)} before, "
+            f"{_figure_text(r.after)} after, KL to the dense model {_kl_text(r.before)} -> {_kl_text(r.after)}, "
+            f"on the first {_tokens_text(r.details.get('heldout_tokens'))} tokens of {r.data} (held out from training)"
+        )
     table = Table(title="per-layer allocation", title_justify="left")
     for col in ("layer", "query heads", "KV heads", "MLP channels"):
         table.add_column(col, justify="right")
@@ -780,6 +786,13 @@ from evoprune.recovery import RecoverySettings as _RecoverySettings  # noqa: E40
 _RECOVERY = _RecoverySettings()  # the defaults the options show
 
 
+def _kl_text(metrics: dict) -> str:
+    """``0.0123 ±0.0004`` (KL in nats per token is small), or ``-``."""
+    if "kl" not in metrics:
+        return "-"
+    return f"{metrics['kl']:.4f}" + (f" ±{metrics['kl_se']:.4f}" if "kl_se" in metrics else "")
+
+
 class _RecoveryProgress:
     """Renders ``recover`` events on stderr: phases, then training steps with the running loss."""
 
@@ -856,6 +869,13 @@ def recover_command(
     dtype: str | None = typer.Option(None, "--dtype", help="float32, bfloat16 or float16 (default: the export's own)."),
     force: bool = typer.Option(False, "--force", help="Write into a non-empty --out directory."),
     restart: bool = typer.Option(False, "--restart", help="Discard a checkpoint in --out and start again."),
+    store: str = typer.Option(
+        "auto",
+        "--store",
+        "-s",
+        help="Record the result against the export's evaluation in this store, for 'evoprune plan' "
+        "(auto: the store plan.json names, when it holds that evaluation; none: nowhere).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Distill an export from its dense model (KL, optionally mixed with the LM loss); write an export again.
@@ -872,11 +892,16 @@ def recover_command(
     )  # fmt: skip
     try:
         with _RecoveryProgress(err_console) as progress:
-            result = recover(model, data, out, settings, progress, force=force, restart=restart)
+            result = recover(
+                model, data, out, settings, progress, force=force, restart=restart,
+                store=None if store.lower() == "none" else store,
+            )  # fmt: skip
     except EvopruneError as exc:
         _fail(str(exc))
     except KeyboardInterrupt:
         _fail(f"interrupted: run the same command to continue from the last checkpoint in '{out}'", 130)
+    for note in result.notes:
+        err_console.print(f"note: {note}", soft_wrap=True)
     if as_json:
         typer.echo(json.dumps(result.to_dict(), indent=2))
         return
@@ -889,7 +914,7 @@ def recover_command(
     for col in ("figure", "before", "after", "teacher"):
         table.add_column(col, justify="left" if col == "figure" else "right")
     table.add_row("perplexity", _figure_text(b), _figure_text(a), _figure_text(t))
-    table.add_row("KL to the teacher (nats/token)", _figure_text(b, "kl"), _figure_text(a, "kl"), "0")
+    table.add_row("KL to the teacher (nats/token)", _kl_text(b), _kl_text(a), "0")
     out_console.print(table)
     resumed = f", continued from step {', '.join(map(str, result.resumed_from))}" if result.resumed_from else ""
     out_console.print(
@@ -897,6 +922,9 @@ def recover_command(
         f" ({result.train_windows} training windows{resumed}); wrote {out}, which loads like the export it came "
         f"from (evoprune.load_pruned or trust_remote_code)"
     )
+    if result.stored:
+        where = result.stored
+        out_console.print(f"recorded against evaluation {where['evaluation']} in '{where['store']}'")
 
 
 def main() -> None:

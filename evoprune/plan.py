@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 
 from evoprune.errors import EvopruneError
 from evoprune.objectives import Budget, CostModel, parse_size
 from evoprune.pareto import best_of, first_rung_tokens, rung_offsets, top_rung
 from evoprune.search import ProgressFn, _noop, search
 from evoprune.space import SearchSpace
-from evoprune.store import Evaluation, Run, Store
+from evoprune.store import Evaluation, RecoveryRecord, Run, Store
 
 
 @dataclass
@@ -20,6 +20,7 @@ class PlanResult:
     cost: dict
     candidates: int
     spent: int
+    recoveries: list[RecoveryRecord] = field(default_factory=list)  # recovery trainings of its export
 
     def to_dict(self) -> dict:
         e = self.evaluation
@@ -35,6 +36,7 @@ class PlanResult:
             "layers": self.layers,
             "candidates_under_budget": self.candidates,
             "evaluations_spent": self.spent,
+            "recoveries": [asdict(r) for r in self.recoveries],
         }
 
 
@@ -116,4 +118,6 @@ def plan(
     c = cost_model.cost(best.levels)
     cost = {"params": c.params, "params_fraction": c.params_fraction, "flops_per_token": c.flops_per_token,
             "memory_bytes": c.memory_bytes, **{k: v for k, v in best.cost.items() if k == "latency_ms"}}  # fmt: skip
-    return PlanResult(run, best, layers, cost, len(under), spent)
+    with Store.open_existing(store_path, readonly=True) as st:
+        recoveries = st.recoveries(eval_id=best.id)
+    return PlanResult(run, best, layers, cost, len(under), spent, recoveries)

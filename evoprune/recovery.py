@@ -149,7 +149,9 @@ class RecoveryResult:
     ``heldout_after``: the export before and the result after, on the held-out windows (``ppl``,
     ``ppl_se``, ``nll``, ``nll_se``, ``tokens``, and ``kl``/``kl_se`` to the teacher's top-k);
     ``teacher_heldout``: the teacher there. ``resumed_from``: the step each continuation
-    started at (empty for an uninterrupted run).
+    started at (empty for an uninterrupted run). ``stored``: where the recovery was recorded
+    (``store``, ``run``, ``evaluation``, ``id``), or None; ``notes``: what the caller should know
+    (a store that could not be written).
     """
 
     path: Path
@@ -166,6 +168,8 @@ class RecoveryResult:
     heldout_windows: int
     resumed_from: list[int] = field(default_factory=list)
     duration_s: float = 0.0
+    stored: dict | None = None
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -423,6 +427,63 @@ def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
     return out
 
 
+def _store_target(store: str | Path | None, plan: dict | None, export_dir: Path) -> tuple[Path, int, int] | None:
+    """``(store path, run id, evaluation id)`` to record the recovery against, or None.
+
+    An explicit ``store`` must exist and hold the evaluation plan.json names, with the export's
+    levels (EvopruneError otherwise); ``"auto"`` uses plan.json's store when all that holds.
+    """
+    from evoprune.store import Store
+
+    auto = store == "auto"
+    if store is None or (auto and not (plan or {}).get("store")):
+        return None
+    path = Path(plan["store"] if auto else store)
+    run_id, eval_id = (plan or {}).get("run"), (plan or {}).get("evaluation")
+    try:
+        if run_id is None or eval_id is None:
+            raise EvopruneError(
+                f"'{export_dir}' names no stored evaluation (plan.json has no run/evaluation: it was not written "
+                "by 'evoprune export --store'): drop --store"
+            )
+        with Store.open_existing(path, readonly=True) as st:
+            evaluation = st.evaluation(int(eval_id))
+        levels = plan["levels"]["attn"] + plan["levels"]["mlp"]
+        if evaluation.run_id != run_id or evaluation.levels != levels:
+            raise EvopruneError(
+                f"evaluation {eval_id} in store '{path}' is not the configuration '{export_dir}' was exported from: "
+                "pass the store it was exported from, or --store none"
+            )
+    except EvopruneError:
+        if auto:
+            return None
+        raise
+    return path, int(run_id), int(eval_id)
+
+
+def _record(target: tuple[Path, int, int], out: Path, record: dict) -> dict:
+    from evoprune.store import Store
+
+    path, run_id, eval_id = target
+    keys = ("teacher", "data_fingerprint", "settings", "heldout_split", "heldout_tokens", "train_windows")
+    details = {k: record[k] for k in keys}
+    details.update(teacher_heldout=record["teacher_heldout"], loss_first=record["losses"][0],
+                   loss_last=record["losses"][-1])  # fmt: skip
+    with Store.open_existing(path) as st:
+        row = st.add_recovery(
+            run_id=run_id,
+            eval_id=eval_id,
+            out=str(out.resolve()),
+            method=record["method"],
+            steps=record["steps"],
+            data=record["data"],
+            before=record["heldout_before"],
+            after=record["heldout_after"],
+            details=details,
+        )
+    return {"store": str(path), "run": run_id, "evaluation": eval_id, "id": row}
+
+
 def _noop(*_args, **_kwargs) -> None:
     return None
 
@@ -437,6 +498,7 @@ def recover(
     *,
     force: bool = False,
     restart: bool = False,
+    store: str | Path | None = "auto",
 ) -> RecoveryResult:
     """Distill the export in ``export_dir`` from its dense model on ``data``; write the result to ``out``.
 
@@ -444,12 +506,16 @@ def recover(
     ...). ``out``: a new or empty directory, one holding this recovery's checkpoint (it continues
     from there), or with ``force`` any directory (its files of the same names are replaced). The
     export in ``export_dir`` is only read. ``restart`` discards a checkpoint in ``out``.
+    ``store``: the pair store to record the recovery in, against the evaluation the export came
+    from (plan.json's ``store``/``run``/``evaluation``), so ``evoprune plan`` shows it; ``"auto"``:
+    the store plan.json names, when it exists and holds that evaluation; ``None``: none.
     ``progress(event, **info)``: ``phase`` (name), ``train`` (total, done), ``step`` (step,
     total, loss, kl, ce, lr, running_loss).
 
     Raises ``EvopruneError`` before training on bad input: not an export, no teacher to be had,
     a teacher of another vocabulary or tokenizer, data too short for the held-out split and one
-    training window, invalid settings, a non-empty ``out``, or a checkpoint of other arguments.
+    training window, invalid settings, a non-empty ``out``, a checkpoint of other arguments, or a
+    ``store`` that does not hold the export's evaluation.
     """
     from evoprune.backend.data import load_text
     from evoprune.backend.loading import quiet_transformers
@@ -477,10 +543,9 @@ def recover(
         )
     _check_out(out, export_dir, force)
     text = load_text(data)
+    target = _store_target(store, plan, export_dir)
     checkpoint = out / CHECKPOINT_DIR
-    if restart and checkpoint.exists():
-        shutil.rmtree(checkpoint)
-    state = _load_state(checkpoint)
+    state = None if restart else _load_state(checkpoint)
 
     quiet_transformers()
     dtype_name = settings.dtype or export_dtype(export_dir)
@@ -507,6 +572,8 @@ def recover(
             "same arguments to continue, pass --restart to discard it, or choose another --out"
         )
 
+    if restart and checkpoint.exists():
+        shutil.rmtree(checkpoint)
     with _deterministic(device):
         student.to(device)
         teacher.model.to(device).eval()
@@ -619,6 +686,7 @@ def recover(
             f"the first {len(heldout) * settings.seq_len} tokens of the data in {settings.seq_len}-token windows; "
             f"training read the {len(train)} windows after them"
         ),
+        "heldout_tokens": len(heldout) * settings.seq_len,
         "train_windows": len(train),
         "heldout_before": before,
         "heldout_after": after,
@@ -641,6 +709,12 @@ def recover(
     for f in sorted(partial.iterdir()):
         os.replace(f, out / f.name)
     partial.rmdir()
+    stored, notes = None, []
+    if target is not None:
+        try:
+            stored = _record(target, out, record)
+        except EvopruneError as exc:
+            notes.append(f"the recovery was not recorded in store '{target[0]}': {exc}")
     if checkpoint.exists():
         shutil.rmtree(checkpoint)
     return RecoveryResult(
@@ -658,6 +732,8 @@ def recover(
         heldout_windows=len(heldout),
         resumed_from=resumed,
         duration_s=time.perf_counter() - start_time,
+        stored=stored,
+        notes=notes,
     )
 
 

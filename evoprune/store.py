@@ -19,6 +19,8 @@ Tables:
   held (if any), which attempt that was and whether the job was retried elsewhere.
 - ``task_results``: task accuracies (``evoprune evaluate``) of a configuration, linked to its
   run and evaluation when the store holds them.
+- ``recoveries``: recovery trainings (``evoprune recover``) of an export of an evaluation, with
+  its held-out figures before and after (stores written before it existed read as having none).
 """
 
 from __future__ import annotations
@@ -136,6 +138,19 @@ CREATE TABLE IF NOT EXISTS task_results (
     details TEXT NOT NULL,
     created_at TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS recoveries (
+    id INTEGER PRIMARY KEY,
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    eval_id INTEGER NOT NULL REFERENCES evaluations(id),
+    out TEXT NOT NULL,
+    method TEXT NOT NULL,
+    steps INTEGER NOT NULL,
+    data TEXT NOT NULL,
+    before TEXT NOT NULL,
+    after TEXT NOT NULL,
+    details TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
 """
 
 
@@ -246,6 +261,25 @@ class TaskRecord:
     shots: int
     n: int
     metrics: dict
+    details: dict
+    created_at: str
+
+
+@dataclass(frozen=True)
+class RecoveryRecord:
+    """A recovery training of the export of evaluation ``eval_id``, written to ``out``:
+    ``before``/``after`` are the held-out figures (``ppl``, ``ppl_se``, ``kl``, ``tokens``, ...) on
+    the first tokens of ``data``; ``details`` the settings, the teacher and the split."""
+
+    id: int
+    run_id: int
+    eval_id: int
+    out: str
+    method: str
+    steps: int
+    data: str
+    before: dict
+    after: dict
     details: dict
     created_at: str
 
@@ -651,4 +685,46 @@ class Store:
         return [
             TaskRecord(**{**dict(r), "metrics": json.loads(r["metrics"]), "details": json.loads(r["details"])})
             for r in rows
+        ]
+
+    # -- recovery training ------------------------------------------------------------------
+    def add_recovery(
+        self,
+        *,
+        run_id: int,
+        eval_id: int,
+        out: str,
+        method: str,
+        steps: int,
+        data: str,
+        before: dict,
+        after: dict,
+        details: dict | None = None,
+    ) -> int:
+        with self._tx() as c:
+            cur = c.execute(
+                "INSERT INTO recoveries (run_id, eval_id, out, method, steps, data, before, after, details, "
+                "created_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (run_id, eval_id, out, method, int(steps), data, json.dumps(before), json.dumps(after),
+                 json.dumps(details or {}), _now()),
+            )  # fmt: skip
+            return int(cur.lastrowid)
+
+    def recoveries(self, *, run_id: int | None = None, eval_id: int | None = None) -> list[RecoveryRecord]:
+        """Stored recovery trainings, oldest first; all, or those of a run or an evaluation."""
+        sql, args = "SELECT * FROM recoveries WHERE 1=1", []
+        if run_id is not None:
+            sql += " AND run_id=?"
+            args.append(run_id)
+        if eval_id is not None:
+            sql += " AND eval_id=?"
+            args.append(eval_id)
+        try:
+            rows = self._conn.execute(sql + " ORDER BY id", args).fetchall()
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):  # a store written before recoveries existed, opened read-only
+                return []
+            raise
+        return [
+            RecoveryRecord(**{**dict(r), **{k: json.loads(r[k]) for k in ("before", "after", "details")}}) for r in rows
         ]

@@ -252,3 +252,42 @@ def test_recover_benchmark_runs_on_a_tiny_export(llama_export, text_file, tmp_pa
         assert figures["ppl:wikitext2_test"] > 1 and figures["ppl_se:wikitext2_test"] > 0
     assert row["before"]["ppl:wikitext2_test"] != row["after"]["ppl:wikitext2_test"]
     assert "| export | kept params |" in result.stdout
+
+
+def test_a_recovery_is_recorded_against_its_evaluation_and_plan_shows_it(tmp_path, tiny_model_dir, text_file):
+    from typer.testing import CliRunner
+
+    from evoprune.cli import app
+    from evoprune.objectives import Budget
+    from evoprune.plan import plan
+    from evoprune.search import SearchSettings, search
+
+    store = tmp_path / "s.db"
+    backend = BackendSettings(eval_tokens=256, calib_tokens=256, seq_len=64, mlp_levels=4)
+    search(
+        str(tiny_model_dir),
+        str(text_file),
+        str(store),
+        SearchSettings(evals=4, init=4, min_params=0.3, backend=backend),
+    )
+    best = plan(str(store), Budget(max_params=0.95)).evaluation
+    runner = CliRunner()
+    export = tmp_path / "export"
+    done = runner.invoke(app, ["export", "--store", str(store), "--pick", str(best.id), "--out", str(export)])
+    assert done.exit_code == 0, done.output
+
+    with pytest.raises(EvopruneError, match="does not exist"):
+        recover(export, str(text_file), tmp_path / "x", RecoverySettings(**TINY), store=tmp_path / "other.db")
+    assert recover(export, str(text_file), tmp_path / "none", RecoverySettings(**TINY), store=None).stored is None
+    result = recover(export, str(text_file), tmp_path / "out", RecoverySettings(**TINY))  # the store plan.json names
+    assert result.stored["evaluation"] == best.id and result.stored["store"] == str(store)
+    # Held out: the search's first-rung windows (same text, 256 tokens, 64-token windows), so
+    # "before" is the figure the search measured through its masks.
+    assert result.heldout_before["ppl"] == pytest.approx(best.metrics["ppl"], rel=1e-5)
+
+    (record,) = plan(str(store), Budget(max_params=0.95)).recoveries
+    assert record.eval_id == best.id and record.steps == 12 and record.out == str((tmp_path / "out").resolve())
+    assert record.before == result.heldout_before and record.after == result.heldout_after
+    shown = runner.invoke(app, ["plan", "--store", str(store), "--max-params", "0.95"])
+    assert shown.exit_code == 0, shown.output
+    assert "recovered (lora, 12 steps)" in shown.stdout and f"{result.heldout_after['ppl']:.2f}" in shown.stdout
