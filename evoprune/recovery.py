@@ -281,7 +281,13 @@ def _check_out(out: Path, export_dir: Path, force: bool) -> None:
     if dst == src or src in dst.parents:
         raise EvopruneError(f"--out '{out}' is inside the export '{export_dir}', which recovery never modifies: "
                             "choose a directory outside it")  # fmt: skip
-    if out.is_dir() and not (out / CHECKPOINT_DIR).is_dir() and any(out.iterdir()) and not force:
+    ours = (CHECKPOINT_DIR, PARTIAL_DIR)  # our own leftovers: a checkpoint to continue from, an unfinished write
+    if (
+        out.is_dir()
+        and not (out / CHECKPOINT_DIR).is_dir()
+        and any(p.name not in ours for p in out.iterdir())
+        and not force
+    ):
         raise EvopruneError(f"--out '{out}' exists and is not empty: choose another --out or pass --force")
 
 
@@ -304,14 +310,17 @@ def _load_teacher(spec: str, dtype: torch.dtype, plan: dict | None, from_plan: b
             ) from None
         raise
     progress("phase", name=f"loading teacher {spec}")
-    teacher = load_model(source, dtype=dtype)
-    if from_plan and plan.get("model_fingerprint"):
-        searched = getattr(torch, str(plan.get("backend", {}).get("dtype", "float32")), torch.float32)
-        if model_fingerprint(teacher.model, as_dtype=searched) != plan["model_fingerprint"]:
-            raise EvopruneError(
-                f"model '{spec}' is not the one the export was pruned from (its weights or config changed): "
-                "pass --teacher to distill from it anyway"
-            )
+    check = from_plan and bool(plan.get("model_fingerprint"))
+    searched = getattr(torch, str((plan or {}).get("backend", {}).get("dtype", "float32")), torch.float32)
+    # Checked as the search loaded it: a float32 load gives any dtype's fingerprint, and casts
+    # to the training dtype exactly as loading in it would.
+    teacher = load_model(source, dtype=torch.float32 if check and searched != dtype else dtype)
+    if check and model_fingerprint(teacher.model, as_dtype=searched) != plan["model_fingerprint"]:
+        raise EvopruneError(
+            f"model '{spec}' is not the one the export was pruned from (its weights or config changed): "
+            "pass --teacher to distill from it anyway"
+        )
+    teacher.model.to(dtype)
     for p in teacher.model.parameters():
         p.requires_grad_(False)
     return teacher

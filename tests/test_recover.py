@@ -291,3 +291,20 @@ def test_a_recovery_is_recorded_against_its_evaluation_and_plan_shows_it(tmp_pat
     shown = runner.invoke(app, ["plan", "--store", str(store), "--max-params", "0.95"])
     assert shown.exit_code == 0, shown.output
     assert "recovered (lora, 12 steps)" in shown.stdout and f"{result.heldout_after['ppl']:.2f}" in shown.stdout
+
+
+def test_the_teacher_is_checked_as_searched_in_any_training_dtype(tmp_path, text_file, tiny_tokenizer):
+    export = _export(tmp_path, "llama", text_file, tiny_tokenizer)
+    short = {**TINY, "steps": 2}
+    # bfloat16 training of a float32 export: the teacher is checked as loaded in float32, the
+    # result written in the export's own dtype.
+    recover(export, str(text_file), tmp_path / "bf16", RecoverySettings(dtype="bfloat16", **short))
+    assert {v.dtype for v in load_file(tmp_path / "bf16" / "model.safetensors").values()} == {torch.float32}
+    # The dense model plan.json names changed since the export: refused, unless named as --teacher.
+    build_tiny_model("llama", seed=11).save_pretrained(tmp_path / "dense-llama")
+    with pytest.raises(EvopruneError, match="not the one the export was pruned from.*--teacher"):
+        recover(export, str(text_file), tmp_path / "changed", RecoverySettings(**short))
+    assert not (tmp_path / "changed").exists()
+    recover(
+        export, str(text_file), tmp_path / "named", RecoverySettings(teacher=str(tmp_path / "dense-llama"), **short)
+    )
