@@ -457,7 +457,8 @@ def _store_target(store: str | Path | None, plan: dict | None, export_dir: Path)
             )
         with Store.open_existing(path, readonly=True) as st:
             evaluation = st.evaluation(int(eval_id))
-        levels = plan["levels"]["attn"] + plan["levels"]["mlp"]
+        levels = plan.get("levels") or {}
+        levels = list(levels.get("attn", [])) + list(levels.get("mlp", []))
         if evaluation.run_id != run_id or evaluation.levels != levels:
             raise EvopruneError(
                 f"evaluation {eval_id} in store '{path}' is not the configuration '{export_dir}' was exported from: "
@@ -524,7 +525,8 @@ def recover(
     Raises ``EvopruneError`` before training on bad input: not an export, no teacher to be had,
     a teacher of another vocabulary or tokenizer, data too short for the held-out split and one
     training window, invalid settings, a non-empty ``out``, a checkpoint of other arguments, or a
-    ``store`` that does not hold the export's evaluation.
+    ``store`` that does not hold the export's evaluation; during training, when the loss becomes
+    non-finite (the last checkpoint stays).
     """
     from evoprune.backend.data import load_text
     from evoprune.backend.loading import quiet_transformers
@@ -646,6 +648,11 @@ def recover(
             with torch.no_grad():
                 teacher_logits = teacher.model(input_ids=ids).logits
             loss, kl, ce = distillation_loss(model(input_ids=ids).logits, teacher_logits, ids, settings.lm_weight)
+            if not math.isfinite(float(loss.detach())):
+                raise EvopruneError(
+                    f"the training loss became {float(loss.detach())} at step {step + 1}: lower --lr, or train in "
+                    "float32 (--dtype float32); pass --restart with the new arguments"
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_([p for _, p in trainable], 1.0)
