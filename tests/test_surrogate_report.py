@@ -264,7 +264,8 @@ def test_the_benchmark_script_runs_on_a_tiny_model_and_keeps_other_sections(tmp_
     result = subprocess.run(
         [sys.executable, str(Path(__file__).resolve().parents[1] / "benchmarks" / "surrogates.py"),
          "--model", str(tiny_model_dir), "--data", str(text_file), "--store", str(tmp_path / "b.db"),
-         "--pairs", "24", "--eval-tokens", "256", "--seq-len", "64", "--sizes", "8,12", "--holdout", "8", "--repeats", "1",
+         "--pairs", "24", "--eval-tokens", "256", "--seq-len", "64", "--sizes", "8,12", "--holdout", "8",
+         "--repeats", "1",
          "--surrogates", "additive,forest", "--out", str(out)],
         capture_output=True, text=True, timeout=600, env=env,
     )  # fmt: skip
