@@ -9,9 +9,11 @@ import sys
 from pathlib import Path
 
 import typer
-from rich.console import Console
+from rich import box
+from rich.console import Console, Group
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from evoprune.backend.pruner import BackendSettings
 from evoprune.compare import DEFAULT_METHODS
@@ -51,10 +53,6 @@ def _use_task_data(task_data: str | None) -> None:
         os.environ[TASK_DATA_ENV] = str(task_data_dir(task_data))
 
 
-def _levels_text(levels: list[int]) -> str:
-    return "".join(str(v) for v in levels) if max(levels, default=0) < 10 else ",".join(map(str, levels))
-
-
 def _figure_text(metrics: dict | None, name: str = "ppl") -> str:
     """``17.47 ±0.31`` (standard error when recorded), or ``-``."""
     if not metrics or name not in metrics:
@@ -69,8 +67,83 @@ def _tokens_text(tokens: int | None) -> str:
     return f"{tokens / 1024:g}k" if tokens % 256 == 0 and tokens >= 1024 else str(tokens)
 
 
+class FoldingTable(Table):
+    """A rich table whose cells and headers wrap onto more lines instead of being cut with an
+    ellipsis: a narrow terminal must never hide a figure or a level."""
+
+    def add_column(self, *args, overflow: str = "fold", **kwargs) -> None:
+        super().add_column(*args, overflow=overflow, **kwargs)
+
+
+LAYERS_PER_BLOCK = 10
+_LEVEL_SYMBOLS = "0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+def _level_tokens(levels: list[int], top: int) -> list[str]:
+    """One token per layer: one character (0-9, then a-z for 10-35) when ``top`` allows, else the
+    number right-aligned to the width of ``top``."""
+    if top < len(_LEVEL_SYMBOLS):
+        return [_LEVEL_SYMBOLS[v] for v in levels]
+    return [str(v).rjust(len(str(top))) for v in levels]
+
+
+def _allocation_lines(levels: list[int], top: int, blocks_per_line: int) -> list[str]:
+    """``levels`` (one per layer, layer 0 first) in blocks of ``LAYERS_PER_BLOCK`` layers,
+    ``blocks_per_line`` blocks a line; every level is there, whatever the depth."""
+    tokens = _level_tokens(levels, top)
+    inner, outer = ("", " ") if len(tokens[0] if tokens else "0") == 1 else (" ", "  ")
+    blocks = [inner.join(tokens[i : i + LAYERS_PER_BLOCK]) for i in range(0, len(tokens), LAYERS_PER_BLOCK)]
+    return [outer.join(blocks[i : i + blocks_per_line]) for i in range(0, len(blocks), blocks_per_line)] or [""]
+
+
+def _allocation_ruler(num_layers: int, top: int, blocks_per_line: int) -> list[str]:
+    """The header over :func:`_allocation_lines`: the first layer of each block, over that block."""
+    token = len(_level_tokens([0], top)[0])
+    inner, outer = ("", " ") if token == 1 else (" ", "  ")
+    width = LAYERS_PER_BLOCK * token + (LAYERS_PER_BLOCK - 1) * len(inner)
+    starts = [str(s).ljust(width) for s in range(0, num_layers, LAYERS_PER_BLOCK)]
+    return [outer.join(starts[i : i + blocks_per_line]).rstrip() for i in range(0, len(starts), blocks_per_line)]
+
+
+def _allocation_table(points: list[ParetoPoint], width: int, space: dict | None = None) -> Table:
+    """Every front member's whole per-layer allocation: attention over MLP, so one layer's two
+    levels sit in one column, in blocks of ten layers wrapped to fit ``width`` columns."""
+    num_layers = max((len(p.levels["attn"]) for p in points), default=0)
+    top = max((max(p.levels["attn"] + p.levels["mlp"], default=0) for p in points), default=0)
+    if space:
+        top = max(top, space.get("attn_levels", 0), space.get("mlp_levels", 0))
+    token = len(_level_tokens([0], top)[0])
+    block = LAYERS_PER_BLOCK * token + (LAYERS_PER_BLOCK - 1) * (token > 1)
+    gap = 1 if token == 1 else 2
+    id_width = max((len(str(p.id)) for p in points), default=2)
+    # Columns id and sub-layer, their padding and separators; what is left holds the levels.
+    room = width - max(id_width, 2) - len("attention") - 8
+    per_line = max(1, (room + gap) // (block + gap))
+    table = FoldingTable(box=box.SIMPLE_HEAD, show_edge=False, title_justify="left", caption_justify="left")
+    table.title = "Per-layer levels of the front"
+    table.add_column("id", justify="right")
+    table.add_column("sub-layer")
+    table.add_column("\n".join(_allocation_ruler(num_layers, top, per_line)))
+    for p in points:
+        table.add_row(str(p.id), "attention", "\n".join(_allocation_lines(p.levels["attn"], top, per_line)))
+        table.add_row("", "MLP", "\n".join(_allocation_lines(p.levels["mlp"], top, per_line)))
+    what = "one character per layer" if token == 1 else "one number per layer"
+    legend = "; 10-35 are a-z" if token == 1 and top >= 10 else ""
+    removed = (
+        f", attention {space['attn_levels']} and MLP {space['mlp_levels']} remove it"
+        if space and "attn_levels" in space and "mlp_levels" in space
+        else ", the top level removes it"
+    )
+    table.caption = (
+        f"{what}, layer 0 first, in blocks of {LAYERS_PER_BLOCK} under the number of their first layer{legend}; "
+        f"level 0 leaves a sub-layer untouched{removed}"
+    )
+    return table
+
+
 def _pareto_table(points: list[ParetoPoint], title: str) -> Table:
-    table = Table(title=title, title_justify="left")
+    """The front's figures, one row per member (its allocation is :func:`_allocation_table`)."""
+    table = FoldingTable(title=title, title_justify="left")
     for col, justify in (
         ("id", "right"),
         ("params", "right"),
@@ -79,8 +152,6 @@ def _pareto_table(points: list[ParetoPoint], title: str) -> Table:
         ("tokens", "right"),
         ("valid ppl", "right"),
         ("found", "left"),
-        ("attention levels", "left"),
-        ("MLP levels", "left"),
     ):
         table.add_column(col, justify=justify)
     for p in points:
@@ -93,8 +164,6 @@ def _pareto_table(points: list[ParetoPoint], title: str) -> Table:
             _tokens_text(fidelity["tokens"]),
             _figure_text(p.validation["metrics"]) if p.validation else "-",
             "design" if p.origin == "design" else f"round {p.round}",
-            _levels_text(p.levels["attn"]),
-            _levels_text(p.levels["mlp"]),
         )
     table.caption = (
         "ppl: on the highest rung of the fidelity ladder each configuration reached (tokens), ± standard error; "
@@ -102,6 +171,13 @@ def _pareto_table(points: list[ParetoPoint], title: str) -> Table:
     )
     table.caption_justify = "left"
     return table
+
+
+def _front_view(run, points: list[ParetoPoint], width: int) -> Group:
+    """What ``pareto`` and ``search`` print: the front's figures, then every member's whole
+    per-layer allocation, laid out for a terminal ``width`` columns wide."""
+    title = f"Pareto front of run {run.id} ({run.model})"
+    return Group(_pareto_table(points, title), Text(""), _allocation_table(points, width, run.space))
 
 
 class _SearchProgress:
@@ -351,7 +427,7 @@ def _print_search_result(result, store: Path, as_json: bool) -> None:
     )
     if result.stop_reason:
         err_console.print(f"note: {result.stop_reason}", soft_wrap=True)
-    out_console.print(_pareto_table(points, f"Pareto front of run {result.run.id} ({result.run.model})"))
+    out_console.print(_front_view(result.run, points, out_console.width))
 
 
 def _front_json(run, points: list[ParetoPoint]) -> dict:
@@ -388,7 +464,7 @@ def pareto_command(
     if as_json:
         typer.echo(json.dumps(_front_json(r, points), indent=2))
     else:
-        out_console.print(_pareto_table(points, f"Pareto front of run {r.id} ({r.model})"))
+        out_console.print(_front_view(r, points, out_console.width))
 
 
 @app.command("export")
@@ -464,7 +540,7 @@ def measure_command(
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return
-    table = Table(title=f"{model}: forward of {batch} x {seq_len} tokens", title_justify="left")
+    table = FoldingTable(title=f"{model}: forward of {batch} x {seq_len} tokens", title_justify="left")
     table.add_column("figure")
     table.add_column("measured", justify="right")
     table.add_column("predicted", justify="right")
@@ -523,7 +599,9 @@ def compare_command(
     if as_json:
         typer.echo(json.dumps([r.to_dict() for r in rows], indent=2))
         return
-    table = Table(title=f"methods at {evals} real evaluations (budget: {max_params or 'none'})", title_justify="left")
+    table = FoldingTable(
+        title=f"methods at {evals} real evaluations (budget: {max_params or 'none'})", title_justify="left"
+    )
     for col in ("method", "run", "evaluations", "best ppl", "kept params", "eval s", "wall s"):
         table.add_column(col, justify="left" if col == "method" else "right")
     for r in sorted(rows, key=lambda r: r.best_value if r.best_value is not None else float("inf")):
@@ -580,7 +658,7 @@ def plan_command(
             f"{_figure_text(r.after)} after, KL to the dense model {_kl_text(r.before)} -> {_kl_text(r.after)}, "
             f"on the first {_tokens_text(r.details.get('heldout_tokens'))} tokens of {r.data} (held out from training)"
         )
-    table = Table(title="per-layer allocation", title_justify="left")
+    table = FoldingTable(title="per-layer allocation", title_justify="left")
     for col in ("layer", "query heads", "KV heads", "MLP channels"):
         table.add_column(col, justify="right")
     for layer in result.layers:
@@ -610,7 +688,7 @@ def runs_command(store: Path = typer.Option(..., "--store", "-s", help="SQLite p
     """List the runs in a store with their evaluation counts."""
     try:
         with Store.open_existing(store, readonly=True) as st:
-            table = Table(title=f"runs in {store}", title_justify="left")
+            table = FoldingTable(title=f"runs in {store}", title_justify="left")
             for col in ("run", "model", "data", "ok", "failed", "pending", "created"):
                 table.add_column(col)
             for r in st.runs():
@@ -666,7 +744,7 @@ def surrogate_report_command(
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2))
         return
-    table = Table(
+    table = FoldingTable(
         title=f"Surrogates on run {report.run_id} ({report.model}): {report.n_pairs} pairs, {report.folds}-fold CV",
         title_justify="left",
         caption=f"features: {report.features}",
@@ -694,6 +772,15 @@ def surrogate_report_command(
             _fmt(d["fit_s"], ".2f"),
         )
     out_console.print(table)
+    if report.search_predictions:
+        own = report.search_predictions
+        p, level = own["pooled"], own["level"]
+        out_console.print(
+            f"search's own predictions over {p['n']} acquired evaluations: Kendall tau {_fmt(p['kendall_tau'], '.2f')} "
+            f"[{_fmt(p['tau_low'], '.2f')}, {_fmt(p['tau_high'], '.2f')}] ({level:.0%} bootstrap interval); "
+            f"{p['inside']} of {p['n']} inside their {level:.0%} interval "
+            f"[{_fmt(p['coverage_low'], '.0%')}, {_fmt(p['coverage_high'], '.0%')}]"
+        )
     for note in report.notes:
         err_console.print(f"note: {note}")
 
@@ -766,7 +853,9 @@ def evaluate_command(
         return
     t = report.target
     kept = f", {100 * t.params_fraction:.1f}% kept" if t.params_fraction is not None else ""
-    table = Table(title=f"Task accuracy of {t.label}: {t.params / 1e6:.2f}M parameters{kept}", title_justify="left")
+    table = FoldingTable(
+        title=f"Task accuracy of {t.label}: {t.params / 1e6:.2f}M parameters{kept}", title_justify="left"
+    )
     for col in ("task", "shots", "questions", "acc", "acc_norm", "seconds"):
         table.add_column(col, justify="left" if col == "task" else "right")
     for r in report.results:

@@ -1,4 +1,5 @@
-"""A self-contained HTML report of a store: front, rounds, levels, comparison, narrowed space."""
+"""A self-contained HTML report of a store: front, levels, the search's predictions against its
+measurements, rounds, narrowed space, comparison."""
 
 from __future__ import annotations
 
@@ -6,9 +7,12 @@ import base64
 import html
 from pathlib import Path
 
+from matplotlib.figure import Figure
+
 from evoprune.pareto import best_of, pareto_front, top_rung
-from evoprune.plots import plot_front, plot_levels, plot_rounds
-from evoprune.store import Store
+from evoprune.plots import front_figure, levels_figure, predictions_figure, render_png, rounds_figure
+from evoprune.store import Run, Store
+from evoprune.surrogate_report import MIN_TAU_POINTS, SearchPredictions, search_predictions
 
 
 def _img(png: bytes, alt: str) -> str:
@@ -79,11 +83,62 @@ def _screening_summary(store: Store, run) -> str:
     )
 
 
+def report_figures(store: Store, run: Run, predictions: SearchPredictions | None = None) -> dict[str, Figure]:
+    """Every figure of the report of ``run``, by name, in page order (``front``, ``levels``, and
+    ``predictions`` and ``rounds`` when the run has them)."""
+    budget = run.settings.get("max_params")
+    figures = {
+        "front": front_figure(store, run, budget_lines=[budget] if budget and budget <= 1 else None),
+        "levels": levels_figure(store, run),
+    }
+    if predictions is not None:
+        figures["predictions"] = predictions_figure(predictions)
+    rounds = store.rounds(run.id)
+    if rounds:
+        figures["rounds"] = rounds_figure(rounds)
+    return figures
+
+
+def _fmt(value: float | None, spec: str = ".2f") -> str:
+    return "-" if value is None or value != value else format(value, spec)
+
+
+def _predictions_section(predictions: SearchPredictions | None, image: str, method: str) -> str:
+    """What the search predicted for each candidate before evaluating it, against what it measured."""
+    if predictions is None:
+        return f"<h2>Surrogate predictions</h2><p>This run ({html.escape(method)}) recorded no predictions.</p>"
+    p, level = predictions.pooled, predictions.level
+    rows = [
+        [r["round"], r["n"], f"{_fmt(r['kendall_tau'])} [{_fmt(r['tau_low'])}, {_fmt(r['tau_high'])}]",
+         f"{r['inside']} of {r['n']} ({_fmt(r['coverage'], '.0%')} [{_fmt(r['coverage_low'], '.0%')}, "
+         f"{_fmt(r['coverage_high'], '.0%')}])", _fmt(r["rmse"], ".3f")]
+        for r in predictions.by_round
+    ]  # fmt: skip
+    return (
+        "<h2>Surrogate predictions</h2>"
+        f"<p>Before evaluating each acquired candidate, the search predicted its {html.escape(predictions.target)} "
+        f"with the <code>{html.escape(str(predictions.surrogate))}</code> surrogate. Left: prediction against "
+        "measurement, vertical bars the "
+        f"predicted {level:.0%} interval, horizontal bars the measurement's own {level:.0%} interval (from its "
+        f"standard error; grey). Over all {p['n']}: Kendall tau {_fmt(p['kendall_tau'])} "
+        f"(percentile bootstrap {level:.0%} interval [{_fmt(p['tau_low'])}, {_fmt(p['tau_high'])}], standard "
+        f"error {_fmt(p['tau_se'])}; none under {MIN_TAU_POINTS} points); "
+        f"{p['inside']} of {p['n']} inside their predicted interval "
+        f"({_fmt(p['coverage'], '.0%')}, Wilson {level:.0%} interval [{_fmt(p['coverage_low'], '.0%')}, "
+        f"{_fmt(p['coverage_high'], '.0%')}]; {level:.0%} when calibrated).</p>"
+        + image
+        + _table(["through round", "acquired", f"Kendall tau [{level:.0%}]", "inside the interval", "rmse"], rows)
+    )
+
+
 def write_report(store: Store, out_dir: str | Path, run_id: int | None = None) -> Path:
+    """Write ``index.html`` (figures embedded) for run ``run_id`` (default: the latest) into ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     run = store.get_run(run_id)
     rounds = store.rounds(run.id)
+    predictions = search_predictions(store, run)
+    images = {name: _img(render_png(fig), name) for name, fig in report_figures(store, run, predictions).items()}
     points = pareto_front(store, run)
     front_rows = [[p.id, f"{p.params / 1e6:.2f}M", f"{p.params_fraction:.3f}", _figure(p.metrics, "ppl"),
                    _figure(p.fidelity["metrics"], "ppl") if p.fidelity else "-",
@@ -99,26 +154,27 @@ def write_report(store: Store, out_dir: str | Path, run_id: int | None = None) -
 
     narrowed = [[r["round"], ", ".join(f"{variable(k)} ≤ {v}" for k, v in r["bounds"].items())]
                 for r in rounds if r.get("bounds")]  # fmt: skip
-    budget = run.settings.get("max_params")
+    method = str(run.settings.get("method", "evoprune"))
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>evoprune report: run {run.id}</title>",
         f"<style>{STYLE}</style></head><body>",
         f"<h1>evoprune report: run {run.id}</h1>",
         f"<p>model <code>{html.escape(run.model)}</code>, data <code>{html.escape(run.data)}</code>, "
-        f"method <code>{html.escape(str(run.settings.get('method', 'evoprune')))}</code>, "
+        f"method <code>{html.escape(method)}</code>, "
         f"objectives <code>{html.escape(str(run.settings.get('objectives', 'ppl,params')))}</code>, "
         f"{len(store.evaluations(run.id))} evaluations.</p>",
         "<h2>Pareto front</h2>",
-        _img(plot_front(store, run, budget_lines=[budget] if budget and budget <= 1 else None), "front"),
+        images["front"],
         "<p>ppl: first rung; chosen by: the highest rung of the fidelity ladder the configuration reached "
         "(its tokens); validation: the disjoint validation split, never used to choose; ± one standard error.</p>",
         _table(["id", "params", "kept", "ppl", "chosen by", "tokens", "validation", "KL", "found"], front_rows),
         "<h2>Per-layer levels on the front</h2>",
-        _img(plot_levels(store, run), "levels"),
+        images["levels"],
+        _predictions_section(predictions, images.get("predictions", ""), method),
         "<h2>Rounds</h2>",
-        _img(plot_rounds(rounds), "rounds") if rounds else "<p>No active-learning rounds.</p>",
+        images.get("rounds", "<p>No active-learning rounds.</p>"),
         _table(
-            ["round", "pairs", "fit s", "inner search s", "eval s", "hypervolume", "tau", "rmse"],
+            ["round", "pairs", "fit s", "inner search s", "eval s", "hypervolume"],
             [
                 [
                     r["round"],
@@ -126,9 +182,7 @@ def write_report(store: Store, out_dir: str | Path, run_id: int | None = None) -
                     f"{r['fit_s']:.2f}",
                     f"{r['search_s']:.2f}",
                     f"{(r['eval_s'] or 0):.1f}",
-                    f"{(r['hypervolume'] or 0):.4f}",
-                    "-" if r.get("tau") is None else f"{r['tau']:.2f}",
-                    "-" if r.get("rmse") is None else f"{r['rmse']:.3f}",
+                    _fmt(r["hypervolume"], ".4f"),
                 ]
                 for r in rounds
             ],

@@ -37,6 +37,8 @@ from evoprune.backend.importance import Importance, importance_cache_key
 from evoprune.cache import cache_dir
 from evoprune.errors import EvopruneError
 from evoprune.features import FeatureMap
+from evoprune.objectives import is_quality, quality_value
+from evoprune.pareto import run_objectives
 from evoprune.space import SearchSpace
 from evoprune.store import Evaluation, Run, Store
 from surrogates import available_surrogates, make_surrogate
@@ -45,6 +47,9 @@ BIN_WIDTH = 0.05
 MIN_BIN_PAIRS = 3
 COVERAGE_LEVEL = 0.9
 MIN_PAIRS = 6
+# Below this many points a bootstrap interval of Kendall tau is degenerate (a handful of
+# concordant points resample to tau = 1 every time): no interval is claimed.
+MIN_TAU_POINTS = 10
 
 Featurize = Callable[[np.ndarray], np.ndarray]
 
@@ -192,6 +197,180 @@ def featurize_label(featurize: Featurize) -> str:
     return getattr(featurize, "label", None) or getattr(featurize, "__name__", None) or type(featurize).__name__
 
 
+# -- the search's own predictions ---------------------------------------------------------------
+def bootstrap_kendall_tau(
+    actual, predicted, level: float = COVERAGE_LEVEL, resamples: int = 1000, seed: int = 0
+) -> tuple[float, float, float]:
+    """Central ``level`` percentile interval and standard deviation of Kendall tau-b over
+    ``resamples`` bootstrap resamples of the pairs; NaNs when fewer than 3 pairs.
+
+    Vectorised: tau-b of a resample is the sum of the sign products of its pairs over the root of
+    the pairs untied in each variable, read from the full sign matrices.
+    """
+    actual, predicted = np.asarray(actual, float), np.asarray(predicted, float)
+    n = len(actual)
+    if n < 3:
+        return float("nan"), float("nan"), float("nan")
+    sx = np.sign(actual[:, None] - actual[None, :])
+    sy = np.sign(predicted[:, None] - predicted[None, :])
+    rng = np.random.default_rng(seed)
+    taus = []
+    chunk = max(1, 4_000_000 // (n * n))
+    for start in range(0, resamples, chunk):
+        idx = rng.integers(0, n, size=(min(chunk, resamples - start), n))
+        a, b = sx[idx[:, :, None], idx[:, None, :]], sy[idx[:, :, None], idx[:, None, :]]
+        untied_a, untied_b = (a * a).sum(axis=(1, 2)), (b * b).sum(axis=(1, 2))
+        tau = (a * b).sum(axis=(1, 2)) / np.sqrt(np.maximum(untied_a * untied_b, 1))
+        # As kendall_tau: all predictions tied ranks nothing (0); all measurements tied has no tau.
+        taus.append(np.where(untied_a > 0, np.where(untied_b > 0, tau, 0.0), np.nan))
+    taus = np.concatenate(taus)
+    taus = taus[np.isfinite(taus)]
+    if not len(taus):
+        return float("nan"), float("nan"), float("nan")
+    low, high = np.quantile(taus, [0.5 - level / 2, 0.5 + level / 2])
+    return float(low), float(high), float(np.std(taus, ddof=1)) if len(taus) > 1 else float("nan")
+
+
+def wilson_interval(hits: int, n: int, level: float = COVERAGE_LEVEL) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion (``hits`` of ``n``); NaNs when ``n`` is 0."""
+    if n == 0:
+        return float("nan"), float("nan")
+    z = stats.norm.ppf(0.5 + level / 2)
+    p = hits / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
+def _target_label(objective: str) -> str:
+    return {"ppl": "log perplexity", "kl": "log KL divergence"}.get(objective, f"negative {objective}")
+
+
+def _measured_se(objective: str, metrics: dict) -> float | None:
+    """Standard error of the measured value on the minimised scale (delta method for the logs)."""
+    se = metrics.get(f"{objective}_se")
+    if se is None:
+        return None
+    if objective in ("ppl", "kl"):
+        return float(se) / max(float(metrics[objective]), 1e-8)
+    return float(se)
+
+
+def pooled_figures(actual, mean, std, level: float = COVERAGE_LEVEL, resamples: int = 1000, seed: int = 0) -> dict:
+    """Rank agreement and calibration of ``mean``/``std`` against ``actual``, each with its uncertainty.
+
+    ``kendall_tau`` with ``tau_low``/``tau_high`` (percentile bootstrap interval at ``level``) and
+    ``tau_se`` (bootstrap standard deviation), interval and deviation NaN under ``MIN_TAU_POINTS`` points;
+    ``coverage``: share of ``actual`` inside the central ``level`` interval of Normal(mean, std),
+    with ``coverage_low``/``coverage_high`` (Wilson, at ``level``); ``rmse``.
+    """
+    actual, mean, std = (np.asarray(a, float) for a in (actual, mean, std))
+    n = len(actual)
+    z = stats.norm.ppf(0.5 + level / 2)
+    hits = int(np.sum(np.abs(actual - mean) <= z * std))
+    low, high, se = (
+        bootstrap_kendall_tau(actual, mean, level, resamples, seed) if n >= MIN_TAU_POINTS else (np.nan,) * 3
+    )
+    c_low, c_high = wilson_interval(hits, n, level)
+    return {
+        "n": n,
+        "kendall_tau": kendall_tau(actual, mean) if n >= 2 else float("nan"),
+        "tau_low": low,
+        "tau_high": high,
+        "tau_se": se,
+        "inside": hits,
+        "coverage": hits / n if n else float("nan"),
+        "coverage_low": c_low,
+        "coverage_high": c_high,
+        "rmse": float(np.sqrt(np.mean((actual - mean) ** 2))) if n else float("nan"),
+    }
+
+
+@dataclass
+class SearchPredictions:
+    """The predictions the search made before evaluating each acquired candidate, next to what
+    it then measured, on the surrogate's own scale (``target``: log perplexity for ``ppl``).
+
+    ``points``: one per acquired evaluation (id, round, predicted, std, lower, upper, measured,
+    measured_se, inside); ``pooled``: :func:`pooled_figures` over all of them; ``by_round``: the
+    same over every acquired evaluation up to and including each round.
+    """
+
+    run_id: int
+    objective: str
+    target: str
+    level: float
+    surrogate: str | None
+    points: list[dict]
+    pooled: dict
+    by_round: list[dict]
+
+    def to_dict(self) -> dict:
+        return _nan_to_none(asdict(self))
+
+
+def search_predictions(
+    store: Store,
+    run: Run | int | None = None,
+    level: float = COVERAGE_LEVEL,
+    resamples: int = 1000,
+    seed: int = 0,
+) -> SearchPredictions | None:
+    """How well the search's own surrogate predicted what it then measured; ``None`` when the
+    run stored no predictions (a baseline, or no round yet).
+
+    Every successful evaluation with a stored prediction of the run's first quality objective
+    counts once, measured on the first rung (what the surrogate is trained on). The interval is
+    the central ``level`` interval of Normal(predicted, std).
+    """
+    run = _resolve_run(store, run)
+    objective = next((n for n in run_objectives(run) if is_quality(n)), "ppl")
+    z = float(stats.norm.ppf(0.5 + level / 2))
+    points = []
+    for e in store.evaluations(run.id, "ok"):
+        pred = e.predicted or {}
+        if objective not in pred or "std" not in pred:
+            continue
+        measured = quality_value(objective, e.metrics)
+        mean, std = float(pred[objective]), float(pred["std"])
+        if not (np.isfinite(measured) and np.isfinite(mean) and np.isfinite(std)):
+            continue
+        points.append(
+            {
+                "id": e.id,
+                "round": e.round,
+                "predicted": mean,
+                "std": std,
+                "lower": mean - z * std,
+                "upper": mean + z * std,
+                "measured": measured,
+                "measured_se": _measured_se(objective, e.metrics),
+                "inside": bool(abs(measured - mean) <= z * std),
+            }
+        )
+    if not points:
+        return None
+
+    def figures(subset: list[dict]) -> dict:
+        return pooled_figures(
+            [p["measured"] for p in subset], [p["predicted"] for p in subset], [p["std"] for p in subset],
+            level, resamples, seed,
+        )  # fmt: skip
+
+    rounds = sorted({p["round"] for p in points})
+    by_round = [{"round": r, **figures([p for p in points if p["round"] <= r])} for r in rounds]
+    return SearchPredictions(
+        run_id=run.id,
+        objective=objective,
+        target=_target_label(objective),
+        level=level,
+        surrogate=run.settings.get("surrogate"),
+        points=points,
+        pooled=figures(points),
+        by_round=by_round,
+    )
+
+
 # -- cross-validation ----------------------------------------------------------------------------
 @dataclass
 class SurrogateScore:
@@ -245,6 +424,8 @@ class SurrogateReport:
     # Figures of the predictions the search recorded before evaluating each candidate.
     recorded: dict | None = None
     recorded_surrogate: str | None = None
+    # The same predictions next to their measurements, with pooled tau and coverage and their intervals.
+    search_predictions: dict | None = None
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -337,6 +518,7 @@ def surrogate_report(
         scores=scores,
         recorded=recorded_predictions(pairs),
         recorded_surrogate=run.settings.get("surrogate"),
+        search_predictions=own.to_dict() if (own := search_predictions(store, run, seed=seed)) else None,
         notes=notes,
     )
 

@@ -13,6 +13,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from evoprune.backend.pruner import BackendSettings
@@ -30,9 +31,15 @@ def _settings(**kw) -> SearchSettings:
     return SearchSettings(**base)
 
 
-def evoprune(*args: str, timeout: float = 300, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def evoprune(
+    *args: str, timeout: float = 300, cwd: Path | None = None, env: dict | None = None
+) -> subprocess.CompletedProcess:
     repo = str(Path(__file__).resolve().parents[1])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")])),
+        **(env or {}),
+    }
     return subprocess.run(
         [sys.executable, "-m", "evoprune", *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd
     )
@@ -514,3 +521,217 @@ def test_a_question_the_model_cannot_score_is_refused_in_one_line_naming_task_an
     items.write_text("\n".join(lines) + "\n")
     out = evoprune("evaluate", "--model", str(tiny_model_dir), "--tasks", str(spec))
     _one_line_error(out, "task 'yesno'", "items.jsonl", "question 2: a choice of", "longer than the model's 512")
+
+
+# -- 10: what the user came for is in sight ----------------------------------------------------
+@pytest.fixture(scope="module")
+def deep_store(tmp_path_factory) -> Path:
+    """A 24-evaluation search (8 designed, 16 acquired in 4 rounds) on a 40-layer synthetic model
+    with 12 MLP levels: the real engine, store, surrogate and acquisition, milliseconds per evaluation."""
+    from evoprune.synthetic import DEFAULT_ARCH, SyntheticBackend
+
+    backend = SyntheticBackend.create(seed=0, arch=replace(DEFAULT_ARCH, num_layers=40), mlp_levels=12)
+    path = tmp_path_factory.mktemp("deep") / "s.db"
+    settings = SearchSettings(evals=24, init=8, batch=4, pop_size=16, generations=4, max_ppl_ratio=1e6)
+    search("synthetic", "synthetic", str(path), settings, backend=backend)
+    return path
+
+
+def _allocation_on_screen(text: str) -> list[str]:
+    """The level cells of the allocation table in ``text``, line by line, read off the screen."""
+    import re
+
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("Per-layer levels of the front"))
+    # The header: the first layer of each block (over one line or more), id and sub-layer beside it.
+    column = re.search(r"\d", lines[start + 1]).start()
+    rule = next(i for i in range(start, len(lines)) if set(lines[i].strip()) == {"─"})
+    cells = []
+    for line in lines[rule + 1 :]:
+        if not re.fullmatch(r"\s*(\d+\s+attention|MLP|)\s*", line[:column]) or not line[column:].strip():
+            break
+        cells.append(line[column:].rstrip())
+    return cells
+
+
+def _points(layers: int, top: int, count: int = 12, seed: int = 0) -> list:
+    from evoprune.pareto import ParetoPoint
+
+    rng = np.random.default_rng(seed)
+    return [
+        ParetoPoint(id=100 * i + 7, params=int(1e8 * (1 - i / 40)), params_fraction=1 - i / 40,
+                    metrics={"ppl": 20.0 + i, "ppl_se": 0.61}, origin="acquired", round=i,
+                    levels={"attn": rng.integers(0, top + 1, layers).tolist(),
+                            "mlp": rng.integers(0, top + 1, layers).tolist()})
+        for i in range(count)
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("layers", "top", "width"),
+    [(30, 8, 80), (32, 3, 80), (80, 8, 80), (80, 8, 120), (48, 20, 80), (40, 120, 100)],
+)
+def test_the_front_shows_every_level_of_every_layer_in_a_narrow_terminal(layers, top, width):
+    from rich.console import Console
+
+    from evoprune.cli import _front_view, _level_tokens
+    from evoprune.store import Run
+
+    points = _points(layers, top)
+    run = Run(1, "key", "a-model/with-a-rather-long-name", "f", "data.txt", "g", 10**8,
+              {"attn_levels": top, "mlp_levels": top}, {}, {}, "now")  # fmt: skip
+    console = Console(width=width, record=True)
+    console.print(_front_view(run, points, console.width))
+    text = console.export_text()
+    assert "…" not in text and max(map(len, text.splitlines())) <= width
+    # Read back from the screen: every level of every layer, attention then MLP of each member, in order.
+    cells = _allocation_on_screen(text)
+    want = [t for p in points for kind in ("attn", "mlp") for t in _level_tokens(p.levels[kind], top)]
+    shown = " ".join(cells).split() if len(want[0]) > 1 else list("".join(cells).replace(" ", ""))
+    assert shown == [t.strip() for t in want]
+    # One layer's attention and MLP levels share a column: both kinds of a member wrap the same way.
+    per_kind = len(cells) // (2 * len(points))
+    assert len(cells) == 2 * len(points) * per_kind
+    assert [len(c) for c in cells[:per_kind]] == [len(c) for c in cells[per_kind : 2 * per_kind]]
+    for p in points:
+        assert f"{p.params / 1e6:.2f}M" in text and f" {p.id} " in text
+
+
+def test_no_table_of_a_command_is_cut_in_an_80_column_terminal(deep_store, searched_store, monkeypatch):
+    from typer.testing import CliRunner
+
+    from evoprune import cli
+    from evoprune.pareto import pareto_front
+
+    monkeypatch.setattr(cli.out_console, "width", 80)
+    for store in (deep_store, searched_store):
+        for args in (
+            ["pareto", "--store", str(store)],
+            ["plan", "--store", str(store), "--max-params", "0.9"],
+            ["runs", "--store", str(store)],
+            ["surrogate", "report", "--store", str(store), "--surrogates", "additive", "--folds", "2"],
+        ):
+            out = CliRunner().invoke(cli.app, args)
+            assert out.exit_code == 0, (args, out.output)
+            assert "…" not in out.stdout, (args, out.stdout)
+            assert max(map(len, out.stdout.splitlines())) <= 80, (args, out.stdout)
+    # In a real 80-column terminal, every level of every front member of a 40-layer model is on screen.
+    from evoprune.cli import _level_tokens
+
+    narrow = {"COLUMNS": "80"}
+    pareto = evoprune("pareto", "--store", str(deep_store), env=narrow).stdout
+    with Store.open_existing(deep_store, readonly=True) as st:
+        run = st.get_run()
+        points = pareto_front(st, run)
+    top = run.space["mlp_levels"]
+    want = [t for p in points for kind in ("attn", "mlp") for t in _level_tokens(p.levels[kind], top)]
+    assert len(points) > 5 and len(want) == 2 * 40 * len(points)
+    assert list("".join(_allocation_on_screen(pareto)).replace(" ", "")) == want
+
+
+def test_the_layout_check_finds_a_colour_bar_over_the_labels_beside_it():
+    import matplotlib.pyplot as plt
+
+    from evoprune.plots import overlapping_decorations
+
+    # The heat maps as the report drew them before (15 front members, levels 0-2): each with its
+    # colour bar, the members' labels on both.
+    fig, axes = plt.subplots(1, 2, figsize=(10, 0.35 * 15 + 1.5))
+    levels = np.random.default_rng(0).integers(0, 3, size=(15, 30))
+    for ax in axes:
+        image = ax.imshow(levels, aspect="auto", cmap="viridis")
+        ax.set_yticks(range(15), [f"#{10 + i} {80 - i // 3}%" for i in range(15)], fontsize=7)
+        fig.colorbar(image, ax=ax, fraction=0.04)
+    found = overlapping_decorations(fig)
+    plt.close(fig)
+    assert found and all("colour bar" in line and "'#" in line for line in found), found
+
+
+@pytest.mark.parametrize("which", ["deep", "searched"])
+def test_no_report_figure_hides_a_label_behind_another_part(which, deep_store, searched_store, tmp_path):
+    import re
+
+    import matplotlib.pyplot as plt
+
+    from evoprune.plots import overlapping_decorations
+    from evoprune.report import report_figures, write_report
+    from evoprune.surrogate_report import search_predictions
+
+    path = deep_store if which == "deep" else searched_store
+    with Store.open_existing(path, readonly=True) as st:
+        run = st.get_run()
+        figures = report_figures(st, run, search_predictions(st, run))
+        page = write_report(st, tmp_path / "report").read_text()
+    assert list(figures) == ["front", "levels", "predictions", "rounds"]
+    # Every figure of the page is one of those checked here.
+    assert len(re.findall(r"<img ", page)) == len(figures)
+    for name, fig in figures.items():
+        found = overlapping_decorations(fig)
+        plt.close(fig)
+        assert found == [], (name, found)
+
+
+def test_the_report_shows_each_prediction_of_the_search_with_its_interval_and_pooled_figures_with_theirs(
+    deep_store, searched_store, tmp_path
+):
+    import json
+
+    from scipy import stats
+    from typer.testing import CliRunner
+
+    from evoprune.cli import app
+    from evoprune.report import write_report
+    from evoprune.surrogate_report import MIN_TAU_POINTS, search_predictions
+
+    with Store.open_existing(deep_store, readonly=True) as st:
+        run = st.get_run()
+        acquired = [e for e in st.evaluations(run.id, "ok") if e.origin == "acquired"]
+        check = search_predictions(st, run)
+        page = write_report(st, tmp_path / "report").read_text()
+    # One point per acquired evaluation, each with a finite interval around its prediction.
+    assert [p["id"] for p in check.points] == [e.id for e in acquired] and len(acquired) == 16
+    z = stats.norm.ppf(0.95)
+    for p, e in zip(check.points, acquired, strict=True):
+        assert p["measured"] == pytest.approx(np.log(e.metrics["ppl"]))
+        assert p["predicted"] == e.predicted["ppl"] and np.isfinite([p["lower"], p["upper"]]).all()
+        assert p["lower"] < p["predicted"] < p["upper"]
+        assert p["upper"] - p["predicted"] == pytest.approx(z * e.predicted["std"])
+        assert p["inside"] == (p["lower"] <= p["measured"] <= p["upper"])
+    # Pooled over all acquired points: tau with its bootstrap interval and deviation, coverage with its interval.
+    pooled = check.pooled
+    measured, predicted = [p["measured"] for p in check.points], [p["predicted"] for p in check.points]
+    assert pooled["n"] == 16 >= MIN_TAU_POINTS
+    assert pooled["kendall_tau"] == pytest.approx(stats.kendalltau(measured, predicted).statistic)
+    assert pooled["tau_low"] <= pooled["kendall_tau"] <= pooled["tau_high"] and 0 < pooled["tau_se"] < 1
+    assert pooled["inside"] == sum(p["inside"] for p in check.points)
+    assert pooled["coverage_low"] <= pooled["coverage"] <= pooled["coverage_high"]
+    # The same figures over every acquired point up to each round; the last round's are the pooled ones.
+    assert [r["n"] for r in check.by_round] == [4, 8, 12, 16]
+    assert check.by_round[-1] == {"round": check.by_round[-1]["round"], **pooled}
+    assert all(np.isnan(r["tau_low"]) for r in check.by_round if r["n"] < MIN_TAU_POINTS)
+    # The page says it, and the per-batch tau plot is gone.
+    assert "surrogate Kendall tau on each new batch" not in page
+    assert f"{pooled['inside']} of 16 inside their predicted interval" in page
+    assert f"[{pooled['tau_low']:.2f}, {pooled['tau_high']:.2f}]" in page
+    # So does `surrogate report --json`, and a real model's measurements carry their standard error.
+    out = CliRunner().invoke(app, ["surrogate", "report", "--store", str(searched_store), "--surrogates", "additive",
+                                   "--json"])  # fmt: skip
+    assert out.exit_code == 0, out.output
+    own = json.loads(out.stdout)["search_predictions"]
+    assert own["pooled"]["n"] == len(own["points"]) == 2
+    assert all(p["measured_se"] > 0 and p["lower"] < p["upper"] for p in own["points"])
+
+
+def test_the_bootstrap_interval_of_kendall_tau_is_that_of_scipys_tau_on_the_same_resamples():
+    from scipy import stats
+
+    from evoprune.surrogate_report import bootstrap_kendall_tau
+
+    rng = np.random.default_rng(3)
+    actual = rng.normal(size=25)
+    predicted = np.round(actual + rng.normal(scale=0.8, size=25), 1)  # with ties
+    low, high, se = bootstrap_kendall_tau(actual, predicted, level=0.9, resamples=300, seed=5)
+    idx = np.random.default_rng(5).integers(0, 25, size=(300, 25))
+    taus = np.array([stats.kendalltau(actual[i], predicted[i]).statistic for i in idx])
+    assert (low, high) == pytest.approx(tuple(np.quantile(taus, [0.05, 0.95])))
+    assert se == pytest.approx(np.std(taus, ddof=1))
