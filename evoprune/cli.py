@@ -995,7 +995,7 @@ def recover_command(
         typer.echo(json.dumps(result.to_dict(), indent=2))
         return
     b, a, t = result.heldout_before, result.heldout_after, result.teacher_heldout
-    table = Table(
+    table = FoldingTable(
         title=f"{model} recovered ({result.method}, {result.steps} steps) on held-out text: the first "
         f"{result.heldout_windows * seq_len} tokens of {data}",
         title_justify="left",
