@@ -341,7 +341,8 @@ def _print_search_result(result, store: Path, as_json: bool) -> None:
     with Store.open_existing(store, readonly=True) as st:
         points = pareto_front(st, result.run)
     if as_json:
-        typer.echo(json.dumps({**_front_json(result.run, points), "stop_reason": result.stop_reason}, indent=2))
+        extra = {"stop_reason": result.stop_reason, "notes": list(result.notes)}
+        typer.echo(json.dumps({**_front_json(result.run, points), **extra}, indent=2))
         return
     ok = sum(e.status == "ok" for e in result.evaluations)
     failed = sum(e.status == "failed" for e in result.evaluations)
@@ -349,8 +350,9 @@ def _print_search_result(result, store: Path, as_json: bool) -> None:
         f"run {result.run.id}: {ok} ok and {failed} failed evaluations in '{store}' "
         f"({result.new_evaluations} new in this call)"
     )
-    if result.stop_reason:
-        err_console.print(f"note: {result.stop_reason}", soft_wrap=True)
+    for note in (*result.notes, result.stop_reason):
+        if note:
+            err_console.print(f"note: {note}", soft_wrap=True)
     out_console.print(_pareto_table(points, f"Pareto front of run {result.run.id} ({result.run.model})"))
 
 

@@ -115,15 +115,16 @@ def export_pruned(
 def backend_for_run(run, progress=None) -> PruningBackend:
     """Reload the model, data and importance a stored run was searched with, and check they match."""
     from evoprune.backend.pruner import BackendSettings, load_backend
+    from evoprune.space import SearchSpace
 
-    backend = load_backend(run.model, run.data, BackendSettings.from_record(run.settings["backend"]), progress)
+    # The run's grid as recorded: its levels mean what they meant when it searched.
+    space = SearchSpace.from_dict(run.space)
+    backend = load_backend(run.model, run.data, BackendSettings.from_record(run.settings["backend"]), progress, space)
     if backend.loaded.fingerprint != run.model_fingerprint:
         raise EvopruneError(
             f"model '{run.model}' is not the one run {run.id} searched (its weights or config changed): "
             "export from the original model"
         )
-    if backend.space.to_dict() != run.space:
-        raise EvopruneError(f"the search space of model '{run.model}' differs from run {run.id}'s: check the model")
     return backend
 
 

@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from evoprune.pareto import front_of, knee_index, objectives, run_objectives  # noqa: E402
+from evoprune.space import SearchSpace  # noqa: E402
 from evoprune.store import Run, Store  # noqa: E402
 
 
@@ -72,11 +73,14 @@ def plot_rounds(rounds: list[dict], path=None) -> bytes:
 
 
 def plot_levels(store: Store, run: Run, path=None) -> bytes:
-    """Heat map of the per-layer levels of the front's configurations."""
+    """Heat map of the per-layer levels of the front's configurations (as ``pareto_front`` shows
+    them: an untouched sub-layer at level 0)."""
     front = front_of(store.evaluations(run.id), run_objectives(run))
-    L = len(front[0].levels) // 2 if front else 1
-    attn = np.array([e.levels[:L] for e in front]) if front else np.zeros((1, L))
-    mlp = np.array([e.levels[L:] for e in front]) if front else np.zeros((1, L))
+    space = SearchSpace.from_dict(run.space)
+    levels = [space.canonical(e.levels) for e in front]
+    L = space.num_layers
+    attn = np.array([x[:L] for x in levels]) if front else np.zeros((1, L))
+    mlp = np.array([x[L:] for x in levels]) if front else np.zeros((1, L))
     fig, axes = plt.subplots(1, 2, figsize=(10, 0.35 * max(len(front), 4) + 1.5))
     labels = [f"#{e.id} {e.params_fraction:.0%}" for e in front]
     for ax, data, title in ((axes[0], attn, "attention level"), (axes[1], mlp, "MLP level")):
