@@ -643,3 +643,75 @@ def test_a_store_written_before_levels_were_merged_shows_what_it_keeps_and_expor
         want = backend.loaded.model(input_ids=tokens).logits
     with torch.inference_mode():
         assert torch.equal(model(input_ids=tokens).logits, want)
+
+
+# -- 9: a given allocation exports ---------------------------------------------------------------
+GRID_ARGS = ["--eval-tokens", "256", "--calib-tokens", "256", "--seq-len", "64", "--mlp-levels", "4"]
+
+
+def test_a_given_allocation_exports_exactly_as_the_masks_apply_it(tmp_path, tiny_model_dir, text_file, searched_store):
+    import json
+
+    import torch
+
+    from evoprune.allocation import parse_levels, resolve_allocation
+    from evoprune.export import export_config, load_pruned
+
+    model, config = str(tiny_model_dir), "levels:0,1,1,0/2,2,3,4"
+    out = tmp_path / "levels"
+    cli = evoprune("export", "--model", model, "--config", config, "--data", str(text_file), *GRID_ARGS,
+                   "--out", str(out), "--json")  # fmt: skip
+    assert cli.returncode == 0, cli.stderr
+    written = json.loads(cli.stdout)
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["levels"] == {"attn": [0, 1, 1, 0], "mlp": [2, 2, 3, 4]} and plan["config"] == config
+    # The same resolution as 'evaluate --config' (with the same options), through the masks: the same logits.
+    settings = replace(BackendSettings(), eval_tokens=256, calib_tokens=256, seq_len=64, mlp_levels=4)
+    chosen = resolve_allocation(model, config, data=str(text_file), settings=settings)
+    space = chosen.backend.space
+    for same in ("levels:0110/2234", "levels:0,1,1,0,2,2,3,4"):  # as pareto prints it, as the store keeps it
+        np.testing.assert_array_equal(parse_levels(space, same), chosen.levels)
+    tokens = chosen.backend.eval_windows[:2, :48]
+    with chosen.backend.applied(chosen.levels), torch.inference_mode():
+        want = chosen.backend.loaded.model(input_ids=tokens).logits
+    exported, _ = load_pruned(out)
+    assert written["params"] == space.params(chosen.levels) == sum(p.numel() for p in exported.parameters())
+    with torch.inference_mode():
+        assert torch.equal(exported(input_ids=tokens).logits, want)
+    # Its plan.json alone exports it again (it records the text), bit for bit.
+    again = export_config(model, str(out / "plan.json"), tmp_path / "again")
+    assert again.params == written["params"]
+    assert (tmp_path / "again" / "model.safetensors").read_bytes() == (out / "model.safetensors").read_bytes()
+    # An evaluation id of a store is the configuration --pick exports, with its run's settings.
+    with Store.open_existing(searched_store, readonly=True) as st:
+        run = st.get_run()
+        ev = [e for e in st.evaluations(run.id) if e.status == "ok"][-1]
+    by_id = export_config(model, str(ev.id), tmp_path / "by-id", store=searched_store)
+    picked = evoprune("export", "--store", str(searched_store), "--pick", str(ev.id), "--out", str(tmp_path / "pick"))
+    assert picked.returncode == 0, picked.stderr
+    assert by_id.evaluation == ev.id and by_id.metrics == ev.metrics
+    assert (tmp_path / "by-id" / "model.safetensors").read_bytes() == (
+        tmp_path / "pick" / "model.safetensors"
+    ).read_bytes()
+    # levels: next to a store, without options, means what it means in the store's run of this model.
+    stored = export_config(model, "levels:" + ",".join(map(str, ev.levels)), tmp_path / "stored", store=searched_store)
+    assert stored.evaluation == ev.id
+    assert json.loads((tmp_path / "stored" / "plan.json").read_text())["space"] == run.space
+
+
+def test_export_refuses_a_wrong_allocation_or_mixed_options_in_one_line(tmp_path, tiny_model_dir, searched_store):
+    model, out = str(tiny_model_dir), str(tmp_path / "out")
+    cases = [
+        (["--store", str(searched_store), "--model", model], ["--model and --config go together"]),
+        (["--model", model, "--config", "uniform:0.3", "--store", str(searched_store), "--pick", "knee"],
+         ["--pick", "pass one or the other"]),
+        (["--store", str(searched_store), "--importance", "wanda"], ["go with --model and --config"]),
+        (["--model", model, "--config", "levels:0,1/0,1"], ["2 attention levels", "4 layers", "one per layer"]),
+        (["--model", model, "--config", "levels:0000/0009", *GRID_ARGS],
+         ["level 9 for the MLP of layer 3 is outside 0..4", "--mlp-levels"]),
+        (["--model", model, "--config", "3"], ["evaluation id", "--store"]),
+        ([], ["--store", "--model and --config"]),
+    ]  # fmt: skip
+    for args, fragments in cases:
+        _one_line_error(evoprune("export", *args, "--out", out), *fragments)
+    assert not Path(out).exists()
