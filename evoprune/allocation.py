@@ -323,8 +323,8 @@ def resolve_allocation(
     text = load_text(text_spec)
     calib = load_text(backend_settings.calib_data) if backend_settings.calib_data else None
     # A run's or plan's grid as recorded: its levels mean what they meant when it was written.
-    recorded = run.space if run is not None else plan["space"] if plan is not None else None
-    space = SearchSpace.from_dict(recorded) if recorded is not None else None
+    recorded_space = run.space if run is not None else plan["space"] if plan is not None else None
+    space = SearchSpace.from_dict(recorded_space) if recorded_space is not None else None
     backend = PruningBackend(loaded, text, backend_settings, calib, space)
     space = backend.space
 
