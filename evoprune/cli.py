@@ -19,7 +19,7 @@ from evoprune.backend.pruner import BackendSettings
 from evoprune.compare import DEFAULT_METHODS
 from evoprune.errors import EvopruneError
 from evoprune.executors import executor_factory
-from evoprune.pareto import ParetoPoint, first_rung_tokens, pareto_front, pick_evaluation, top_rung
+from evoprune.pareto import ParetoPoint, first_rung_tokens, pareto_front, top_rung
 from evoprune.search import SearchSettings, search
 from evoprune.store import Store
 
@@ -417,7 +417,8 @@ def _print_search_result(result, store: Path, as_json: bool) -> None:
     with Store.open_existing(store, readonly=True) as st:
         points = pareto_front(st, result.run)
     if as_json:
-        typer.echo(json.dumps({**_front_json(result.run, points), "stop_reason": result.stop_reason}, indent=2))
+        extra = {"stop_reason": result.stop_reason, "notes": list(result.notes)}
+        typer.echo(json.dumps({**_front_json(result.run, points), **extra}, indent=2))
         return
     ok = sum(e.status == "ok" for e in result.evaluations)
     failed = sum(e.status == "failed" for e in result.evaluations)
@@ -425,8 +426,9 @@ def _print_search_result(result, store: Path, as_json: bool) -> None:
         f"run {result.run.id}: {ok} ok and {failed} failed evaluations in '{store}' "
         f"({result.new_evaluations} new in this call)"
     )
-    if result.stop_reason:
-        err_console.print(f"note: {result.stop_reason}", soft_wrap=True)
+    for note in (*result.notes, result.stop_reason):
+        if note:
+            err_console.print(f"note: {note}", soft_wrap=True)
     out_console.print(_front_view(result.run, points, out_console.width))
 
 
@@ -467,49 +469,105 @@ def pareto_command(
         out_console.print(_front_view(r, points, out_console.width))
 
 
-@app.command("export")
+_EXPORT_HELP = (
+    "Write a configuration as a physically pruned model that plain transformers loads: one a search "
+    "evaluated (--store, --pick), or one you give (--model, --config).\n\n"
+    "--config is an evaluation id of --store, a plan.json (or the export directory holding it), "
+    "levels:ATTN/MLP (one attention and one MLP level per layer, e.g. levels:0,1,1,0/2,2,3,0, or one digit "
+    "per layer as 'evoprune pareto' prints them: levels:0110/2230) or uniform:R. An evaluation or a plan "
+    "brings the importance settings it was found with; levels: and uniform:R take them from the options "
+    "below, else from the latest run of the model in --store, else the defaults on --data."
+)
+
+
+@app.command("export", help=_EXPORT_HELP)
 def export_command(
-    store: Path = typer.Option(..., "--store", "-s", help="SQLite pair store written by 'evoprune search'."),
+    store: Path | None = typer.Option(None, "--store", "-s", help="SQLite pair store written by 'evoprune search'."),
     out: Path = typer.Option(..., "--out", "-o", help="Directory to write the pruned model to."),
-    pick: str = typer.Option("knee", "--pick", help="Evaluation id, knee, or best (under --max-params)."),
+    pick: str | None = typer.Option(
+        None, "--pick", help="Evaluation id, knee (default), or best (under --max-params)."
+    ),
     max_params: float | None = typer.Option(None, "--max-params", help="Budget for --pick best (kept fraction)."),
-    run: int | None = typer.Option(None, "--run", help="Run id (default: the latest run)."),
+    run: int | None = typer.Option(None, "--run", help="Run id for --pick (default: the latest run)."),
+    model: str | None = typer.Option(None, "--model", "-m", help="Base model --config prunes (as for 'search')."),
+    config: str | None = typer.Option(
+        None, "--config", "-c", help="Evaluation id, plan.json, levels:ATTN/MLP or uniform:R (with --model)."
+    ),
+    data: str | None = typer.Option(None, "--data", "-d", help="Text searched on (levels:, uniform:R, old plans)."),
+    criterion: str | None = typer.Option(None, "--importance", help="levels:/uniform:R: importance criterion."),
+    compensation: str | None = typer.Option(None, "--compensation", help="levels:/uniform:R: none or bias."),
+    calib_data: str | None = typer.Option(None, "--calib-data", help="levels:/uniform:R: other text for importance."),
+    calib_tokens: int | None = typer.Option(None, "--calib-tokens", help="levels:/uniform:R: importance tokens."),
+    eval_tokens: int | None = typer.Option(None, "--eval-tokens", help="levels:/uniform:R: the search's first rung."),
+    seq_len: int | None = typer.Option(None, "--seq-len", help="levels:/uniform:R: tokens per window."),
+    head_unit: str | None = typer.Option(None, "--head-unit", help="levels:/uniform:R: query_head or kv_group."),
+    mlp_levels: int | None = typer.Option(None, "--mlp-levels", help="levels:/uniform:R: MLP levels of the grid."),
+    mlp_multiple: int | None = typer.Option(None, "--mlp-multiple", help="levels:/uniform:R: MLP width multiple."),
+    dtype: str | None = typer.Option(None, "--dtype", help="With --model: float32, bfloat16 or float16."),
     force: bool = typer.Option(False, "--force", help="Write into a non-empty --out directory."),
     as_json: bool = typer.Option(False, "--json", help="Print what was written as JSON."),
 ) -> None:
-    """Write a picked configuration as a physically pruned model that plain transformers loads."""
-    from evoprune.export import backend_for_run, check_target, export_pruned
+    from dataclasses import replace
 
+    from evoprune.export import export_config, export_from_store
+
+    given = {
+        "criterion": criterion, "compensation": compensation, "calib_data": calib_data, "calib_tokens": calib_tokens,
+        "eval_tokens": eval_tokens, "seq_len": seq_len, "head_unit": head_unit, "mlp_levels": mlp_levels,
+        "mlp_multiple": mlp_multiple,
+    }  # fmt: skip
+    given = {k: v for k, v in given.items() if v is not None}
     try:
-        check_target(out, force)
-        with Store.open_existing(store, readonly=True) as st:
-            r = st.get_run(run)
-            chosen = pick_evaluation(st, r, pick, max_params)
-        with _SearchProgress(err_console) as progress:
-            backend = backend_for_run(r, progress)
-            progress("phase", name=f"writing {out}")
-            result = export_pruned(
-                backend,
-                chosen.levels,
-                out,
-                force=force,
-                metadata={"store": str(store), "run": r.id, "evaluation": chosen.id, "metrics": chosen.metrics},
-            )
+        if config is not None or model is not None:
+            if model is None or config is None:
+                raise EvopruneError(
+                    "--model and --config go together: the base model and the configuration to cut out of it"
+                )
+            if pick is not None or max_params is not None or run is not None:
+                raise EvopruneError(
+                    "--pick, --max-params and --run choose from a store's run; --config names the configuration "
+                    "itself: pass one or the other"
+                )
+            settings = replace(_BACKEND, **given) if given else None
+            with _SearchProgress(err_console) as progress:
+                result = export_config(
+                    model, config, out, store=store, data=data, settings=settings, dtype=dtype, force=force,
+                    progress=progress,
+                )  # fmt: skip
+            what = f"--config {config}"
+        else:
+            if store is None:
+                raise EvopruneError(
+                    "pass --store (and --pick) to export a searched configuration, "
+                    "or --model and --config to export a given one"
+                )
+            if given or data is not None or dtype is not None:
+                raise EvopruneError(
+                    "--data, --dtype and the importance and grid options go with --model and --config; "
+                    "an export from --store uses its run's"
+                )
+            with _SearchProgress(err_console) as progress:
+                result = export_from_store(
+                    store, out, pick or "knee", max_params=max_params, run=run, force=force, progress=progress
+                )
+            what = f"evaluation {result.evaluation}"
     except EvopruneError as exc:
         _fail(str(exc))
     summary = {
         "out": str(result.path),
-        "evaluation": chosen.id,
+        "evaluation": result.evaluation,
+        "config": config,
         "params": result.params,
         "params_fraction": result.params_fraction,
-        "metrics": chosen.metrics,
+        "metrics": result.metrics,
     }
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
     else:
+        ppl = f", ppl {result.metrics['ppl']:.2f}" if result.metrics and "ppl" in result.metrics else ""
         out_console.print(
-            f"wrote evaluation {chosen.id} ({result.params / 1e6:.2f}M parameters, "
-            f"{100 * result.params_fraction:.1f}% kept, ppl {chosen.metrics.get('ppl', float('nan')):.2f}) to {out}\n"
+            f"wrote {what} ({result.params / 1e6:.2f}M parameters, "
+            f"{100 * result.params_fraction:.1f}% kept{ppl}) to {out}\n"
             f"load it with AutoModelForCausalLM.from_pretrained('{out}', trust_remote_code=True) "
             f"or evoprune.load_pruned('{out}')"
         )
@@ -800,7 +858,8 @@ def evaluate_command(
         None,
         "--config",
         "-c",
-        help="With a model (not an export): an evaluation id in --store, an export's plan.json, or uniform:R.",
+        help="With a model (not an export): an evaluation id in --store, an export's plan.json, levels:ATTN/MLP "
+        "(e.g. levels:0,1,1,0/2,2,3,0) or uniform:R.",
     ),
     store: Path | None = typer.Option(
         None, "--store", "-s", help="Pair store: resolves evaluation ids and keeps the results with the configuration."

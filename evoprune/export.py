@@ -11,14 +11,14 @@ from the directory.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from evoprune.backend import pruned_modeling
 from evoprune.backend.adapters import adapter_for
-from evoprune.backend.pruner import PruningBackend
+from evoprune.backend.pruner import BackendSettings, PruningBackend
 from evoprune.backend.slicing import layer_sizes
 from evoprune.errors import EvopruneError
 
@@ -28,10 +28,14 @@ PLAN_FILE = "plan.json"
 
 @dataclass(frozen=True)
 class ExportResult:
+    """What an export wrote; ``evaluation`` and ``metrics``: the stored evaluation it is, when known."""
+
     path: Path
     params: int
     params_fraction: float
     layers: list[dict]
+    evaluation: int | None = None
+    metrics: dict | None = None
 
 
 def check_target(out: Path, force: bool) -> None:
@@ -97,6 +101,7 @@ def export_pruned(
         "dense_params": space.arch.dense_params(),
         "source_model": backend.loaded.source.spec,
         "model_fingerprint": backend.loaded.fingerprint,
+        "data": backend.text.spec,  # the importance text: the plan alone applies the configuration again
         "space": space.to_dict(),
         "backend": {k: v for k, v in vars(backend.settings).items()},
         **(metadata or {}),
@@ -123,18 +128,100 @@ def write_export(model, tokenizer, out: str | Path, plan: dict) -> None:
     (out / PLAN_FILE).write_text(json.dumps(plan, indent=2), encoding="utf-8")
 
 
+def export_from_store(
+    store: str | Path,
+    out: str | Path,
+    pick: str = "knee",
+    *,
+    max_params: float | None = None,
+    run: int | None = None,
+    force: bool = False,
+    progress=None,
+) -> ExportResult:
+    """Export an evaluated configuration of a stored run (``pick``: an evaluation id, ``knee`` or
+    ``best`` under ``max_params``), with the model, text and importance the run searched with.
+
+    Raises EvopruneError on bad input (a non-empty ``out``, an unknown pick, a changed model).
+    """
+    from evoprune.pareto import pick_evaluation
+    from evoprune.store import Store
+
+    out = Path(out)
+    check_target(out, force)
+    with Store.open_existing(store, readonly=True) as st:
+        r = st.get_run(run)
+        chosen = pick_evaluation(st, r, pick, max_params)
+    backend = backend_for_run(r, progress)
+    if progress:
+        progress("phase", name=f"writing {out}")
+    metadata = {"store": str(store), "run": r.id, "evaluation": chosen.id, "metrics": chosen.metrics}
+    result = export_pruned(backend, chosen.levels, out, force=force, metadata=metadata)
+    return replace(result, evaluation=chosen.id, metrics=chosen.metrics)
+
+
+def export_config(
+    model: str,
+    config: str,
+    out: str | Path,
+    *,
+    store: str | Path | None = None,
+    data: str | None = None,
+    settings: BackendSettings | None = None,
+    dtype: str | None = None,
+    force: bool = False,
+    progress=None,
+) -> ExportResult:
+    """Export the configuration ``config`` names for ``model``: an evaluation id of ``store``, a
+    plan.json (or export directory), ``levels:ATTN/MLP`` or ``uniform:R`` (``evoprune.allocation``
+    resolves it, as ``evoprune evaluate --config`` does), sliced exactly as masking applies it.
+
+    ``settings`` (importance criterion, compensation, token counts, level grid) and ``data`` (the
+    importance text) apply to ``levels:`` and ``uniform:R``; without them those use the store's
+    latest run of this model, else the defaults on ``data`` (default ``builtin``).
+
+    Raises EvopruneError on bad input (a non-empty ``out``, wrong levels, a changed model).
+    """
+    from evoprune.allocation import matching_evaluation, resolve_allocation
+    from evoprune.store import Store
+
+    out = Path(out)
+    check_target(out, force)
+    st = Store.open_existing(store, readonly=True) if store is not None else None
+    try:
+        chosen = resolve_allocation(
+            model, config, store=st, data=data, settings=settings, dtype=dtype, progress=progress
+        )
+        backend, levels, ev = chosen.backend, chosen.levels, chosen.evaluation
+        if ev is None:
+            _, eval_id = matching_evaluation(st, backend.loaded.fingerprint, backend.space.to_dict(), levels)
+            ev = st.evaluation(eval_id) if eval_id is not None else None
+    finally:
+        if st is not None:
+            st.close()
+    # Where the configuration came from travels with it: a plan's origin, else the stored evaluation.
+    metadata = {k: chosen.plan[k] for k in ("store", "run", "evaluation", "metrics") if k in (chosen.plan or {})}
+    if ev is not None and not metadata:
+        metadata = {"store": str(store), "run": ev.run_id, "evaluation": ev.id, "metrics": ev.metrics}
+    metadata["config"] = config
+    if progress:
+        progress("phase", name=f"writing {out}")
+    result = export_pruned(backend, levels, out, force=force, metadata=metadata)
+    return replace(result, evaluation=metadata.get("evaluation"), metrics=metadata.get("metrics"))
+
+
 def backend_for_run(run, progress=None) -> PruningBackend:
     """Reload the model, data and importance a stored run was searched with, and check they match."""
-    from evoprune.backend.pruner import BackendSettings, load_backend
+    from evoprune.backend.pruner import load_backend
+    from evoprune.space import SearchSpace
 
-    backend = load_backend(run.model, run.data, BackendSettings.from_record(run.settings["backend"]), progress)
+    # The run's grid as recorded: its levels mean what they meant when it searched.
+    space = SearchSpace.from_dict(run.space)
+    backend = load_backend(run.model, run.data, BackendSettings.from_record(run.settings["backend"]), progress, space)
     if backend.loaded.fingerprint != run.model_fingerprint:
         raise EvopruneError(
             f"model '{run.model}' is not the one run {run.id} searched (its weights or config changed): "
             "export from the original model"
         )
-    if backend.space.to_dict() != run.space:
-        raise EvopruneError(f"the search space of model '{run.model}' differs from run {run.id}'s: check the model")
     return backend
 
 

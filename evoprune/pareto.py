@@ -18,6 +18,7 @@ import numpy as np
 from pymoo.indicators.hv import HV
 from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 
+from evoprune.space import SearchSpace
 from evoprune.store import Evaluation, Run, Store
 
 
@@ -146,13 +147,16 @@ def front_of(evals: list[Evaluation], names=("ppl", "params"), by_fidelity: bool
 
 
 def pareto_front(store: Store, run: Run) -> list[ParetoPoint]:
+    """The run's front. Levels read as what they keep (``SearchSpace.canonical``): a sub-layer a
+    level left untouched shows level 0, in runs recorded before repeated widths were merged too."""
+    space = SearchSpace.from_dict(run.space)
     return [
         ParetoPoint(
             id=e.id,
             params=e.params,
             params_fraction=e.params_fraction,
             metrics=e.metrics,
-            levels=split_levels(e.levels),
+            levels=split_levels(space.canonical(e.levels).tolist()),
             origin=e.origin,
             round=e.round,
             fidelity={

@@ -29,6 +29,7 @@ from evoprune.pareto import (  # noqa: E402
     rung_offsets,
     selection_value,
 )
+from evoprune.space import SearchSpace  # noqa: E402
 from evoprune.store import Run, Store  # noqa: E402
 
 DPI = 110
@@ -108,9 +109,12 @@ def levels_figure(store: Store, run: Run) -> Figure:
     """Heat maps of the per-layer levels of the front's configurations, attention and MLP side
     by side with the front members' labels once on the left, each with its own discrete colour bar."""
     front = front_of(store.evaluations(run.id), run_objectives(run))
-    L = len(front[0].levels) // 2 if front else run.space.get("arch", {}).get("num_layers", 1)
-    attn = np.array([e.levels[:L] for e in front]) if front else np.zeros((1, L))
-    mlp = np.array([e.levels[L:] for e in front]) if front else np.zeros((1, L))
+    space = SearchSpace.from_dict(run.space)
+    # As pareto_front shows them: a level that keeps the full width reads as 0 (untouched).
+    levels = [space.canonical(e.levels) for e in front]
+    L = space.num_layers
+    attn = np.array([x[:L] for x in levels]) if front else np.zeros((1, L))
+    mlp = np.array([x[L:] for x in levels]) if front else np.zeros((1, L))
     tops = (max(run.space.get("attn_levels", 0), int(attn.max())), max(run.space.get("mlp_levels", 0), int(mlp.max())))
     rows = max(len(front), 1)
     fig, axes = plt.subplots(1, 2, figsize=(10, 0.3 * max(rows, 4) + 1.6), sharey=True, layout="constrained")

@@ -158,6 +158,7 @@ class SearchResult:
     new_evaluations: int
     importance_cached: bool
     stop_reason: str | None = None  # why the method ended with budget left; None when it spent it
+    notes: tuple[str, ...] = ()  # what the search space changed from what was asked (SearchSpace.notes)
 
 
 def library_versions() -> dict:
@@ -917,7 +918,9 @@ def run_strategy(ctx: SearchContext, retry_failed: bool = False) -> SearchResult
     reason = _stop_reason(ctx)
     if reason:
         ctx.progress("stopped", reason=reason)
-    return SearchResult(ctx.run, ctx.evaluations(), ctx.new_evaluations, ctx.backend.importance_cached, reason)
+    return SearchResult(
+        ctx.run, ctx.evaluations(), ctx.new_evaluations, ctx.backend.importance_cached, reason, ctx.space.notes
+    )
 
 
 def _stop_reason(ctx: SearchContext) -> str | None:

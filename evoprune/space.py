@@ -5,6 +5,12 @@ A configuration is a vector ``x`` of ``2 * num_layers`` integers laid out as
 the top level removes the whole sub-layer (depth pruning). Levels in between remove an
 even share of the sub-layer's pruning units. Widths and parameter counts follow from the
 architecture alone, so the cost of any configuration is exact without building a model.
+
+No two levels of a sub-layer keep the same width: where rounding to ``mlp_multiple`` would give
+two levels one width, they are merged (the space has fewer MLP levels than asked, and says so in
+``notes``). Which heads and channels a width keeps follows from the importance scores alone, so
+two configurations are the same model exactly when their levels are equal, and ``key`` (the
+store's identity of a configuration) never names one model twice.
 """
 
 from __future__ import annotations
@@ -106,6 +112,10 @@ class SearchSpace:
     # Bias compensation (backend.compensation "bias") gives every pruned sub-layer a hidden-size
     # bias where it had none, and a removed one a hidden-size constant: counted as parameters.
     compensation_bias: bool = False
+    # Kept MLP channels per level, level 0 (all) first, the top level (0) last. Derived from
+    # ``mlp_levels`` and ``mlp_multiple`` when empty; given (as ``from_dict`` does), it decides
+    # ``mlp_levels``.
+    mlp_widths: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.head_unit not in HEAD_UNITS:
@@ -115,24 +125,67 @@ class SearchSpace:
         elif self.attn_levels == -1:
             # The one-shot baselines need every head count reachable (evoprune.baselines).
             object.__setattr__(self, "attn_levels", self.attn_units)
-        if self.mlp_levels == 0 and self.mlp_multiple >= 1:
-            n, m = self.arch.intermediate_size, self.mlp_multiple
-            object.__setattr__(self, "mlp_levels", -(-n // m))
         if not 1 <= self.attn_levels <= self.attn_units:
             raise EvopruneError(
                 f"attention levels must be between 1 and {self.attn_units} (the number of attention "
                 f"units), got {self.attn_levels}"
             )
-        if not 1 <= self.mlp_levels <= self.arch.intermediate_size:
-            raise EvopruneError(
-                f"MLP levels must be between 1 and {self.arch.intermediate_size} (or 0: one per --mlp-multiple "
-                f"channels), got {self.mlp_levels}"
-            )
         if self.mlp_multiple < 1:
             raise EvopruneError(f"MLP width multiple must be at least 1, got {self.mlp_multiple}")
+        widths = tuple(int(w) for w in self.mlp_widths) or self._mlp_grid()
+        n = self.arch.intermediate_size
+        if (
+            len(widths) < 2
+            or widths[0] != n
+            or widths[-1] != 0
+            or any(b > a for a, b in zip(widths, widths[1:], strict=False))
+        ):
+            raise EvopruneError(f"MLP widths {list(widths)} must fall from {n} channels (level 0) to 0 (the top level)")
+        object.__setattr__(self, "mlp_widths", widths)
+        object.__setattr__(self, "mlp_levels", len(widths) - 1)
         bad = [i for i in self.frozen_layers if not 0 <= i < self.arch.num_layers]
         if bad:
             raise EvopruneError(f"frozen layers {bad} are outside 0..{self.arch.num_layers - 1}")
+
+    def _mlp_grid(self) -> tuple[int, ...]:
+        """Kept channels per MLP level from ``mlp_levels`` and ``mlp_multiple``, levels that would
+        keep the same width merged (their note in ``notes``).
+
+        Raises EvopruneError when the multiple leaves no width between the whole MLP and none.
+        """
+        n, m, asked = self.arch.intermediate_size, self.mlp_multiple, self.mlp_levels
+        if m >= n and asked != 1:
+            raise EvopruneError(
+                f"--mlp-multiple {m} is not smaller than the MLP's {n} channels, so no MLP can be pruned in "
+                f"width: use an --mlp-multiple below {n} (or --mlp-levels 1 to only remove whole MLPs)"
+            )
+        if asked == 0:
+            # Every multiple of m below n: the finest grid (the one-shot baselines'). Equal to the
+            # formula's grid whenever that one has no repeated width, so such runs read the same.
+            return (n, *range(m * ((n - 1) // m), 0, -m), 0)
+        if not 1 <= asked <= n:
+            raise EvopruneError(
+                f"MLP levels must be between 1 and {n} (or 0: one per --mlp-multiple channels), got {asked}"
+            )
+        raw = mlp_formula_widths(n, asked, m)
+        merged = tuple(w for i, w in enumerate(raw) if i == 0 or w != raw[i - 1])  # non-increasing: repeats adjoin
+        if len(merged) < len(raw):
+            shown = ", ".join(map(str, merged))
+            object.__setattr__(
+                self,
+                "_notes",
+                (
+                    f"--mlp-levels {asked} with --mlp-multiple {m} on {n} MLP channels keeps only {len(merged)} "
+                    f"different widths ({shown}): levels that kept the same width were merged, so the MLP has "
+                    f"{len(merged) - 1} levels",
+                ),
+            )
+        return merged
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        """What the space changed from what it was asked (levels merged), one sentence each."""
+        return getattr(self, "_notes", ())
 
     # -- encoding ---------------------------------------------------------------------------
     @property
@@ -196,14 +249,7 @@ class SearchSpace:
         return self.attn_units - removed
 
     def kept_mlp_channels(self, level: int) -> int:
-        if level == 0:
-            return self.arch.intermediate_size
-        if level >= self.mlp_levels:
-            return 0
-        n = self.arch.intermediate_size
-        kept = n * (1 - level / self.mlp_levels)
-        m = self.mlp_multiple
-        return int(min(n, max(m, m * round(kept / m))))
+        return self.mlp_widths[min(int(level), self.mlp_levels)]
 
     def attn_heads(self, level: int) -> tuple[int, int]:
         """(query heads, KV heads) kept at an attention level."""
@@ -227,22 +273,28 @@ class SearchSpace:
     def attn_level_params(self, level: int) -> int:
         """Parameters of one attention sub-layer at ``level`` (compensation bias included)."""
         params = self.arch.attention_params(*self.attn_heads(level))
-        if self.compensation_bias and level > 0 and (params == 0 or not self.arch.o_bias):
+        # Compensation goes where units were removed (not where a level is above 0: a store
+        # written before levels were merged may hold levels that remove nothing).
+        pruned = self.kept_attn_units(level) < self.attn_units
+        if self.compensation_bias and pruned and (params == 0 or not self.arch.o_bias):
             params += self.arch.hidden_size
         return params
 
     def mlp_level_params(self, level: int) -> int:
         """Parameters of one MLP sub-layer at ``level`` (compensation bias included)."""
         params = self.arch.mlp_params(self.kept_mlp_channels(level))
-        if self.compensation_bias and level > 0 and (params == 0 or not self.arch.mlp_bias):
+        pruned = self.kept_mlp_channels(level) < self.arch.intermediate_size
+        if self.compensation_bias and pruned and (params == 0 or not self.arch.mlp_bias):
             params += self.arch.hidden_size
         return params
 
     def params(self, x) -> int:
         """Exact parameter count of the pruned model (the export's, compensation biases included)."""
         attn, mlp = self.split(x)
-        return self.arch.fixed_params() + sum(self.attn_level_params(a) for a in attn) + sum(
-            self.mlp_level_params(m) for m in mlp
+        return (
+            self.arch.fixed_params()
+            + sum(self.attn_level_params(a) for a in attn)
+            + sum(self.mlp_level_params(m) for m in mlp)
         )
 
     def params_fraction(self, x) -> float:
@@ -256,20 +308,62 @@ class SearchSpace:
         mlp_table = np.array([self.mlp_level_params(lv) for lv in range(self.mlp_levels + 1)])
         return self.arch.fixed_params() + attn_table[X[:, :L]].sum(axis=1) + mlp_table[X[:, L:]].sum(axis=1)
 
+    def canonical(self, x) -> np.ndarray:
+        """``x`` with every level replaced by the lowest level of its sub-layer that keeps the
+        same width: the same model, and level 0 wherever a sub-layer is untouched. The identity
+        on spaces built now; it matters for spaces recorded before repeated widths were merged."""
+        x = self.validate(x)
+        L = self.num_layers
+        attn = [self.attn_heads(lv) for lv in range(self.attn_levels + 1)]
+        mlp = list(self.mlp_widths)
+        out = x.copy()
+        out[:L] = [attn.index(attn[lv]) for lv in x[:L]]
+        out[L:] = [mlp.index(mlp[lv]) for lv in x[L:]]
+        return out
+
     # -- persistence ------------------------------------------------------------------------
     def to_dict(self) -> dict:
         d = asdict(self)
         d["frozen_layers"] = list(self.frozen_layers)
         if not self.compensation_bias:
             del d["compensation_bias"]  # spaces recorded before the field existed read the same
+        # Recorded only where it is not what mlp_levels and mlp_multiple give (levels were
+        # merged), so every other space, and its fingerprint, reads as before the field existed.
+        if self.mlp_widths == mlp_formula_widths(self.arch.intermediate_size, self.mlp_levels, self.mlp_multiple):
+            del d["mlp_widths"]
+        else:
+            d["mlp_widths"] = list(self.mlp_widths)
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> SearchSpace:
+        """The space a run or plan recorded, its levels meaning what they meant then.
+
+        A record without ``mlp_widths`` has the widths ``mlp_levels`` and ``mlp_multiple`` give,
+        repeated ones included (records written before repeated widths were merged), so its
+        stored levels and configuration keys stay valid.
+        """
         d = dict(d)
         arch = ArchSpec(**d.pop("arch"))
         d["frozen_layers"] = tuple(d.get("frozen_layers", ()))
+        if "mlp_widths" in d:
+            d["mlp_widths"] = tuple(d["mlp_widths"])
+        elif d.get("mlp_levels", 8) >= 1:
+            d["mlp_widths"] = mlp_formula_widths(
+                arch.intermediate_size, d.get("mlp_levels", 8), d.get("mlp_multiple", 1)
+            )
         return cls(arch=arch, **d)
 
     def fingerprint(self) -> str:
         return hashlib.sha1(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def mlp_formula_widths(n: int, levels: int, multiple: int) -> tuple[int, ...]:
+    """Kept channels of an ``n``-channel MLP at each of ``levels`` levels, as the grid has always
+    been defined: an even share removed per level, rounded to ``multiple`` (at least one multiple,
+    at most ``n``), none at the top level. Repeated widths are left in (``SearchSpace`` merges them)."""
+    out = [n]
+    for level in range(1, levels):
+        kept = n * (1 - level / levels)
+        out.append(int(min(n, max(multiple, multiple * round(kept / multiple)))))
+    return (*out, 0)

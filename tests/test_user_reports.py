@@ -735,3 +735,203 @@ def test_the_bootstrap_interval_of_kendall_tau_is_that_of_scipys_tau_on_the_same
     taus = np.array([stats.kendalltau(actual[i], predicted[i]).statistic for i in idx])
     assert (low, high) == pytest.approx(tuple(np.quantile(taus, [0.05, 0.95])))
     assert se == pytest.approx(np.std(taus, ddof=1))
+
+
+# -- 6: every level of a sub-layer keeps another width -------------------------------------------
+def _arch(intermediate: int = 200, heads: int = 4, kv_heads: int = 2):
+    from evoprune.space import ArchSpec
+
+    return ArchSpec("llama", num_layers=4, hidden_size=64, num_heads=heads, num_kv_heads=kv_heads, head_dim=16,
+                    intermediate_size=intermediate, vocab_size=384, tie_word_embeddings=True)  # fmt: skip
+
+
+def test_no_two_levels_of_a_sub_layer_keep_the_same_width(tmp_path, tiny_model_dir, text_file):
+    from evoprune.space import HEAD_UNITS, SearchSpace
+
+    # The report: 200 channels in multiples of 64 kept 128 channels at levels 2, 3 and 4.
+    space = SearchSpace(_arch(200), mlp_levels=8, mlp_multiple=64)
+    assert space.mlp_levels == 4 and [space.kept_mlp_channels(lv) for lv in range(5)] == [200, 192, 128, 64, 0]
+    (note,) = space.notes
+    assert "--mlp-levels 8" in note and "merged" in note and "the MLP has 4 levels" in note
+    assert SearchSpace.from_dict(space.to_dict()) == space
+    # The finest grid (the one-shot baselines') reaches every multiple, 192 included.
+    assert SearchSpace(_arch(200), mlp_levels=0, mlp_multiple=64).mlp_widths == (200, 192, 128, 64, 0)
+    # Every grid, MLP and attention, keeps another width at every level.
+    for n in (96, 200, 1536, 8960):
+        for levels in (0, 1, 2, 3, 4, 8, 16):
+            for multiple in (1, 8, 32, 64, 128, 256):
+                if multiple >= n and levels != 1:
+                    continue
+                widths = SearchSpace(_arch(n), mlp_levels=levels, mlp_multiple=multiple).mlp_widths
+                assert all(a > b for a, b in zip(widths, widths[1:], strict=False)), (n, levels, multiple, widths)
+    for heads, kv_heads in ((4, 2), (4, 4), (8, 2), (32, 8), (12, 12)):
+        for unit in HEAD_UNITS:
+            units = SearchSpace(_arch(200, heads, kv_heads), head_unit=unit).attn_units
+            for attn_levels in (-1, 0, *range(1, units + 1)):
+                s = SearchSpace(_arch(200, heads, kv_heads), head_unit=unit, attn_levels=attn_levels)
+                kept = [s.attn_heads(lv) for lv in range(s.attn_levels + 1)]
+                assert len(set(kept)) == len(kept), (heads, kv_heads, unit, attn_levels, kept)
+    # A multiple no smaller than the MLP leaves nothing to prune in width: one line, nothing written.
+    with pytest.raises(EvopruneError) as err:
+        SearchSpace(_arch(200), mlp_multiple=256)
+    assert "\n" not in str(err.value) and "--mlp-multiple 256" in str(err.value) and "200 channels" in str(err.value)
+    assert SearchSpace(_arch(200), mlp_multiple=256, mlp_levels=1).mlp_widths == (200, 0)  # whole MLPs only: fine
+    store = tmp_path / "s.db"
+    cli = evoprune("search", "--model", str(tiny_model_dir), "--data", str(text_file), "--store", str(store),
+                   "--evals", "4", *SEARCH_ARGS, "--mlp-multiple", "96")  # fmt: skip
+    _one_line_error(cli, "--mlp-multiple 96", "96 channels")
+    assert not store.exists()
+    # Grids without repeated widths read, and key their configurations, as before (a store of the previous main).
+    with Store.open_existing(Path(__file__).parent / "data" / "store_v1.db", readonly=True) as st:
+        run = st.get_run()
+        evals = st.evaluations(run.id)
+    b = run.settings["backend"]
+    rebuilt = SearchSpace(
+        SearchSpace.from_dict(run.space).arch, head_unit=b["head_unit"], attn_levels=b["attn_levels"],
+        mlp_levels=b["mlp_levels"], mlp_multiple=b["mlp_multiple"],
+        compensation_bias=b.get("compensation", "none") == "bias",
+    )  # fmt: skip
+    assert rebuilt.to_dict() == run.space and rebuilt == SearchSpace.from_dict(run.space)
+    assert [e.config_key for e in evals] == [rebuilt.key(e.levels) for e in evals]
+
+
+def test_a_search_never_evaluates_one_model_twice(tmp_path, tiny_tokenizer, text_file):
+    from evoprune.space import SearchSpace
+    from tests.conftest import build_tiny_model
+
+    model_dir = tmp_path / "one-layer"
+    build_tiny_model("llama", num_layers=1).save_pretrained(model_dir)
+    tiny_tokenizer.save_pretrained(model_dir)
+    # 96 channels in multiples of 64: 96, 64 or none kept, however many levels are asked; with
+    # 3 attention levels that is 9 models, which a random search with budget to spare exhausts.
+    backend = BackendSettings(eval_tokens=128, calib_tokens=128, seq_len=64, mlp_levels=8, mlp_multiple=64)
+    settings = _settings(evals=40, method="random", min_params=0.0, backend=backend)
+    result = search(str(model_dir), str(text_file), str(tmp_path / "s.db"), settings)
+    space = SearchSpace.from_dict(result.run.space)
+    kept = [tuple(space.widths(e.levels)) for e in result.evaluations]
+    assert len(kept) == len(set(kept)) == 9
+    assert len({e.metrics["ppl"] for e in result.evaluations}) == 9
+    assert space.mlp_widths == (96, 64, 0) and any("merged" in note for note in result.notes)
+    assert result.stop_reason is not None and "stopped after 9 of 40" in result.stop_reason
+
+
+def test_a_store_written_before_levels_were_merged_shows_what_it_keeps_and_exports(tmp_path, tiny_model_dir, text_file):
+    import json
+    from dataclasses import asdict
+
+    import torch
+
+    from evoprune.backend.pruner import PruningBackend, load_backend
+    from evoprune.export import export_from_store, load_pruned
+    from evoprune.space import SearchSpace
+
+    # What the previous main recorded for --mlp-multiple 128 on 96 channels: 8 levels, of which
+    # 1 to 7 keep all 96 channels, measured (twice: the same model) as the report describes.
+    backend_settings = replace(BACKEND, mlp_levels=8, mlp_multiple=128)
+    probe = load_backend(str(tiny_model_dir), str(text_file), replace(backend_settings, mlp_multiple=1))
+    record = {**probe.space.to_dict(), "mlp_multiple": 128}
+    old = SearchSpace.from_dict(record)
+    assert old.mlp_widths == (96,) * 8 + (0,) and old.to_dict() == record
+    backend = PruningBackend(probe.loaded, probe.text, backend_settings, probe.calib_text, old)
+    untouched, same = np.array([1, 0, 0, 1, 0, 5, 7, 1]), np.array([1, 0, 0, 1, 0, 3, 2, 6])
+    store = tmp_path / "old.db"
+    with Store(store) as st:
+        run, _ = st.get_or_create_run(
+            "old", model=str(tiny_model_dir), model_fingerprint=probe.loaded.fingerprint, data=str(text_file),
+            data_fingerprint=backend.data_fingerprint, dense_params=old.arch.dense_params(), space=record,
+            settings={**asdict(_settings(backend=backend_settings)), "pair_key": "old"}, versions={},
+        )  # fmt: skip
+        for x in (old.lower, untouched, same):
+            m = backend.evaluate(x)
+            eid = st.add_pending(run.id, old.key(x), x.tolist(), "design", 0, old.params(x), old.params_fraction(x))
+            st.finish(eid, ok=m.ok, metrics=m.metrics, error=m.error, duration_s=m.duration_s)
+        evals = st.evaluations(run.id)
+    assert evals[1].metrics["ppl"] == evals[2].metrics["ppl"]  # one model, evaluated twice
+    # The front shows an untouched MLP at level 0, whatever level the store holds.
+    shown = evoprune("pareto", "--store", str(store), "--json")
+    assert shown.returncode == 0, shown.stderr
+    points = {p["id"]: p["levels"] for p in json.loads(shown.stdout)["points"]}
+    for e in evals[1:]:
+        assert points[e.id] == {"attn": [1, 0, 0, 1], "mlp": [0, 0, 0, 0]}
+    # It exports as recorded, with the parameters the export holds (no compensation where nothing went).
+    np.testing.assert_array_equal(old.canonical(same), [1, 0, 0, 1, 0, 0, 0, 0])
+    result = export_from_store(store, tmp_path / "export", str(evals[2].id))
+    model, _ = load_pruned(tmp_path / "export")
+    assert result.params == old.params(same) == sum(p.numel() for p in model.parameters())
+    tokens = backend.eval_windows[:2, :48]
+    with backend.applied(same), torch.inference_mode():
+        want = backend.loaded.model(input_ids=tokens).logits
+    with torch.inference_mode():
+        assert torch.equal(model(input_ids=tokens).logits, want)
+
+
+# -- 9: a given allocation exports ---------------------------------------------------------------
+GRID_ARGS = ["--eval-tokens", "256", "--calib-tokens", "256", "--seq-len", "64", "--mlp-levels", "4"]
+
+
+def test_a_given_allocation_exports_exactly_as_the_masks_apply_it(tmp_path, tiny_model_dir, text_file, searched_store):
+    import json
+
+    import torch
+
+    from evoprune.allocation import parse_levels, resolve_allocation
+    from evoprune.export import export_config, load_pruned
+
+    model, config = str(tiny_model_dir), "levels:0,1,1,0/2,2,3,4"
+    out = tmp_path / "levels"
+    cli = evoprune("export", "--model", model, "--config", config, "--data", str(text_file), *GRID_ARGS,
+                   "--out", str(out), "--json")  # fmt: skip
+    assert cli.returncode == 0, cli.stderr
+    written = json.loads(cli.stdout)
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["levels"] == {"attn": [0, 1, 1, 0], "mlp": [2, 2, 3, 4]} and plan["config"] == config
+    # The same resolution as 'evaluate --config' (with the same options), through the masks: the same logits.
+    settings = replace(BackendSettings(), eval_tokens=256, calib_tokens=256, seq_len=64, mlp_levels=4)
+    chosen = resolve_allocation(model, config, data=str(text_file), settings=settings)
+    space = chosen.backend.space
+    for same in ("levels:0110/2234", "levels:0,1,1,0,2,2,3,4"):  # as pareto prints it, as the store keeps it
+        np.testing.assert_array_equal(parse_levels(space, same), chosen.levels)
+    tokens = chosen.backend.eval_windows[:2, :48]
+    with chosen.backend.applied(chosen.levels), torch.inference_mode():
+        want = chosen.backend.loaded.model(input_ids=tokens).logits
+    exported, _ = load_pruned(out)
+    assert written["params"] == space.params(chosen.levels) == sum(p.numel() for p in exported.parameters())
+    with torch.inference_mode():
+        assert torch.equal(exported(input_ids=tokens).logits, want)
+    # Its plan.json alone exports it again (it records the text), bit for bit.
+    again = export_config(model, str(out / "plan.json"), tmp_path / "again")
+    assert again.params == written["params"]
+    assert (tmp_path / "again" / "model.safetensors").read_bytes() == (out / "model.safetensors").read_bytes()
+    # An evaluation id of a store is the configuration --pick exports, with its run's settings.
+    with Store.open_existing(searched_store, readonly=True) as st:
+        run = st.get_run()
+        ev = [e for e in st.evaluations(run.id) if e.status == "ok"][-1]
+    by_id = export_config(model, str(ev.id), tmp_path / "by-id", store=searched_store)
+    picked = evoprune("export", "--store", str(searched_store), "--pick", str(ev.id), "--out", str(tmp_path / "pick"))
+    assert picked.returncode == 0, picked.stderr
+    assert by_id.evaluation == ev.id and by_id.metrics == ev.metrics
+    assert (tmp_path / "by-id" / "model.safetensors").read_bytes() == (
+        tmp_path / "pick" / "model.safetensors"
+    ).read_bytes()
+    # levels: next to a store, without options, means what it means in the store's run of this model.
+    stored = export_config(model, "levels:" + ",".join(map(str, ev.levels)), tmp_path / "stored", store=searched_store)
+    assert stored.evaluation == ev.id
+    assert json.loads((tmp_path / "stored" / "plan.json").read_text())["space"] == run.space
+
+
+def test_export_refuses_a_wrong_allocation_or_mixed_options_in_one_line(tmp_path, tiny_model_dir, searched_store):
+    model, out = str(tiny_model_dir), str(tmp_path / "out")
+    cases = [
+        (["--store", str(searched_store), "--model", model], ["--model and --config go together"]),
+        (["--model", model, "--config", "uniform:0.3", "--store", str(searched_store), "--pick", "knee"],
+         ["--pick", "pass one or the other"]),
+        (["--store", str(searched_store), "--importance", "wanda"], ["go with --model and --config"]),
+        (["--model", model, "--config", "levels:0,1/0,1"], ["2 attention levels", "4 layers", "one per layer"]),
+        (["--model", model, "--config", "levels:0000/0009", *GRID_ARGS],
+         ["level 9 for the MLP of layer 3 is outside 0..4", "--mlp-levels"]),
+        (["--model", model, "--config", "3"], ["evaluation id", "--store"]),
+        ([], ["--store", "--model and --config"]),
+    ]  # fmt: skip
+    for args, fragments in cases:
+        _one_line_error(evoprune("export", *args, "--out", out), *fragments)
+    assert not Path(out).exists()

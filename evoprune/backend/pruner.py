@@ -168,7 +168,12 @@ class Measurement:
 
 
 class PruningBackend:
-    """Give it a loaded model and text; it scores, masks, evaluates and slices."""
+    """Give it a loaded model and text; it scores, masks, evaluates and slices.
+
+    ``space`` is the level grid as a run or plan recorded it (``SearchSpace.from_dict``), so
+    stored levels mean what they meant when recorded; by default it is built from ``settings``.
+    Raises EvopruneError when ``space`` is not of this model's architecture.
+    """
 
     def __init__(
         self,
@@ -176,6 +181,7 @@ class PruningBackend:
         text: TextSource,
         settings: BackendSettings,
         calib_text: TextSource | None = None,
+        space: SearchSpace | None = None,
     ):
         self.loaded = loaded
         self.text = text
@@ -184,14 +190,21 @@ class PruningBackend:
         model = loaded.model
         self.adapter = adapter_for(model.config)
         arch = self.adapter.arch_spec(model.config)
-        self.space = SearchSpace(
-            arch,
-            head_unit=settings.head_unit,
-            attn_levels=settings.attn_levels,
-            mlp_levels=settings.mlp_levels,
-            mlp_multiple=settings.mlp_multiple,
-            compensation_bias=settings.compensation == "bias",
-        )
+        if space is None:
+            space = SearchSpace(
+                arch,
+                head_unit=settings.head_unit,
+                attn_levels=settings.attn_levels,
+                mlp_levels=settings.mlp_levels,
+                mlp_multiple=settings.mlp_multiple,
+                compensation_bias=settings.compensation == "bias",
+            )
+        elif (space.arch, space.compensation_bias) != (arch, settings.compensation == "bias"):
+            raise EvopruneError(
+                f"the recorded search space ({space.arch.model_type}, {space.num_layers} layers) is not the one of "
+                f"model '{loaded.source.spec}' ({arch.model_type}, {arch.num_layers} layers): check the model"
+            )
+        self.space = space
         context = getattr(model.config, "max_position_embeddings", None)
         if context is not None and settings.seq_len > context:
             raise EvopruneError(
@@ -413,9 +426,12 @@ class PruningBackend:
         return slice_model(model, self.adapter, plans, self.space.arch.head_dim, biases)
 
 
-def load_backend(model: str, data: str, settings: BackendSettings, progress=None) -> PruningBackend:
+def load_backend(
+    model: str, data: str, settings: BackendSettings, progress=None, space: SearchSpace | None = None
+) -> PruningBackend:
     """Resolve and load model and texts, check the architecture, and score importance.
 
+    ``space``: the level grid a run recorded (see ``PruningBackend``); default: from ``settings``.
     Raises EvopruneError, before anything heavy happens where possible, on bad input.
     """
     progress = progress or (lambda *a, **k: None)
@@ -429,7 +445,7 @@ def load_backend(model: str, data: str, settings: BackendSettings, progress=None
     progress("phase", name="loading model")
     loaded = load_model(source, dtype=getattr(torch, settings.dtype))
     loaded.model.to(settings.device)
-    backend = PruningBackend(loaded, text, settings, calib)
+    backend = PruningBackend(loaded, text, settings, calib, space)
     progress("phase", name=f"scoring importance ({settings.criterion})")
     backend.score()
     progress("phase", name="dense reference")
