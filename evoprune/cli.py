@@ -311,7 +311,9 @@ def search_command(
         help="Higher rungs (token counts, e.g. 8192 or 4096,16384; auto: 4 x --eval-tokens; none) for promising ones.",
     ),
     validation_tokens: int = typer.Option(
-        None, "--validation-tokens", help="Tokens of the validation split the picks are reported on (0: none)."
+        None,
+        "--validation-tokens",
+        help="Tokens of the validation split the picks are reported on (default: 2 x --eval-tokens; 0: none).",
     ),
     calib_tokens: int = typer.Option(_BACKEND.calib_tokens, "--calib-tokens", help="Tokens for importance scoring."),
     seq_len: int = typer.Option(_BACKEND.seq_len, "--seq-len", help="Tokens per window."),
@@ -447,20 +449,28 @@ def pareto_command(
     store: Path = typer.Option(..., "--store", "-s", help="SQLite pair store written by 'evoprune search'."),
     run: int | None = typer.Option(None, "--run", help="Run id (default: the latest run)."),
     as_json: bool = typer.Option(
-        False, "--json", help="Print JSON: {'points': [{id, params, params_fraction, metrics, levels}]}."
+        False,
+        "--json",
+        help="Print JSON: {run, model, data, dense_params, points: [{id, params, params_fraction, metrics, "
+        "fidelity, validation, levels, origin, round}]}.",
     ),
     plot: Path | None = typer.Option(None, "--plot", help="Also draw the front (PNG): evaluated points, knee, budget."),
-    budget: float | None = typer.Option(None, "--max-params", help="Draw a budget line at this kept fraction."),
+    budget: float | None = typer.Option(
+        None, "--max-params", help="With --plot: draw a budget line there (kept fraction or count)."
+    ),
 ) -> None:
     """Show the non-dominated, really evaluated configurations (perplexity vs parameters)."""
     try:
+        if plot is not None and not plot.parent.is_dir():
+            raise EvopruneError(f"--plot '{plot}': directory '{plot.parent}' does not exist")
         with Store.open_existing(store, readonly=True) as st:
             r = st.get_run(run)
             points = pareto_front(st, r)
             if plot is not None:
                 from evoprune.plots import plot_front
 
-                plot_front(st, r, plot, budget_lines=[budget] if budget else None)
+                lines = [budget if budget <= 1 else budget / r.dense_params] if budget else None
+                plot_front(st, r, plot, budget_lines=lines)
     except EvopruneError as exc:
         _fail(str(exc))
     if as_json:
@@ -487,7 +497,9 @@ def export_command(
     pick: str | None = typer.Option(
         None, "--pick", help="Evaluation id, knee (default), or best (under --max-params)."
     ),
-    max_params: float | None = typer.Option(None, "--max-params", help="Budget for --pick best (kept fraction)."),
+    max_params: float | None = typer.Option(
+        None, "--max-params", help="Budget for --pick best (kept fraction or count)."
+    ),
     run: int | None = typer.Option(None, "--run", help="Run id for --pick (default: the latest run)."),
     model: str | None = typer.Option(None, "--model", "-m", help="Base model --config prunes (as for 'search')."),
     config: str | None = typer.Option(
@@ -564,7 +576,7 @@ def export_command(
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
     else:
-        ppl = f", ppl {result.metrics['ppl']:.2f}" if result.metrics and "ppl" in result.metrics else ""
+        ppl = f", first-rung ppl {result.metrics['ppl']:.2f}" if result.metrics and "ppl" in result.metrics else ""
         out_console.print(
             f"wrote {what} ({result.params / 1e6:.2f}M parameters, "
             f"{100 * result.params_fraction:.1f}% kept{ppl}) to {out}\n"
@@ -580,7 +592,7 @@ def measure_command(
     batch: int = typer.Option(1, "--batch", help="Sequences per forward pass."),
     repeats: int = typer.Option(15, "--repeats", help="Timed forward passes (the median is reported)."),
     dtype: str | None = typer.Option(
-        None, "--dtype", help="float32, bfloat16 or float16 (default: the run's or export's own, else float32)."
+        None, "--dtype", help="float32, bfloat16 or float16 (default: the export's own, else float32)."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
@@ -730,10 +742,12 @@ def report_command(
     out: Path = typer.Option(..., "--out", "-o", help="Directory for index.html."),
     run: int | None = typer.Option(None, "--run", help="Run id (default: the latest run)."),
 ) -> None:
-    """Write a self-contained HTML report: front, rounds, per-layer levels, comparison."""
+    """Write a self-contained HTML report: front, per-layer levels, predictions vs measurements, rounds, comparison."""
     from evoprune.report import write_report
 
     try:
+        if out.exists() and not out.is_dir():
+            raise EvopruneError(f"--out '{out}' is a file: pass a directory for index.html")
         with Store.open_existing(store, readonly=True) as st:
             path = write_report(st, out, run)
     except EvopruneError as exc:
@@ -742,19 +756,30 @@ def report_command(
 
 
 @app.command("runs")
-def runs_command(store: Path = typer.Option(..., "--store", "-s", help="SQLite pair store.")) -> None:
+def runs_command(
+    store: Path = typer.Option(..., "--store", "-s", help="SQLite pair store."),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print JSON: [{run, model, data, ok, failed, pending, created}]."
+    ),
+) -> None:
     """List the runs in a store with their evaluation counts."""
+    rows = []
     try:
         with Store.open_existing(store, readonly=True) as st:
-            table = FoldingTable(title=f"runs in {store}", title_justify="left")
-            for col in ("run", "model", "data", "ok", "failed", "pending", "created"):
-                table.add_column(col)
             for r in st.runs():
                 evs = st.evaluations(r.id)
                 counts = {s: sum(e.status == s for e in evs) for s in ("ok", "failed", "pending")}
-                table.add_row(str(r.id), r.model, r.data, *(str(counts[s]) for s in counts), r.created_at)
+                rows.append({"run": r.id, "model": r.model, "data": r.data, **counts, "created": r.created_at})
     except EvopruneError as exc:
         _fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    table = FoldingTable(title=f"runs in {store}", title_justify="left")
+    for col in ("run", "model", "data", "ok", "failed", "pending", "created"):
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*(str(v) for v in row.values()))
     out_console.print(table)
 
 
@@ -846,7 +871,10 @@ def surrogate_report_command(
 @app.command("evaluate")
 def evaluate_command(
     model: str = typer.Option(
-        ..., "--model", "-m", help="An 'evoprune export' directory, or a model: smollm2-135m, a directory, a hub id."
+        ...,
+        "--model",
+        "-m",
+        help="An 'evoprune export' directory, or a model: smollm2-135m, a directory, a .gguf file, a hub id.",
     ),
     tasks: str = typer.Option(
         ...,
