@@ -339,6 +339,10 @@ class Store:
             return EvopruneError(f"'{self.path}' is not an evoprune store (not a SQLite database)")
         if "no such table" in text:
             return EvopruneError(f"'{self.path}' is a SQLite database but not an evoprune store (no meta table)")
+        if not self.path.parent.is_dir():
+            return EvopruneError(
+                f"store '{self.path}': directory '{self.path.parent}' does not exist: create it or pass another --store"
+            )
         if "readonly" in text or "read-only" in text or "unable to open" in text:
             return EvopruneError(
                 f"store '{self.path}' cannot be written ({text}): the file or its directory is read-only; "

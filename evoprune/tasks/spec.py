@@ -282,7 +282,9 @@ def resolve_task(name: str, data_dir: str | Path | None = None) -> TaskRef:
                 f"--tasks {spec.name}=PATH"
             )
         hint = f"pass --tasks {spec.name}=PATH" if override is None else "check the path"
-        raise EvopruneError(f"task {spec.name!r}: data '{data}' does not exist ({hint} to a {spec.format} data file)")
+        raise EvopruneError(
+            f"task {spec.name!r}: data '{data}' does not exist ({hint} to a data file in the {spec.format} format)"
+        )
     return TaskRef(spec, data)
 
 
