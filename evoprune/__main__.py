@@ -1,3 +1,5 @@
+"""``python -m evoprune``: the same command line as ``evoprune``."""
+
 from evoprune.cli import main
 
 main()
