@@ -228,7 +228,10 @@ class _SearchProgress:
 def search_command(
     ctx: typer.Context,
     model: str = typer.Option(
-        None, "--model", "-m", help="Model: smollm2-135m, a local directory, a .gguf file, or a hub id."
+        None,
+        "--model",
+        "-m",
+        help="Model: smollm2-135m, a local directory, a .gguf file, or a hub id (required, here or in --config).",
     ),
     data: str = typer.Option(
         "builtin",
@@ -236,9 +239,17 @@ def search_command(
         "-d",
         help="Evaluation text: builtin, a .txt/.jsonl/.parquet file, wikitext2, ptb, c4 or hf:NAME[:CONFIG[:SPLIT]].",
     ),
-    store: Path = typer.Option(None, "--store", "-s", help="SQLite pair store; re-running continues the search in it."),
+    store: Path = typer.Option(
+        None,
+        "--store",
+        "-s",
+        help="SQLite pair store; re-running continues the search in it (required, here or in --config).",
+    ),
     evals: int = typer.Option(
-        None, "--evals", "-n", help="Total real evaluations for this search (initial design included)."
+        None,
+        "--evals",
+        "-n",
+        help="Total real evaluations for this search, initial design included (required, here or in --config).",
     ),
     config: Path = typer.Option(None, "--config", help="TOML file with any of these options; flags override it."),
     seed: int = typer.Option(0, "--seed", help="Random seed: same seed and store contents give the same search."),
@@ -343,7 +354,7 @@ def search_command(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the resulting front as JSON instead of a table."),
 ) -> None:
-    """Search per-layer pruning levels for MODEL, spending EVALS real evaluations."""
+    """Search per-layer pruning levels for --model, spending --evals real evaluations; the same command continues it."""
     from evoprune.config import merge_options, read_config, settings_from_options
 
     cli_values = dict(ctx.params)
