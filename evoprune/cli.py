@@ -259,7 +259,9 @@ def search_command(
         help="evoprune, or a baseline: uniform, mlp-only, flap, owl, random, predictor-rank, ga.",
     ),
     objectives: str = typer.Option(
-        "ppl,params", "--objectives", help="Two or three of ppl, kl, acc:TASK, params, flops, memory, latency."
+        "ppl,params",
+        "--objectives",
+        help="Two or three of ppl, kl, acc:TASK, acc_norm:TASK, params, flops, memory, latency.",
     ),
     max_params: float = typer.Option(
         None, "--max-params", help="Parameter budget: a kept fraction (0.7) or a count (90e6)."

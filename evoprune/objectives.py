@@ -57,7 +57,8 @@ class Objectives:
         unknown = [n for n in names if not (is_quality(n) or n in COSTS)]
         if unknown:
             raise EvopruneError(
-                f"unknown objective {unknown[0]!r}: use two or three of {', '.join(QUALITIES + COSTS)} or acc:TASK"
+                f"unknown objective {unknown[0]!r}: use two or three of {', '.join(QUALITIES + COSTS)}, "
+                "acc:TASK or acc_norm:TASK"
             )
         if not 2 <= len(names) <= 3 or len(set(names)) != len(names):
             raise EvopruneError(f"--objectives needs two or three different names, got {text!r}")
