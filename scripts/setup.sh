@@ -10,7 +10,8 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
 PIP=(.venv/bin/python -m pip --disable-pip-version-check --quiet)
-# torch first, pinned: a bare or open-ended torch requirement would pull a multi-GB CUDA build.
+# torch first, pinned, so pip takes the build its index or find-links offer for that version (a CPU
+# wheel where one is configured; PyPI's own Linux wheel is the multi-GB CUDA build).
 if ! .venv/bin/python -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$TORCH_VERSION')" 2>/dev/null; then
     "${PIP[@]}" install "torch==$TORCH_VERSION"
 fi
