@@ -34,6 +34,30 @@ RUN_FIELDS = {
 ALIASES = {"importance": "criterion"}
 
 
+def _field_types() -> dict[str, set[str]]:
+    """Option -> the type names its settings field admits (``float | None`` -> {float, None})."""
+    out = {}
+    for cls in (SearchSettings, BackendSettings):
+        for f in fields(cls):
+            out[f.name] = {t.strip() for t in str(f.type).split("|")}
+    return out
+
+
+def _typed(path: str | Path, key: str, value, admitted: set[str]):
+    """``value`` as the field's type, or one line naming the option and the type it wants."""
+    if "bool" in admitted and isinstance(value, bool):
+        return value
+    if "int" in admitted and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if "float" in admitted and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value) if "int" not in admitted else value
+    if "str" in admitted and isinstance(value, str | int | float) and not isinstance(value, bool):
+        return str(value)  # e.g. ladder = 8192 or max_memory = 4e8
+    wanted = " or ".join(sorted(admitted - {"None"})).replace("str", "a string").replace("int", "an integer")
+    wanted = wanted.replace("float", "a number").replace("bool", "true/false")
+    raise EvopruneError(f"config file '{path}': option '{key}' must be {wanted}, not {value!r}: fix its value")
+
+
 def _normalise(key: str) -> str:
     key = key.replace("-", "_")
     return ALIASES.get(key, key)
@@ -57,7 +81,8 @@ def read_config(path: str | Path) -> dict:
     unknown = sorted(set(flat) - SEARCH_FIELDS - BACKEND_FIELDS - RUN_FIELDS)
     if unknown:
         raise EvopruneError(f"config file '{path}' has unknown option {unknown[0]!r}: see 'evoprune search --help'")
-    return flat
+    types = _field_types()
+    return {k: _typed(path, k, v, types[k]) if k in types else v for k, v in flat.items()}
 
 
 def merge_options(cli: dict, explicit: set[str], config: dict) -> dict:

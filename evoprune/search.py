@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
 import numpy as np
 from pymoo.algorithms.moo.nsga2 import NSGA2
@@ -983,6 +984,9 @@ def search(
     from evoprune.baselines import method_settings
 
     settings = method_settings(settings)
+    store_dir = Path(store).expanduser().resolve().parent
+    if not store_dir.is_dir():  # before the model loads: minutes of setup would be spent for nothing
+        raise EvopruneError(f"--store '{store}': directory '{store_dir}' does not exist: create it first")
     if backend is None:
         backend = prepare_backend(model, data, settings, progress)
     else:

@@ -186,3 +186,11 @@ def test_bad_input_leaves_an_existing_store_untouched(tmp_path, tiny_model_dir, 
 
 def test_pareto_on_a_missing_store(tmp_path):
     _assert_clean_usage_error(evoprune("pareto", "--store", str(tmp_path / "x.db")), "does not exist")
+
+
+def test_search_into_a_missing_folder_fails_before_the_model_loads(tmp_path, text_file):
+    # The model does not exist either: the store's folder is checked first, before minutes of setup.
+    bad = evoprune("search", "--model", str(tmp_path / "no-model"), "--data", str(text_file),
+                   "--store", str(tmp_path / "nodir" / "s.db"), "--evals", "3", *SEARCH_ARGS)  # fmt: skip
+    _assert_clean_usage_error(bad, "nodir", "does not exist")
+    assert not (tmp_path / "nodir").exists()

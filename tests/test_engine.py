@@ -113,6 +113,12 @@ def test_config_file_flags_override_and_resume_needs_only_the_store(tmp_path, ti
     bad.write_text("evalz = 3\n")
     result = runner.invoke(app, ["search", "--config", str(bad)])
     assert result.exit_code == 2 and "unknown option 'evalz'" in result.output
+    for line, fragment in (('evals = "ten"', "'evals' must be an integer"),
+                           ("evals = 4\n[backend]\nseq_len = 6.5", "'seq_len' must be an integer"),
+                           ('evals = 4\nrefine = "yes"', "'refine' must be true/false")):  # fmt: skip
+        bad.write_text(line + "\n")
+        result = runner.invoke(app, ["search", "--config", str(bad)])
+        assert result.exit_code == 2 and fragment in result.output and "Traceback" not in result.output
 
 
 def test_plan_pareto_plot_report_and_export_from_a_pick(tmp_path, tiny_model_dir, text_file):
