@@ -283,6 +283,11 @@ def render(results: dict) -> str:
     budgets = sorted({r["budget"] for r in rows}, reverse=True)
     seeds = sorted({r["seed"] for r in rows if r["method"] == "evoprune"})
     dense = results.get("dense", {}).get("heldout", {})
+    # Parts may score different numbers of ARC questions: say which, since the error bars differ.
+    arc_ns = sorted({r["heldout"]["arc_n"] for r in rows if "arc_n" in r.get("heldout", {})})
+    arc_text = " or ".join(map(str, arc_ns)) + " (per run: see `ARC-Easy`'s ±)" if len(arc_ns) > 1 else str(
+        arc_ns[0] if arc_ns else a.get("arc_limit")
+    )
     lines = [
         f"Command: `python benchmarks/smollm2_compare.py --evals {a.get('evals')} --seeds {','.join(map(str, seeds))} "
         f"--budgets {','.join(str(b) for b in budgets)} --tau {a.get('tau')}` (parts in parallel processes, merged "
@@ -291,7 +296,7 @@ def render(results: dict) -> str:
         f"tokens, {st['seq_len']}-token windows; evoprune's first rung {st['eval_tokens']} tokens, ladder "
         f"{', '.join(map(str, st['ladder'])) or 'none'}, validation {st['validation_tokens']} tokens, all of "
         f"WikiText-2 valid; {a.get('evals')} real evaluations. Held-out: the first {a.get('heldout_tokens')} tokens "
-        f"of WikiText-2 test and of PTB valid ({st['seq_len']}-token windows) and {a.get('arc_limit')} ARC-Easy dev "
+        f"of WikiText-2 test and of PTB valid ({st['seq_len']}-token windows) and {arc_text} ARC-Easy dev "
         "questions, none of which any method saw; ± is one standard error (per-window for perplexity, binomial for "
         "accuracy).",
         "",
