@@ -982,38 +982,21 @@ def _kl_text(metrics: dict) -> str:
     return f"{metrics['kl']:.4f}" + (f" ±{metrics['kl_se']:.4f}" if "kl_se" in metrics else "")
 
 
-class _RecoveryProgress:
+class _RecoveryProgress(_SearchProgress):
     """Renders ``recover`` events on stderr: phases, then training steps with the running loss."""
 
-    def __init__(self, console: Console):
-        self.progress = Progress(
-            SpinnerColumn(),
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("{task.fields[status]}"),
-            console=console,
-            transient=True,
-        )
-        self.task = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        if self.task is not None:
-            self.progress.stop()
-
     def __call__(self, event: str, **info) -> None:
+        if event not in ("train", "step"):
+            if event == "phase" and self.task is not None:
+                self.progress.update(self.task, total=None, status="")
+            super().__call__(event, **info)
+            return
         if self.task is None:
             self.progress.start()
             self.task = self.progress.add_task("preparing", total=None, status="")
-        if event == "phase":
-            self.progress.update(self.task, description=info["name"], total=None, status="")
-        elif event == "train":
+        if event == "train":
             self.progress.update(self.task, description="training", total=info["total"], completed=info["done"])
-        elif event == "step":
+        else:
             status = (
                 f"loss {info['running_loss']:.4f} (mean of the last steps; this step: KL {info['kl']:.4f}, "
                 f"CE {info['ce']:.3f}), lr {info['lr']:.2e}"

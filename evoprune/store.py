@@ -544,18 +544,22 @@ class Store:
     def fidelities(self, run_id: int, status: str | None = None) -> list[Fidelity]:
         """A run's ladder and validation rows; none in a store written before the ladder existed
         and opened read-only (its schema is not upgraded then)."""
-        if not self._conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='fidelities'").fetchone():
-            return []
-        sql, args = "SELECT * FROM fidelities WHERE run_id=?", [run_id]
-        if status is not None:
-            sql, args = sql + " AND status=?", [*args, status]
-        return [self._fidelity(r) for r in self._conn.execute(sql + " ORDER BY id", args)]
+        return [Fidelity(**d) for d in self._select("fidelities", ("metrics",), run_id=run_id, status=status)]
 
-    @staticmethod
-    def _fidelity(row: sqlite3.Row) -> Fidelity:
-        d = dict(row)
-        d["metrics"] = json.loads(d["metrics"]) if d["metrics"] else {}
-        return Fidelity(**d)
+    def _select(self, table: str, json_columns: tuple[str, ...], **where) -> list[dict]:
+        """Rows of ``table`` whose columns equal the non-None ``where`` values, oldest first, with
+        ``json_columns`` decoded (empty: ``{}``); none when a store written before the table
+        existed is opened read-only (its schema is not upgraded then)."""
+        if not self._conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (table,)).fetchone():
+            return []
+        conditions = {k: v for k, v in where.items() if v is not None}
+        sql = f"SELECT * FROM {table}" + "".join(f" {'AND' if i else 'WHERE'} {k}=?" for i, k in enumerate(conditions))
+        rows = []
+        for r in self._conn.execute(sql + " ORDER BY id", list(conditions.values())):
+            d = dict(r)
+            d.update({k: json.loads(d[k]) if d[k] else {} for k in json_columns})
+            rows.append(d)
+        return rows
 
     # -- rounds -----------------------------------------------------------------------------
     def add_screening(
@@ -581,17 +585,12 @@ class Store:
         return self._screening(self._conn.execute("SELECT * FROM screenings WHERE id=?", (cur.lastrowid,)).fetchone())
 
     def screenings(self, run_id: int, tokens: int | None = None) -> list[Screening]:
-        sql, args = "SELECT * FROM screenings WHERE run_id=?", [run_id]
-        if tokens is not None:
-            sql, args = sql + " AND tokens=?", [*args, tokens]
-        return [self._screening(r) for r in self._conn.execute(sql + " ORDER BY id", args)]
+        return [Screening(**d) for d in self._select("screenings", ("levels", "metrics"), run_id=run_id, tokens=tokens)]
 
     @staticmethod
     def _screening(row: sqlite3.Row) -> Screening:
         d = dict(row)
-        d["levels"] = json.loads(d["levels"])
-        d["metrics"] = json.loads(d["metrics"]) if d["metrics"] else {}
-        return Screening(**d)
+        return Screening(**{**d, "levels": json.loads(d["levels"]), "metrics": json.loads(d["metrics"] or "{}")})
 
     def record_round(
         self, run_id: int, round_: int, *, n_train: int, fit_s: float, search_s: float, bounds: dict | None = None
@@ -678,18 +677,8 @@ class Store:
 
     def task_results(self, *, run_id: int | None = None, eval_id: int | None = None) -> list[TaskRecord]:
         """Stored task accuracies, oldest first; all of them, or those of a run or an evaluation."""
-        sql, args = "SELECT * FROM task_results WHERE 1=1", []
-        if run_id is not None:
-            sql += " AND run_id=?"
-            args.append(run_id)
-        if eval_id is not None:
-            sql += " AND eval_id=?"
-            args.append(eval_id)
-        rows = self._conn.execute(sql + " ORDER BY id", args)
-        return [
-            TaskRecord(**{**dict(r), "metrics": json.loads(r["metrics"]), "details": json.loads(r["details"])})
-            for r in rows
-        ]
+        rows = self._select("task_results", ("metrics", "details"), run_id=run_id, eval_id=eval_id)
+        return [TaskRecord(**d) for d in rows]
 
     # -- recovery training ------------------------------------------------------------------
     def add_recovery(
@@ -716,19 +705,5 @@ class Store:
 
     def recoveries(self, *, run_id: int | None = None, eval_id: int | None = None) -> list[RecoveryRecord]:
         """Stored recovery trainings, oldest first; all, or those of a run or an evaluation."""
-        sql, args = "SELECT * FROM recoveries WHERE 1=1", []
-        if run_id is not None:
-            sql += " AND run_id=?"
-            args.append(run_id)
-        if eval_id is not None:
-            sql += " AND eval_id=?"
-            args.append(eval_id)
-        try:
-            rows = self._conn.execute(sql + " ORDER BY id", args).fetchall()
-        except sqlite3.OperationalError as exc:
-            if "no such table" in str(exc):  # a store written before recoveries existed, opened read-only
-                return []
-            raise
-        return [
-            RecoveryRecord(**{**dict(r), **{k: json.loads(r[k]) for k in ("before", "after", "details")}}) for r in rows
-        ]
+        rows = self._select("recoveries", ("before", "after", "details"), run_id=run_id, eval_id=eval_id)
+        return [RecoveryRecord(**d) for d in rows]
