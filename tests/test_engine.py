@@ -141,7 +141,9 @@ def test_plan_pareto_plot_report_and_export_from_a_pick(tmp_path, tiny_model_dir
     out = runner.invoke(app, ["report", "--store", str(store), "--out", str(tmp_path / "report"), "--run", "1"])
     assert out.exit_code == 0, out.output
     page = (tmp_path / "report" / "index.html").read_text()
-    assert page.count("data:image/png;base64,") == 3 and "Pareto front" in page
+    # front, levels, the search's predictions against its measurements, rounds
+    assert page.count("data:image/png;base64,") == 4 and "Pareto front" in page
+    assert "<h2>Surrogate predictions</h2>" in page and "recorded no predictions" not in page
     out = runner.invoke(app, ["export", "--store", str(store), "--run", "1", "--pick", "knee",
                               "--out", str(tmp_path / "export"), "--json"])  # fmt: skip
     assert out.exit_code == 0, out.output
