@@ -19,10 +19,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks._markdown import write_section  # noqa: E402
-from evoprune.backend.pruner import BackendSettings, load_backend  # noqa: E402
-from evoprune.cost import CostModel, LatencyTable, measure_model  # noqa: E402
-from evoprune.design import structured_families  # noqa: E402
-from evoprune.export import export_pruned, load_pruned  # noqa: E402
+from evoprune.backend.pruner import load_backend  # noqa: E402
+from evoprune.backend.settings import BackendSettings  # noqa: E402
+from evoprune.engine.design import structured_families  # noqa: E402
+from evoprune.objectives.cost import CostModel, LatencyTable, measure_model  # noqa: E402
+from evoprune.pruned.export import export_pruned, load_pruned  # noqa: E402
 
 
 def timed(fn, repeats: int) -> float:

@@ -29,7 +29,8 @@ from evoprune.backend.data import load_text, token_windows  # noqa: E402
 from evoprune.backend.evaluate import quality  # noqa: E402
 from evoprune.backend.importance import CRITERIA  # noqa: E402
 from evoprune.backend.loading import load_model, resolve_model  # noqa: E402
-from evoprune.backend.pruner import BackendSettings, PruningBackend  # noqa: E402
+from evoprune.backend.pruner import PruningBackend  # noqa: E402
+from evoprune.backend.settings import BackendSettings  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 CALIB = DATA / "wikitext-2" / "valid.txt"

@@ -25,9 +25,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from evoprune.backend.pruner import BackendSettings, load_backend  # noqa: E402
-from evoprune.design import intensity_sample  # noqa: E402
-from evoprune.executors import BackendRecipe, Job, LocalExecutor, make_executor  # noqa: E402
+from evoprune.backend.pruner import load_backend  # noqa: E402
+from evoprune.backend.settings import BackendSettings  # noqa: E402
+from evoprune.engine.design import intensity_sample  # noqa: E402
+from evoprune.execution.executors import BackendRecipe, Job, LocalExecutor, make_executor  # noqa: E402
 
 SECTION = "## Ray scaling"
 # (workers, torch threads per worker); None workers = the in-process executor.

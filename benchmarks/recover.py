@@ -29,16 +29,17 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from benchmarks.smollm2_compare import SHARED, HeldOut  # noqa: E402
-from evoprune.export import load_pruned  # noqa: E402
-from evoprune.recovery import RecoverySettings, recover  # noqa: E402
-from evoprune.search import library_versions  # noqa: E402
+from evoprune.engine.context import library_versions  # noqa: E402
+from evoprune.pruned.export import load_pruned  # noqa: E402
+from evoprune.recovery.run import recover  # noqa: E402
+from evoprune.recovery.settings import RecoverySettings  # noqa: E402
 
 
 def arc_easy(model: str, limit: int) -> dict:
     """ARC-Easy dev accuracy of a model or export (``limit`` questions; 0: not measured)."""
     if not limit or not (SHARED / "arc_easy" / "ARC-Easy-Dev.jsonl").exists():
         return {}
-    from evoprune.tasks.command import run_evaluate
+    from evoprune.pruned.evaluate import run_evaluate
 
     r = run_evaluate(model, ["arc_easy"], limit=limit, task_data=SHARED).results[0]
     return {"acc:arc_easy": r.metrics["acc"], "acc_se:arc_easy": r.stderr["acc"], "arc_n": r.n}

@@ -40,12 +40,14 @@ from scipy.stats import kendalltau  # noqa: E402
 from benchmarks._markdown import write_section  # noqa: E402
 from evoprune.backend.data import load_text, token_windows  # noqa: E402
 from evoprune.backend.evaluate import quality  # noqa: E402
-from evoprune.backend.pruner import BackendSettings  # noqa: E402
-from evoprune.baselines import FINE_GRID_METHODS, method_settings  # noqa: E402
-from evoprune.compare import best_under_budget  # noqa: E402
-from evoprune.objectives import CostEvaluator  # noqa: E402
-from evoprune.pareto import rung_offsets, selection_value  # noqa: E402
-from evoprune.search import SearchSettings, library_versions, prepare_backend, search  # noqa: E402
+from evoprune.backend.settings import BackendSettings  # noqa: E402
+from evoprune.choice.compare import best_under_budget  # noqa: E402
+from evoprune.engine.baselines.one_shot import FINE_GRID_METHODS, method_settings  # noqa: E402
+from evoprune.engine.context import library_versions  # noqa: E402
+from evoprune.engine.run import prepare_backend, search  # noqa: E402
+from evoprune.engine.settings import SearchSettings  # noqa: E402
+from evoprune.objectives.pareto import rung_offsets, selection_value  # noqa: E402
+from evoprune.objectives.spec import CostEvaluator  # noqa: E402
 from evoprune.store import Store  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"

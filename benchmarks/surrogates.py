@@ -1,7 +1,7 @@
 """Benchmark of the surrogates on real SmolLM2-135M pairs.
 
 Collects real (configuration, perplexity) pairs through the engine into a SQLite store, then
-measures every registered surrogate on them with ``evoprune.surrogate_report``:
+measures every registered surrogate on them with ``evoprune.reporting.surrogate_report``:
 
 1. cross-validated ranking and calibration figures on all pairs (the ``surrogate report``);
 2. a learning curve: train on 20/40/60/80 pairs, score on a fixed held-out set, repeated over
@@ -34,17 +34,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import evoprune  # noqa: E402
-from evoprune.design import intensity_sample, structured_families  # noqa: E402
-from evoprune.features import FeatureMap  # noqa: E402
-from evoprune.search import library_versions  # noqa: E402
+from evoprune.engine.context import library_versions  # noqa: E402
+from evoprune.engine.design import intensity_sample, structured_families  # noqa: E402
+from evoprune.engine.features import FeatureMap, LevelsAndFraction  # noqa: E402
+from evoprune.reporting.surrogate_report import SurrogateReport, learning_curve, run_pairs, surrogate_report  # noqa: E402
 from evoprune.space import SearchSpace  # noqa: E402
-from evoprune.surrogate_report import (  # noqa: E402
-    LevelsAndFraction,
-    SurrogateReport,
-    learning_curve,
-    run_pairs,
-    surrogate_report,
-)
 from surrogates import available_surrogates  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "wikitext-2" / "valid.txt"

@@ -1,7 +1,7 @@
 """Sample efficiency on synthetic pruning problems with a known front (issue: search engine).
 
 Runs the real engine (store, design, surrogate, inner NSGA-II, acquisition) on
-``evoprune.synthetic.SyntheticBackend`` and NSGA-II on real evaluations (the ``ga`` method), and
+``evoprune.backend.synthetic.SyntheticBackend`` and NSGA-II on real evaluations (the ``ga`` method), and
 counts the evaluations each needs before its evaluated front reaches 95% of the true front's
 hypervolume (in the searched region, kept parameters >= 50%).
 
@@ -25,10 +25,11 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 
 from benchmarks._markdown import write_section  # noqa: E402
-from evoprune.pareto import hypervolume_of  # noqa: E402
-from evoprune.search import SearchSettings, search  # noqa: E402
+from evoprune.backend.synthetic import SyntheticBackend  # noqa: E402
+from evoprune.engine.run import search  # noqa: E402
+from evoprune.engine.settings import SearchSettings  # noqa: E402
+from evoprune.objectives.pareto import hypervolume_of  # noqa: E402
 from evoprune.store import Store  # noqa: E402
-from evoprune.synthetic import SyntheticBackend  # noqa: E402
 
 MIN_KEPT = 0.5
 

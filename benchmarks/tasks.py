@@ -35,8 +35,9 @@ sys.path.insert(0, str(ROOT))
 
 from evoprune.backend.data import load_text  # noqa: E402
 from evoprune.backend.loading import load_model, resolve_model  # noqa: E402
-from evoprune.backend.pruner import BackendSettings, PruningBackend  # noqa: E402
-from evoprune.export import export_pruned  # noqa: E402
+from evoprune.backend.pruner import PruningBackend  # noqa: E402
+from evoprune.backend.settings import BackendSettings  # noqa: E402
+from evoprune.pruned.export import export_pruned  # noqa: E402
 from evoprune.tasks import TaskEvaluator, evaluate_model, resolve_task  # noqa: E402
 from evoprune.tasks import harness as lm_harness  # noqa: E402
 

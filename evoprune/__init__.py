@@ -11,12 +11,15 @@ The Python API is what the CLI calls::
 
 __version__ = "0.1.0"
 
-from evoprune.backend.pruner import BackendSettings, PruningBackend
+from evoprune.backend.pruner import PruningBackend
+from evoprune.backend.settings import BackendSettings
+from evoprune.engine.run import ActiveLearningSearch, SearchResult, prepare_backend, search
+from evoprune.engine.settings import SearchSettings
 from evoprune.errors import EvopruneError
-from evoprune.export import export_pruned, load_pruned
-from evoprune.pareto import ParetoPoint, pareto_front
-from evoprune.recovery import RecoveryResult, RecoverySettings, recover
-from evoprune.search import ActiveLearningSearch, SearchResult, SearchSettings, prepare_backend, search
+from evoprune.objectives.pareto import ParetoPoint, pareto_front
+from evoprune.pruned.export import export_pruned, load_pruned
+from evoprune.recovery.run import recover
+from evoprune.recovery.settings import RecoveryResult, RecoverySettings
 from evoprune.space import ArchSpec, SearchSpace
 from evoprune.store import Store
 

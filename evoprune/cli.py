@@ -15,12 +15,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.table import Table
 from rich.text import Text
 
-from evoprune.backend.pruner import BackendSettings
-from evoprune.compare import DEFAULT_METHODS
+from evoprune.backend.settings import BackendSettings
+from evoprune.choice.compare import DEFAULT_METHODS
+from evoprune.engine.run import search
+from evoprune.engine.settings import SearchSettings
 from evoprune.errors import EvopruneError
-from evoprune.executors import executor_factory
-from evoprune.pareto import ParetoPoint, first_rung_tokens, pareto_front, top_rung
-from evoprune.search import SearchSettings, search
+from evoprune.execution.executors import executor_factory
+from evoprune.objectives.pareto import ParetoPoint, first_rung_tokens, pareto_front, top_rung
 from evoprune.store import Store
 
 app = typer.Typer(
@@ -357,7 +358,7 @@ def search_command(
     as_json: bool = typer.Option(False, "--json", help="Print the resulting front as JSON instead of a table."),
 ) -> None:
     """Search per-layer pruning levels for --model, spending --evals real evaluations; the same command continues it."""
-    from evoprune.config import merge_options, read_config, settings_from_options
+    from evoprune.engine.config import merge_options, read_config, settings_from_options
 
     cli_values = dict(ctx.params)
     explicit = {k for k in cli_values if ctx.get_parameter_source(k).name == "COMMANDLINE"}
@@ -410,7 +411,7 @@ def resume_command(
     """Continue a stored run with its recorded settings; nothing but the store is needed."""
     from dataclasses import replace
 
-    from evoprune.config import settings_from_run
+    from evoprune.engine.config import settings_from_run
 
     try:
         with Store.open_existing(store, readonly=True) as st:
@@ -480,7 +481,7 @@ def pareto_command(
             r = st.get_run(run)
             points = pareto_front(st, r)
             if plot is not None:
-                from evoprune.plots import plot_front
+                from evoprune.reporting.plots import plot_front
 
                 lines = [budget if budget <= 1 else budget / r.dense_params] if budget else None
                 plot_front(st, r, plot, budget_lines=lines)
@@ -534,7 +535,7 @@ def export_command(
 ) -> None:
     from dataclasses import replace
 
-    from evoprune.export import export_config, export_from_store
+    from evoprune.pruned.export import export_config, export_from_store
 
     given = {
         "criterion": criterion, "compensation": compensation, "calib_data": calib_data, "calib_tokens": calib_tokens,
@@ -610,7 +611,7 @@ def measure_command(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Time a real model's forward pass and weigh it; for exports, next to the cost model's prediction."""
-    from evoprune.measure import measure
+    from evoprune.pruned.measure import measure
 
     if min(seq_len, batch, repeats) < 1:
         _fail("--seq-len, --batch and --repeats must be at least 1")
@@ -666,7 +667,7 @@ def compare_command(
     as_json: bool = typer.Option(False, "--json", help="Print the table as JSON."),
 ) -> None:
     """Run evoprune and the baselines at the same budget of real evaluations; print one table."""
-    from evoprune.compare import compare
+    from evoprune.choice.compare import compare
 
     settings = SearchSettings(
         evals=evals, seed=seed, max_params=max_params, max_memory=max_memory, max_latency_ms=max_latency_ms,
@@ -708,8 +709,8 @@ def plan_command(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """The best really evaluated configuration under a budget, with its per-layer allocation."""
-    from evoprune.objectives import Budget
-    from evoprune.plan import plan
+    from evoprune.choice.plan import plan
+    from evoprune.objectives.spec import Budget
 
     if spend < 0:
         _fail(f"--spend must be 0 or more, got {spend}")
@@ -756,7 +757,7 @@ def report_command(
     run: int | None = typer.Option(None, "--run", help="Run id (default: the latest run)."),
 ) -> None:
     """Write a self-contained HTML report: front, per-layer levels, predictions vs measurements, rounds, comparison."""
-    from evoprune.report import write_report
+    from evoprune.reporting.report import write_report
 
     try:
         if out.exists() and not out.is_dir():
@@ -828,7 +829,7 @@ def surrogate_report_command(
     seed: int = typer.Option(0, "--seed", help="Seed of the fold split and of the surrogates."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
-    from evoprune.surrogate_report import cached_feature_map, surrogate_report
+    from evoprune.reporting.surrogate_report import cached_feature_map, surrogate_report
 
     try:
         with Store.open_existing(store, readonly=True) as st:
@@ -925,7 +926,7 @@ def evaluate_command(
     ),
 ) -> None:
     """Task accuracy (acc, acc_norm) of a model, an export, or a configuration applied through the masks."""
-    from evoprune.tasks.command import parse_tasks, run_evaluate, write_report
+    from evoprune.pruned.evaluate import parse_tasks, run_evaluate, write_report
 
     try:
         if out is not None and not out.parent.is_dir():
@@ -970,7 +971,7 @@ def evaluate_command(
         err_console.print(f"stored {len(report.stored)} task results in '{store}' with {where}")
 
 
-from evoprune.recovery import RecoverySettings as _RecoverySettings  # noqa: E402
+from evoprune.recovery.settings import RecoverySettings as _RecoverySettings  # noqa: E402
 
 _RECOVERY = _RecoverySettings()  # the defaults the options show
 
@@ -1054,7 +1055,7 @@ def recover_command(
 
     Rerun with the same arguments to continue from the last checkpoint after a crash or kill.
     """
-    from evoprune.recovery import recover
+    from evoprune.recovery.run import recover
 
     settings = _RecoverySettings(
         method=method, steps=steps, seq_len=seq_len, batch=batch, lr=lr, warmup=warmup, weight_decay=weight_decay,

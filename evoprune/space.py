@@ -123,7 +123,7 @@ class SearchSpace:
         if self.attn_levels == 0:
             object.__setattr__(self, "attn_levels", min(self.attn_units, 8))
         elif self.attn_levels == -1:
-            # The one-shot baselines need every head count reachable (evoprune.baselines).
+            # The one-shot baselines need every head count reachable (evoprune.engine.baselines).
             object.__setattr__(self, "attn_levels", self.attn_units)
         if not 1 <= self.attn_levels <= self.attn_units:
             raise EvopruneError(

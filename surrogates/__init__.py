@@ -12,14 +12,13 @@ Built-in surrogates: ``additive`` (monotone additive damage with a compounding l
 the paper's baseline) and ``ensemble`` (a mixture of others). Targets are
 whatever the caller passes; the engine passes log-perplexity, on which pruning damage is
 closer to additive and errors are relative, and every surrogate standardises targets itself.
-``LevelFeatures`` derives features from raw level matrices for callers without the engine.
+Feature maps (what a surrogate sees for a configuration) are the engine's: ``evoprune.engine.features``.
 
 Third parties register their own through the ``evoprune.surrogates`` entry-point group (see
 ``surrogates.registry``); ``tests/test_surrogate_conformance.py`` checks every registered one.
 """
 
 from surrogates.base import Surrogate, check_features, check_training_data
-from surrogates.features import LevelFeatures
 from surrogates.registry import (
     ENTRY_POINT_GROUP,
     available_surrogates,
@@ -39,7 +38,6 @@ from surrogates import ensemble_surrogate as _ensemble  # noqa: E402,F401  isort
 
 __all__ = [
     "ENTRY_POINT_GROUP",
-    "LevelFeatures",
     "Surrogate",
     "available_surrogates",
     "check_features",

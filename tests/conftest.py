@@ -109,9 +109,9 @@ def cli_env() -> dict:
 @pytest.fixture(scope="module")
 def smollm2():
     """The real SmolLM2-135M behind a backend on built-in text (one per test module)."""
-    from evoprune.backend.loading import ModelSource, load_model
-    from evoprune.backend.pruner import BackendSettings, PruningBackend
-    from evoprune.backend.zoo import fetch_zoo_model
+    from evoprune.backend.loading import ModelSource, fetch_zoo_model, load_model
+    from evoprune.backend.pruner import PruningBackend
+    from evoprune.backend.settings import BackendSettings
 
     # The converted model is large and the same for every test run: keep it in the user's cache.
     saved = os.environ.pop("EVOPRUNE_CACHE_DIR", None)

@@ -10,24 +10,19 @@ import pytest
 from typer.testing import CliRunner
 
 from evoprune.backend.importance import Importance
-from evoprune.backend.pruner import BackendSettings
-from evoprune.baselines import (
-    attention_unit_scores,
-    flap_config,
-    flap_order,
-    method_settings,
-    mlp_only_config,
-    skipped_layers,
-    uniform_config,
-)
+from evoprune.backend.settings import BackendSettings
+from evoprune.choice.compare import DEFAULT_METHODS, compare
+from evoprune.choice.plan import plan
 from evoprune.cli import app
-from evoprune.compare import DEFAULT_METHODS, compare
+from evoprune.engine.baselines.flap import attention_unit_scores, flap_config, flap_order
+from evoprune.engine.baselines.one_shot import method_settings
+from evoprune.engine.baselines.uniform import mlp_only_config, skipped_layers, uniform_config
+from evoprune.engine.run import search
+from evoprune.engine.settings import SearchSettings
 from evoprune.errors import EvopruneError
-from evoprune.objectives import Budget
-from evoprune.pareto import best_of
-from evoprune.plan import plan
-from evoprune.report import write_report
-from evoprune.search import SearchSettings, search
+from evoprune.objectives.pareto import best_of
+from evoprune.objectives.spec import Budget
+from evoprune.reporting.report import write_report
 from evoprune.space import ArchSpec, SearchSpace
 from evoprune.store import Store
 from tests.conftest import build_tiny_model

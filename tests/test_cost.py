@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from evoprune.backend.adapters import adapter_for
-from evoprune.cost import CostModel, LatencyTable, measure_model
+from evoprune.objectives.cost import CostModel, LatencyTable, measure_model
 from evoprune.space import SearchSpace
 from tests.conftest import build_tiny_model
 

@@ -12,7 +12,8 @@ from evoprune.backend.compensation import bias_compensation, compensate
 from evoprune.backend.data import TextSource
 from evoprune.backend.importance import CRITERIA, ActivationStats, compute_importance
 from evoprune.backend.loading import LoadedModel, ModelSource, model_fingerprint
-from evoprune.backend.pruner import BackendSettings, PruningBackend
+from evoprune.backend.pruner import PruningBackend
+from evoprune.backend.settings import BackendSettings
 from evoprune.errors import EvopruneError
 from tests.conftest import build_tiny_model
 

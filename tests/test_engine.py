@@ -9,11 +9,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from evoprune.backend.pruner import BackendSettings
+from evoprune.backend.settings import BackendSettings
+from evoprune.choice.compare import DEFAULT_METHODS, compare
 from evoprune.cli import app
-from evoprune.compare import DEFAULT_METHODS, compare
+from evoprune.engine.run import search
+from evoprune.engine.settings import SearchSettings
 from evoprune.errors import EvopruneError
-from evoprune.search import SearchSettings, search
 from evoprune.store import Store
 from tests.conftest import build_tiny_model
 
@@ -160,8 +161,8 @@ def test_synthetic_problem_front_bounds_every_search():
     from pymoo.operators.sampling.rnd import IntegerRandomSampling
     from pymoo.optimize import minimize
 
-    from evoprune.pareto import hypervolume_of
-    from problems import SyntheticPruning
+    from evoprune.backend.synthetic import SyntheticPruning
+    from evoprune.objectives.pareto import hypervolume_of
 
     problem = SyntheticPruning(n_var=10, levels=4, seed=1)
     front = problem.true_front()
@@ -208,8 +209,8 @@ def test_a_budget_focuses_acquisition_just_under_it(tmp_path, tiny_model_dir, te
 
 
 def test_multi_fidelity_screens_many_and_evaluates_the_best_screened(tmp_path, tiny_model_dir, text_file):
-    from evoprune.search import prepare_backend
-    from evoprune.search import search as run_search
+    from evoprune.engine.run import prepare_backend
+    from evoprune.engine.run import search as run_search
 
     settings = _settings(evals=10, screen_tokens=64, screen_factor=3)
     backend = prepare_backend(str(tiny_model_dir), str(text_file), settings)
@@ -244,7 +245,7 @@ def test_multi_fidelity_screens_many_and_evaluates_the_best_screened(tmp_path, t
         assert len(st.screenings(result.run.id)) == len(screenings)
     fresh = run_search(str(tiny_model_dir), str(text_file), str(tmp_path / "n.db"), settings, backend=backend)
     assert [x.config_key for x in fresh.evaluations] == [x.config_key for x in result.evaluations]
-    from evoprune.report import write_report
+    from evoprune.reporting.report import write_report
 
     with Store(tmp_path / "m.db") as st:
         page = write_report(st, tmp_path / "report").read_text()

@@ -14,9 +14,10 @@ import torch
 
 from evoprune.backend.data import TextSource
 from evoprune.backend.loading import LoadedModel, ModelSource, model_fingerprint
-from evoprune.backend.pruner import BackendSettings, PruningBackend
+from evoprune.backend.pruner import PruningBackend
+from evoprune.backend.settings import BackendSettings
 from evoprune.errors import EvopruneError
-from evoprune.export import export_pruned, load_pruned
+from evoprune.pruned.export import export_pruned, load_pruned
 from tests.conftest import TINY_CONFIGS, build_tiny_model
 
 STANDALONE = Path(__file__).with_name("standalone_load.py")

@@ -16,9 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from evoprune.backend.pruner import BackendSettings
-from evoprune.pareto import best_of, rung_offsets, selection_value
-from evoprune.search import ActiveLearning, SearchContext, SearchSettings, prepare_backend, search
+from evoprune.backend.settings import BackendSettings
+from evoprune.engine.active_learning import ActiveLearning
+from evoprune.engine.context import SearchContext
+from evoprune.engine.run import prepare_backend, search
+from evoprune.engine.settings import SearchSettings
+from evoprune.objectives.pareto import best_of, rung_offsets, selection_value
 from evoprune.store import Evaluation, Store
 from tests.test_cli import _assert_clean_usage_error, evoprune
 

@@ -12,9 +12,9 @@ import time
 import pytest
 
 import evoprune
-from evoprune.backend.pruner import BackendSettings
+from evoprune.backend.settings import BackendSettings
 from evoprune.errors import EvopruneError
-from evoprune.executors import EXECUTORS, BackendRecipe, register_executor
+from evoprune.execution.executors import EXECUTORS, BackendRecipe, register_executor
 from evoprune.store import Store
 
 BACKEND = BackendSettings(eval_tokens=512, calib_tokens=256, seq_len=128, mlp_levels=4)
@@ -59,7 +59,7 @@ def ray_session(tmp_path_factory):
 @pytest.fixture
 def recorded_executors():
     """A ``ray`` executor registered under another name that keeps each instance for the test."""
-    from evoprune.ray_executor import RayExecutor
+    from evoprune.execution.ray_executor import RayExecutor
 
     made: list[RayExecutor] = []
 
@@ -81,7 +81,7 @@ def recorded_executors():
 # private instance by itself and stops it again when it gives up.
 def test_workers_that_cannot_load_the_model_fail_before_a_store_exists(tmp_path, tiny_model_dir, text_file):
     ray = pytest.importorskip("ray")
-    from evoprune.ray_executor import RayExecutor
+    from evoprune.execution.ray_executor import RayExecutor
 
     assert not ray.is_initialized(), "run this test before the ones that share a Ray session"
     # A worker that ends up with other weights than the driver must not evaluate anything.
@@ -180,7 +180,7 @@ def test_a_worker_killed_mid_batch_is_replaced_and_recorded(
     [({"gpus_per_worker": 1}, "1 GPUs"), ({"memory_per_worker": 2**50}, "1048576.0 GiB memory")],
 )
 def test_workers_that_fit_nowhere_are_refused_at_once(asks, needle, ray_session, tiny_model_dir, text_file):
-    from evoprune.ray_executor import RayExecutor
+    from evoprune.execution.ray_executor import RayExecutor
 
     recipe = BackendRecipe(str(tiny_model_dir), str(text_file), BACKEND, model_fingerprint="unused")
     with pytest.raises(EvopruneError, match=r"the Ray cluster has 2 CPUs, 0 GPUs and .* too few for one worker") as e:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from evoprune.export import export_pruned
+from evoprune.pruned.export import export_pruned
 from tests.conftest import smollm2_mixed_config
 from tests.test_export import load_in_fresh_process, masked_logits
 

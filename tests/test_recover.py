@@ -18,10 +18,13 @@ from safetensors.torch import load_file
 
 from evoprune.backend.data import load_text, token_windows
 from evoprune.backend.evaluate import quality
-from evoprune.backend.pruner import BackendSettings, load_backend
+from evoprune.backend.pruner import load_backend
+from evoprune.backend.settings import BackendSettings
 from evoprune.errors import EvopruneError
-from evoprune.export import export_pruned, load_pruned
-from evoprune.recovery import RecoverySettings, WindowOrder, distillation_loss, recover
+from evoprune.pruned.export import export_pruned, load_pruned
+from evoprune.recovery.run import recover
+from evoprune.recovery.settings import RecoverySettings
+from evoprune.recovery.training import WindowOrder, distillation_loss
 from tests.conftest import build_tiny_model
 from tests.test_export import load_in_fresh_process, prune_everywhere
 
@@ -257,10 +260,11 @@ def test_recover_benchmark_runs_on_a_tiny_export(llama_export, text_file, tmp_pa
 def test_a_recovery_is_recorded_against_its_evaluation_and_plan_shows_it(tmp_path, tiny_model_dir, text_file):
     from typer.testing import CliRunner
 
+    from evoprune.choice.plan import plan
     from evoprune.cli import app
-    from evoprune.objectives import Budget
-    from evoprune.plan import plan
-    from evoprune.search import SearchSettings, search
+    from evoprune.engine.run import search
+    from evoprune.engine.settings import SearchSettings
+    from evoprune.objectives.spec import Budget
 
     store = tmp_path / "s.db"
     backend = BackendSettings(eval_tokens=256, calib_tokens=256, seq_len=64, mlp_levels=4)

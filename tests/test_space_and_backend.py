@@ -17,7 +17,8 @@ from evoprune.backend.importance import compute_importance
 from evoprune.backend.loading import LoadedModel, ModelSource, model_fingerprint
 from evoprune.backend.masking import MaskedModel
 from evoprune.backend.plan import resolve_plan
-from evoprune.backend.pruner import BackendSettings, PruningBackend
+from evoprune.backend.pruner import PruningBackend
+from evoprune.backend.settings import BackendSettings
 from evoprune.backend.slicing import slice_model
 from evoprune.errors import EvopruneError
 from evoprune.space import SearchSpace

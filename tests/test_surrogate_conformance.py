@@ -12,7 +12,8 @@ from scipy import stats
 from sklearn.base import clone
 from sklearn.pipeline import make_pipeline
 
-from surrogates import LevelFeatures, Surrogate, available_surrogates, make_surrogate
+from evoprune.engine.features import LevelFeatures
+from surrogates import Surrogate, available_surrogates, make_surrogate
 
 
 def _data(n=40, d=6, seed=0, noise=0.1):

@@ -19,21 +19,12 @@ import pytest
 from scipy import stats
 from sklearn.model_selection import KFold
 
+from evoprune.engine.features import FeatureMap, LevelsAndFraction
 from evoprune.errors import EvopruneError
-from evoprune.features import FeatureMap
+from evoprune.reporting.prediction_metrics import gaussian_nll, interval_coverage, kendall_tau, within_cost_tau
+from evoprune.reporting.surrogate_report import cached_feature_map, learning_curve, run_pairs, surrogate_report
 from evoprune.space import SearchSpace
 from evoprune.store import Store
-from evoprune.surrogate_report import (
-    LevelsAndFraction,
-    cached_feature_map,
-    gaussian_nll,
-    interval_coverage,
-    kendall_tau,
-    learning_curve,
-    run_pairs,
-    surrogate_report,
-    within_cost_tau,
-)
 from surrogates import make_surrogate
 
 PLUGIN_DIR = Path(__file__).resolve().parent / "plugin_pkg"

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from evoprune.errors import EvopruneError
+from evoprune.pruned.evaluate import run_evaluate
 from evoprune.store import Store
 from evoprune.tasks import (
     TaskEvaluator,
@@ -26,7 +27,6 @@ from evoprune.tasks import (
     score_questions,
     task_evaluators,
 )
-from evoprune.tasks.command import run_evaluate
 from evoprune.tasks.formats import Doc
 from evoprune.tasks.scoring import predictions
 from evoprune.tasks.spec import read_spec
@@ -427,7 +427,7 @@ def test_cli_evaluate_uniform_configuration_and_bad_input(tmp_path, tiny_model_d
 @pytest.mark.real_model
 @needs_shared_data
 def test_smollm2_arc_accuracy_through_masks_equals_its_export_in_a_fresh_process(smollm2, tmp_path):
-    from evoprune.export import export_pruned
+    from evoprune.pruned.export import export_pruned
 
     space = smollm2.space
     x = smollm2_mixed_config(space)

@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from evoprune.backend.pruner import BackendSettings
+from evoprune.backend.settings import BackendSettings
+from evoprune.engine.run import search
+from evoprune.engine.settings import SearchSettings
 from evoprune.errors import EvopruneError
-from evoprune.search import SearchSettings, search
 from evoprune.store import Store
 
 BACKEND = BackendSettings(eval_tokens=256, calib_tokens=256, seq_len=64, mlp_levels=4)
@@ -140,7 +141,7 @@ def test_two_processes_creating_the_same_run_get_the_same_row(tmp_path):
 
 
 def test_a_second_search_on_a_store_in_use_is_refused_in_one_line(tmp_path, tiny_model_dir, text_file):
-    from evoprune.locking import search_lock
+    from evoprune.store.lock import search_lock
 
     store = tmp_path / "s.db"
     with search_lock(store):  # another search holds the store
@@ -201,7 +202,7 @@ def test_an_export_never_loads_silently_as_its_dense_base_model(family, tiny_tok
     from transformers import AutoConfig, AutoModelForCausalLM, pipeline
 
     from evoprune.backend.loading import load_config, resolve_model
-    from evoprune.export import export_pruned, load_pruned
+    from evoprune.pruned.export import export_pruned, load_pruned
     from tests.test_export import _backend
 
     backend = _backend(family, tiny_tokenizer, text_file)
@@ -383,7 +384,7 @@ def test_a_question_that_encodes_to_nothing_is_scored_not_a_crash(tmp_path, tiny
 def test_a_search_whose_evaluations_all_fail_stops_in_one_line(tmp_path, tiny_model_dir, tiny_tokenizer, text_file):
     import torch
 
-    from evoprune.search import prepare_backend
+    from evoprune.engine.run import prepare_backend
     from tests.conftest import build_tiny_model
 
     # A metric that raises on every configuration (as a task item that crashed the scorer did):
@@ -457,12 +458,12 @@ def test_a_bfloat16_run_counts_two_bytes_and_loads_its_model_and_export_in_bfloa
 ):
     import torch
 
-    from evoprune.export import export_pruned, load_pruned
-    from evoprune.measure import measure
-    from evoprune.objectives import Budget
-    from evoprune.plan import plan
-    from evoprune.search import prepare_backend
-    from evoprune.tasks.command import run_evaluate
+    from evoprune.choice.plan import plan
+    from evoprune.engine.run import prepare_backend
+    from evoprune.objectives.spec import Budget
+    from evoprune.pruned.evaluate import run_evaluate
+    from evoprune.pruned.export import export_pruned, load_pruned
+    from evoprune.pruned.measure import measure
 
     backend_settings = replace(BACKEND, dtype="bfloat16")
     probe = prepare_backend(str(tiny_model_dir), str(text_file), _settings(backend=backend_settings))
@@ -500,8 +501,8 @@ def test_a_bfloat16_run_counts_two_bytes_and_loads_its_model_and_export_in_bfloa
 def test_latency_of_a_bfloat16_run_is_timed_in_bfloat16(tmp_path):
     """The latency table behind --max-latency-ms and the latency objective runs the run's dtype."""
     from evoprune.backend.adapters import adapter_for
-    from evoprune.cost import LatencyTable
-    from evoprune.objectives import CostEvaluator
+    from evoprune.objectives.cost import LatencyTable
+    from evoprune.objectives.spec import CostEvaluator
     from evoprune.space import SearchSpace
     from tests.conftest import build_tiny_model
 
@@ -539,7 +540,7 @@ def test_a_question_the_model_cannot_score_is_refused_in_one_line_naming_task_an
 def deep_store(tmp_path_factory) -> Path:
     """A 24-evaluation search (8 designed, 16 acquired in 4 rounds) on a 40-layer synthetic model
     with 12 MLP levels: the real engine, store, surrogate and acquisition, milliseconds per evaluation."""
-    from evoprune.synthetic import DEFAULT_ARCH, SyntheticBackend
+    from evoprune.backend.synthetic import DEFAULT_ARCH, SyntheticBackend
 
     backend = SyntheticBackend.create(seed=0, arch=replace(DEFAULT_ARCH, num_layers=40), mlp_levels=12)
     path = tmp_path_factory.mktemp("deep") / "s.db"
@@ -566,7 +567,7 @@ def _allocation_on_screen(text: str) -> list[str]:
 
 
 def _points(layers: int, top: int, count: int = 12, seed: int = 0) -> list:
-    from evoprune.pareto import ParetoPoint
+    from evoprune.objectives.pareto import ParetoPoint
 
     rng = np.random.default_rng(seed)
     return [
@@ -612,7 +613,7 @@ def test_no_table_of_a_command_is_cut_in_an_80_column_terminal(deep_store, searc
     from typer.testing import CliRunner
 
     from evoprune import cli
-    from evoprune.pareto import pareto_front
+    from evoprune.objectives.pareto import pareto_front
 
     monkeypatch.setattr(cli.out_console, "width", 80)
     for store in (deep_store, searched_store):
@@ -643,7 +644,7 @@ def test_no_table_of_a_command_is_cut_in_an_80_column_terminal(deep_store, searc
 def test_the_layout_check_finds_a_colour_bar_over_the_labels_beside_it():
     import matplotlib.pyplot as plt
 
-    from evoprune.plots import overlapping_decorations
+    from evoprune.reporting.plots import overlapping_decorations
 
     # The heat maps as the report drew them before (15 front members, levels 0-2): each with its
     # colour bar, the members' labels on both.
@@ -664,9 +665,9 @@ def test_no_report_figure_hides_a_label_behind_another_part(which, deep_store, s
 
     import matplotlib.pyplot as plt
 
-    from evoprune.plots import overlapping_decorations
-    from evoprune.report import report_figures, write_report
-    from evoprune.surrogate_report import search_predictions
+    from evoprune.reporting.plots import overlapping_decorations
+    from evoprune.reporting.report import report_figures, write_report
+    from evoprune.reporting.search_predictions import search_predictions
 
     path = deep_store if which == "deep" else searched_store
     with Store.open_existing(path, readonly=True) as st:
@@ -691,8 +692,9 @@ def test_the_report_shows_each_prediction_of_the_search_with_its_interval_and_po
     from typer.testing import CliRunner
 
     from evoprune.cli import app
-    from evoprune.report import write_report
-    from evoprune.surrogate_report import MIN_TAU_POINTS, search_predictions
+    from evoprune.reporting.prediction_metrics import MIN_TAU_POINTS
+    from evoprune.reporting.report import write_report
+    from evoprune.reporting.search_predictions import search_predictions
 
     with Store.open_existing(deep_store, readonly=True) as st:
         run = st.get_run()
@@ -736,7 +738,7 @@ def test_the_report_shows_each_prediction_of_the_search_with_its_interval_and_po
 def test_the_bootstrap_interval_of_kendall_tau_is_that_of_scipys_tau_on_the_same_resamples():
     from scipy import stats
 
-    from evoprune.surrogate_report import bootstrap_kendall_tau
+    from evoprune.reporting.prediction_metrics import bootstrap_kendall_tau
 
     rng = np.random.default_rng(3)
     actual = rng.normal(size=25)
@@ -833,7 +835,7 @@ def test_a_store_written_before_levels_were_merged_shows_what_it_keeps_and_expor
     import torch
 
     from evoprune.backend.pruner import PruningBackend, load_backend
-    from evoprune.export import export_from_store, load_pruned
+    from evoprune.pruned.export import export_from_store, load_pruned
     from evoprune.space import SearchSpace
 
     # What the previous main recorded for --mlp-multiple 128 on 96 channels: 8 levels, of which
@@ -885,8 +887,8 @@ def test_a_given_allocation_exports_exactly_as_the_masks_apply_it(tmp_path, tiny
 
     import torch
 
-    from evoprune.allocation import parse_levels, resolve_allocation
-    from evoprune.export import export_config, load_pruned
+    from evoprune.pruned.allocation import parse_levels, resolve_allocation
+    from evoprune.pruned.export import export_config, load_pruned
 
     model, config = str(tiny_model_dir), "levels:0,1,1,0/2,2,3,4"
     out = tmp_path / "levels"

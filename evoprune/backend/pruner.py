@@ -7,154 +7,25 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, replace
 
 import torch
 
 from evoprune.backend.adapters import adapter_for
-from evoprune.backend.compensation import COMPENSATIONS, LayerBias, compensate
+from evoprune.backend.compensation import LayerBias, compensate
 from evoprune.backend.data import TextSource, load_text, token_windows
 from evoprune.backend.evaluate import DenseReference, dense_reference, quality
-from evoprune.backend.importance import CRITERIA, Importance, compute_importance, importance_cache_key
+from evoprune.backend.importance import Importance, compute_importance, importance_cache_key
 from evoprune.backend.loading import LoadedModel, load_config, load_model, resolve_model
 from evoprune.backend.masking import MaskedModel
 from evoprune.backend.plan import LayerPlan, resolve_plan
+from evoprune.backend.settings import BackendSettings
 from evoprune.backend.slicing import slice_model
 from evoprune.errors import EvopruneError
 from evoprune.space import SearchSpace
 
 # The error of a configuration whose model collapsed: an outcome of the configuration, not a fault.
 COLLAPSED = "non-finite perplexity or KL (the pruned model collapsed)"
-
-
-@dataclass(frozen=True)
-class BackendSettings:
-    """How configurations are scored, measured and encoded.
-
-    ``calib_data`` is the text importance is scored on; ``None`` uses the evaluation text,
-    with windows that do not overlap the evaluation windows. ``compensation`` is what replaces the
-    removed units' contribution (``compensation.COMPENSATIONS``: ``none`` or FLAP's ``bias``).
-
-    The fidelity ladder: every configuration is first measured on ``eval_tokens`` tokens (the
-    pairs the surrogate learns from); the promising ones are measured again on each rung of
-    ``ladder`` (token counts, comma-separated; ``auto``: 4 x ``eval_tokens``; ``none``: no
-    ladder), whose windows extend the first rung's (as EvoPress's multi-step selection and
-    DarwinLM's 1k-8k token schedule do). The picks are then measured on ``validation_tokens``
-    (``None``: 2 x ``eval_tokens``; 0: none) of windows disjoint from every rung and from the
-    calibration windows, so the figure a pick is reported with was never selected on.
-    """
-
-    criterion: str = "flap"
-    compensation: str = "bias"
-    eval_tokens: int = 2048
-    calib_tokens: int = 2048
-    seq_len: int = 512
-    batch_size: int = 4
-    head_unit: str = "query_head"
-    attn_levels: int = 0
-    mlp_levels: int = 8
-    mlp_multiple: int = 1
-    calib_data: str | None = None
-    kl_top_k: int = 32
-    dtype: str = "float32"
-    device: str = "cpu"  # where evaluation runs; not part of what a run measured (see identity())
-    ladder: str = "auto"
-    validation_tokens: int | None = None
-
-    @property
-    def ladder_tokens(self) -> tuple[int, ...]:
-        """Token counts of the rungs above the first, increasing (empty: no ladder)."""
-        spec = str(self.ladder).strip().lower()
-        if spec in ("none", "", "0", "off"):
-            return ()
-        if spec == "auto":
-            return (4 * self.eval_tokens,)
-        try:
-            rungs = tuple(int(v) for v in spec.replace(" ", "").split(","))
-        except ValueError:
-            raise EvopruneError(
-                f"--ladder {self.ladder!r} is not a list of token counts: use e.g. 8192 or 4096,16384, auto or none"
-            ) from None
-        return rungs
-
-    @property
-    def validation_token_count(self) -> int:
-        return 2 * self.eval_tokens if self.validation_tokens is None else self.validation_tokens
-
-    @property
-    def search_tokens(self) -> int:
-        """Tokens of the windows every rung reads (the largest rung)."""
-        return max((self.eval_tokens, *self.ladder_tokens))
-
-    @classmethod
-    def from_record(cls, record: dict) -> BackendSettings:
-        """Settings as a store or an export recorded them. Records written before the fidelity
-        ladder existed measured without one: they read as ``ladder="none"`` and no validation
-        split, so their windows (and the calibration windows after them) are cut as they were."""
-        known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in record.items() if k in known}
-        if "ladder" not in record:
-            values.update(ladder="none", validation_tokens=0)
-        return cls(**values)
-
-    def identity(self) -> dict:
-        """The settings that decide the measurements: a run continues on another device."""
-        d = asdict(self)
-        d.pop("device")
-        if d["compensation"] == "none":  # runs recorded before compensation existed keep their identity
-            d.pop("compensation")
-        return d
-
-    def validate(self) -> None:
-        if self.dtype not in DTYPES:
-            raise EvopruneError(f"--dtype {self.dtype!r} is unknown: use one of {', '.join(DTYPES)}")
-        check_device(self.device)
-        for name in ("eval_tokens", "calib_tokens", "seq_len", "batch_size", "kl_top_k"):
-            if getattr(self, name) < 1:
-                raise EvopruneError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.eval_tokens < self.seq_len or self.calib_tokens < self.seq_len:
-            raise EvopruneError(
-                f"--eval-tokens {self.eval_tokens} and --calib-tokens {self.calib_tokens} must each be at least "
-                f"one window of --seq-len {self.seq_len} tokens: raise them or lower --seq-len"
-            )
-        rungs = (self.eval_tokens, *self.ladder_tokens)
-        if any(b <= a for a, b in zip(rungs, rungs[1:], strict=False)):
-            raise EvopruneError(
-                f"--ladder rungs must increase above --eval-tokens {self.eval_tokens}, got {self.ladder!r}"
-            )
-        if self.validation_token_count and self.validation_token_count < self.seq_len:
-            raise EvopruneError(
-                f"--validation-tokens must be 0 (none) or at least one window of --seq-len {self.seq_len} tokens"
-            )
-        if self.criterion not in CRITERIA:
-            raise EvopruneError(f"importance criterion {self.criterion!r} is unknown: use one of {', '.join(CRITERIA)}")
-        if self.compensation not in COMPENSATIONS:
-            raise EvopruneError(
-                f"--compensation {self.compensation!r} is unknown: use one of {', '.join(COMPENSATIONS)}"
-            )
-
-
-DTYPES = ("float32", "bfloat16", "float16")
-
-
-def check_device(device: str) -> None:
-    """Refuse a device this torch cannot use, with the fix, before anything is loaded."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise EvopruneError(f"--device {device!r} is not a device: use cpu, cuda, cuda:N or mps") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        built = "with" if torch.version.cuda else "without"
-        raise EvopruneError(
-            f"--device {device}: no CUDA device is visible (this torch {torch.__version__} was built {built} "
-            "CUDA): use --device cpu, or install a CUDA build of torch on a machine with a GPU"
-        )
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise EvopruneError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) are visible")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise EvopruneError(f"--device {device}: MPS is not available on this machine: use --device cpu")
-    if dev.type not in ("cpu", "cuda", "mps"):
-        raise EvopruneError(f"--device {device!r} is not supported: use cpu, cuda, cuda:N or mps")
 
 
 @dataclass

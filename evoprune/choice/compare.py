@@ -1,0 +1,104 @@
+"""Methods side by side at the same budget of real evaluations, on one loaded model and one store."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from evoprune.engine.run import prepare_backend, search
+from evoprune.engine.settings import ProgressFn, SearchSettings, _noop
+from evoprune.errors import EvopruneError
+from evoprune.objectives.pareto import best_of, rung_offsets
+from evoprune.objectives.spec import Budget, CostEvaluator
+from evoprune.space import SearchSpace
+from evoprune.store import Evaluation, Run, Store
+
+DEFAULT_METHODS = ("evoprune", "uniform", "mlp-only", "flap", "owl", "random", "predictor-rank", "ga")
+
+
+@dataclass(frozen=True)
+class CompareRow:
+    method: str
+    run_id: int
+    evaluations: int
+    failed: int
+    best_id: int | None
+    best_value: float | None  # the first quality metric (e.g. ppl), as measured
+    best_params_fraction: float | None
+    eval_s: float
+    wall_s: float | None  # this call's wall time; None when the run was already complete
+
+    def to_dict(self) -> dict:
+        return self.__dict__.copy()
+
+
+def best_under_budget(evals: list[Evaluation], metric: str, budget: Budget, costs: CostEvaluator) -> Evaluation | None:
+    """The best measured configuration that meets every budget (and the parameter floor)."""
+    ok = [e for e in evals if e.status == "ok" and metric in e.metrics]
+    if not ok:
+        return None
+    names, limits = costs.constraints(budget)
+    X = np.array([e.levels for e in ok])
+    feasible = np.all(costs.matrix(X, names) <= limits, axis=1) if names else np.ones(len(ok), dtype=bool)
+    candidates = [e for e, f in zip(ok, feasible, strict=True) if f]
+    if not candidates:
+        return None
+    return best_of(candidates, metric, rung_offsets(ok, metric))
+
+
+def summarize(
+    store: Store, run: Run, settings: SearchSettings, costs: CostEvaluator, wall_s: float | None
+) -> CompareRow:
+    from evoprune.objectives.spec import Objectives
+
+    metric = Objectives.parse(settings.objectives).quality[0]
+    evals = store.evaluations(run.id)
+    best = best_under_budget(evals, metric, settings.budget, costs)
+    return CompareRow(
+        method=settings.method,
+        run_id=run.id,
+        evaluations=len(evals),
+        failed=sum(e.status == "failed" for e in evals),
+        best_id=best.id if best else None,
+        best_value=float(best.metrics[metric]) if best else None,
+        best_params_fraction=best.params_fraction if best else None,
+        eval_s=float(sum(e.duration_s or 0 for e in evals)),
+        wall_s=wall_s,
+    )
+
+
+def compare(
+    model: str,
+    data: str,
+    store: str,
+    settings: SearchSettings,
+    methods=DEFAULT_METHODS,
+    progress: ProgressFn = _noop,
+) -> list[CompareRow]:
+    """Run every method with ``settings`` (same budget, seed and evaluator) and summarise each.
+
+    Warm start is off for all of them, so no method sees another's evaluations. The model is
+    loaded once; a method on another level grid (``evoprune.engine.baselines.one_shot.method_settings``) gets
+    a second backend on it, and its evaluations are costed in its own run's space.
+    """
+    from evoprune.engine.registry import STRATEGIES
+
+    unknown = [m for m in methods if m not in STRATEGIES]
+    if unknown:
+        raise EvopruneError(f"method {unknown[0]!r} is unknown: use any of {', '.join(STRATEGIES)}")
+    backend = prepare_backend(model, data, settings, progress)
+    rows = []
+    for method in methods:
+        progress("phase", name=f"method {method}")
+        s = replace(settings, method=method, warm_start=False)
+        start = time.perf_counter()
+        result = search(model, data, store, s, progress, backend=backend)
+        wall = time.perf_counter() - start if result.new_evaluations else None
+        costs = CostEvaluator(
+            SearchSpace.from_dict(result.run.space), backend.loaded.model.config, dtype=backend.settings.dtype
+        )
+        with Store(store) as st:
+            rows.append(summarize(st, result.run, s, costs, wall))
+    return rows

@@ -1,0 +1,63 @@
+"""Baselines that sample: ``random`` (random feasible configurations near the budget) and
+``predictor-rank``, the paper's method (Ji, Cao, Liu 2023: random pairs, a gradient-boosted tree on
+the levels, 10,000 random candidates ranked by it, the top ones evaluated).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.ensemble import GradientBoostingRegressor
+
+from evoprune.engine.context import SearchContext
+from evoprune.engine.design import intensity_sample
+from evoprune.engine.registry import Strategy, register_strategy
+from evoprune.objectives.spec import quality_value
+
+
+def near_budget(ctx: SearchContext, n: int, seed: int, pool_size: int) -> np.ndarray:
+    """Random feasible configurations, those that spend most of the budget first."""
+    pool = intensity_sample(ctx.space, pool_size, seed, low=0.02, high=0.6)
+    pool = pool[ctx.feasible(pool)]
+    if not len(pool):
+        return pool
+    has_budget = bool(ctx.constraint_names)
+    if has_budget:
+        pool = pool[np.argsort(-ctx.space.params_matrix(pool), kind="stable")]
+        pool = pool[: max(n, len(pool) // 4)]
+    rng = np.random.default_rng(seed)
+    return pool[rng.permutation(len(pool))[:n]] if not has_budget else pool[:n]
+
+
+@register_strategy
+class RandomBaseline(Strategy):
+    name = "random"
+
+    def run(self, ctx: SearchContext) -> None:
+        ctx.evaluate_now(near_budget(ctx, ctx.settings.evals * 3, ctx.settings.seed, 60 * ctx.settings.evals),
+                         "baseline", 0)  # fmt: skip
+
+
+@register_strategy
+class PredictorRank(Strategy):
+    """Ji, Cao, Liu (2023): train a GBDT on random pairs, rank many candidates, evaluate the top."""
+
+    name = "predictor-rank"
+    train_share = 0.8
+    candidates = 10_000
+
+    def run(self, ctx: SearchContext) -> None:
+        s = ctx.settings
+        n_train = max(2, int(round(self.train_share * s.evals)))
+        ctx.evaluate_now(near_budget(ctx, 3 * n_train, s.seed, 60 * s.evals), "baseline", 0)
+        ok = [e for e in ctx.evaluations() if e.status == "ok"]
+        if len(ok) < 2 or ctx.budget_left() <= 0:
+            return
+        primary = ctx.objectives.quality[0]
+        X = np.array([e.levels for e in ok])
+        y = np.array([quality_value(primary, e.metrics) for e in ok])
+        model = GradientBoostingRegressor(random_state=s.seed).fit(X, y)
+        pool = near_budget(ctx, self.candidates, s.seed + 1, self.candidates * 3)
+        if not len(pool):
+            return
+        ranked = pool[np.argsort(model.predict(pool), kind="stable")]
+        ctx.evaluate_now(ranked[: 4 * ctx.budget_left()], "baseline", 1)

@@ -1,0 +1,120 @@
+"""What decides a search: ``SearchSettings`` (validated before anything loads), the inner-search
+algorithms, and the progress callback type every long call takes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from evoprune.backend.settings import BackendSettings
+from evoprune.engine.acquisition import ACQUISITIONS
+from evoprune.engine.registry import STRATEGIES
+from evoprune.errors import EvopruneError
+from evoprune.objectives.spec import Budget, Objectives
+from surrogates import available_surrogates, make_surrogate, parse_surrogate_spec
+
+ProgressFn = Callable[..., None]
+
+ALGORITHMS = ("nsga2", "nsga3", "agemoea", "smsemoa")
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """Everything that decides which configurations a search evaluates (``evals`` only bounds it)."""
+
+    evals: int
+    seed: int = 0
+    method: str = "evoprune"
+    objectives: str = "ppl,params"
+    max_params: float | None = None
+    max_memory: str | None = None
+    max_latency_ms: float | None = None
+    min_params: float = 0.5
+    init: int = 8
+    batch: int = 4
+    surrogate: str = "additive"
+    acquisition: str = "uncertainty"
+    algorithm: str = "nsga2"
+    pop_size: int = 64
+    generations: int = 40
+    refine: bool = True
+    focus: float = 0.05
+    screen_tokens: int = 0
+    screen_factor: int = 3
+    warm_start: bool = True
+    max_ppl_ratio: float = 20.0
+    task_limit: int = 100
+    baseline_skip_first: int | None = None  # uniform baseline: layers left dense; None: LLM-Pruner's 4 of 32, scaled
+    baseline_skip_last: int | None = None  # the same at the end (LLM-Pruner: 2 of 32)
+    backend: BackendSettings = field(default_factory=BackendSettings)
+
+    @property
+    def budget(self) -> Budget:
+        return Budget(self.max_params, self.max_memory, self.max_latency_ms, self.min_params)
+
+    def validate(self) -> None:
+        for name in ("evals", "init", "batch", "pop_size", "generations"):
+            if getattr(self, name) < 1:
+                flag = name.replace("_", "-")
+                raise EvopruneError(f"--{flag} must be at least 1, got {getattr(self, name)}")
+        if not 0 <= self.min_params < 1:
+            raise EvopruneError(f"--min-params must be in [0, 1), got {self.min_params}")
+        if self.max_params is not None and self.max_params <= 0:
+            raise EvopruneError(f"--max-params must be positive (a fraction or a count), got {self.max_params}")
+        if self.max_latency_ms is not None and self.max_latency_ms <= 0:
+            raise EvopruneError(f"--max-latency-ms must be positive, got {self.max_latency_ms}")
+        if self.screen_tokens < 0 or (self.screen_tokens and self.screen_tokens >= self.backend.eval_tokens):
+            raise EvopruneError(
+                f"--screen-tokens must be 0 (off) or below --eval-tokens {self.backend.eval_tokens}, "
+                f"got {self.screen_tokens}"
+            )
+        if self.screen_factor < 2:
+            raise EvopruneError(f"--screen-factor must be at least 2, got {self.screen_factor}")
+        if self.screen_tokens and Objectives.parse(self.objectives).quality[0] not in ("ppl", "kl"):
+            raise EvopruneError("--screen-tokens screens on perplexity or KL: put ppl or kl first in --objectives")
+        if not 0 <= self.focus < 1:
+            raise EvopruneError(f"--focus must be in [0, 1), got {self.focus}")
+        for name in ("baseline_skip_first", "baseline_skip_last"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                raise EvopruneError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}")
+        if self.max_ppl_ratio <= 1:
+            raise EvopruneError(f"--max-ppl-ratio must be above 1, got {self.max_ppl_ratio}")
+        if self.method not in STRATEGIES:
+            raise EvopruneError(f"method {self.method!r} is unknown: use one of {', '.join(STRATEGIES)}")
+        try:
+            name, options = parse_surrogate_spec(self.surrogate)
+            if name not in available_surrogates():
+                raise ValueError(f"surrogate {name!r} is unknown: use one of {', '.join(available_surrogates())}")
+            model = make_surrogate(self.surrogate)
+            if options:  # a bad option value shows at fit time: find out now, not after evaluations
+                rng = np.random.default_rng(0)
+                model.fit(rng.random((8, 3)), rng.random(8))
+        except (ValueError, TypeError) as exc:
+            raise EvopruneError(str(exc).splitlines()[0]) from None
+        if self.acquisition not in ACQUISITIONS:
+            raise EvopruneError(f"acquisition {self.acquisition!r} is unknown: use one of {', '.join(ACQUISITIONS)}")
+        if self.algorithm not in ALGORITHMS:
+            raise EvopruneError(f"algorithm {self.algorithm!r} is unknown: use one of {', '.join(ALGORITHMS)}")
+        Objectives.parse(self.objectives)
+        if self.max_memory is not None:
+            from evoprune.objectives.spec import parse_size
+
+            parse_size(self.max_memory)
+        self.backend.validate()
+
+    def identity(self) -> dict:
+        """The settings that define a run (a larger ``evals`` continues the same run)."""
+        d = asdict(self)
+        d.pop("evals")
+        for name in ("baseline_skip_first", "baseline_skip_last"):
+            if d[name] is None:  # unset: runs recorded before these options existed keep their identity
+                d.pop(name)
+        d["backend"] = self.backend.identity()
+        return d
+
+
+def _noop(*_args, **_kwargs) -> None:
+    return None

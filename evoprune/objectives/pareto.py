@@ -1,0 +1,240 @@
+"""The non-dominated, really evaluated configurations of a run, and how configurations measured
+at different fidelities are compared.
+
+Every configuration has a first-rung measurement; the promising ones also have higher rungs of
+the fidelity ladder (more tokens) and the picks a validation measurement. Choices use the
+highest rung each configuration reached: its figure there, less the run's mean difference
+between that rung and the first (over the configurations measured at both), so a figure on
+8,192 tokens and one on 2,048 are on one scale while the better-measured one decides. Among
+configurations that all reached the top rung (the finalists near a budget) the correction is
+the same for each and the choice is on the top rung alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from pymoo.indicators.hv import HV
+from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
+
+from evoprune.space import SearchSpace
+from evoprune.store import Evaluation, Run, Store
+
+
+@dataclass(frozen=True)
+class ParetoPoint:
+    """A front member. ``metrics``: its first-rung measurement; ``fidelity``: the highest rung it
+    reached (``{"tokens", "metrics"}``, metrics with standard errors); ``validation``: its
+    measurement on the validation split (``{"tokens", "metrics"}``) or None."""
+
+    id: int
+    params: int
+    params_fraction: float
+    metrics: dict
+    levels: dict
+    origin: str
+    round: int
+    fidelity: dict | None = None
+    validation: dict | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            "id": self.id,
+            "params": self.params,
+            "params_fraction": self.params_fraction,
+            "metrics": self.metrics,
+            "fidelity": self.fidelity,
+            "validation": self.validation,
+            "levels": self.levels,
+            "origin": self.origin,
+            "round": self.round,
+        }
+
+
+def top_rung(e: Evaluation) -> tuple[int | None, dict]:
+    """(rung token count, metrics) of the highest ladder rung ``e`` reached; (None, first rung) if none."""
+    if not e.ladder:
+        return None, e.metrics
+    tokens = max(int(t) for t in e.ladder)
+    return tokens, e.ladder.get(tokens, e.ladder.get(str(tokens), {}))
+
+
+def rung_offsets(evals: list[Evaluation], metric: str) -> dict[int, float]:
+    """Per rung, the mean difference (minimised scale) between it and the first rung over the
+    configurations measured at both: the text of a larger rung is not equally hard."""
+    from evoprune.objectives.spec import quality_value
+
+    diffs: dict[int, list[float]] = {}
+    for e in evals:
+        for t, m in e.ladder.items():
+            d = quality_value(metric, m) - quality_value(metric, e.metrics)
+            if np.isfinite(d):
+                diffs.setdefault(int(t), []).append(d)
+    return {t: float(np.mean(v)) for t, v in diffs.items()}
+
+
+def selection_value(e: Evaluation, metric: str, offsets: dict[int, float]) -> float:
+    """The minimised ``metric`` a choice uses: the highest rung reached, on the first rung's scale."""
+    from evoprune.objectives.spec import quality_value
+
+    tokens, metrics = top_rung(e)
+    value = quality_value(metric, metrics)
+    if tokens is None or not np.isfinite(value):
+        return quality_value(metric, e.metrics)
+    return value - offsets.get(tokens, 0.0)
+
+
+def best_of(evals: list[Evaluation], metric: str, offsets: dict[int, float] | None = None) -> Evaluation | None:
+    """The successful evaluation with the best ``metric`` by the highest fidelity each reached."""
+    ok = [e for e in evals if e.status == "ok" and metric in e.metrics]
+    if not ok:
+        return None
+    offsets = rung_offsets(ok, metric) if offsets is None else offsets
+    return min(ok, key=lambda e: (selection_value(e, metric, offsets), -e.params_fraction, e.id))
+
+
+def split_levels(levels: list[int]) -> dict:
+    half = len(levels) // 2
+    return {"attn": list(levels[:half]), "mlp": list(levels[half:])}
+
+
+COST_FIELDS = {
+    "params": "params_fraction",
+    "flops": "flops_fraction",
+    "memory": "memory_bytes",
+    "latency": "latency_ms",
+}
+
+
+def _objective_value(e: Evaluation, name: str, offsets: dict[int, float] | None = None) -> float:
+    from evoprune.objectives.spec import quality_value
+
+    if name == "params":
+        return e.params_fraction
+    if name in COST_FIELDS:
+        return float(e.cost.get(COST_FIELDS[name], np.nan))
+    if offsets is None:
+        return quality_value(name, e.metrics)
+    return selection_value(e, name, offsets)
+
+
+def objectives(evals: list[Evaluation], names=("ppl", "params"), by_fidelity: bool = True) -> np.ndarray:
+    """Minimisation objectives per evaluation: log ppl / log KL / -accuracy, and the costs.
+
+    ``by_fidelity``: qualities from the highest rung each configuration reached (see
+    ``selection_value``); otherwise from the first rung, as the surrogate sees them.
+    """
+    offsets = {n: rung_offsets(evals, n) if by_fidelity else None for n in names}
+    rows = [[_objective_value(e, n, offsets[n]) for n in names] for e in evals]
+    return np.array(rows, dtype=float).reshape(-1, len(names))
+
+
+def run_objectives(run: Run) -> tuple[str, ...]:
+    return tuple(n.strip() for n in run.settings.get("objectives", "ppl,params").split(","))
+
+
+def front_of(evals: list[Evaluation], names=("ppl", "params"), by_fidelity: bool = True) -> list[Evaluation]:
+    """The non-dominated successful evaluations, most parameters first (qualities by fidelity)."""
+    ok = [e for e in evals if e.status == "ok"]
+    F = objectives(ok, names, by_fidelity)
+    keep = np.all(np.isfinite(F), axis=1)
+    ok, F = [e for e, k in zip(ok, keep, strict=True) if k], F[keep]
+    if not ok:
+        return []
+    idx = NonDominatedSorting().do(F, only_non_dominated_front=True)
+    return sorted((ok[i] for i in idx), key=lambda e: -e.params_fraction)
+
+
+def pareto_front(store: Store, run: Run) -> list[ParetoPoint]:
+    """The run's front. Levels read as what they keep (``SearchSpace.canonical``): a sub-layer a
+    level left untouched shows level 0, in runs recorded before repeated widths were merged too."""
+    space = SearchSpace.from_dict(run.space)
+    return [
+        ParetoPoint(
+            id=e.id,
+            params=e.params,
+            params_fraction=e.params_fraction,
+            metrics=e.metrics,
+            levels=split_levels(space.canonical(e.levels).tolist()),
+            origin=e.origin,
+            round=e.round,
+            fidelity={
+                "tokens": first_rung_tokens(run) if top_rung(e)[0] is None else top_rung(e)[0],
+                "metrics": top_rung(e)[1],
+            },  # fmt: skip
+            validation=e.validation,
+        )
+        for e in front_of(store.evaluations(run.id), run_objectives(run))
+    ]
+
+
+def first_rung_tokens(run: Run) -> int | None:
+    """Tokens of a run's first rung (its evaluations' own measurement)."""
+    backend = run.settings.get("backend", {})
+    return backend.get("eval_tokens")
+
+
+def hypervolume_of(F: np.ndarray, ref: np.ndarray) -> float:
+    """pymoo hypervolume of the points of ``F`` that dominate ``ref`` (0 when none does)."""
+    F = F[np.all(np.isfinite(F), axis=1)]
+    F = F[np.all(ref > F, axis=1)]
+    return float(HV(ref_point=ref)(F)) if len(F) else 0.0
+
+
+def knee_index(F: np.ndarray) -> int:
+    """The front point farthest from the straight line through its two extremes (normalised).
+
+    pymoo's HighTradeoffPoints needs dense fronts and tends to return an extreme on the few
+    points a pruning search evaluates, so the knee is the classic largest-gap-to-chord point.
+    """
+    if len(F) <= 2:
+        return 0
+    lo, hi = F.min(axis=0), F.max(axis=0)
+    N = (F - lo) / np.where(hi > lo, hi - lo, 1)
+    a, b = N[np.argmin(N[:, 1])], N[np.argmax(N[:, 1])]
+    direction = (b - a) / (np.linalg.norm(b - a) or 1)
+    rel = N - a
+    distance = np.abs(rel[:, 0] * direction[1] - rel[:, 1] * direction[0])
+    return int(np.argmax(distance))
+
+
+def pick_evaluation(store: Store, run: Run, pick: str, max_params: float | None = None):
+    """Resolve ``pick`` (an evaluation id, ``knee`` or ``best``) to a successful evaluation of ``run``.
+
+    ``best`` is the best quality (the run's first quality objective) among the evaluated
+    configurations that keep at most ``max_params`` of the parameters.
+    """
+    from evoprune.errors import EvopruneError
+    from evoprune.objectives.spec import is_quality
+
+    names = run_objectives(run)
+    metric = next(n for n in names if is_quality(n))
+    evals = store.evaluations(run.id)
+    front = front_of(evals, names)
+    if not front:
+        raise EvopruneError(f"run {run.id} has no successful evaluation yet: run 'evoprune search' first")
+    if pick == "knee":
+        return front[knee_index(objectives(front, (metric, "params")))]
+    if pick == "best":
+        if max_params is None:
+            raise EvopruneError("--pick best needs a budget: add --max-params FRACTION (e.g. 0.7)")
+        limit = max_params if max_params <= 1 else max_params / run.dense_params
+        under = [e for e in evals if e.status == "ok" and e.params_fraction <= limit]
+        if not under:
+            smallest = min(e.params_fraction for e in front)
+            raise EvopruneError(
+                f"no evaluated configuration keeps at most {limit:.3f} of the parameters "
+                f"(the smallest keeps {smallest:.3f}): raise --max-params or search further"
+            )
+        return best_of(under, metric, rung_offsets(evals, metric))
+    try:
+        eval_id = int(pick)
+    except ValueError:
+        raise EvopruneError(f"--pick must be an evaluation id, 'knee' or 'best', got {pick!r}") from None
+    match = [e for e in evals if e.id == eval_id]
+    if not match:
+        raise EvopruneError(f"run {run.id} has no evaluation {eval_id}: see 'evoprune pareto --store {store.path}'")
+    if match[0].status != "ok":
+        raise EvopruneError(f"evaluation {eval_id} is {match[0].status}, not a usable configuration: pick another")
+    return match[0]

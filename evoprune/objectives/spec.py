@@ -1,0 +1,189 @@
+"""Objectives and budgets: what a search minimises and what it must not exceed.
+
+Quality objectives come from real evaluations (and their surrogates); cost objectives are exact
+functions of a configuration (``evoprune.objectives.cost``). Every objective is minimised on a transformed
+scale: log perplexity, log KL, negative accuracy; kept fraction of parameters or FLOPs, bytes of
+memory, predicted milliseconds.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from evoprune.errors import EvopruneError
+from evoprune.objectives.cost import CostModel, LatencyTable
+from evoprune.space import SearchSpace
+
+COSTS = ("params", "flops", "memory", "latency")
+QUALITIES = ("ppl", "kl")  # plus "acc:TASK" / "acc_norm:TASK"
+
+
+def is_quality(name: str) -> bool:
+    return name in QUALITIES or name.startswith(("acc:", "acc_norm:"))
+
+
+def quality_value(name: str, metrics: dict) -> float:
+    """The minimised form of a quality metric, or NaN when the evaluation lacks it."""
+    if name not in metrics:
+        return math.nan
+    v = float(metrics[name])
+    if name == "ppl":
+        return math.log(v)
+    if name == "kl":
+        return math.log(max(v, 1e-8))
+    return -v  # accuracies are maximised
+
+
+def quality_from_value(name: str, value: float) -> float:
+    """Back from the minimised scale to the metric (for predictions shown to users)."""
+    if name == "ppl":
+        return math.exp(value)
+    if name == "kl":
+        return math.exp(value)
+    return -value
+
+
+@dataclass(frozen=True)
+class Objectives:
+    names: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, text: str) -> Objectives:
+        names = tuple(n.strip() for n in text.split(",") if n.strip())
+        unknown = [n for n in names if not (is_quality(n) or n in COSTS)]
+        if unknown:
+            raise EvopruneError(
+                f"unknown objective {unknown[0]!r}: use two or three of {', '.join(QUALITIES + COSTS)}, "
+                "acc:TASK or acc_norm:TASK"
+            )
+        if not 2 <= len(names) <= 3 or len(set(names)) != len(names):
+            raise EvopruneError(f"--objectives needs two or three different names, got {text!r}")
+        if not any(is_quality(n) for n in names):
+            raise EvopruneError(f"--objectives {text!r} has no quality metric: add ppl, kl or acc:TASK")
+        return cls(names)
+
+    @property
+    def quality(self) -> tuple[str, ...]:
+        return tuple(n for n in self.names if is_quality(n))
+
+    @property
+    def costs(self) -> tuple[str, ...]:
+        return tuple(n for n in self.names if n in COSTS)
+
+
+_SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9, "t": 1e12, "tb": 1e12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}  # fmt: skip
+
+
+def parse_size(text: str) -> int:
+    """'2GB' -> 2e9 bytes, '512MiB' -> 512 * 2**20; a bare number is bytes."""
+    m = _SIZE.match(str(text))
+    unit = (m.group(2) or "").lower() if m else None
+    if not m or unit not in _UNITS:
+        raise EvopruneError(f"memory budget {text!r} is not a size: write e.g. 2GB, 1.5GiB or 800MB")
+    return int(float(m.group(1)) * _UNITS[unit])
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Upper bounds on costs; ``None`` means no bound. ``min_params`` bounds the search from below."""
+
+    max_params: float | None = None  # fraction of dense, or an absolute count when > 1
+    max_memory: str | None = None
+    max_latency_ms: float | None = None
+    min_params: float = 0.0
+
+    def params_fraction_limit(self, dense_params: int) -> float | None:
+        if self.max_params is None:
+            return None
+        if self.max_params <= 0:
+            raise EvopruneError(f"--max-params must be positive, got {self.max_params}")
+        return self.max_params if self.max_params <= 1 else self.max_params / dense_params
+
+
+class CostEvaluator:
+    """Exact costs of many configurations at once; the latency table is measured only if needed."""
+
+    def __init__(self, space: SearchSpace, model_config, dtype: str = "float32", context: int = 2048,
+                 latency_seq_len: int = 256):  # fmt: skip
+        self.space = space
+        self.model = CostModel(space, dtype=dtype, context=context)
+        self.dtype = dtype
+        self.model_config = model_config
+        self.latency_seq_len = latency_seq_len
+        self._latency: LatencyTable | None = None
+        self.dense_params = space.arch.dense_params()
+        self._dense_flops = self.model.flops_per_token(space.lower)
+
+    def latency_table(self) -> LatencyTable:
+        if self._latency is None:
+            self._latency = LatencyTable.cached(
+                self.model_config, self.space, seq_len=self.latency_seq_len, dtype=self.dtype
+            )
+        return self._latency
+
+    def matrix(self, X: np.ndarray, names) -> np.ndarray:
+        X = np.atleast_2d(np.asarray(X, dtype=int))
+        cols = []
+        for name in names:
+            if name == "params":
+                cols.append(self.space.params_matrix(X) / self.dense_params)
+            elif name == "flops":
+                cols.append(np.array([self.model.flops_per_token(x) for x in X]) / self._dense_flops)
+            elif name == "memory":
+                cols.append(np.array([self.model.cost(x).memory_bytes for x in X], dtype=float))
+            elif name == "latency":
+                table = self.latency_table()
+                cols.append(np.array([table.predict_ms(self.space, x) for x in X]))
+            else:
+                raise KeyError(name)
+        return np.column_stack(cols) if cols else np.zeros((len(X), 0))
+
+    def row(self, x) -> dict:
+        """Every cost of one configuration, for the store."""
+        cost = self.model.cost(x)
+        out = {"params": cost.params, "params_fraction": cost.params_fraction,
+               "flops_fraction": cost.flops_per_token / self._dense_flops,
+               "flops_per_token": cost.flops_per_token, "memory_bytes": cost.memory_bytes}  # fmt: skip
+        if self._latency is not None:
+            out["latency_ms"] = self._latency.predict_ms(self.space, x)
+        return out
+
+    def constraints(self, budget: Budget):
+        """(names, limits) of the cost constraints a budget sets, as ``cost - limit <= 0``."""
+        names, limits = [], []
+        frac = budget.params_fraction_limit(self.dense_params)
+        if frac is not None:
+            names.append("params")
+            limits.append(frac)
+        if budget.max_memory is not None:
+            names.append("memory")
+            limits.append(parse_size(budget.max_memory))
+        if budget.max_latency_ms is not None:
+            names.append("latency")
+            limits.append(float(budget.max_latency_ms))
+        return names, np.array(limits, dtype=float)
+
+    def check_feasible(self, budget: Budget) -> None:
+        """Refuse a budget that even the smallest configuration of the space exceeds."""
+        names, limits = self.constraints(budget)
+        smallest = self.matrix(self.space.upper[None], names)[0] if names else []
+        labels = {"params": "kept parameter fraction", "memory": "memory (bytes)", "latency": "latency (ms)"}
+        for name, limit, least in zip(names, limits, smallest, strict=True):
+            if least > limit:
+                raise EvopruneError(
+                    f"the budget is impossible: the smallest configuration of the space has {labels[name]} "
+                    f"{least:.4g}, above the limit {limit:.4g}; raise the budget"
+                )
+        if budget.min_params and frac_above(budget, self.dense_params):
+            raise EvopruneError(f"--min-params {budget.min_params} is above the parameter budget: lower --min-params")
+
+
+def frac_above(budget: Budget, dense_params: int) -> bool:
+    limit = budget.params_fraction_limit(dense_params)
+    return limit is not None and budget.min_params >= limit

@@ -1,0 +1,58 @@
+"""Measure a real model (an export or any supported model) and compare with the cost model."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from evoprune.errors import EvopruneError
+from evoprune.objectives.cost import CostModel, LatencyTable, measure_model
+from evoprune.pruned.allocation import PLAN_FILE
+from evoprune.pruned.export import load_pruned
+from evoprune.space import SearchSpace
+
+
+def _load_any(spec: str, dtype: str | None):
+    import torch
+
+    path = Path(spec)
+    if (path / PLAN_FILE).is_file():
+        model, _ = load_pruned(path, dtype)  # None: the export's own dtype
+        return model, json.loads((path / PLAN_FILE).read_text())
+    from evoprune.backend.loading import load_config, load_model, resolve_model
+
+    source = resolve_model(spec)
+    load_config(source)
+    return load_model(source, getattr(torch, dtype or "float32")).model, None
+
+
+def measure(spec: str, seq_len: int = 256, batch: int = 1, repeats: int = 15, dtype: str | None = None) -> dict:
+    """Measured latency and weight memory of ``spec``; for exports also the cost model's prediction.
+
+    ``dtype`` (float32, bfloat16, float16) defaults to the export's own, else float32; the
+    prediction counts the bytes of the dtype measured.
+    """
+    from evoprune.backend.settings import DTYPES
+
+    if dtype is not None and dtype not in DTYPES:
+        raise EvopruneError(f"--dtype {dtype!r} is unknown: use one of {', '.join(DTYPES)}")
+    model, plan = _load_any(spec, dtype)
+    measured = measure_model(model, seq_len=seq_len, batch=batch, repeats=repeats)
+    report = asdict(measured)
+    if plan is not None:
+        space = SearchSpace.from_dict(plan["space"])
+        x = np.array(plan["levels"]["attn"] + plan["levels"]["mlp"])
+        measured_dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+        cost = CostModel(space, dtype=measured_dtype, context=seq_len, batch=batch).cost(x)
+        table = LatencyTable.cached(model.config, space, seq_len=seq_len, batch=batch, dtype=measured_dtype)
+        report["predicted"] = {
+            "params": cost.params,
+            "weight_bytes": cost.weight_bytes,
+            "flops_per_token": cost.flops_per_token,
+            "latency_ms": table.predict_ms(space, x),
+            "dense_latency_ms": table.predict_ms(space, space.lower),
+        }
+    return report

@@ -1,0 +1,325 @@
+"""``Store``: the SQLite pair store: runs, evaluations, screenings and the fidelity ladder, one committed
+transaction per write (the tables are described in ``evoprune.store``)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+
+from evoprune.errors import EvopruneError
+from evoprune.store.logs import StoreLogs
+from evoprune.store.records import Evaluation, Fidelity, Run, Screening
+from evoprune.store.schema import SCHEMA, SCHEMA_VERSION, utc_now
+
+
+class Store(StoreLogs):
+    """A SQLite pair store. Every write is its own committed transaction.
+
+    ``readonly=True`` opens an existing store without writing anything (no journal mode, no
+    schema), so stores on read-only media, or owned by someone else, can be read; any write
+    through such a store raises ``EvopruneError``. A writable open of a store that cannot be
+    written raises ``EvopruneError`` naming the reason.
+    """
+
+    def __init__(self, path: str | Path, *, readonly: bool = False):
+        self.path = Path(path)
+        self.readonly = readonly
+        try:
+            self._conn = self._connect_readonly() if readonly else self._connect_writable()
+            row = self._conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise self._open_error(exc) from None
+        version = int(row[0]) if row else None
+        if version != SCHEMA_VERSION:
+            raise EvopruneError(f"store '{path}' has schema version {version}, this evoprune reads {SCHEMA_VERSION}")
+
+    def _connect_writable(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(str(self.path), timeout=30, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        self._conn = conn
+        with self._tx():
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        return conn
+
+    def _connect_readonly(self) -> sqlite3.Connection:
+        uri = self.path.resolve().as_uri()
+        conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=30, isolation_level=None)
+        try:
+            conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+        except sqlite3.OperationalError:
+            # A WAL store needs its -shm file, which SQLite cannot create on read-only media; nobody
+            # can write there either, so reading the file as immutable sees the same data.
+            conn.close()
+            conn = sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        return conn
+
+    def _open_error(self, exc: sqlite3.DatabaseError) -> EvopruneError:
+        """One accurate line for a store that cannot be opened: not SQLite, not evoprune, or not writable."""
+        text = str(exc)
+        if "file is not a database" in text or "file is encrypted" in text:
+            return EvopruneError(f"'{self.path}' is not an evoprune store (not a SQLite database)")
+        if "no such table" in text:
+            return EvopruneError(f"'{self.path}' is a SQLite database but not an evoprune store (no meta table)")
+        if not self.path.parent.is_dir():
+            return EvopruneError(
+                f"store '{self.path}': directory '{self.path.parent}' does not exist: create it or pass another --store"
+            )
+        if "readonly" in text or "read-only" in text or "unable to open" in text:
+            return EvopruneError(
+                f"store '{self.path}' cannot be written ({text}): the file or its directory is read-only; "
+                "copy the store to a writable location or pass another --store"
+            )
+        return EvopruneError(f"could not open store '{self.path}': {text}")
+
+    @classmethod
+    def open_existing(cls, path: str | Path, *, readonly: bool = False) -> Store:
+        """Open a store that must already exist; ``readonly=True`` for commands that only read it."""
+        p = Path(path)
+        if not p.is_file():
+            raise EvopruneError(f"store '{path}' does not exist: run 'evoprune search --store {path} ...' first")
+        return cls(p, readonly=readonly)
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        if self.readonly:
+            raise EvopruneError(f"store '{self.path}' was opened read-only: this command cannot write to it")
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if "readonly" not in str(exc):
+                raise
+            raise self._open_error(exc) from None
+        try:
+            yield self._conn
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        else:
+            self._conn.execute("COMMIT")
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- runs -------------------------------------------------------------------------------
+    def get_or_create_run(self, run_key: str, **fields) -> tuple[Run, bool]:
+        existing = self.find_run(run_key)
+        if existing is not None:
+            return existing, False
+        # Another process may insert the same run between the look-up and here: let the key decide.
+        with self._tx() as c:
+            cur = c.execute(
+                "INSERT OR IGNORE INTO runs (run_key, created_at, model, model_fingerprint, data, data_fingerprint, "
+                "dense_params, space, settings, versions) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (
+                    run_key,
+                    utc_now(),
+                    fields["model"],
+                    fields["model_fingerprint"],
+                    fields["data"],
+                    fields["data_fingerprint"],
+                    int(fields["dense_params"]),
+                    json.dumps(fields["space"], sort_keys=True),
+                    json.dumps(fields["settings"], sort_keys=True),
+                    json.dumps(fields["versions"], sort_keys=True),
+                ),
+            )
+        return self.find_run(run_key), cur.rowcount == 1
+
+    def find_run(self, run_key: str) -> Run | None:
+        row = self._conn.execute("SELECT * FROM runs WHERE run_key=?", (run_key,)).fetchone()
+        return self._run(row) if row else None
+
+    def runs(self) -> list[Run]:
+        return [self._run(r) for r in self._conn.execute("SELECT * FROM runs ORDER BY id")]
+
+    def get_run(self, run_id: int | None = None) -> Run:
+        """A run by id, or the latest one."""
+        if run_id is None:
+            row = self._conn.execute("SELECT * FROM runs ORDER BY id DESC LIMIT 1").fetchone()
+            if row is None:
+                raise EvopruneError(f"store '{self.path}' has no runs yet: run 'evoprune search' first")
+        else:
+            row = self._conn.execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone()
+            if row is None:
+                raise EvopruneError(f"store '{self.path}' has no run {run_id}: see 'evoprune runs --store {self.path}'")
+        return self._run(row)
+
+    @staticmethod
+    def _run(row: sqlite3.Row) -> Run:
+        d = dict(row)
+        for k in ("space", "settings", "versions"):
+            d[k] = json.loads(d[k])
+        return Run(**d)
+
+    # -- evaluations ------------------------------------------------------------------------
+    def add_pending(
+        self,
+        run_id: int,
+        config_key: str,
+        levels: list[int],
+        origin: str,
+        round_: int,
+        params: int,
+        params_fraction: float,
+        predicted: dict | None = None,
+        cost: dict | None = None,
+    ) -> int:
+        with self._tx() as c:
+            cur = c.execute(
+                "INSERT INTO evaluations (run_id, config_key, levels, status, origin, round, params, "
+                "params_fraction, predicted, cost, created_at) VALUES (?,?,?,'pending',?,?,?,?,?,?,?)",
+                (
+                    run_id,
+                    config_key,
+                    json.dumps([int(v) for v in levels]),
+                    origin,
+                    round_,
+                    int(params),
+                    float(params_fraction),
+                    json.dumps(predicted) if predicted is not None else None,
+                    json.dumps(cost or {}),
+                    utc_now(),
+                ),
+            )
+            return int(cur.lastrowid)
+
+    def finish(self, eval_id: int, *, ok: bool, metrics: dict, error: str | None, duration_s: float) -> None:
+        with self._tx() as c:
+            c.execute(
+                "UPDATE evaluations SET status=?, metrics=?, error=?, finished_at=?, duration_s=? WHERE id=?",
+                ("ok" if ok else "failed", json.dumps(metrics), error, utc_now(), float(duration_s), eval_id),
+            )
+
+    def retry_failed(self, run_id: int) -> int:
+        """Turn run ``run_id``'s failed evaluations back into pending rows; return how many.
+
+        Their configurations, origins and rounds stay; the error and metrics go.
+        """
+        with self._tx() as c:
+            cur = c.execute(
+                "UPDATE evaluations SET status='pending', metrics=NULL, error=NULL, finished_at=NULL, duration_s=NULL "
+                "WHERE run_id=? AND status='failed'",
+                (run_id,),
+            )
+            return cur.rowcount
+
+    def evaluations(self, run_id: int, status: str | None = None) -> list[Evaluation]:
+        """A run's evaluations in order, each with the ladder rungs and validation it reached."""
+        sql, args = "SELECT * FROM evaluations WHERE run_id=?", [run_id]
+        if status is not None:
+            sql += " AND status=?"
+            args.append(status)
+        evals = [self._evaluation(r) for r in self._conn.execute(sql + " ORDER BY id", args)]
+        ladder: dict[int, dict] = {}
+        validation: dict[int, dict] = {}
+        for f in self.fidelities(run_id, status="ok"):
+            if f.split == "search":
+                ladder.setdefault(f.eval_id, {})[f.tokens] = f.metrics
+            else:
+                validation[f.eval_id] = {"tokens": f.tokens, "metrics": f.metrics}
+        if not ladder and not validation:
+            return evals
+        return [replace(e, ladder=ladder.get(e.id, {}), validation=validation.get(e.id)) for e in evals]
+
+    def evaluation(self, eval_id: int) -> Evaluation:
+        row = self._conn.execute("SELECT * FROM evaluations WHERE id=?", (eval_id,)).fetchone()
+        if row is None:
+            raise EvopruneError(f"store '{self.path}' has no evaluation {eval_id}")
+        return self._evaluation(row)
+
+    @staticmethod
+    def _evaluation(row: sqlite3.Row) -> Evaluation:
+        d = dict(row)
+        d["levels"] = json.loads(d["levels"])
+        d["metrics"] = json.loads(d["metrics"]) if d["metrics"] else {}
+        d["predicted"] = json.loads(d["predicted"]) if d["predicted"] else None
+        d["cost"] = json.loads(d["cost"]) if d.get("cost") else {}
+        return Evaluation(**d)
+
+    # -- the fidelity ladder ----------------------------------------------------------------
+    def add_fidelity(self, run_id: int, eval_id: int, split: str, tokens: int, round_: int) -> int | None:
+        """Write a pending measurement of evaluation ``eval_id``; None when it already exists."""
+        with self._tx() as c:
+            cur = c.execute(
+                "INSERT OR IGNORE INTO fidelities (run_id, eval_id, split, tokens, round, status, created_at) "
+                "VALUES (?,?,?,?,?,'pending',?)",
+                (run_id, eval_id, split, int(tokens), round_, utc_now()),
+            )
+            return int(cur.lastrowid) if cur.rowcount else None
+
+    def finish_fidelity(
+        self, fidelity_id: int, *, ok: bool, metrics: dict, error: str | None, duration_s: float
+    ) -> None:
+        with self._tx() as c:
+            c.execute(
+                "UPDATE fidelities SET status=?, metrics=?, error=?, finished_at=?, duration_s=? WHERE id=?",
+                ("ok" if ok else "failed", json.dumps(metrics), error, utc_now(), float(duration_s), fidelity_id),
+            )
+
+    def fidelities(self, run_id: int, status: str | None = None) -> list[Fidelity]:
+        """A run's ladder and validation rows; none in a store written before the ladder existed
+        and opened read-only (its schema is not upgraded then)."""
+        return [Fidelity(**d) for d in self._select("fidelities", ("metrics",), run_id=run_id, status=status)]
+
+    def _select(self, table: str, json_columns: tuple[str, ...], **where) -> list[dict]:
+        """Rows of ``table`` whose columns equal the non-None ``where`` values, oldest first, with
+        ``json_columns`` decoded (empty: ``{}``); none when a store written before the table
+        existed is opened read-only (its schema is not upgraded then)."""
+        if not self._conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (table,)).fetchone():
+            return []
+        conditions = {k: v for k, v in where.items() if v is not None}
+        sql = f"SELECT * FROM {table}" + "".join(f" {'AND' if i else 'WHERE'} {k}=?" for i, k in enumerate(conditions))
+        rows = []
+        for r in self._conn.execute(sql + " ORDER BY id", list(conditions.values())):
+            d = dict(r)
+            d.update({k: json.loads(d[k]) if d[k] else {} for k in json_columns})
+            rows.append(d)
+        return rows
+
+    # -- screenings -------------------------------------------------------------------------
+    def add_screening(
+        self,
+        run_id: int,
+        config_key: str,
+        levels: list[int],
+        tokens: int,
+        round_: int,
+        *,
+        ok: bool,
+        metrics: dict,
+        error: str | None,
+        duration_s: float,
+    ) -> Screening:
+        with self._tx() as c:
+            cur = c.execute(
+                "INSERT INTO screenings (run_id, config_key, levels, tokens, round, status, metrics, error, "
+                "duration_s, created_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (run_id, config_key, json.dumps(levels), tokens, round_, "ok" if ok else "failed",
+                 json.dumps(metrics), error, duration_s, utc_now()),
+            )  # fmt: skip
+        return self._screening(self._conn.execute("SELECT * FROM screenings WHERE id=?", (cur.lastrowid,)).fetchone())
+
+    def screenings(self, run_id: int, tokens: int | None = None) -> list[Screening]:
+        return [Screening(**d) for d in self._select("screenings", ("levels", "metrics"), run_id=run_id, tokens=tokens)]
+
+    @staticmethod
+    def _screening(row: sqlite3.Row) -> Screening:
+        d = dict(row)
+        return Screening(**{**d, "levels": json.loads(d["levels"]), "metrics": json.loads(d["metrics"] or "{}")})
