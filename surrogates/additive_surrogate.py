@@ -11,6 +11,7 @@ from surrogates.registry import register_surrogate
 # How per-feature damage combines into the target: compounding (log1p: y = b + c(e^z - 1)),
 # additive (identity: y = b + z) or saturating (log: y = b + c log(1 + z)).
 LINKS = ("log1p", "identity", "log")
+_MAX_EXPONENT = 300.0  # exp(300) ~ 2e130: finite for any sane scale c, far beyond any perplexity
 
 
 @register_surrogate("additive")
@@ -83,7 +84,9 @@ class AdditiveDamageSurrogate(Surrogate):
             return b + z
         if self.link_ == "log":
             return b + self.c * np.log1p(np.maximum(z, 0.0))
-        return b + self.c * np.expm1(z)
+        # Far outside the data the additive fit can ask for exp of hundreds; cap it at a finite,
+        # still-monotone figure instead of overflowing to inf (and warning) on extrapolation.
+        return b + self.c * np.expm1(np.minimum(z, _MAX_EXPONENT))
 
     def _penalty(self, n_basis: int) -> np.ndarray:
         d = self.n_features_in_

@@ -6,6 +6,8 @@ Everything is parametrised over ``available_surrogates()``, so a plugin installe
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from scipy import stats
@@ -222,3 +224,17 @@ def test_a_broken_plugin_is_reported_by_name_and_spares_the_others(tmp_path, mon
     assert "broken" not in names and "ngboost" in names
     with pytest.raises(ValueError, match="plugin 'broken' failed to load.*no_such_module_here"):
         make_surrogate("broken")
+
+
+def test_additive_extrapolation_stays_finite_and_silent():
+    # Trained on mild pruning, asked about far heavier pruning (u >> 1): the compounding link
+    # must not overflow to inf (the main job used to print RuntimeWarnings here).
+    rng = np.random.default_rng(0)
+    X = rng.uniform(0.0, 1.0, size=(30, 4))
+    y = 3.0 + np.expm1(2.0 * X.sum(axis=1))
+    model = make_surrogate("additive").fit(X, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mean, std = model.predict(np.full((3, 4), 400.0), return_std=True)
+    assert np.all(np.isfinite(mean)) and np.all(np.isfinite(std))
+    assert np.all(mean > y.max())
