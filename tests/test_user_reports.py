@@ -586,7 +586,7 @@ def _points(layers: int, top: int, count: int = 12, seed: int = 0) -> list:
 def test_the_front_shows_every_level_of_every_layer_in_a_narrow_terminal(layers, top, width):
     from rich.console import Console
 
-    from evoprune.cli import _front_view, _level_tokens
+    from evoprune.cli.views import _front_view, _level_tokens
     from evoprune.store import Run
 
     points = _points(layers, top)
@@ -612,10 +612,11 @@ def test_the_front_shows_every_level_of_every_layer_in_a_narrow_terminal(layers,
 def test_no_table_of_a_command_is_cut_in_an_80_column_terminal(deep_store, searched_store, monkeypatch):
     from typer.testing import CliRunner
 
-    from evoprune import cli
+    from evoprune.cli import app
+    from evoprune.cli.common import out_console
     from evoprune.objectives.pareto import pareto_front
 
-    monkeypatch.setattr(cli.out_console, "width", 80)
+    monkeypatch.setattr(out_console, "width", 80)
     for store in (deep_store, searched_store):
         for args in (
             ["pareto", "--store", str(store)],
@@ -623,12 +624,12 @@ def test_no_table_of_a_command_is_cut_in_an_80_column_terminal(deep_store, searc
             ["runs", "--store", str(store)],
             ["surrogate", "report", "--store", str(store), "--surrogates", "additive", "--folds", "2"],
         ):
-            out = CliRunner().invoke(cli.app, args)
+            out = CliRunner().invoke(app, args)
             assert out.exit_code == 0, (args, out.output)
             assert "…" not in out.stdout, (args, out.stdout)
             assert max(map(len, out.stdout.splitlines())) <= 80, (args, out.stdout)
     # In a real 80-column terminal, every level of every front member of a 40-layer model is on screen.
-    from evoprune.cli import _level_tokens
+    from evoprune.cli.views import _level_tokens
 
     narrow = {"COLUMNS": "80"}
     pareto = evoprune("pareto", "--store", str(deep_store), env=narrow).stdout

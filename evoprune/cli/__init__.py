@@ -1,0 +1,52 @@
+"""The ``evoprune`` command line: a thin typer layer over the Python API.
+
+This module builds the typer ``app`` and registers every command on it, in the order ``--help``
+lists them; the commands themselves live in one module per group:
+
+- ``search``: ``search`` and ``resume``
+- ``choice``: ``pareto``, ``plan`` and ``compare``
+- ``export``: ``export``, ``measure`` and ``evaluate``
+- ``report``: ``report``, ``runs`` and ``surrogate report``
+- ``recover``: ``recover``
+
+over ``common`` (consoles, errors, figure texts, tables, progress) and ``views`` (the front and its
+per-layer allocation). The command modules import nothing from this one.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from evoprune.cli import choice, export, recover, report, search
+
+app = typer.Typer(
+    name="evoprune",
+    help="Decide how much to prune in each layer of a causal LM, with a surrogate-assisted multi-objective search.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.command("search")(search.search_command)
+app.command("resume")(search.resume_command)
+app.command("pareto")(choice.pareto_command)
+app.command("export", help=export.EXPORT_HELP)(export.export_command)
+app.command("measure")(export.measure_command)
+app.command("compare")(choice.compare_command)
+app.command("plan")(choice.plan_command)
+app.command("report")(report.report_command)
+app.command("runs")(report.runs_command)
+app.command("evaluate")(export.evaluate_command)
+app.command("recover")(recover.recover_command)
+
+surrogate_app = typer.Typer(help="Judge the surrogate models on the real evaluations in a store.", no_args_is_help=True)
+surrogate_app.command("report", help=report.SURROGATE_REPORT_HELP)(report.surrogate_report_command)
+app.add_typer(surrogate_app, name="surrogate")
+
+
+def main() -> None:
+    try:
+        app()
+    except BrokenPipeError:  # e.g. `evoprune pareto --json | head`
+        sys.exit(0)

@@ -1,0 +1,171 @@
+"""Choosing from what a search measured: ``pareto`` (the front), ``plan`` (the best under a budget)
+and ``compare`` (evoprune and the baselines at one budget)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import typer
+
+from evoprune.backend.settings import BackendSettings
+from evoprune.choice.compare import DEFAULT_METHODS
+from evoprune.cli.common import (
+    _BACKEND,
+    FoldingTable,
+    _fail,
+    _figure_text,
+    _kl_text,
+    _SearchProgress,
+    _tokens_text,
+    err_console,
+    out_console,
+)
+from evoprune.cli.views import _front_json, _front_view
+from evoprune.engine.settings import SearchSettings
+from evoprune.errors import EvopruneError
+from evoprune.objectives.pareto import first_rung_tokens, pareto_front, top_rung
+from evoprune.store import Store
+
+
+def pareto_command(
+    store: Path = typer.Option(..., "--store", "-s", help="SQLite pair store written by 'evoprune search'."),
+    run: int | None = typer.Option(None, "--run", help="Run id (default: the latest run)."),
+    as_json: bool = typer.Option(
+        False,
+        "--json",
+        help="Print JSON: {run, model, data, dense_params, points: [{id, params, params_fraction, metrics, "
+        "fidelity, validation, levels, origin, round}]}.",
+    ),
+    plot: Path | None = typer.Option(None, "--plot", help="Also draw the front (PNG): evaluated points, knee, budget."),
+    budget: float | None = typer.Option(
+        None, "--max-params", help="With --plot: draw a budget line there (kept fraction or count)."
+    ),
+) -> None:
+    """Show the non-dominated, really evaluated configurations (perplexity vs parameters)."""
+    try:
+        if plot is not None and not plot.parent.is_dir():
+            raise EvopruneError(f"--plot '{plot}': directory '{plot.parent}' does not exist")
+        with Store.open_existing(store, readonly=True) as st:
+            r = st.get_run(run)
+            points = pareto_front(st, r)
+            if plot is not None:
+                from evoprune.reporting.plots import plot_front
+
+                lines = [budget if budget <= 1 else budget / r.dense_params] if budget else None
+                plot_front(st, r, plot, budget_lines=lines)
+    except EvopruneError as exc:
+        _fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps(_front_json(r, points), indent=2))
+    else:
+        out_console.print(_front_view(r, points, out_console.width))
+
+
+def plan_command(
+    store: Path = typer.Option(..., "--store", "-s", help="SQLite pair store written by 'evoprune search'."),
+    max_params: float = typer.Option(None, "--max-params", help="Parameter budget (kept fraction or count)."),
+    max_memory: str = typer.Option(None, "--max-memory", help="Memory budget (weights + KV cache), e.g. 2GB."),
+    max_latency_ms: float = typer.Option(None, "--max-latency-ms", help="Latency budget (ms per forward)."),
+    spend: int = typer.Option(0, "--spend", help="First spend this many more evaluations focused on the budget."),
+    run: int | None = typer.Option(None, "--run", help="Run id (default: the latest run)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """The best really evaluated configuration under a budget, with its per-layer allocation."""
+    from evoprune.choice.plan import plan
+    from evoprune.objectives.spec import Budget
+
+    if spend < 0:
+        _fail(f"--spend must be 0 or more, got {spend}")
+    try:
+        with _SearchProgress(err_console) as progress:
+            result = plan(str(store), Budget(max_params, max_memory, max_latency_ms), spend, run, progress)
+    except EvopruneError as exc:
+        _fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    e = result.evaluation
+    pred = e.predicted or {}
+    predicted_ppl = f"{math.exp(pred['ppl']):.2f}" if "ppl" in pred else "-"
+    tokens, top = top_rung(e)
+    measured = f"measured ppl {_figure_text(top)} on {_tokens_text(tokens or first_rung_tokens(result.run))} tokens"
+    if e.validation:
+        measured += f", {_figure_text(e.validation['metrics'])} on the validation split"
+    out_console.print(
+        f"evaluation #{e.id}: {e.params / 1e6:.2f}M parameters ({e.params_fraction:.1%} kept), "
+        f"{measured} (predicted before evaluation: {predicted_ppl}), "
+        f"memory {result.cost['memory_bytes'] / 2**20:.0f} MiB at 2048 tokens of KV cache; "
+        f"best of {result.candidates} evaluated configurations under the budget"
+        + (f", {result.spent} evaluated now" if result.spent else "")
+    )
+    for r in result.recoveries:
+        out_console.print(
+            f"recovered ({r.method}, {r.steps} steps) into {r.out}: perplexity {_figure_text(r.before)} before, "
+            f"{_figure_text(r.after)} after, KL to the dense model {_kl_text(r.before)} -> {_kl_text(r.after)}, "
+            f"on the first {_tokens_text(r.details.get('heldout_tokens'))} tokens of {r.data} (held out from training)"
+        )
+    table = FoldingTable(title="per-layer allocation", title_justify="left")
+    for col in ("layer", "query heads", "KV heads", "MLP channels"):
+        table.add_column(col, justify="right")
+    for layer in result.layers:
+        table.add_row(*(str(layer[k]) for k in ("layer", "q_heads", "kv_heads", "mlp")))
+    out_console.print(table)
+
+
+def compare_command(
+    model: str = typer.Option(..., "--model", "-m", help="Model spec, as for 'evoprune search'."),
+    data: str = typer.Option("builtin", "--data", "-d", help="Evaluation text, as for 'evoprune search'."),
+    store: Path = typer.Option(..., "--store", "-s", help="SQLite pair store (one run per method)."),
+    evals: int = typer.Option(..., "--evals", "-n", help="Real evaluations per method."),
+    methods: str = typer.Option(",".join(DEFAULT_METHODS), "--methods", help="Comma-separated methods to run."),
+    max_params: float = typer.Option(None, "--max-params", help="Parameter budget (kept fraction or count)."),
+    max_memory: str = typer.Option(None, "--max-memory", help="Memory budget, e.g. 2GB."),
+    max_latency_ms: float = typer.Option(None, "--max-latency-ms", help="Latency budget (ms per forward)."),
+    min_params: float = typer.Option(0.5, "--min-params", help="Smallest kept parameter fraction to search."),
+    seed: int = typer.Option(0, "--seed", help="Random seed shared by every method."),
+    baseline_skip_first: int = typer.Option(
+        None, "--baseline-skip-first", help="uniform: first layers left dense (default: 4 of 32, scaled)."
+    ),
+    baseline_skip_last: int = typer.Option(
+        None, "--baseline-skip-last", help="uniform: last layers left dense (default: 2 of 32, scaled)."
+    ),
+    eval_tokens: int = typer.Option(_BACKEND.eval_tokens, "--eval-tokens", help="Tokens per real evaluation."),
+    calib_tokens: int = typer.Option(_BACKEND.calib_tokens, "--calib-tokens", help="Tokens for importance scoring."),
+    seq_len: int = typer.Option(_BACKEND.seq_len, "--seq-len", help="Tokens per window."),
+    mlp_levels: int = typer.Option(8, "--mlp-levels", help="Number of MLP pruning steps."),
+    device: str = typer.Option("cpu", "--device", help="Where evaluation runs: cpu, cuda, cuda:N or mps."),
+    dtype: str = typer.Option("float32", "--dtype", help="Weights and activations: float32, bfloat16 or float16."),
+    as_json: bool = typer.Option(False, "--json", help="Print the table as JSON."),
+) -> None:
+    """Run evoprune and the baselines at the same budget of real evaluations; print one table."""
+    from evoprune.choice.compare import compare
+
+    settings = SearchSettings(
+        evals=evals, seed=seed, max_params=max_params, max_memory=max_memory, max_latency_ms=max_latency_ms,
+        min_params=min_params, baseline_skip_first=baseline_skip_first, baseline_skip_last=baseline_skip_last,
+        backend=BackendSettings(eval_tokens=eval_tokens, calib_tokens=calib_tokens, seq_len=seq_len,
+                                mlp_levels=mlp_levels, device=device, dtype=dtype),
+    )  # fmt: skip
+    try:
+        with _SearchProgress(err_console) as progress:
+            rows = compare(model, data, str(store), settings, [m.strip() for m in methods.split(",")], progress)
+    except EvopruneError as exc:
+        _fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps([r.to_dict() for r in rows], indent=2))
+        return
+    table = FoldingTable(
+        title=f"methods at {evals} real evaluations (budget: {max_params or 'none'})", title_justify="left"
+    )
+    for col in ("method", "run", "evaluations", "best ppl", "kept params", "eval s", "wall s"):
+        table.add_column(col, justify="left" if col == "method" else "right")
+    for r in sorted(rows, key=lambda r: r.best_value if r.best_value is not None else float("inf")):
+        table.add_row(
+            r.method, str(r.run_id), str(r.evaluations),
+            "-" if r.best_value is None else f"{r.best_value:.2f}",
+            "-" if r.best_params_fraction is None else f"{r.best_params_fraction:.3f}",
+            f"{r.eval_s:.0f}", "-" if r.wall_s is None else f"{r.wall_s:.0f}",
+        )  # fmt: skip
+    out_console.print(table)

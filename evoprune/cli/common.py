@@ -1,0 +1,109 @@
+"""What every command shares: the two consoles, ``_fail`` (an error message and an exit code),
+the figure and token texts, ``FoldingTable`` (wraps, never cuts) and the progress display on
+stderr (``_SearchProgress``)."""
+
+from __future__ import annotations
+
+import os
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from evoprune.backend.settings import BackendSettings
+
+err_console = Console(stderr=True)
+out_console = Console()
+_BACKEND = BackendSettings()  # the defaults the options show
+
+
+def _fail(message: str, code: int = 2) -> None:
+    # Plain echo, not rich: a rich console would wrap a long message over several lines.
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _use_task_data(task_data: str | None) -> None:
+    """Point shipped tasks at ``--task-data`` (checked: EvopruneError when it is not a folder).
+
+    Through the environment, so every evaluator of the command, and Ray workers (which forward
+    it), read the same folder.
+    """
+    if task_data is not None:
+        from evoprune.tasks.spec import TASK_DATA_ENV, task_data_dir
+
+        os.environ[TASK_DATA_ENV] = str(task_data_dir(task_data))
+
+
+def _figure_text(metrics: dict | None, name: str = "ppl") -> str:
+    """``17.47 ±0.31`` (standard error when recorded), or ``-``."""
+    if not metrics or name not in metrics:
+        return "-"
+    se = metrics.get(f"{name}_se")
+    return f"{metrics[name]:.2f}" + (f" ±{se:.2f}" if se is not None else "")
+
+
+def _tokens_text(tokens: int | None) -> str:
+    if tokens is None:
+        return "-"
+    return f"{tokens / 1024:g}k" if tokens % 256 == 0 and tokens >= 1024 else str(tokens)
+
+
+class FoldingTable(Table):
+    """A rich table whose cells and headers wrap onto more lines instead of being cut with an
+    ellipsis: a narrow terminal must never hide a figure or a level."""
+
+    def add_column(self, *args, overflow: str = "fold", **kwargs) -> None:
+        super().add_column(*args, overflow=overflow, **kwargs)
+
+
+def _kl_text(metrics: dict) -> str:
+    """``0.0123 ±0.0004`` (KL in nats per token is small), or ``-``."""
+    if "kl" not in metrics:
+        return "-"
+    return f"{metrics['kl']:.4f}" + (f" ±{metrics['kl_se']:.4f}" if "kl_se" in metrics else "")
+
+
+class _SearchProgress:
+    """Renders engine events as a rich progress display on stderr."""
+
+    def __init__(self, console: Console):
+        self.progress = Progress(
+            SpinnerColumn(),
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[status]}"),
+            console=console,
+            transient=True,
+        )
+        self.task = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.task is not None:
+            self.progress.stop()
+
+    def __call__(self, event: str, **info) -> None:
+        # Started on the first event, so input rejected up front never draws a progress bar.
+        if self.task is None:
+            self.progress.start()
+            self.task = self.progress.add_task("preparing", total=None, status="")
+        if event == "phase":
+            self.progress.update(self.task, description=info["name"])
+        elif event == "start":
+            self.progress.update(self.task, description="evaluating", total=info["total"], completed=info["done"])
+        elif event == "batch":
+            where = "initial design" if info["origin"] == "design" else f"round {info['round']}"
+            self.progress.update(self.task, description=f"evaluating {info['size']} ({where})")
+        elif event == "eval_done":
+            ev = info["evaluation"]
+            if ev.status == "ok":
+                status = f"#{ev.id}: {100 * ev.params_fraction:.1f}% params, ppl {ev.metrics['ppl']:.2f}"
+            else:
+                status = f"[red]#{ev.id} failed: {ev.error}"
+            self.progress.update(self.task, advance=1, status=status)

@@ -1,0 +1,138 @@
+"""``recover``: distill an export from its dense model, with its own progress display."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from evoprune.cli.common import (
+    FoldingTable,
+    _fail,
+    _figure_text,
+    _kl_text,
+    _SearchProgress,
+    err_console,
+    out_console,
+)
+from evoprune.errors import EvopruneError
+from evoprune.recovery.settings import RecoverySettings as _RecoverySettings
+
+_RECOVERY = _RecoverySettings()  # the defaults the options show
+
+
+class _RecoveryProgress(_SearchProgress):
+    """Renders ``recover`` events on stderr: phases, then training steps with the running loss."""
+
+    def __call__(self, event: str, **info) -> None:
+        if event not in ("train", "step"):
+            if event == "phase" and self.task is not None:
+                self.progress.update(self.task, total=None, status="")
+            super().__call__(event, **info)
+            return
+        if self.task is None:
+            self.progress.start()
+            self.task = self.progress.add_task("preparing", total=None, status="")
+        if event == "train":
+            self.progress.update(self.task, description="training", total=info["total"], completed=info["done"])
+        else:
+            status = (
+                f"loss {info['running_loss']:.4f} (mean of the last steps; this step: KL {info['kl']:.4f}, "
+                f"CE {info['ce']:.3f}), lr {info['lr']:.2e}"
+            )
+            self.progress.update(self.task, completed=info["step"], status=status)
+
+
+def recover_command(
+    model: Path = typer.Option(..., "--model", "-m", help="An 'evoprune export' directory (only read, never changed)."),
+    data: str = typer.Option(
+        ..., "--data", "-d", help="Training text, as for 'evoprune search'; its first --heldout-tokens are held out."
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="Directory for the recovered export (and the checkpoints)."),
+    teacher: str | None = typer.Option(
+        None, "--teacher", help="Dense model to distill from (default: the one the export's plan.json names)."
+    ),
+    method: str = typer.Option(_RECOVERY.method, "--method", help="lora (adapters, merged at the end) or full."),
+    steps: int = typer.Option(_RECOVERY.steps, "--steps", help="Optimizer steps."),
+    seq_len: int = typer.Option(_RECOVERY.seq_len, "--seq-len", help="Tokens per window."),
+    batch: int = typer.Option(_RECOVERY.batch, "--batch", help="Windows per step."),
+    lr: float | None = typer.Option(None, "--lr", help="Peak learning rate (default: 2e-4 for lora, 2e-5 for full)."),
+    lm_weight: float = typer.Option(
+        _RECOVERY.lm_weight, "--lm-weight", help="Weight of the plain LM loss: loss = (1 - w) KL + w CE."
+    ),
+    warmup: float = typer.Option(_RECOVERY.warmup, "--warmup", help="Fraction of the steps of linear warm-up."),
+    weight_decay: float = typer.Option(_RECOVERY.weight_decay, "--weight-decay", help="AdamW weight decay."),
+    lora_rank: int = typer.Option(_RECOVERY.lora_rank, "--lora-rank", help="LoRA rank."),
+    lora_alpha: float = typer.Option(_RECOVERY.lora_alpha, "--lora-alpha", help="LoRA alpha (scale alpha / rank)."),
+    lora_dropout: float = typer.Option(_RECOVERY.lora_dropout, "--lora-dropout", help="Dropout on LoRA's input."),
+    heldout_tokens: int = typer.Option(
+        _RECOVERY.heldout_tokens, "--heldout-tokens", help="Tokens at the start of --data held out from training."
+    ),
+    train_tokens: int | None = typer.Option(
+        None, "--train-tokens", help="Training tokens after the held-out ones (default: what the steps read)."
+    ),
+    checkpoint_every: int = typer.Option(
+        _RECOVERY.checkpoint_every, "--checkpoint-every", help="Steps between checkpoints (0: none)."
+    ),
+    seed: int = typer.Option(_RECOVERY.seed, "--seed", help="Seed of the data order, LoRA's init and dropout."),
+    device: str = typer.Option(_RECOVERY.device, "--device", help="Where training runs: cpu, cuda, cuda:N or mps."),
+    dtype: str | None = typer.Option(None, "--dtype", help="float32, bfloat16 or float16 (default: the export's own)."),
+    force: bool = typer.Option(False, "--force", help="Write into a non-empty --out directory."),
+    restart: bool = typer.Option(False, "--restart", help="Discard a checkpoint in --out and start again."),
+    store: str = typer.Option(
+        "auto",
+        "--store",
+        "-s",
+        help="Record the result against the export's evaluation in this store, for 'evoprune plan' "
+        "(auto: the store plan.json names, when it holds that evaluation; none: nowhere).",
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Distill an export from its dense model (KL, optionally mixed with the LM loss); write an export again.
+
+    Rerun with the same arguments to continue from the last checkpoint after a crash or kill.
+    """
+    from evoprune.recovery.run import recover
+
+    settings = _RecoverySettings(
+        method=method, steps=steps, seq_len=seq_len, batch=batch, lr=lr, warmup=warmup, weight_decay=weight_decay,
+        lm_weight=lm_weight, lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+        heldout_tokens=heldout_tokens, train_tokens=train_tokens, teacher=teacher, seed=seed, dtype=dtype,
+        device=device, checkpoint_every=checkpoint_every,
+    )  # fmt: skip
+    try:
+        with _RecoveryProgress(err_console) as progress:
+            result = recover(
+                model, data, out, settings, progress, force=force, restart=restart,
+                store=None if store.lower() == "none" else store,
+            )  # fmt: skip
+    except EvopruneError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        _fail(f"interrupted: run the same command to continue from the last checkpoint in '{out}'", 130)
+    for note in result.notes:
+        err_console.print(f"note: {note}", soft_wrap=True)
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    b, a, t = result.heldout_before, result.heldout_after, result.teacher_heldout
+    table = FoldingTable(
+        title=f"{model} recovered ({result.method}, {result.steps} steps) on held-out text: the first "
+        f"{result.heldout_windows * seq_len} tokens of {data}",
+        title_justify="left",
+    )
+    for col in ("figure", "before", "after", "teacher"):
+        table.add_column(col, justify="left" if col == "figure" else "right")
+    table.add_row("perplexity", _figure_text(b), _figure_text(a), _figure_text(t))
+    table.add_row("KL to the teacher (nats/token)", _kl_text(b), _kl_text(a), "0")
+    out_console.print(table)
+    resumed = f", continued from step {', '.join(map(str, result.resumed_from))}" if result.resumed_from else ""
+    out_console.print(
+        f"training loss {result.losses[0]:.4f} at the first step, {result.losses[-1]:.4f} at the last"
+        f" ({result.train_windows} training windows{resumed}); wrote {out}, which loads like the export it came "
+        f"from (evoprune.load_pruned or trust_remote_code)"
+    )
+    if result.stored:
+        where = result.stored
+        out_console.print(f"recorded against evaluation {where['evaluation']} in '{where['store']}'")

@@ -1,0 +1,143 @@
+"""Looking back at a store: ``report`` (the HTML page), ``runs`` (the runs and their counts) and
+``surrogate report`` (the surrogates cross-validated on a run's pairs)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from evoprune.cli.common import (
+    FoldingTable,
+    _fail,
+    err_console,
+    out_console,
+)
+from evoprune.errors import EvopruneError
+from evoprune.store import Store
+
+
+def report_command(
+    store: Path = typer.Option(..., "--store", "-s", help="SQLite pair store."),
+    out: Path = typer.Option(..., "--out", "-o", help="Directory for index.html."),
+    run: int | None = typer.Option(None, "--run", help="Run id (default: the latest run)."),
+) -> None:
+    """Write a self-contained HTML report: front, per-layer levels, predictions vs measurements, rounds, comparison."""
+    from evoprune.reporting.report import write_report
+
+    try:
+        if out.exists() and not out.is_dir():
+            raise EvopruneError(f"--out '{out}' is a file: pass a directory for index.html")
+        with Store.open_existing(store, readonly=True) as st:
+            path = write_report(st, out, run)
+    except EvopruneError as exc:
+        _fail(str(exc))
+    out_console.print(f"wrote {path}")
+
+
+def runs_command(
+    store: Path = typer.Option(..., "--store", "-s", help="SQLite pair store."),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print JSON: [{run, model, data, ok, failed, pending, created}]."
+    ),
+) -> None:
+    """List the runs in a store with their evaluation counts."""
+    rows = []
+    try:
+        with Store.open_existing(store, readonly=True) as st:
+            for r in st.runs():
+                evs = st.evaluations(r.id)
+                counts = {s: sum(e.status == s for e in evs) for s in ("ok", "failed", "pending")}
+                rows.append({"run": r.id, "model": r.model, "data": r.data, **counts, "created": r.created_at})
+    except EvopruneError as exc:
+        _fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    table = FoldingTable(title=f"runs in {store}", title_justify="left")
+    for col in ("run", "model", "data", "ok", "failed", "pending", "created"):
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*(str(v) for v in row.values()))
+    out_console.print(table)
+
+
+def _fmt(value: float | None, spec: str = ".3f") -> str:
+    return "-" if value is None or value != value else format(value, spec)
+
+
+SURROGATE_REPORT_HELP = (
+    "Cross-validate every surrogate on a run's successful evaluations (target: log perplexity).\n\n"
+    "Per surrogate: Kendall tau over all pairs and within equal-cost groups (pairs binned by kept parameter "
+    "fraction, bins 5% wide; the mean over bins with at least 3 pairs, weighted by their pairs), Spearman rho, "
+    "RMSE, Gaussian negative log-likelihood, coverage of the 90% interval and seconds per fit. The last row "
+    "scores the predictions the search recorded for each candidate before evaluating it.\n\n"
+    "Features: the search's own (levels, importance removed per sub-layer, kept fraction) when the run's "
+    "importance scores are in the cache ($EVOPRUNE_CACHE_DIR or ~/.cache/evoprune, as on the machine that ran "
+    "the search); otherwise the levels and the exact kept parameter fraction, which the store alone gives. "
+    "The report names the features it used."
+)
+
+
+def surrogate_report_command(
+    store: Path = typer.Option(..., "--store", "-s", help="SQLite pair store written by 'evoprune search'."),
+    run: int | None = typer.Option(None, "--run", help="Run id (default: the latest run)."),
+    folds: int = typer.Option(5, "--folds", "-k", help="Cross-validation folds."),
+    names: str | None = typer.Option(
+        None, "--surrogates", help="Comma-separated surrogate names (default: every registered surrogate)."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed of the fold split and of the surrogates."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    from evoprune.reporting.surrogate_report import cached_feature_map, surrogate_report
+
+    try:
+        with Store.open_existing(store, readonly=True) as st:
+            r = st.get_run(run)
+            chosen = [n.strip() for n in names.split(",") if n.strip()] if names is not None else None
+            report = surrogate_report(st, r, chosen, folds=folds, seed=seed, featurize=cached_feature_map(r))
+    except EvopruneError as exc:
+        _fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+        return
+    table = FoldingTable(
+        title=f"Surrogates on run {report.run_id} ({report.model}): {report.n_pairs} pairs, {report.folds}-fold CV",
+        title_justify="left",
+        caption=f"features: {report.features}",
+        caption_justify="left",
+    )
+    for col in ("surrogate", "tau", "tau in cost bins", "bins", "rho", "RMSE", "NLL", "90% cover", "fit s"):
+        table.add_column(col, justify="left" if col == "surrogate" else "right")
+    rows = [(s.name, s) for s in report.scores]
+    if report.recorded:
+        rows.append((f"search's own ({report.recorded_surrogate}, {report.recorded['n']} acquired)", None))
+    for label, s in rows:
+        if s is not None and s.error:
+            table.add_row(label, f"[red]failed: {s.error}", *[""] * 7)
+            continue
+        d = vars(s) if s is not None else {**report.recorded, "fit_s": None}
+        table.add_row(
+            label,
+            _fmt(d["kendall_tau"]),
+            _fmt(d["within_cost_tau"]),
+            str(d["cost_bins"]),
+            _fmt(d["spearman_rho"]),
+            _fmt(d["rmse"]),
+            _fmt(d["nll"], ".2f"),
+            _fmt(d["coverage90"], ".0%"),
+            _fmt(d["fit_s"], ".2f"),
+        )
+    out_console.print(table)
+    if report.search_predictions:
+        own = report.search_predictions
+        p, level = own["pooled"], own["level"]
+        out_console.print(
+            f"search's own predictions over {p['n']} acquired evaluations: Kendall tau {_fmt(p['kendall_tau'], '.2f')} "
+            f"[{_fmt(p['tau_low'], '.2f')}, {_fmt(p['tau_high'], '.2f')}] ({level:.0%} bootstrap interval); "
+            f"{p['inside']} of {p['n']} inside their {level:.0%} interval "
+            f"[{_fmt(p['coverage_low'], '.0%')}, {_fmt(p['coverage_high'], '.0%')}]"
+        )
+    for note in report.notes:
+        err_console.print(f"note: {note}")

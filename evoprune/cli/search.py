@@ -1,0 +1,244 @@
+"""``search`` and ``resume``: a search run, started or continued, and the front it leaves."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from evoprune.cli.common import (
+    _BACKEND,
+    _fail,
+    _SearchProgress,
+    _use_task_data,
+    err_console,
+    out_console,
+)
+from evoprune.cli.views import _front_json, _front_view
+from evoprune.engine.run import search
+from evoprune.errors import EvopruneError
+from evoprune.execution.executors import executor_factory
+from evoprune.objectives.pareto import pareto_front
+from evoprune.store import Store
+
+
+def search_command(
+    ctx: typer.Context,
+    model: str = typer.Option(
+        None,
+        "--model",
+        "-m",
+        help="Model: smollm2-135m, a local directory, a .gguf file, or a hub id (required, here or in --config).",
+    ),
+    data: str = typer.Option(
+        "builtin",
+        "--data",
+        "-d",
+        help="Evaluation text: builtin, a .txt/.jsonl/.parquet file, wikitext2, ptb, c4 or hf:NAME[:CONFIG[:SPLIT]].",
+    ),
+    store: Path = typer.Option(
+        None,
+        "--store",
+        "-s",
+        help="SQLite pair store; re-running continues the search in it (required, here or in --config).",
+    ),
+    evals: int = typer.Option(
+        None,
+        "--evals",
+        "-n",
+        help="Total real evaluations for this search, initial design included (required, here or in --config).",
+    ),
+    config: Path = typer.Option(None, "--config", help="TOML file with any of these options; flags override it."),
+    seed: int = typer.Option(0, "--seed", help="Random seed: same seed and store contents give the same search."),
+    method: str = typer.Option(
+        "evoprune",
+        "--method",
+        help="evoprune, or a baseline: uniform, mlp-only, flap, owl, random, predictor-rank, ga.",
+    ),
+    objectives: str = typer.Option(
+        "ppl,params",
+        "--objectives",
+        help="Two or three of ppl, kl, acc:TASK, acc_norm:TASK, params, flops, memory, latency.",
+    ),
+    max_params: float = typer.Option(
+        None, "--max-params", help="Parameter budget: a kept fraction (0.7) or a count (90e6)."
+    ),
+    max_memory: str = typer.Option(None, "--max-memory", help="Memory budget (weights + KV cache), e.g. 2GB."),
+    max_latency_ms: float = typer.Option(
+        None, "--max-latency-ms", help="Latency budget per forward pass, from the measured latency table."
+    ),
+    min_params: float = typer.Option(0.5, "--min-params", help="Smallest kept parameter fraction to search."),
+    init: int = typer.Option(8, "--init", help="Size of the initial design (dense, structured and space-filling)."),
+    batch: int = typer.Option(4, "--batch", help="Real evaluations per active-learning round."),
+    surrogate: str = typer.Option(
+        "additive", "--surrogate", help="Surrogate by registered name, options as NAME:key=value (additive:link=auto)."
+    ),
+    acquisition: str = typer.Option("uncertainty", "--acquisition", help="uncertainty, lcb, ehvi or greedy."),
+    algorithm: str = typer.Option("nsga2", "--algorithm", help="Inner search: nsga2, nsga3, agemoea or smsemoa."),
+    refine: bool = typer.Option(True, "--refine/--no-refine", help="Narrow level ranges the surrogate finds harmful."),
+    focus: float = typer.Option(
+        0.05, "--focus", help="With a budget, acquire only within this relative distance under it (0: whole front)."
+    ),
+    screen_tokens: int = typer.Option(
+        0, "--screen-tokens", help="Multi-fidelity: screen candidates on this many tokens first (0: off)."
+    ),
+    screen_factor: int = typer.Option(
+        3, "--screen-factor", help="Candidates screened per full evaluation when --screen-tokens is on."
+    ),
+    warm_start: bool = typer.Option(
+        True, "--warm-start/--no-warm-start", help="Reuse pairs of earlier runs of the same problem in the store."
+    ),
+    max_ppl_ratio: float = typer.Option(
+        20.0, "--max-ppl-ratio", help="Only spend evaluations on candidates predicted within this factor of the best."
+    ),
+    task_limit: int = typer.Option(100, "--task-limit", help="Questions per task for acc:TASK objectives."),
+    task_data: str | None = typer.Option(
+        None,
+        "--task-data",
+        help="Folder of the shipped tasks' data (arc_easy/, mmlu/dev/; default: $EVOPRUNE_TASK_DATA, else the hub).",
+    ),
+    baseline_skip_first: int = typer.Option(
+        None, "--baseline-skip-first", help="uniform: first layers left dense (default: 4 of 32, scaled to depth)."
+    ),
+    baseline_skip_last: int = typer.Option(
+        None, "--baseline-skip-last", help="uniform: last layers left dense (default: 2 of 32, scaled to depth)."
+    ),
+    criterion: str = typer.Option(
+        _BACKEND.criterion, "--importance", help="Importance criterion: wanda, wanda-sp, flap, magnitude or taylor."
+    ),
+    compensation: str = typer.Option(
+        _BACKEND.compensation, "--compensation", help="Replace removed units' mean contribution: none or bias (FLAP)."
+    ),
+    calib_data: str = typer.Option(
+        None, "--calib-data", help="Text for importance scoring (default: --data, windows disjoint from evaluation)."
+    ),
+    eval_tokens: int = typer.Option(
+        _BACKEND.eval_tokens, "--eval-tokens", help="Tokens of the first rung: every real evaluation."
+    ),
+    ladder: str = typer.Option(
+        _BACKEND.ladder,
+        "--ladder",
+        help="Higher rungs (token counts, e.g. 8192 or 4096,16384; auto: 4 x --eval-tokens; none) for promising ones.",
+    ),
+    validation_tokens: int = typer.Option(
+        None,
+        "--validation-tokens",
+        help="Tokens of the validation split the picks are reported on (default: 2 x --eval-tokens; 0: none).",
+    ),
+    calib_tokens: int = typer.Option(_BACKEND.calib_tokens, "--calib-tokens", help="Tokens for importance scoring."),
+    seq_len: int = typer.Option(_BACKEND.seq_len, "--seq-len", help="Tokens per window."),
+    device: str = typer.Option("cpu", "--device", help="Where evaluation runs: cpu, cuda, cuda:N or mps."),
+    dtype: str = typer.Option("float32", "--dtype", help="Weights and activations: float32, bfloat16 or float16."),
+    head_unit: str = typer.Option(
+        "query_head", "--head-unit", help="Attention pruning unit under GQA: query_head or kv_group."
+    ),
+    mlp_levels: int = typer.Option(
+        8,
+        "--mlp-levels",
+        help="Number of MLP pruning steps (the top one removes the MLP); 0: one per --mlp-multiple channels.",
+    ),
+    mlp_multiple: int = typer.Option(1, "--mlp-multiple", help="Round kept MLP widths to a multiple (e.g. 64)."),
+    executor: str = typer.Option(
+        "local", "--executor", help="Where real evaluations run: local (this process) or ray (parallel workers)."
+    ),
+    ray_address: str = typer.Option(
+        None, "--ray-address", help="Ray cluster to join: auto or ray://HOST:10001 (default: start a local one)."
+    ),
+    workers: int = typer.Option(
+        None, "--workers", help="Ray workers, each with a copy of the model (default: as many as CPUs and memory hold)."
+    ),
+    gpus_per_worker: float = typer.Option(None, "--gpus-per-worker", help="GPUs each Ray worker reserves."),
+    retry_failed: bool = typer.Option(
+        False, "--retry-failed", help="Evaluate the run's failed rows again before going on (after fixing a fault)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the resulting front as JSON instead of a table."),
+) -> None:
+    """Search per-layer pruning levels for --model, spending --evals real evaluations; the same command continues it."""
+    from evoprune.engine.config import merge_options, read_config, settings_from_options
+
+    cli_values = dict(ctx.params)
+    explicit = {k for k in cli_values if ctx.get_parameter_source(k).name == "COMMANDLINE"}
+    try:
+        options = merge_options(cli_values, explicit, read_config(config) if config else {})
+        if not options.get("model") or not options.get("store"):
+            raise EvopruneError("--model and --store are required (on the command line or in --config)")
+        settings = settings_from_options(options)
+        model, data, store = options["model"], options["data"], Path(options["store"])
+        executor = options.get("executor") or "local"
+        ray_options = {"address": "ray_address", "workers": "workers", "gpus_per_worker": "gpus_per_worker"}
+        executor_options = {k: options[o] for k, o in ray_options.items() if options.get(o) is not None}
+        if executor != "ray" and executor_options:
+            raise EvopruneError("--ray-address, --workers and --gpus-per-worker need --executor ray")
+        executor_factory(executor)  # a missing Ray or an unknown name fails here, before the model loads
+        _use_task_data(options.get("task_data"))
+        with _SearchProgress(err_console) as progress:
+            result = search(
+                model,
+                data,
+                str(store),
+                settings,
+                progress=progress,
+                executor=executor,
+                executor_options=executor_options,
+                retry_failed=bool(options.get("retry_failed")),
+            )
+    except EvopruneError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        _fail(f"interrupted: every finished evaluation is in '{store}'; run the same command to continue", 130)
+    _print_search_result(result, store, as_json)
+
+
+def resume_command(
+    store: Path = typer.Option(..., "--store", "-s", help="SQLite pair store written by 'evoprune search'."),
+    run: int | None = typer.Option(None, "--run", help="Run id (default: the latest run)."),
+    evals: int | None = typer.Option(None, "--evals", "-n", help="New total budget (default: the run's own)."),
+    task_data: str | None = typer.Option(
+        None,
+        "--task-data",
+        help="Folder of the shipped tasks' data (arc_easy/, mmlu/dev/; default: $EVOPRUNE_TASK_DATA, else the hub).",
+    ),
+    retry_failed: bool = typer.Option(
+        False, "--retry-failed", help="Evaluate the run's failed rows again before going on (after fixing a fault)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the resulting front as JSON."),
+) -> None:
+    """Continue a stored run with its recorded settings; nothing but the store is needed."""
+    from dataclasses import replace
+
+    from evoprune.engine.config import settings_from_run
+
+    try:
+        with Store.open_existing(store, readonly=True) as st:
+            r = st.get_run(run)
+        settings = settings_from_run(r.settings)
+        if evals is not None:
+            settings = replace(settings, evals=evals)
+        _use_task_data(task_data)
+        with _SearchProgress(err_console) as progress:
+            result = search(r.model, r.data, str(store), settings, progress=progress, retry_failed=retry_failed)
+    except EvopruneError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        _fail(f"interrupted: every finished evaluation is in '{store}'; run 'evoprune resume' to continue", 130)
+    _print_search_result(result, store, as_json)
+
+
+def _print_search_result(result, store: Path, as_json: bool) -> None:
+    with Store.open_existing(store, readonly=True) as st:
+        points = pareto_front(st, result.run)
+    if as_json:
+        extra = {"stop_reason": result.stop_reason, "notes": list(result.notes)}
+        typer.echo(json.dumps({**_front_json(result.run, points), **extra}, indent=2))
+        return
+    ok = sum(e.status == "ok" for e in result.evaluations)
+    failed = sum(e.status == "failed" for e in result.evaluations)
+    err_console.print(
+        f"run {result.run.id}: {ok} ok and {failed} failed evaluations in '{store}' "
+        f"({result.new_evaluations} new in this call)"
+    )
+    for note in (*result.notes, result.stop_reason):
+        if note:
+            err_console.print(f"note: {note}", soft_wrap=True)
+    out_console.print(_front_view(result.run, points, out_console.width))
