@@ -126,7 +126,9 @@ def rank_agreement(backend, held: HeldOut, evals, budget: float, n: int) -> dict
         "tau_chosen_by": float(kendalltau(chosen_by, held_ppl)[0]) if len(near) > 2 else None,
         "tau_first_rung": float(kendalltau(first, held_ppl)[0]) if len(near) > 2 else None,
         "climbed": sum(bool(e.ladder) for e in near),
-        "points": [[e.id, e.params_fraction, v, h, bool(e.ladder)] for e, v, h in zip(near, chosen_by, held_ppl, strict=True)],
+        "points": [
+            [e.id, e.params_fraction, v, h, bool(e.ladder)] for e, v, h in zip(near, chosen_by, held_ppl, strict=True)
+        ],
     }
 
 
@@ -270,7 +272,9 @@ def plot_fronts(rows: list[dict], out: Path) -> None:
         ax.set_xlim(max(0.4, budget - 0.25), min(1.0, budget + 0.05))
         ax.set_xlabel("kept parameter fraction")
         ax.set_ylabel("perplexity")
-        ax.set_title(f"budget {budget:.0%}: dots = first-rung figures (WikiText-2 valid),\nstars = picks on WikiText-2 test")
+        ax.set_title(
+            f"budget {budget:.0%}: dots = first-rung figures (WikiText-2 valid),\nstars = picks on WikiText-2 test"
+        )
         ax.legend(fontsize=7, loc="upper right")
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -287,8 +291,10 @@ def render(results: dict) -> str:
     dense = results.get("dense", {}).get("heldout", {})
     # Parts may score different numbers of ARC questions: say which, since the error bars differ.
     arc_ns = sorted({r["heldout"]["arc_n"] for r in rows if "arc_n" in r.get("heldout", {})})
-    arc_text = " or ".join(map(str, arc_ns)) + " (per run: see `ARC-Easy`'s ±)" if len(arc_ns) > 1 else str(
-        arc_ns[0] if arc_ns else a.get("arc_limit")
+    arc_text = (
+        " or ".join(map(str, arc_ns)) + " (per run: see `ARC-Easy`'s ±)"
+        if len(arc_ns) > 1
+        else str(arc_ns[0] if arc_ns else a.get("arc_limit"))
     )
     lines = [
         f"Command: `python benchmarks/smollm2_compare.py --evals {a.get('evals')} --seeds {','.join(map(str, seeds))} "
@@ -324,9 +330,14 @@ def render(results: dict) -> str:
         methods = list(dict.fromkeys(r["method"] for r in rows if r["budget"] == budget))
         for m in methods:
             rs = [r for r in rows if r["budget"] == budget and r["method"] == m and r.get("heldout")]
-            med = {k: _median(r["heldout"].get(k) for r in rs) for k in ("ppl:wikitext2_test", "ppl:ptb_valid", "acc:arc_easy")}
+            med = {
+                k: _median(r["heldout"].get(k) for r in rs)
+                for k in ("ppl:wikitext2_test", "ppl:ptb_valid", "acc:arc_easy")
+            }
             summary[(budget, m)] = med
-            mid = min(rs, key=lambda r: abs(r["heldout"]["ppl:wikitext2_test"] - med["ppl:wikitext2_test"])) if rs else {}
+            mid = (
+                min(rs, key=lambda r: abs(r["heldout"]["ppl:wikitext2_test"] - med["ppl:wikitext2_test"])) if rs else {}
+            )
             tok = _median(sum(r["tokens"][k] for k in ("first_rung", "ladder", "validation")) for r in rs)
             lines.append("| " + " | ".join([
                 f"{budget:.0%}", m, str(len(rs)), _fmt(_median(r.get("params_fraction") for r in rs), ".3f"),
@@ -351,7 +362,11 @@ def render(results: dict) -> str:
         ours = summary.get((budget, "evoprune"), {}).get("ppl:wikitext2_test")
         if not ours:
             continue
-        base = {m: v["ppl:wikitext2_test"] for (b, m), v in summary.items() if b == budget and m != "evoprune" and v["ppl:wikitext2_test"]}
+        base = {
+            m: v["ppl:wikitext2_test"]
+            for (b, m), v in summary.items()
+            if b == budget and m != "evoprune" and v["ppl:wikitext2_test"]
+        }
         if base:
             best = min(base, key=base.get)
             lines.append(f"- {budget:.0%}: evoprune {ours:.1f} vs the best baseline ({best}, {base[best]:.1f}) = "

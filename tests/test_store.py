@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+from pathlib import Path
 
 import pytest
 
@@ -88,3 +90,32 @@ def test_opening_a_missing_or_foreign_file_is_a_clear_error(tmp_path):
         Store.open_existing(junk)
     with Store(tmp_path / "empty.db") as st, pytest.raises(EvopruneError, match="no runs yet"):
         st.get_run()
+
+
+def _open_handles(path) -> list[str]:
+    fds = Path("/proc/self/fd")
+    if not fds.is_dir():
+        pytest.skip("needs /proc to list open files")
+    found = []
+    for fd in fds.iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith(str(path)):
+            found.append(target)
+    return found
+
+
+@pytest.mark.parametrize("readonly", [False, True])
+def test_a_store_that_fails_to_open_does_not_keep_the_file_open(tmp_path, readonly):
+    # A held handle kept a read-only bind mount busy after the error was reported.
+    path = tmp_path / "other.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
+        conn.execute("INSERT INTO meta VALUES ('schema_version', '999')")
+    conn.close()
+    with pytest.raises(EvopruneError, match="schema version 999") as info:
+        Store(path, readonly=readonly)
+    assert info.value is not None
+    assert _open_handles(path) == []

@@ -6,6 +6,7 @@ store, exports that load as something they are not, searches that stop or fail w
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import subprocess
@@ -95,7 +96,10 @@ def read_only_copy(tmp_path, searched_store):
     try:
         yield mnt / "s.db"
     finally:
-        subprocess.run(["umount", str(mnt)], check=False)
+        if subprocess.run(["umount", str(mnt)], capture_output=True).returncode:
+            # Still busy (a handle not yet collected): detach it so no mount outlives the test.
+            gc.collect()
+            subprocess.run(["umount", "--lazy", str(mnt)], check=False)
 
 
 # -- 4: read-only stores ---------------------------------------------------------------------

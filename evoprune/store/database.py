@@ -28,22 +28,34 @@ class Store(StoreLogs):
     def __init__(self, path: str | Path, *, readonly: bool = False):
         self.path = Path(path)
         self.readonly = readonly
+        self._conn: sqlite3.Connection | None = None
         try:
-            self._conn = self._connect_readonly() if readonly else self._connect_writable()
+            self._open()
+        except BaseException:
+            # A store that fails to open must not keep the file open (a held handle blocks
+            # unmounting the folder and keeps a WAL around).
+            if self._conn is not None:
+                self._conn.close()
+            raise
+
+    def _open(self) -> None:
+        try:
+            self._conn = self._connect_readonly() if self.readonly else self._connect_writable()
             row = self._conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         except sqlite3.DatabaseError as exc:
             raise self._open_error(exc) from None
         version = int(row[0]) if row else None
         if version != SCHEMA_VERSION:
-            raise EvopruneError(f"store '{path}' has schema version {version}, this evoprune reads {SCHEMA_VERSION}")
+            raise EvopruneError(
+                f"store '{self.path}' has schema version {version}, this evoprune reads {SCHEMA_VERSION}"
+            )
 
     def _connect_writable(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(str(self.path), timeout=30, isolation_level=None)
+        conn = self._conn = sqlite3.connect(str(self.path), timeout=30, isolation_level=None)
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA foreign_keys=ON")
-        self._conn = conn
         with self._tx():
             for statement in SCHEMA.split(";"):
                 if statement.strip():
@@ -53,14 +65,14 @@ class Store(StoreLogs):
 
     def _connect_readonly(self) -> sqlite3.Connection:
         uri = self.path.resolve().as_uri()
-        conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=30, isolation_level=None)
+        conn = self._conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=30, isolation_level=None)
         try:
             conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
         except sqlite3.OperationalError:
             # A WAL store needs its -shm file, which SQLite cannot create on read-only media; nobody
             # can write there either, so reading the file as immutable sees the same data.
             conn.close()
-            conn = sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, isolation_level=None)
+            conn = self._conn = sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, isolation_level=None)
         conn.row_factory = sqlite3.Row
         return conn
 
