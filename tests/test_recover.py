@@ -295,6 +295,12 @@ def test_a_recovery_is_recorded_against_its_evaluation_and_plan_shows_it(tmp_pat
     shown = runner.invoke(app, ["plan", "--store", str(store), "--max-params", "0.95"])
     assert shown.exit_code == 0, shown.output
     assert "recovered (lora, 12 steps)" in shown.stdout and f"{result.heldout_after['ppl']:.2f}" in shown.stdout
+    # The report shows it too, beside the figure the search chose the configuration by.
+    assert runner.invoke(app, ["report", "--store", str(store), "--out", str(tmp_path / "report")]).exit_code == 0
+    page = (tmp_path / "report" / "index.html").read_text()
+    section = page.split("<h2>Recovery</h2>")[1].split("<h2>")[0]
+    assert f"<td>{best.id}</td>" in section and "lora, 12 steps" in section
+    assert f"{result.heldout_before['ppl']:.2f}" in section and f"{result.heldout_after['ppl']:.2f}" in section
 
 
 def test_the_teacher_is_checked_as_searched_in_any_training_dtype(tmp_path, text_file, tiny_tokenizer):

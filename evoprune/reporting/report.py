@@ -1,5 +1,5 @@
 """A self-contained HTML report of a store: front, levels, the search's predictions against its
-measurements, rounds, narrowed space, comparison."""
+measurements, rounds, narrowed space, recoveries, comparison."""
 
 from __future__ import annotations
 
@@ -81,6 +81,41 @@ def _screening_summary(store: Store, run) -> str:
         "<h2>Multi-fidelity screening</h2>"
         f"<p>{len(screenings)} candidates screened on {', '.join(map(str, tokens))} tokens "
         f"({seconds:.1f} s); {promoted} of them went on to a full evaluation.</p>"
+    )
+
+
+def _recoveries_section(store: Store, run: Run) -> str:
+    """Recovery trainings (``evoprune recover``) of this run's exports: the figure the search chose
+    each configuration by beside the held-out figures before and after training."""
+    records = store.recoveries(run_id=run.id)
+    if not records:
+        return ""
+    chosen = {e.id: e for e in store.evaluations(run.id)}
+    rows = []
+    for r in records:
+        e = chosen.get(r.eval_id)
+        rows.append([r.eval_id, f"{e.params_fraction:.3f}" if e else "-",
+                     _figure(top_rung(e)[1], "ppl") if e else "-", f"{r.method}, {r.steps} steps",
+                     _figure(r.before, "ppl"), _figure(r.after, "ppl"),
+                     _figure(r.before, "kl", ".4f"), _figure(r.after, "kl", ".4f"), r.out])  # fmt: skip
+    return (
+        "<h2>Recovery</h2><p>Distillation from the dense model after export (<code>evoprune recover</code>). "
+        "Before and after: perplexity and KL to the dense model on recover's held-out split, which training "
+        "never read (± one standard error); searched: the figure the search chose the configuration by.</p>"
+        + _table(
+            [
+                "id",
+                "kept",
+                "searched ppl",
+                "training",
+                "ppl before",
+                "ppl after",
+                "KL before",
+                "KL after",
+                "recovered into",
+            ],
+            rows,
+        )  # fmt: skip
     )
 
 
@@ -196,6 +231,7 @@ def write_report(store: Store, out_dir: str | Path, run_id: int | None = None) -
         + (" (refinement is off for this run)." if run.settings.get("refine") is False else ".")
         + "</p>",
         _screening_summary(store, run),
+        _recoveries_section(store, run),
         "<h2>Comparison</h2>",
         _comparison(store),
         "</body></html>",
