@@ -1,4 +1,4 @@
-"""Where evoprune keeps what is expensive to recompute: converted models, importance scores."""
+"""Where evoprune keeps what is expensive to recompute: converted models, importance scores, latency tables."""
 
 from __future__ import annotations
 
