@@ -63,10 +63,6 @@ def runs_command(
     out_console.print(table)
 
 
-def _fmt(value: float | None, spec: str = ".3f") -> str:
-    return "-" if value is None or value != value else format(value, spec)
-
-
 SURROGATE_REPORT_HELP = (
     "Cross-validate every surrogate on a run's successful evaluations (target: log perplexity).\n\n"
     "Per surrogate: Kendall tau over all pairs and within equal-cost groups (pairs binned by kept parameter "
@@ -90,6 +86,7 @@ def surrogate_report_command(
     seed: int = typer.Option(0, "--seed", help="Seed of the fold split and of the surrogates."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
+    from evoprune.reporting.prediction_metrics import number_text as _fmt
     from evoprune.reporting.surrogate_report import cached_feature_map, surrogate_report
 
     try:
@@ -120,11 +117,11 @@ def surrogate_report_command(
         d = vars(s) if s is not None else {**report.recorded, "fit_s": None}
         table.add_row(
             label,
-            _fmt(d["kendall_tau"]),
-            _fmt(d["within_cost_tau"]),
+            _fmt(d["kendall_tau"], ".3f"),
+            _fmt(d["within_cost_tau"], ".3f"),
             str(d["cost_bins"]),
-            _fmt(d["spearman_rho"]),
-            _fmt(d["rmse"]),
+            _fmt(d["spearman_rho"], ".3f"),
+            _fmt(d["rmse"], ".3f"),
             _fmt(d["nll"], ".2f"),
             _fmt(d["coverage90"], ".0%"),
             _fmt(d["fit_s"], ".2f"),

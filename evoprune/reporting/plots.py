@@ -22,6 +22,7 @@ from matplotlib.ticker import LogFormatter, MaxNLocator  # noqa: E402
 from scipy.stats import norm  # noqa: E402
 
 from evoprune.objectives.pareto import front_of, knee_index, objectives, run_objectives, rung_offsets, selection_value
+from evoprune.reporting.prediction_metrics import number_text as _fmt  # noqa: E402
 from evoprune.space import SearchSpace  # noqa: E402
 from evoprune.store import Run, Store  # noqa: E402
 
@@ -192,10 +193,6 @@ def predictions_figure(check) -> Figure:
     cover_ax.set_xlabel("round")
     cover_ax.legend(loc="lower right", fontsize=8)
     return fig
-
-
-def _fmt(value: float | None) -> str:
-    return "-" if value is None or value != value else f"{value:.2f}"
 
 
 def plot_predictions(check, path=None) -> bytes:

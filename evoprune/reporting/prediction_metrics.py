@@ -185,3 +185,8 @@ def nan_to_none(obj):
     if isinstance(obj, list):
         return [nan_to_none(v) for v in obj]
     return obj
+
+
+def number_text(value: float | None, spec: str = ".2f") -> str:
+    """``value`` written with ``spec``, or ``-`` when it is missing or NaN (a figure the data left undefined)."""
+    return "-" if value is None or value != value else format(value, spec)

@@ -12,6 +12,7 @@ from matplotlib.figure import Figure
 from evoprune.objectives.pareto import best_of, pareto_front, top_rung
 from evoprune.reporting.plots import front_figure, levels_figure, predictions_figure, render_png, rounds_figure
 from evoprune.reporting.prediction_metrics import MIN_TAU_POINTS
+from evoprune.reporting.prediction_metrics import number_text as _fmt
 from evoprune.reporting.search_predictions import SearchPredictions, search_predictions
 from evoprune.store import Run, Store
 
@@ -133,10 +134,6 @@ def report_figures(store: Store, run: Run, predictions: SearchPredictions | None
     if rounds:
         figures["rounds"] = rounds_figure(rounds)
     return figures
-
-
-def _fmt(value: float | None, spec: str = ".2f") -> str:
-    return "-" if value is None or value != value else format(value, spec)
 
 
 def _predictions_section(predictions: SearchPredictions | None, image: str, method: str) -> str:
