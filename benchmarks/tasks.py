@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._markdown import BENCHMARKS, write_section  # noqa: E402
 from evoprune.backend.data import load_text  # noqa: E402
 from evoprune.backend.loading import load_model, resolve_model  # noqa: E402
 from evoprune.backend.pruner import PruningBackend  # noqa: E402
@@ -41,17 +41,7 @@ from evoprune.pruned.export import export_pruned  # noqa: E402
 from evoprune.tasks import TaskEvaluator, evaluate_model, resolve_task  # noqa: E402
 from evoprune.tasks import harness as lm_harness  # noqa: E402
 
-BENCHMARKS = ROOT / "BENCHMARKS.md"
 HEADING = "Task accuracy"
-
-
-def write_section(body: str, path: Path = BENCHMARKS) -> None:
-    """Replace this script's section (up to the next ``## ``) or append it; the rest stays."""
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    block = f"## {HEADING}\n\n{body.strip()}\n\n"
-    pattern = re.compile(rf"^## {re.escape(HEADING)}\n.*?(?=^## |\Z)", re.S | re.M)
-    text = pattern.sub(lambda _m: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block
-    path.write_text(text, encoding="utf-8")
 
 
 def pruned_configuration(space) -> np.ndarray:
@@ -214,7 +204,7 @@ def main() -> None:
             f"{harness['harness_s']:.0f} s in the harness (evoprune runs each question's context once and",
             "reuses its KV cache for the choices).",
         ]
-    write_section("\n".join(lines))
+    write_section(HEADING, "\n".join(lines))
     log(f"wrote the '{HEADING}' section of {BENCHMARKS}")
 
 
