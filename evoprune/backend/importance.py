@@ -37,6 +37,7 @@ import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -252,6 +253,11 @@ def importance_cache_key(model_fingerprint: str, data_fingerprint: str, criterio
     return hashlib.sha1(payload.encode()).hexdigest()[:20]
 
 
+def importance_cache_file(cache_key: str) -> Path:
+    """Where the scores cached under ``cache_key`` (``importance_cache_key``) are kept."""
+    return cache_dir("importance") / f"{cache_key}.safetensors"
+
+
 def _with_means(scores: Importance, stats: ActivationStats, layers: list[LayerParts]) -> Importance:
     o_mean = torch.stack([stats.mean(i, "o_in").cpu() for i in range(len(layers))]).numpy()
     down_mean = torch.stack([stats.mean(i, "down_in").cpu() for i in range(len(layers))]).numpy()
@@ -276,7 +282,7 @@ def compute_importance(
     """
     if criterion not in CRITERIA:
         raise EvopruneError(f"importance criterion {criterion!r} is unknown: use one of {', '.join(CRITERIA)}")
-    path = cache_dir("importance") / f"{cache_key}.safetensors" if cache_key else None
+    path = importance_cache_file(cache_key) if cache_key else None
     if path is not None and path.exists():
         try:
             arrays = load_file(str(path))

@@ -32,8 +32,7 @@ import numpy as np
 from safetensors.numpy import load_file
 from sklearn.model_selection import KFold
 
-from evoprune.backend.importance import Importance, importance_cache_key
-from evoprune.cache import cache_dir
+from evoprune.backend.importance import Importance, importance_cache_file, importance_cache_key
 from evoprune.engine.features import FeatureMap, LevelsAndFraction
 from evoprune.errors import EvopruneError
 from evoprune.reporting.prediction_metrics import MIN_BIN_PAIRS, cost_bins, nan_to_none, prediction_scores
@@ -78,7 +77,7 @@ def cached_feature_map(run: Run) -> FeatureMap | None:
         return None
     criterion, tokens = backend["criterion"], backend["calib_tokens"]
     key = importance_cache_key(run.model_fingerprint, run.data_fingerprint, criterion, tokens)
-    path = cache_dir("importance") / f"{key}.safetensors"
+    path = importance_cache_file(key)
     if not path.is_file():
         return None
     try:
