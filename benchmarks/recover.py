@@ -99,9 +99,38 @@ def render(results: dict) -> str:
     return "\n".join(lines)
 
 
+def plot_losses(results: list[dict], path: Path, window: int = 4) -> Path:
+    """The training loss (KL per token, or the mixed loss) of every recovery, step by step, with a
+    ``window``-step moving average over it; one line per export."""
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 3.6), layout="constrained")
+    ax = fig.add_subplot()
+    for res in results:
+        for r in res["rows"]:
+            losses = np.asarray(r["losses"], dtype=float)
+            steps = np.arange(1, len(losses) + 1)
+            label = f"{Path(r['export']).name} ({r['params_fraction']:.1%} kept)"
+            (line,) = ax.plot(steps, losses, alpha=0.35, linewidth=1)
+            if len(losses) >= window:
+                smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
+                ax.plot(steps[window - 1 :], smooth, color=line.get_color(), linewidth=2, label=label)
+            else:
+                line.set_label(label)
+    s = results[0]["settings"]
+    ax.set_xlabel(f"step ({s['batch']} x {s['seq_len']} tokens)")
+    ax.set_ylabel("training loss: KL to dense (nats/token)")
+    ax.set_title(f"{s['method']} recovery, lr {s['lr']}: per step (thin) and {window}-step mean", fontsize=10)
+    ax.legend(fontsize=8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    return path
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--exports", required=True, help="export directories, comma-separated")
+    p.add_argument("--exports", help="export directories, comma-separated")
     p.add_argument("--data", default=str(SHARED / "wikitext-2" / "valid.txt"), help="training text")
     p.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results" / "recovered"))
     p.add_argument("--json", default=None, help="results JSON (default: OUT_DIR/recover.json)")
@@ -120,7 +149,17 @@ def main() -> None:
     p.add_argument("--dtype", default=None)
     p.add_argument("--no-dense", action="store_true", help="skip the dense model's figures")
     p.add_argument("--tiny", action="store_true", help="a few short steps and little held-out text (CI)")
+    p.add_argument("--render", help="only print the table of these results JSON files (comma-separated)")
+    p.add_argument("--plot", help="write the training-loss curves to this PNG")
     args = p.parse_args()
+    if args.render:
+        merged = [json.loads(Path(f.strip()).read_text()) for f in args.render.split(",") if f.strip()]
+        print(render({**merged[0], "rows": [r for m in merged for r in m["rows"]]}))
+        if args.plot:
+            print(f"wrote {plot_losses(merged, Path(args.plot))}")
+        return
+    if not args.exports:
+        p.error("--exports is required (or --render to print earlier results)")
     if args.tiny:
         args.steps, args.seq_len, args.batch, args.heldout_tokens = 4, 64, 2, 128
         args.test_tokens, args.arc_limit, args.lr = 256, 0, args.lr or 3e-3
@@ -171,6 +210,8 @@ def main() -> None:
     out_json.write_text(json.dumps(results, indent=2))
     print(render(results))
     print(f"wrote {out_json}")
+    if args.plot:
+        print(f"wrote {plot_losses([results], Path(args.plot))}")
 
 
 if __name__ == "__main__":
