@@ -255,6 +255,14 @@ def test_recover_benchmark_runs_on_a_tiny_export(llama_export, text_file, tmp_pa
         assert figures["ppl:wikitext2_test"] > 1 and figures["ppl_se:wikitext2_test"] > 0
     assert row["before"]["ppl:wikitext2_test"] != row["after"]["ppl:wikitext2_test"]
     assert "| export | kept params |" in result.stdout
+    # --render reprints the table from the JSON alone and draws the loss curves.
+    plot = tmp_path / "loss.png"
+    rendered = subprocess.run(
+        [sys.executable, str(script), "--render", str(tmp_path / "rec" / "recover.json"), "--plot", str(plot)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert rendered.returncode == 0, rendered.stderr[-3000:]
+    assert "| export | kept params |" in rendered.stdout and plot.read_bytes()[:4] == b"\x89PNG"
 
 
 def test_a_recovery_is_recorded_against_its_evaluation_and_plan_shows_it(tmp_path, tiny_model_dir, text_file):
