@@ -80,6 +80,11 @@ def search_command(
     focus: float = typer.Option(
         0.05, "--focus", help="With a budget, acquire only within this relative distance under it (0: whole front)."
     ),
+    local_share: float = typer.Option(
+        0.5,
+        "--local-share",
+        help="With a budget, share of each batch spent on level swaps around the best configurations (0: off).",
+    ),
     screen_tokens: int = typer.Option(
         0, "--screen-tokens", help="Multi-fidelity: screen candidates on this many tokens first (0: off)."
     ),

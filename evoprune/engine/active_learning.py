@@ -28,6 +28,7 @@ from evoprune.engine.acquisition import expected_hv_improvement, select_batch
 from evoprune.engine.context import SearchContext
 from evoprune.engine.design import feasible_design, intensity_sample
 from evoprune.engine.features import FeatureMap
+from evoprune.engine.local_moves import moves_around_incumbents
 from evoprune.engine.registry import Strategy, register_strategy
 from evoprune.errors import EvopruneError
 from evoprune.objectives.spec import quality_value
@@ -188,15 +189,46 @@ class ActiveLearning(Strategy):
         res = minimize(problem, self._algorithm(ctx, seeds[: s.pop_size]), ("n_gen", s.generations), seed=seed)
         pool, rank = self._candidates(ctx, res)
         pool, rank = self._band(ctx, pool, rank, self._objective_fn(ctx, models, featurize))
+        k = min(s.batch, ctx.budget_left())
+        n_local = math.floor(k * s.local_share)
+        local = moves_around_incumbents(ctx, models[ctx.objectives.quality[0]], featurize, upper, n_local)
+        if len(local):  # the acquisition fills the rest of the batch from the other candidates
+            taken = {ctx.space.key(x) for x in local}
+            keep = np.array([ctx.space.key(x) not in taken for x in pool], dtype=bool)
+            pool, rank = pool[keep], rank[keep]
         search_s = time.perf_counter() - t0
         ctx.timings["fit_s"] += fit_s
         ctx.timings["search_s"] += search_s
         narrowed = {int(i): int(u) for i, u in enumerate(upper) if u < ctx.space.upper[i]}
         ctx.store.record_round(ctx.run.id, round_, n_train=len(X), fit_s=fit_s, search_s=search_s, bounds=narrowed)
-        if not len(pool):
+        if not len(pool) and not len(local):
             ctx.store.close_round(ctx.run.id, round_, eval_s=0.0, hypervolume=ctx.hypervolume())
             return 0
-        k = min(s.batch, ctx.budget_left())
+        primary = ctx.objectives.quality[0]
+        before = len(ctx.evaluations())
+        if len(local):
+            mean, std = models[primary].predict(featurize(local), return_std=True)
+            moves = [{primary: float(m), "std": float(d)} for m, d in zip(mean, std, strict=True)]
+            ctx.evaluate_now(local, "local", round_, moves)
+        k -= len(local)
+        if k > 0 and len(pool):
+            self._acquire_and_evaluate(ctx, round_, models, featurize, pool, rank, k, seed)
+        screened = sum(sc.duration_s or 0 for sc in ctx.store.screenings(ctx.run.id) if sc.round == round_)
+        batch = [e for e in ctx.evaluations() if e.round == round_ and e.status == "ok" and e.predicted]
+        tau, rmse = _prediction_quality(batch, primary)
+        ctx.store.close_round(
+            ctx.run.id,
+            round_,
+            eval_s=sum(e.duration_s or 0 for e in batch) + screened,
+            hypervolume=ctx.hypervolume(),
+            tau=tau,
+            rmse=rmse,
+        )
+        return len(ctx.evaluations()) - before
+
+    def _acquire_and_evaluate(self, ctx: SearchContext, round_: int, models, featurize, pool, rank, k, seed) -> None:
+        """Send the ``k`` candidates of ``pool`` that the acquisition strategy ranks highest to real evaluation."""
+        s = ctx.settings
         front = pool[rank == 0]
         pool = front if len(front) >= k else pool
         primary = ctx.objectives.quality[0]
@@ -211,20 +243,7 @@ class ActiveLearning(Strategy):
             chosen = self._screened_best(ctx, round_, pool, wide, first_cost, k, predictions)
         else:
             chosen = self._acquire(ctx, models, featurize, pool, mean, std, first_cost, k, seed)
-        before = len(ctx.evaluations())
         ctx.evaluate_now(pool[chosen], "acquired", round_, [predictions[i] for i in chosen])
-        screened = sum(sc.duration_s or 0 for sc in ctx.store.screenings(ctx.run.id) if sc.round == round_)
-        batch = [e for e in ctx.evaluations() if e.round == round_ and e.status == "ok" and e.predicted]
-        tau, rmse = _prediction_quality(batch, primary)
-        ctx.store.close_round(
-            ctx.run.id,
-            round_,
-            eval_s=sum(e.duration_s or 0 for e in batch) + screened,
-            hypervolume=ctx.hypervolume(),
-            tau=tau,
-            rmse=rmse,
-        )
-        return len(ctx.evaluations()) - before
 
     def _acquire(self, ctx: SearchContext, models, featurize, pool, mean, std, first_cost, k, seed) -> list[int]:
         """Indices of the ``k`` candidates of ``pool`` the acquisition strategy sends on."""

@@ -42,6 +42,7 @@ class SearchSettings:
     generations: int = 40
     refine: bool = True
     focus: float = 0.05
+    local_share: float = 0.5  # under a budget: share of each batch spent on level swaps around the best
     screen_tokens: int = 0
     screen_factor: int = 3
     warm_start: bool = True
@@ -75,6 +76,8 @@ class SearchSettings:
             raise EvopruneError(f"--screen-factor must be at least 2, got {self.screen_factor}")
         if self.screen_tokens and Objectives.parse(self.objectives).quality[0] not in ("ppl", "kl"):
             raise EvopruneError("--screen-tokens screens on perplexity or KL: put ppl or kl first in --objectives")
+        if not 0 <= self.local_share <= 1:
+            raise EvopruneError(f"--local-share must be in [0, 1], got {self.local_share}")
         if not 0 <= self.focus < 1:
             raise EvopruneError(f"--focus must be in [0, 1), got {self.focus}")
         for name in ("baseline_skip_first", "baseline_skip_last"):
@@ -109,6 +112,8 @@ class SearchSettings:
         """The settings that define a run (a larger ``evals`` continues the same run)."""
         d = asdict(self)
         d.pop("evals")
+        if d["local_share"] == 0:  # runs recorded before local moves existed searched without them
+            d.pop("local_share")
         for name in ("baseline_skip_first", "baseline_skip_last"):
             if d[name] is None:  # unset: runs recorded before these options existed keep their identity
                 d.pop(name)
