@@ -54,3 +54,14 @@ def test_synthetic_benchmark_runs(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "| method | median evaluations to reach |" in result.stdout
     assert "| evoprune[additive:link=auto] |" in result.stdout and "| NSGA-II |" in result.stdout
+
+
+def test_local_moves_benchmark_runs(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "local_moves.py"), "--seeds", "1", "--budgets", "0.7",
+         "--shares", "0,0.5", "--evals", "12", "--no-write"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| 70% | 0 |" in result.stdout and "| 70% | 0.5 |" in result.stdout
+    assert "1 of 1" in result.stdout or "0 of 1" in result.stdout
