@@ -1,5 +1,5 @@
 """Recovery training of exports: distillation lowers the loss, the result is an export again,
-a killed run continues to the same weights, bad input is refused in one line."""
+a killed run continues to the same weights, bad input and an --out in use are refused in one line."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -199,7 +200,37 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(llama_export, text_file,
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("case", ["not-an-export", "teacher-vocab", "empty-data", "zero-steps", "out-not-empty"])
+def _in_use(out: Path, pid: int) -> str:
+    return (
+        f"output directory '{out}' is in use by another evoprune recover (pid {pid}): wait for it to end "
+        "(if it stops early, the same command continues from its checkpoint), or pass another --out"
+    )
+
+
+def test_a_second_recovery_into_an_out_in_use_is_refused_in_one_line_and_changes_nothing(
+    llama_export, text_file, tmp_path
+):
+    from evoprune.recovery.inputs import _lock_out
+
+    out = tmp_path / "out"
+    (out / ".checkpoint").mkdir(parents=True)
+    (out / ".checkpoint" / "state.pt").write_bytes(b"the other recovery's checkpoint")
+    before = _digest(out)
+    settings = RecoverySettings(method="lora", **{**TINY, "steps": 2})
+    with _lock_out(out):  # another recovery into out holds OUT.lock
+        with pytest.raises(EvopruneError) as refused:
+            recover(llama_export, str(text_file), out, settings, restart=True)
+        assert str(refused.value) == _in_use(out, os.getpid())
+        assert _digest(out) == before
+    assert (tmp_path / "out.lock").is_file()  # the lock file stays; the lock went with its holder
+    # Once released (as when its process ends, even by SIGKILL), the same command runs.
+    result = recover(llama_export, str(text_file), out, settings, restart=True)
+    assert len(result.losses) == 2 and (out / "model.safetensors").is_file() and not (out / ".checkpoint").exists()
+
+
+@pytest.mark.parametrize(
+    "case", ["not-an-export", "teacher-vocab", "empty-data", "zero-steps", "out-not-empty", "out-in-use"]
+)
 def test_bad_input_is_one_line_exit_2_and_changes_nothing(case, llama_export, text_file, tmp_path, tiny_tokenizer):
     from typer.testing import CliRunner
 
@@ -207,6 +238,7 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(case, llama_export, te
 
     model, data, out = str(llama_export), str(text_file), tmp_path / "out"
     extra: list[str] = []
+    held = ExitStack()
     if case == "not-an-export":
         dense = tmp_path / "dense"
         build_tiny_model("llama").save_pretrained(dense)
@@ -221,14 +253,20 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(case, llama_export, te
         data, needle = str(tmp_path / "empty.txt"), "is empty"
     elif case == "zero-steps":
         extra, needle = ["--steps", "0"], "--steps must be at least 1"
+    elif case == "out-in-use":
+        from evoprune.recovery.inputs import _lock_out
+
+        held.enter_context(_lock_out(out))  # another recovery into out holds OUT.lock
+        needle = _in_use(out, os.getpid())
     else:
         out.mkdir()
         (out / "keep.txt").write_text("precious")
         needle = "exists and is not empty"
     before = _digest(llama_export)
-    result = CliRunner().invoke(
-        app, ["recover", "--model", model, "--data", data, "--out", str(out), "--seq-len", "64", *extra]
-    )
+    with held:
+        result = CliRunner().invoke(
+            app, ["recover", "--model", model, "--data", data, "--out", str(out), "--seq-len", "64", *extra]
+        )
     assert result.exit_code == 2, result.output
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], result.stderr

@@ -27,5 +27,7 @@ Modules: ``settings`` (``RecoverySettings``, ``RecoveryResult``), ``training`` (
   the data position and the random states go to ``OUT/.checkpoint/state.pt`` (written to a
   temporary file, then renamed). ``recover`` called again with the same arguments continues
   from it, and ends with the weights an uninterrupted run with the same seed ends with (on the
-  same device and thread count). The checkpoint is removed when the export is written.
+  same device and thread count). The checkpoint is removed when the export is written. One
+  recovery at a time per ``OUT``: it holds an OS lock on ``OUT.lock`` beside it from the check
+  of ``OUT`` until the export is written, and a second one is refused in one line.
 """

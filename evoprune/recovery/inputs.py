@@ -1,18 +1,21 @@
 """What a recovery reads and where it reports: the export's plan and weights digest, the output
-directory, the teacher (checked against the export), the held-out and training windows, held-out
-figures, and the ``recoveries`` row of the store the export came from.
+directory (checked, and locked against a second recovery into it), the teacher (checked against
+the export), the held-out and training windows, held-out figures, and the ``recoveries`` row of
+the store the export came from.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from contextlib import AbstractContextManager, suppress
 from pathlib import Path
 
 import torch
 
 from evoprune.errors import EvopruneError
 from evoprune.recovery.settings import CHECKPOINT_DIR, PARTIAL_DIR, RecoverySettings
+from evoprune.store.lock import path_lock
 
 
 # -- inputs ----------------------------------------------------------------------------------
@@ -61,6 +64,21 @@ def _check_out(out: Path, export_dir: Path, force: bool) -> None:
         and not force
     ):
         raise EvopruneError(f"--out '{out}' exists and is not empty: choose another --out or pass --force")
+
+
+def _lock_out(out: Path) -> AbstractContextManager[None]:
+    """One recovery per output directory: an advisory OS lock on ``OUT.lock`` beside it (gone with
+    its process, even after SIGKILL; the file stays). A second process gets ``EvopruneError``."""
+    target = out.resolve()  # "--out ." and "--out ../here" lock the same file
+    with suppress(OSError):  # without its folder, no lock: creating --out then reports the problem
+        target.parent.mkdir(parents=True, exist_ok=True)
+    return path_lock(
+        target,
+        lambda holder: (
+            f"output directory '{out}' is in use by another evoprune recover ({holder}): wait for it to end "
+            "(if it stops early, the same command continues from its checkpoint), or pass another --out"
+        ),
+    )
 
 
 def _load_teacher(spec: str, dtype: torch.dtype, plan: dict | None, from_plan: bool, progress):

@@ -1,25 +1,29 @@
-"""One searching process per store: an advisory lock on a file next to the store.
+"""One process at a time on a path: an advisory lock on a ``.lock`` file next to it.
 
-Two searches writing one store would both pick up each other's pending rows, spend the same
-budget and race to insert the same run; SQLite keeps every write whole but not the search
-consistent. ``search_lock`` lets the first process search and refuses the second with one
-line. The lock is the operating system's (``flock`` / ``msvcrt.locking``), so it goes away with
-its process, even after SIGKILL; the ``.lock`` file stays, like SQLite's ``-wal`` file, and is
-never deleted (deleting it would let two processes lock two different files).
+``path_lock`` holds the lock on ``PATH.lock`` for a ``with`` block and refuses a second process
+with one line (``EvopruneError``, naming the holder's pid). Two users: ``search_lock``, one
+searching process per store (two searches writing one store would both pick up each other's
+pending rows, spend the same budget and race to insert the same run; SQLite keeps every write
+whole but not the search consistent), and ``evoprune recover``, one recovery per output
+directory (two would overwrite each other's checkpoint). The lock is the operating system's
+(``flock`` / ``msvcrt.locking``), so it goes away with its process, even after SIGKILL; the
+``.lock`` file stays, like SQLite's ``-wal`` file, and is never deleted (deleting it would let
+two processes lock two different files).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 from evoprune.errors import EvopruneError
 
 
-def lock_path(store: str | Path) -> Path:
-    p = Path(store)
+def lock_path(path: str | Path) -> Path:
+    """The lock file of ``path``: ``PATH.lock`` beside it."""
+    p = Path(path)
     return p.with_name(p.name + ".lock")
 
 
@@ -50,24 +54,22 @@ def _holder(fd: int) -> str:
 
 
 @contextmanager
-def search_lock(store: str | Path) -> Iterator[None]:
-    """Hold the store's search lock for the ``with`` block.
+def path_lock(path: str | Path, refusal: Callable[[str], str]) -> Iterator[None]:
+    """Hold the lock on ``lock_path(path)`` for the ``with`` block.
 
-    Raises ``EvopruneError`` when another process holds it. A store whose directory cannot be
-    written gets no lock: opening the store for writing reports that problem more precisely.
+    When another process holds it, raises ``EvopruneError(refusal(holder))``, ``holder`` being
+    ``"pid N"`` (or ``"another process"`` when the file does not say). A directory where the
+    lock file cannot be created (or a path with no name, such as ``/``) gets no lock: writing
+    there reports that problem more precisely.
     """
-    path = lock_path(store)
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError:
+        fd = os.open(lock_path(path), os.O_RDWR | os.O_CREAT, 0o644)
+    except (OSError, ValueError):
         yield
         return
     try:
         if not _try_lock(fd):
-            raise EvopruneError(
-                f"store '{store}' is in use by another evoprune search ({_holder(fd)}): "
-                "wait for it to finish, then run the command again (it continues the same run), or pass another --store"
-            )
+            raise EvopruneError(refusal(_holder(fd)))
         # Who holds it, for the refusal message of the next process (the lock itself is the OS's).
         os.ftruncate(fd, 0)
         os.lseek(fd, 0, os.SEEK_SET)
@@ -75,3 +77,18 @@ def search_lock(store: str | Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def search_lock(store: str | Path) -> AbstractContextManager[None]:
+    """Hold the store's search lock for the ``with`` block.
+
+    Raises ``EvopruneError`` when another process holds it. A store whose directory cannot be
+    written gets no lock: opening the store for writing reports that problem more precisely.
+    """
+    return path_lock(
+        store,
+        lambda holder: (
+            f"store '{store}' is in use by another evoprune search ({holder}): "
+            "wait for it to finish, then run the command again (it continues the same run), or pass another --store"
+        ),
+    )
