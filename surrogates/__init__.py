@@ -14,6 +14,9 @@ whatever the caller passes; the engine passes log-perplexity, on which pruning d
 closer to additive and errors are relative, and every surrogate standardises targets itself.
 Feature maps (what a surrogate sees for a configuration) are the engine's: ``evoprune.engine.features``.
 
+Each built-in imports its third-party library (NGBoost, XGBoost, scikit-learn's models) only
+when it is fitted, so importing this package, and with it the command line, stays cheap.
+
 Third parties register their own through the ``evoprune.surrogates`` entry-point group (see
 ``surrogates.registry``); ``tests/test_surrogate_conformance.py`` checks every registered one.
 """

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import nnls
 
 from surrogates.base import Surrogate
 from surrogates.registry import register_surrogate
@@ -105,6 +104,8 @@ class AdditiveDamageSurrogate(Surrogate):
         return np.hstack([B, np.ones((len(B), 1)), -np.ones((len(B), 1))])
 
     def _solve(self, B: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
+        from scipy.optimize import nnls
+
         b = float(y.min())
         t = self._forward(y, b)
         A = self._design(B)

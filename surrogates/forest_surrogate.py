@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.ensemble import ExtraTreesRegressor, RandomForestRegressor
 
 from surrogates.base import Surrogate
 from surrogates.registry import register_surrogate
@@ -35,6 +34,8 @@ class ForestSurrogate(Surrogate):
         self.random_state = random_state
 
     def _fit(self, X: np.ndarray, y: np.ndarray) -> None:
+        from sklearn.ensemble import ExtraTreesRegressor, RandomForestRegressor
+
         kinds = {"extra": ExtraTreesRegressor, "random": RandomForestRegressor}
         if self.kind not in kinds:
             raise ValueError(f"forest kind {self.kind!r} is unknown: use 'extra' or 'random'")

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from sklearn.base import clone
-from sklearn.ensemble import GradientBoostingRegressor
-from sklearn.model_selection import KFold
 
 from surrogates.base import Surrogate
 from surrogates.registry import register_surrogate
+
+if TYPE_CHECKING:
+    from sklearn.ensemble import GradientBoostingRegressor
 
 
 @register_surrogate("gbdt")
@@ -40,6 +43,8 @@ class GBDTSurrogate(Surrogate):
         self.random_state = random_state
 
     def _model(self) -> GradientBoostingRegressor:
+        from sklearn.ensemble import GradientBoostingRegressor
+
         return GradientBoostingRegressor(
             n_estimators=self.n_estimators,
             learning_rate=self.learning_rate,
@@ -49,6 +54,8 @@ class GBDTSurrogate(Surrogate):
         )
 
     def _fit(self, X: np.ndarray, y: np.ndarray) -> None:
+        from sklearn.model_selection import KFold
+
         self.model_ = self._model().fit(X, y)
         spread = float(np.std(y))
         if len(y) >= max(self.cv, 2) * 2:

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-from ngboost import NGBRegressor
-from ngboost.distns import Normal
-from sklearn.tree import DecisionTreeRegressor
 
 from surrogates.base import Surrogate
 from surrogates.registry import register_surrogate
@@ -35,6 +32,10 @@ class NGBoostSurrogate(Surrogate):
         self.random_state = random_state
 
     def _fit(self, X: np.ndarray, y: np.ndarray) -> None:
+        from ngboost import NGBRegressor
+        from ngboost.distns import Normal
+        from sklearn.tree import DecisionTreeRegressor
+
         # NGBoost's Normal fit breaks down on a constant target (zero variance); a tiny,
         # seeded jitter keeps it well defined without moving the mean.
         self.y_offset_ = float(np.mean(y))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-from xgboost import XGBRegressor
 
 from surrogates.base import Surrogate
 from surrogates.registry import register_surrogate
@@ -39,6 +38,8 @@ class XGBoostSurrogate(Surrogate):
         self.random_state = random_state
 
     def _fit(self, X: np.ndarray, y: np.ndarray) -> None:
+        from xgboost import XGBRegressor
+
         if self.n_members < 2:
             raise ValueError(f"n_members must be at least 2 to give a spread, got {self.n_members}")
         rng = np.random.default_rng(self.random_state)

@@ -6,7 +6,6 @@ the levels, 10,000 random candidates ranked by it, the top ones evaluated).
 from __future__ import annotations
 
 import numpy as np
-from sklearn.ensemble import GradientBoostingRegressor
 
 from evoprune.engine.context import SearchContext
 from evoprune.engine.design import intensity_sample
@@ -46,6 +45,8 @@ class PredictorRank(Strategy):
     candidates = 10_000
 
     def run(self, ctx: SearchContext) -> None:
+        from sklearn.ensemble import GradientBoostingRegressor
+
         s = ctx.settings
         n_train = max(2, int(round(self.train_share * s.evals)))
         ctx.evaluate_now(near_budget(ctx, 3 * n_train, s.seed, 60 * s.evals), "baseline", 0)
