@@ -16,6 +16,18 @@ import pytest
 SEARCH_ARGS = ["--eval-tokens", "256", "--calib-tokens", "256", "--seq-len", "64", "--mlp-levels", "4"]
 
 
+def small_inner_search(folder: Path) -> list[str]:
+    """``--config`` for a small inner search on the surrogate instead of the default 64 x 40.
+
+    Tests of what the command line does with evaluations and stores do not depend on how far the
+    inner search explores, and on the tiny model it is most of each round's time; only a config
+    file sets it.
+    """
+    path = folder / "small-inner-search.toml"
+    path.write_text("pop_size = 16\ngenerations = 8\n", encoding="utf-8")
+    return ["--config", str(path)]
+
+
 def evoprune(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "evoprune", *args],
@@ -39,6 +51,7 @@ def _rows(store: Path) -> list[tuple]:
 def test_search_then_pareto_json(tmp_path, tiny_model_dir, text_file):
     store = tmp_path / "s.db"
     args = ["search", "--model", str(tiny_model_dir), "--data", str(text_file), "--store", str(store)]
+    args += small_inner_search(tmp_path)
     result = evoprune(*args, "--evals", "12", "--init", "6", "--batch", "3", *SEARCH_ARGS)
     assert result.returncode == 0, result.stderr
     assert "Pareto front" in result.stdout
@@ -110,6 +123,7 @@ def test_sigkill_loses_and_repeats_nothing(tmp_path, tiny_model_dir, text_file):
 def test_resumed_search_equals_an_uninterrupted_one(tmp_path, tiny_model_dir, text_file):
     """Same seed and store contents give the same configurations, whether or not the run stopped."""
     base = ["search", "--model", str(tiny_model_dir), "--data", str(text_file), "--init", "4", "--batch", "2"]
+    base += small_inner_search(tmp_path)
     whole = tmp_path / "whole.db"
     parts = tmp_path / "parts.db"
     assert evoprune(*base, "--store", str(whole), "--evals", "8", *SEARCH_ARGS).returncode == 0
@@ -173,10 +187,12 @@ def test_bad_input_is_one_line_exit_2_and_leaves_no_store(case, tmp_path, tiny_m
 
 
 def test_bad_input_leaves_an_existing_store_untouched(tmp_path, tiny_model_dir, text_file):
+    from evoprune import BackendSettings, SearchSettings, search
+
     store = tmp_path / "s.db"
-    ok = evoprune("search", "--model", str(tiny_model_dir), "--data", str(text_file), "--store", str(store),
-                  "--evals", "3", "--init", "3", *SEARCH_ARGS)  # fmt: skip
-    assert ok.returncode == 0, ok.stderr
+    # The existing store is made in this process: only the bad command needs the command line.
+    backend = BackendSettings(eval_tokens=256, calib_tokens=256, seq_len=64, mlp_levels=4)
+    search(str(tiny_model_dir), str(text_file), str(store), SearchSettings(evals=3, init=3, backend=backend))
     before = store.read_bytes()
     bad = evoprune("search", "--model", str(tiny_model_dir), "--data", str(tmp_path / "nope.txt"),
                    "--store", str(store), "--evals", "5", *SEARCH_ARGS)  # fmt: skip

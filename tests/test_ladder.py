@@ -23,7 +23,7 @@ from evoprune.engine.run import prepare_backend, search
 from evoprune.engine.settings import SearchSettings
 from evoprune.objectives.pareto import best_of, rung_offsets, selection_value
 from evoprune.store import Evaluation, Store
-from tests.test_cli import _assert_clean_usage_error, evoprune
+from tests.test_cli import _assert_clean_usage_error, evoprune, small_inner_search
 
 BACKEND = BackendSettings(eval_tokens=256, calib_tokens=256, seq_len=64, mlp_levels=4, ladder="1024")
 OLD_STORE = Path(__file__).parent / "data" / "store_v1.db"
@@ -133,7 +133,8 @@ def test_pareto_json_carries_fidelity_standard_error_and_validation(tmp_path, ti
     store = tmp_path / "s.db"
     args = ["search", "--model", str(tiny_model_dir), "--data", str(text_file), "--store", str(store),
             "--evals", "10", "--init", "6", "--batch", "2", "--eval-tokens", "256", "--calib-tokens", "256",
-            "--seq-len", "64", "--mlp-levels", "4", "--ladder", "1024", "--validation-tokens", "256"]  # fmt: skip
+            "--seq-len", "64", "--mlp-levels", "4", "--ladder", "1024", "--validation-tokens", "256",
+            *small_inner_search(tmp_path)]  # fmt: skip
     result = evoprune(*args)
     assert result.returncode == 0, result.stderr
     assert "valid ppl" in result.stdout and "±" in result.stdout
