@@ -2,9 +2,11 @@
 
 Allocation: MLP-only, the same number of channels removed in every layer (a fine grid,
 ``mlp_levels=1536``: one channel per level), the most channels kept with at most 80% / 70% of the
-dense parameters. Importance is scored on WikiText-2 *valid* (the backend's default 2048 calibration
-tokens in 256-token windows); quality is perplexity on the first 16,384 tokens of WikiText-2 *test*
-and of PTB valid, in 512-token windows, each with its standard error over windows.
+dense parameters. Importance is scored on WikiText-2 *valid* (the backend's default calibration:
+2048 tokens in ``seq_len``-token windows); quality is perplexity on the first 16,384 tokens of
+WikiText-2 *test* and of PTB valid, in 512-token windows, each with its standard error over windows.
+Every configuration is evaluated on the same windows and the per-window NLL is kept, so the render
+can give paired differences between criteria (a far tighter comparison than two error bars).
 
     python benchmarks/criteria.py run --criteria wanda,flap --out results.jsonl   # one process per subset
     python benchmarks/criteria.py render results.jsonl [more.jsonl]               # writes BENCHMARKS.md
@@ -31,6 +33,7 @@ from evoprune.backend.importance import CRITERIA  # noqa: E402
 from evoprune.backend.loading import load_model, resolve_model  # noqa: E402
 from evoprune.backend.pruner import PruningBackend  # noqa: E402
 from evoprune.backend.settings import BackendSettings  # noqa: E402
+from evoprune.store import Store  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 CALIB = DATA / "wikitext-2" / "valid.txt"
@@ -51,77 +54,135 @@ def mlp_only_uniform(space, fraction: float) -> np.ndarray:
     raise ValueError(f"no MLP-only configuration reaches {fraction}")
 
 
+class Bench:
+    """The loaded model, scored backends (cached per criterion, compensation and level grid) and
+    the results file: one JSON line per measurement, appended as soon as it is made."""
+
+    def __init__(self, out: Path):
+        torch.set_num_threads(1)
+        self.loaded = load_model(resolve_model("smollm2-135m"))
+        self.calib = load_text(str(CALIB))
+        self.out = out
+        self.backends: dict[tuple[str, str, int | None], PruningBackend] = {}
+        # A rerun with the same --out continues: measurements already in it are not repeated.
+        lines = out.read_text(encoding="utf-8").splitlines() if out.exists() else []
+        self.done = [json.loads(line) for line in lines if line.strip()]
+
+    def windows(self, text: str) -> torch.Tensor:
+        return token_windows(self.loaded.tokenizer, load_text(str(HELD_OUT[text])).text, TOKENS, WINDOW)
+
+    def has(self, **labels) -> bool:
+        return any(all(r.get(k) == v for k, v in labels.items()) for r in self.done)
+
+    def backend(self, criterion: str, compensation: str, mlp_levels: int | None = 1536) -> PruningBackend:
+        """A scored backend. ``mlp_levels=None``: the search's own backend (its level grid, and
+        calibration windows cut from WikiText-2 valid after its evaluation windows, as
+        ``evoprune search --data`` WikiText-2 valid does); otherwise calibration on the start of
+        WikiText-2 valid and a fine MLP grid."""
+        if (criterion, compensation, mlp_levels) not in self.backends:
+            for comp in ("bias", "none"):  # scored once with the means bias needs; "none" reads that cache entry
+                if mlp_levels is None:
+                    settings = BackendSettings(criterion=criterion, compensation=comp)
+                    b = PruningBackend(self.loaded, self.calib, settings, None)
+                else:
+                    settings = BackendSettings(
+                        criterion=criterion, compensation=comp, calib_data=str(CALIB), mlp_levels=mlp_levels
+                    )
+                    # The backend's own evaluation text is unused: held-out windows are evaluated directly.
+                    b = PruningBackend(self.loaded, load_text(str(HELD_OUT["wikitext2-test"])), settings, self.calib)
+                start = time.perf_counter()
+                b.score()
+                b.score_s = time.perf_counter() - start
+                self.backends[(criterion, comp, mlp_levels)] = b
+        return self.backends[(criterion, compensation, mlp_levels)]
+
+    def evaluate(self, b: PruningBackend, x, text: str, windows: torch.Tensor, **labels) -> None:
+        plans = b.plan(x)
+        masks = b._masks()
+        masks.apply(plans, b.biases(plans))
+        try:
+            start = time.perf_counter()
+            # One window at a time: the per-window NLL is what paired differences need.
+            window_nll = np.array(
+                [quality(self.loaded.model, windows[i : i + 1], None)["nll"] for i in range(len(windows))]
+            )
+        finally:
+            masks.reset()
+        nll, nll_se = float(window_nll.mean()), float(window_nll.std(ddof=1) / np.sqrt(len(window_nll)))
+        row = {
+            **labels,
+            "text": text,
+            "ppl": float(np.exp(nll)),
+            "ppl_se": float(np.exp(nll) * nll_se),  # delta method, as evaluate.quality
+            "tokens": int(windows.numel()),
+            "params_fraction": b.space.params(x) / b.space.arch.dense_params(),
+            "mlp_channels": len(plans[0].mlp_channels),
+            "calib_tokens": b.settings.calib_tokens,
+            "calib_seq_len": b.settings.seq_len,
+            "window_nll": window_nll.round(6).tolist(),
+            "score_s": round(getattr(b, "score_s", 0.0), 1),
+            "eval_s": round(time.perf_counter() - start, 1),
+        }
+        print(json.dumps(row), flush=True)
+        self.done.append(row)
+        with self.out.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+
+
 def run(criteria: list[str], out: Path) -> None:
     """Evaluate every criterion x compensation; one JSON line per (text, budget, criterion, compensation).
 
     WikiText-2 at 80% comes first, then 70%, then PTB, then the dense model: a run cut short still
     has the comparison that matters most.
     """
-    torch.set_num_threads(1)
-    loaded = load_model(resolve_model("smollm2-135m"))
-    tok = loaded.tokenizer
-    calib = load_text(str(CALIB))
-    backends: dict[tuple[str, str], PruningBackend] = {}
-    # A rerun with the same --out continues: measurements already in it are not repeated.
-    lines = out.read_text(encoding="utf-8").splitlines() if out.exists() else []
-    done = {(r["text"], r["budget"], r["criterion"], r["compensation"]) for r in map(json.loads, filter(None, lines))}
-
-    def backend(criterion: str, compensation: str) -> PruningBackend:
-        if (criterion, compensation) not in backends:
-            for comp in ("bias", "none"):  # scored once with the means bias needs; "none" reads that cache entry
-                settings = BackendSettings(
-                    criterion=criterion, compensation=comp, eval_tokens=256, mlp_levels=1536, calib_data=str(CALIB)
-                )
-                # The backend's own evaluation text is unused: held-out windows are evaluated directly.
-                b = PruningBackend(loaded, load_text(str(HELD_OUT["wikitext2-test"])), settings, calib)
-                start = time.perf_counter()
-                b.score()
-                b.score_s = time.perf_counter() - start
-                backends[(criterion, comp)] = b
-        return backends[(criterion, compensation)]
-
-    def evaluate(b: PruningBackend, x, text: str, windows: torch.Tensor, **labels) -> None:
-        plans = b.plan(x)
-        masks = b._masks()
-        masks.apply(plans, b.biases(plans))
-        try:
-            start = time.perf_counter()
-            q = quality(loaded.model, windows, None, batch_size=4)
-        finally:
-            masks.reset()
-        row = {
-            **labels,
-            "text": text,
-            "ppl": q["ppl"],
-            "ppl_se": q["ppl_se"],
-            "tokens": int(windows.numel()),
-            "params_fraction": b.space.params(x) / b.space.arch.dense_params(),
-            "mlp_channels": len(plans[0].mlp_channels),
-            "calib_tokens": b.settings.calib_tokens,
-            "score_s": round(getattr(b, "score_s", 0.0), 1),
-            "eval_s": round(time.perf_counter() - start, 1),
-        }
-        print(json.dumps(row), flush=True)
-        with out.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
-
-    for text, path in HELD_OUT.items():
-        windows = token_windows(tok, load_text(str(path)).text, TOKENS, WINDOW)
+    bench = Bench(out)
+    for text in HELD_OUT:
+        windows = bench.windows(text)
         for fraction in FRACTIONS:
             for criterion in criteria:
                 for compensation in COMPENSATIONS:
-                    if (text, f"{fraction:.0%}", criterion, compensation) in done:
+                    labels = dict(criterion=criterion, compensation=compensation, budget=f"{fraction:.0%}")
+                    if bench.has(text=text, **labels):
                         continue
-                    b = backend(criterion, compensation)
-                    x = mlp_only_uniform(b.space, fraction)
-                    evaluate(
-                        b, x, text, windows, criterion=criterion, compensation=compensation, budget=f"{fraction:.0%}"
-                    )
+                    b = bench.backend(criterion, compensation)
+                    bench.evaluate(b, mlp_only_uniform(b.space, fraction), text, windows, **labels)
     if "wanda" in criteria:
-        b = backend("wanda", "none")
-        for text, path in HELD_OUT.items():
-            windows = token_windows(tok, load_text(str(path)).text, TOKENS, WINDOW)
-            evaluate(b, b.space.lower, text, windows, criterion="dense", compensation="-", budget="dense")
+        b = bench.backend("wanda", "none")
+        for text in HELD_OUT:
+            if not bench.has(text=text, budget="dense"):
+                bench.evaluate(
+                    b, b.space.lower, text, bench.windows(text), criterion="dense", compensation="-", budget="dense"
+                )
+
+
+def picks(specs: list[str], criteria: list[str], out: Path) -> None:
+    """Searched picks (``STORE:RUN:EVALUATION``) under each criterion x compensation, on held-out text.
+
+    The picks were selected under the search's default criterion and compensation, which favours
+    that pair: read a difference in its favour with that in mind, one against it as the stronger.
+    """
+    bench = Bench(out)
+    for text in HELD_OUT:
+        windows = bench.windows(text)
+        for spec in specs:
+            path, run_id, eval_id = spec.rsplit(":", 2)
+            with Store(path, readonly=True) as store:
+                e = next(e for e in store.evaluations(int(run_id)) if e.id == int(eval_id))
+            for criterion in criteria:
+                for compensation in COMPENSATIONS:
+                    labels = dict(criterion=criterion, compensation=compensation, budget=f"pick {spec}")
+                    if bench.has(text=text, **labels):
+                        continue
+                    b = bench.backend(criterion, compensation, mlp_levels=None)
+                    bench.evaluate(b, np.asarray(e.levels), text, windows, **labels)
+
+
+def _paired(a: dict, b: dict) -> tuple[float, float] | None:
+    """Mean per-window NLL difference ``a - b`` (nats) and its standard error over the shared windows."""
+    if "window_nll" not in a or "window_nll" not in b:
+        return None
+    d = np.asarray(a["window_nll"]) - np.asarray(b["window_nll"])
+    return float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d)))
 
 
 def render(paths: list[Path]) -> str:
@@ -130,14 +191,16 @@ def render(paths: list[Path]) -> str:
     merged: dict[tuple, dict] = {}
     for r in flat:
         row = merged.setdefault((r["criterion"], r["compensation"], r["budget"]), {**r})
-        row[r["text"]] = {"ppl": r["ppl"], "ppl_se": r["ppl_se"], "tokens": r["tokens"]}
+        row[r["text"]] = r
     rows = list(merged.values())
     dense = next((r for r in rows if r["budget"] == "dense"), None)
+    calib = sorted({(r["calib_tokens"], r.get("calib_seq_len", 256)) for r in rows})
+    default = BackendSettings()
     lines = [
-        "SmolLM2-135M (float32, CPU), `python benchmarks/criteria.py`. Importance scored on WikiText-2 valid with",
-        "the backend's default calibration (2,048 tokens, 256-token windows). Allocation: MLP-only, the same",
-        "number of channels removed in every layer (`mlp_levels=1536`), the most kept under 80% / 70% of the",
-        "dense parameters. Held-out perplexity on the first 16,384 tokens of WikiText-2 test and of PTB valid",
+        "SmolLM2-135M (float32, CPU), `python benchmarks/criteria.py`. Importance scored on WikiText-2 valid",
+        f"({', '.join(f'{t:,} calibration tokens in {w}-token windows' for t, w in calib)}). Allocation: MLP-only,",
+        "the same number of channels removed in every layer (`mlp_levels=1536`), the most kept under 80% / 70% of",
+        "the dense parameters. Held-out perplexity on the first 16,384 tokens of WikiText-2 test and of PTB valid",
         "(512-token windows), ± one standard error over the 32 windows. Bias compensation adds a 576-float",
         "bias to each pruned down projection (30 x 576 = 17k parameters, 0.013%, not in the kept fraction).",
         "",
@@ -156,49 +219,73 @@ def render(paths: list[Path]) -> str:
         rule += " ---: | ---: |"
     lines += [head, rule]
     keys = sorted({(r["criterion"], r["compensation"]) for r in rows if r["budget"] != "dense"})
+    cells_of = {(r["criterion"], r["compensation"], r["budget"]): r for r in rows}
     best = {}
     for b in budgets:
-        cands = [r for r in rows if r["budget"] == b and "wikitext2-test" in r]
-        best[b] = min(cands, key=lambda r: r["wikitext2-test"]["ppl"]) if cands else None
+        for name in HELD_OUT:
+            cands = [r for r in rows if r["budget"] == b and name in r]
+            best[b, name] = min(cands, key=lambda r: r[name]["ppl"]) if cands else None
     for c, comp in keys:
         cells = f"| {c} | {comp} |"
         for b in budgets:
-            r = next((r for r in rows if r["budget"] == b and (r["criterion"], r["compensation"]) == (c, comp)), None)
-            if r is None:
-                cells += " - | - |"
-                continue
-            mark = "**" if r is best[b] else ""
+            r = cells_of.get((c, comp, b))
             for name in HELD_OUT:
-                m = r.get(name)
+                m = r.get(name) if r else None
+                mark = "**" if m and r is best[b, name] else ""
                 cells += f" {mark}{m['ppl']:.1f} ± {m['ppl_se']:.1f}{mark} |" if m else " - |"
-                mark = ""
         lines.append(cells)
     lines.append("")
     if any(" - |" in line for line in lines):
-        lines += ["`-`: not measured yet when this section was written (the run was cut short).", ""]
+        lines += ["`-`: not measured.", ""]
     lines += [
-        "The standard errors are per configuration; every configuration is evaluated on the same windows, so",
-        "differences between rows are more precise than the error bars suggest (no paired test was run).",
+        f"Paired against the default (`{default.criterion}` + `{default.compensation}`): the mean per-window",
+        "difference in NLL (nats; negative: better than the default) ± its standard error over the same 32",
+        "windows, for the best configuration of each column.",
         "",
     ]
     for b in budgets:
-        r = best[b]
-        if r is None:
-            continue
-        default = next(
-            (d for d in rows if d["budget"] == b and (d["criterion"], d["compensation"]) == ("wanda", "none")), None
-        )
-        gain = ""
-        if default is not None and "wikitext2-test" in default:
-            ratio = 1 - r["wikitext2-test"]["ppl"] / default["wikitext2-test"]["ppl"]
-            gain = f", {ratio:.1%} lower than the default `wanda` + `none` ({default['wikitext2-test']['ppl']:.1f})"
-        measured = sum(1 for d in rows if d["budget"] == b and "wikitext2-test" in d)
-        of = "" if measured == len(keys) else f" (of the {measured} of {len(keys)} measured)"
-        lines.append(
-            f"Best on held-out WikiText-2 at {b}{of}: `{r['criterion']}` + `{r['compensation']}` "
-            f"({r['wikitext2-test']['ppl']:.1f}{gain})."
-        )
-    return "\n".join(lines)
+        for name in HELD_OUT:
+            r = best[b, name]
+            ref = cells_of.get((default.criterion, default.compensation, b), {}).get(name)
+            if r is None or ref is None:
+                continue
+            paired = _paired(r[name], ref)
+            diff = f"{paired[0]:+.3f} ± {paired[1]:.3f} nats" if paired else "no per-window losses"
+            is_default = (r["criterion"], r["compensation"]) == (default.criterion, default.compensation)
+            lines.append(
+                f"- {b}, {name}: best `{r['criterion']}` + `{r['compensation']}` ({r[name]['ppl']:.1f})"
+                + (" = the default." if is_default else f"; against the default ({ref['ppl']:.1f}): {diff}.")
+            )
+    return "\n".join(lines + _render_picks(rows, default))
+
+
+def _render_picks(rows: list[dict], default: BackendSettings) -> list[str]:
+    """The searched picks under each criterion x compensation (``picks``), paired against the default."""
+    specs = sorted({r["budget"] for r in rows if r["budget"].startswith("pick ")})
+    if not specs:
+        return []
+    lines = [
+        "",
+        "Searched picks (`python benchmarks/criteria.py picks STORE:RUN:EVALUATION,...`), the search's own level",
+        "grid and calibration windows, under each criterion x compensation. The picks were selected under the",
+        f"default (`{default.criterion}` + `{default.compensation}`), which favours it. Paired: mean per-window NLL",
+        "difference against the default (nats), ± its standard error over the 32 windows.",
+        "",
+        "| pick | kept | criterion | compensation | wiki test | paired | PTB | paired |",
+        "| --- | ---: | --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for spec in specs:
+        ref = next((r for r in rows if r["budget"] == spec and (r["criterion"], r["compensation"]) ==
+                    (default.criterion, default.compensation)), None)  # fmt: skip
+        for r in sorted((r for r in rows if r["budget"] == spec), key=lambda r: (r["criterion"], r["compensation"])):
+            cells = f"| {spec[5:]} | {r['params_fraction']:.3f} | {r['criterion']} | {r['compensation']} |"
+            for name in HELD_OUT:
+                m = r.get(name)
+                paired = _paired(m, ref[name]) if m and ref and name in ref and r is not ref else None
+                cells += f" {m['ppl']:.1f} ± {m['ppl_se']:.1f} |" if m else " - |"
+                cells += f" {paired[0]:+.3f} ± {paired[1]:.3f} |" if paired else " - |"
+            lines.append(cells)
+    return lines
 
 
 def main() -> None:
@@ -207,12 +294,18 @@ def main() -> None:
     r = sub.add_parser("run")
     r.add_argument("--criteria", default=",".join(CRITERIA))
     r.add_argument("--out", type=Path, required=True)
+    k = sub.add_parser("picks", help="searched picks under each criterion x compensation")
+    k.add_argument("specs", help="STORE:RUN:EVALUATION, comma-separated")
+    k.add_argument("--criteria", default="flap,wanda-sp")
+    k.add_argument("--out", type=Path, required=True)
     w = sub.add_parser("render")
     w.add_argument("results", type=Path, nargs="+")
     w.add_argument("--print", action="store_true", help="Print the section instead of writing BENCHMARKS.md.")
     args = parser.parse_args()
     if args.cmd == "run":
         run([c.strip() for c in args.criteria.split(",")], args.out)
+    elif args.cmd == "picks":
+        picks(args.specs.split(","), [c.strip() for c in args.criteria.split(",")], args.out)
     else:
         body = render(args.results)
         print(body) if args.print else write_section(HEADING, body)

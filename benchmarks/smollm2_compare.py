@@ -413,13 +413,16 @@ def render(results: dict) -> str:
 def merge(paths: list[str]) -> dict:
     parts = [json.loads(Path(p).read_text()) for p in paths]
     merged = dict(parts[0])
-    # One row per (budget, seed, method): a part that re-ran a finished run for its rank agreement
-    # (--tau on a copy of the store) adds its tau to the row, measured on the same pick.
+    # One row per (budget, seed, method), the first part's wins: a part that re-ran a finished run for
+    # its rank agreement (--tau on a copy of the store) adds only its tau, measured on the same pick.
     rows: dict[tuple, dict] = {}
     for part in parts:
         for r in part["rows"]:
             key = (r["budget"], r["seed"], r["method"])
-            rows[key] = {**rows.get(key, {}), **r} if key not in rows or r.get("tau") else {**r, **rows[key]}
+            if key not in rows:
+                rows[key] = dict(r)
+            elif r.get("tau") and not rows[key].get("tau"):
+                rows[key]["tau"] = r["tau"]
     merged["rows"] = list(rows.values())
     for part in parts:
         if "dense" in part:

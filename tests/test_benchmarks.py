@@ -65,3 +65,40 @@ def test_local_moves_benchmark_runs(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "| 70% | 0 |" in result.stdout and "| 70% | 0.5 |" in result.stdout
     assert "1 of 1" in result.stdout or "0 of 1" in result.stdout
+
+
+def test_compare_merge_takes_only_the_tau_of_a_rerun(tmp_path):
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.smollm2_compare import merge
+
+    key = {"budget": 0.8, "seed": 0, "method": "evoprune"}
+    full = {**key, "wall_s": 10.0, "heldout": {"ppl:wikitext2_test": 40.0, "acc:arc_easy": 0.4}}
+    rerun = {**key, "wall_s": None, "heldout": {"ppl:wikitext2_test": 40.0}, "tau": {"n": 20, "tau_chosen_by": 0.7}}
+    stale = {**key, "wall_s": 99.0, "heldout": {"ppl:wikitext2_test": 50.0}, "tau": {"n": 20, "tau_chosen_by": 0.1}}
+    paths = []
+    for name, row in (("full", full), ("rerun", rerun), ("stale", stale)):
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps({"args": {"tau": 20 if "tau" in row else 0}, "rows": [row]}))
+    (row,) = merge([str(p) for p in paths])["rows"]
+    assert row["wall_s"] == 10.0 and row["heldout"] == full["heldout"]  # the first part's row stands
+    assert row["tau"] == rerun["tau"]  # the first tau measured on it is added, a later one ignored
+
+
+def test_criteria_render_pairs_against_the_default(tmp_path):
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.criteria import render
+
+    def row(criterion, compensation, budget, shift):
+        nll = [3.0 + 0.1 * (i % 4) + shift for i in range(8)]  # same windows, a constant shift apart
+        return {"criterion": criterion, "compensation": compensation, "budget": budget, "text": "wikitext2-test",
+                "ppl": 2.718 ** (sum(nll) / 8), "ppl_se": 1.0, "tokens": 4096, "params_fraction": 0.8,
+                "mlp_channels": 1017, "calib_tokens": 2048, "calib_seq_len": 512, "window_nll": nll}  # fmt: skip
+
+    path = tmp_path / "r.jsonl"
+    rows = [row("flap", "bias", "80%", 0.0), row("wanda-sp", "none", "80%", -0.05)]
+    rows += [row("flap", "bias", "pick s:1:2", 0.0), row("flap", "none", "pick s:1:2", 0.2)]
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    text = render([path])
+    assert "2,048 calibration tokens in 512-token windows" in text
+    assert "best `wanda-sp` + `none`" in text and "-0.050 ± 0.000 nats" in text
+    assert "| s:1:2 | 0.800 | flap | none |" in text and "+0.200 ± 0.000" in text
