@@ -58,8 +58,9 @@ class Bench:
     """The loaded model, scored backends (cached per criterion, compensation and level grid) and
     the results file: one JSON line per measurement, appended as soon as it is made."""
 
-    def __init__(self, out: Path):
+    def __init__(self, out: Path, calib_tokens: int = BackendSettings.calib_tokens):
         torch.set_num_threads(1)
+        self.calib_tokens = calib_tokens
         self.loaded = load_model(resolve_model("smollm2-135m"))
         self.calib = load_text(str(CALIB))
         self.out = out
@@ -86,7 +87,11 @@ class Bench:
                     b = PruningBackend(self.loaded, self.calib, settings, None)
                 else:
                     settings = BackendSettings(
-                        criterion=criterion, compensation=comp, calib_data=str(CALIB), mlp_levels=mlp_levels
+                        criterion=criterion,
+                        compensation=comp,
+                        calib_data=str(CALIB),
+                        mlp_levels=mlp_levels,
+                        calib_tokens=self.calib_tokens,
                     )
                     # The backend's own evaluation text is unused: held-out windows are evaluated directly.
                     b = PruningBackend(self.loaded, load_text(str(HELD_OUT["wikitext2-test"])), settings, self.calib)
@@ -129,20 +134,20 @@ class Bench:
             f.write(json.dumps(row) + "\n")
 
 
-def run(criteria: list[str], out: Path) -> None:
+def run(criteria: list[str], out: Path, calib_tokens: int = BackendSettings.calib_tokens) -> None:
     """Evaluate every criterion x compensation; one JSON line per (text, budget, criterion, compensation).
 
     WikiText-2 at 80% comes first, then 70%, then PTB, then the dense model: a run cut short still
     has the comparison that matters most.
     """
-    bench = Bench(out)
+    bench = Bench(out, calib_tokens)
     for text in HELD_OUT:
         windows = bench.windows(text)
         for fraction in FRACTIONS:
             for criterion in criteria:
                 for compensation in COMPENSATIONS:
                     labels = dict(criterion=criterion, compensation=compensation, budget=f"{fraction:.0%}")
-                    if bench.has(text=text, **labels):
+                    if bench.has(text=text, calib_tokens=calib_tokens, **labels):
                         continue
                     b = bench.backend(criterion, compensation)
                     bench.evaluate(b, mlp_only_uniform(b.space, fraction), text, windows, **labels)
@@ -187,6 +192,12 @@ def _paired(a: dict, b: dict) -> tuple[float, float] | None:
 
 def render(paths: list[Path]) -> str:
     flat = [json.loads(line) for p in paths for line in p.read_text().splitlines() if line.strip()]
+    for r in flat:  # a run with other calibration (--calib-tokens) is a row of its own
+        if (
+            r["budget"] != "dense"
+            and r.get("calib_tokens", BackendSettings.calib_tokens) != BackendSettings.calib_tokens
+        ):
+            r["criterion"] = f"{r['criterion']} ({r['calib_tokens']:,} calib tokens)"
     # One row per (criterion, compensation, budget), with the texts measured so far.
     merged: dict[tuple, dict] = {}
     for r in flat:
@@ -294,6 +305,7 @@ def main() -> None:
     r = sub.add_parser("run")
     r.add_argument("--criteria", default=",".join(CRITERIA))
     r.add_argument("--out", type=Path, required=True)
+    r.add_argument("--calib-tokens", type=int, default=BackendSettings.calib_tokens)
     k = sub.add_parser("picks", help="searched picks under each criterion x compensation")
     k.add_argument("specs", help="STORE:RUN:EVALUATION, comma-separated")
     k.add_argument("--criteria", default="flap,wanda-sp")
@@ -303,7 +315,7 @@ def main() -> None:
     w.add_argument("--print", action="store_true", help="Print the section instead of writing BENCHMARKS.md.")
     args = parser.parse_args()
     if args.cmd == "run":
-        run([c.strip() for c in args.criteria.split(",")], args.out)
+        run([c.strip() for c in args.criteria.split(",")], args.out, args.calib_tokens)
     elif args.cmd == "picks":
         picks(args.specs.split(","), [c.strip() for c in args.criteria.split(",")], args.out)
     else:
