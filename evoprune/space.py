@@ -243,6 +243,19 @@ class SearchSpace:
         """A short stable identifier of a configuration."""
         return hashlib.sha1(self.validate(x).astype(np.int16).tobytes()).hexdigest()[:16]
 
+    def keys(self, X: np.ndarray) -> list[str]:
+        """``key`` of every row of ``X`` (n, n_var), validated as a whole: local moves hash tens
+        of thousands of neighbours per round. Raises EvopruneError like ``validate``."""
+        X = np.asarray(X)
+        if X.ndim != 2 or X.shape[1] != self.n_var:
+            raise EvopruneError(f"configurations must be an array of shape (n, {self.n_var}), got {X.shape}")
+        rows = X.astype(int)
+        if not np.array_equal(rows, X) or np.any((rows < self.lower) | (rows > self.upper)):
+            for x in X:
+                self.validate(x)  # raises, naming the first bad level
+        rows = rows.astype(np.int16)
+        return [hashlib.sha1(r.tobytes()).hexdigest()[:16] for r in rows]
+
     # -- widths -----------------------------------------------------------------------------
     def kept_attn_units(self, level: int) -> int:
         removed = int(round(level * self.attn_units / self.attn_levels))

@@ -163,6 +163,9 @@ class AdditiveDamageSurrogate(Surrogate):
         noise = float(np.mean(oob_sq[seen] / oob_count[seen])) if seen.any() else float(np.var(y))
         self.noise_std_ = max(np.sqrt(noise), 1e-6 * max(1.0, float(np.abs(y).mean())))
 
+    def _predict_mean(self, X: np.ndarray) -> np.ndarray:
+        return self._inverse(self._design(self._basis(X)) @ self.coef_, self.offset_)
+
     def _predict(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         A = self._design(self._basis(X))
         mean = self._inverse(A @ self.coef_, self.offset_)

@@ -9,7 +9,9 @@ from sklearn.base import BaseEstimator, RegressorMixin
 class Surrogate(RegressorMixin, BaseEstimator):
     """A scikit-learn regressor whose ``predict`` can also return a standard deviation.
 
-    Subclasses implement ``_fit(X, y)`` and ``_predict(X) -> (mean, std)``; the base class
+    Subclasses implement ``_fit(X, y)`` and ``_predict(X) -> (mean, std)``, and may implement
+    ``_predict_mean(X)`` where the mean alone is much cheaper (the inner search asks for it
+    thousands of times per round); the base class
     validates input so every plugin rejects bad data the same way. Fitted attributes end in
     ``_`` and constructor arguments are stored unchanged, so ``sklearn.base.clone`` works.
     """
@@ -24,10 +26,10 @@ class Surrogate(RegressorMixin, BaseEstimator):
         if not hasattr(self, "n_features_in_"):
             raise ValueError(f"{type(self).__name__} is not fitted yet: call fit(X, y) first")
         X = check_features(X, self.n_features_in_)
+        if not return_std:
+            return np.asarray(self._predict_mean(X), dtype=float).reshape(-1)
         mean, std = self._predict(X)
         mean = np.asarray(mean, dtype=float).reshape(-1)
-        if not return_std:
-            return mean
         # A surrogate must never claim certainty: the acquisition step divides by it.
         std = np.maximum(np.asarray(std, dtype=float).reshape(-1), 1e-9)
         return mean, std
@@ -37,6 +39,9 @@ class Surrogate(RegressorMixin, BaseEstimator):
 
     def _predict(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def _predict_mean(self, X: np.ndarray) -> np.ndarray:
+        return self._predict(X)[0]
 
 
 def check_features(X, n_features: int | None = None) -> np.ndarray:

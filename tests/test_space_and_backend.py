@@ -124,6 +124,18 @@ def test_params_matrix_equals_per_row_count():
     assert space.params_matrix(X).tolist() == [space.params(x) for x in X]
 
 
+def test_keys_of_a_matrix_equal_per_row_keys_and_reject_bad_rows():
+    space = _space(build_tiny_model("qwen2"))
+    X = np.array(_configs(space, 20, seed=6))
+    assert space.keys(X) == [space.key(x) for x in X]
+    assert space.keys(X.astype(float)) == space.keys(X) and space.keys(X[:0]) == []
+    X[3, space.num_layers + 1] = space.mlp_levels + 1
+    with pytest.raises(EvopruneError, match="MLP of layer 1 is outside the space"):
+        space.keys(X)
+    with pytest.raises(EvopruneError, match="shape"):
+        space.keys(X[:, :3])
+
+
 def test_invalid_levels_are_rejected_with_a_clear_message():
     space = _space(build_tiny_model("llama"))
     x = space.lower.copy()

@@ -34,7 +34,7 @@ class BackendSettings:
     criterion: str = "flap"
     compensation: str = "bias"
     eval_tokens: int = 2048
-    calib_tokens: int = 2048
+    calib_tokens: int = 16384
     seq_len: int = 512
     batch_size: int = 4
     head_unit: str = "query_head"

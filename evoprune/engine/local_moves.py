@@ -112,4 +112,7 @@ def _admissible(ctx: SearchContext, X: np.ndarray, known: set[str]) -> np.ndarra
     slack = ctx.focus_slack(X)
     if slack is not None:
         ok &= slack <= 0
-    return ok & np.array([ctx.space.key(x) not in known for x in X], dtype=bool)
+    if known:  # keys only for the rows still in, validated at once: per-row keys dominated the move choice
+        rows = np.flatnonzero(ok)
+        ok[rows] = [k not in known for k in ctx.space.keys(X[rows])]
+    return ok
