@@ -193,8 +193,9 @@ def _paired(a: dict, b: dict) -> tuple[float, float] | None:
 def render(paths: list[Path]) -> str:
     flat = [json.loads(line) for p in paths for line in p.read_text().splitlines() if line.strip()]
     for r in flat:  # a run with other calibration (--calib-tokens) is a row of its own
-        if (
+        if (  # a pick is scored with its own search's calibration, whatever the default is now
             r["budget"] != "dense"
+            and not r["budget"].startswith("pick ")
             and r.get("calib_tokens", BackendSettings.calib_tokens) != BackendSettings.calib_tokens
         ):
             r["criterion"] = f"{r['criterion']} ({r['calib_tokens']:,} calib tokens)"

@@ -87,18 +87,24 @@ def test_compare_merge_takes_only_the_tau_of_a_rerun(tmp_path):
 def test_criteria_render_pairs_against_the_default(tmp_path):
     sys.path.insert(0, str(ROOT))
     from benchmarks.criteria import render
+    from evoprune.backend.settings import BackendSettings
 
-    def row(criterion, compensation, budget, shift):
+    default_tokens = BackendSettings.calib_tokens
+
+    def row(criterion, compensation, budget, shift, calib=default_tokens):
         nll = [3.0 + 0.1 * (i % 4) + shift for i in range(8)]  # same windows, a constant shift apart
         return {"criterion": criterion, "compensation": compensation, "budget": budget, "text": "wikitext2-test",
                 "ppl": 2.718 ** (sum(nll) / 8), "ppl_se": 1.0, "tokens": 4096, "params_fraction": 0.8,
-                "mlp_channels": 1017, "calib_tokens": 2048, "calib_seq_len": 512, "window_nll": nll}  # fmt: skip
+                "mlp_channels": 1017, "calib_tokens": calib, "calib_seq_len": 512, "window_nll": nll}  # fmt: skip
 
     path = tmp_path / "r.jsonl"
     rows = [row("flap", "bias", "80%", 0.0), row("wanda-sp", "none", "80%", -0.05)]
-    rows += [row("flap", "bias", "pick s:1:2", 0.0), row("flap", "none", "pick s:1:2", 0.2)]
+    rows += [row("flap", "bias", "80%", 0.3, 512)]
+    # Picks are scored with their own search's calibration, whatever the default is now.
+    rows += [row("flap", "bias", "pick s:1:2", 0.0, 512), row("flap", "none", "pick s:1:2", 0.2, 512)]
     path.write_text("\n".join(json.dumps(r) for r in rows))
     text = render([path])
-    assert "2,048 calibration tokens in 512-token windows" in text
+    assert f"{default_tokens:,} calibration tokens in 512-token windows" in text
+    assert "| flap (512 calib tokens) | bias |" in text
     assert "best `wanda-sp` + `none`" in text and "-0.050 ± 0.000 nats" in text
     assert "| s:1:2 | 0.800 | flap | none |" in text and "+0.200 ± 0.000" in text
