@@ -304,8 +304,9 @@ def render(results: dict) -> str:
         f"tokens, {st['seq_len']}-token windows; evoprune's first rung {st['eval_tokens']} tokens, ladder "
         f"{', '.join(map(str, st['ladder'])) or 'none'}, validation {st['validation_tokens']} tokens, all of "
         f"WikiText-2 valid; {a.get('evals')} real evaluations. Held-out: the first {a.get('heldout_tokens')} tokens "
-        f"of WikiText-2 test and of PTB valid ({st['seq_len']}-token windows) and {arc_text} ARC-Easy dev "
-        "questions, none of which any method saw; ± is one standard error (per-window for perplexity, binomial for "
+        f"of WikiText-2 test and of PTB valid ({st['seq_len']}-token windows)"
+        + (f" and {arc_text} ARC-Easy dev questions" if arc_text != "0" else " (ARC-Easy not measured)")
+        + ", none of which any method saw; ± is one standard error (per-window for perplexity, binomial for "
         "accuracy).",
         "",
         f"Machine: {results['machine']}, {results['threads']} torch thread(s) per process, CPU float32; torch "
@@ -404,7 +405,7 @@ def render(results: dict) -> str:
             _fmt(r.get("params_fraction"), ".3f"), _fmt(r.get("chosen_ppl")), _pm(h, "ppl:wikitext2_test"),
             _pm(h, "ppl:ptb_valid"), _pm(h, "acc:arc_easy", ".3f"), f"{r['eval_s']:.0f}", f"{r['ladder_s']:.0f}",
             f"{model_s:.1f}", _fmt(wall, ".0f"), _fmt(over * 100 if over is not None else None, ".1f") + "%",
-            _fmt(rest * 100 if rest is not None else None, ".1f") + "%",
+            _fmt(rest * 100, ".1f") + "%" if rest is not None else "-",
         ]) + " |")  # fmt: skip
     lines += ["", "![evaluated points and picks](docs/images/smollm2_fronts.png)"]
     return "\n".join(lines)
