@@ -241,7 +241,7 @@ class SearchSpace:
 
     def key(self, x) -> str:
         """A short stable identifier of a configuration."""
-        return hashlib.sha1(self.validate(x).astype(np.int16).tobytes()).hexdigest()[:16]
+        return self.keys(self.validate(x)[None, :])[0]
 
     def keys(self, X: np.ndarray) -> list[str]:
         """``key`` of every row of ``X`` (n, n_var), validated as a whole: local moves hash tens
