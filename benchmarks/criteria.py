@@ -2,13 +2,14 @@
 
 Allocation: MLP-only, the same number of channels removed in every layer (a fine grid,
 ``mlp_levels=1536``: one channel per level), the most channels kept with at most 80% / 70% of the
-dense parameters. Importance is scored on WikiText-2 *valid* (the backend's default calibration:
-2048 tokens in ``seq_len``-token windows); quality is perplexity on the first 16,384 tokens of
+dense parameters. Importance is scored on WikiText-2 *valid* (the backend's default calibration,
+``BackendSettings.calib_tokens`` tokens in ``seq_len``-token windows); quality is perplexity on the first 16,384 tokens of
 WikiText-2 *test* and of PTB valid, in 512-token windows, each with its standard error over windows.
 Every configuration is evaluated on the same windows and the per-window NLL is kept, so the render
 can give paired differences between criteria (a far tighter comparison than two error bars).
 
     python benchmarks/criteria.py run --criteria wanda,flap --out results.jsonl   # one process per subset
+    python benchmarks/criteria.py run --criteria flap --compensations refit --out refit.jsonl
     python benchmarks/criteria.py render results.jsonl [more.jsonl]               # writes BENCHMARKS.md
 """
 
@@ -27,6 +28,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks._markdown import write_section  # noqa: E402
+from evoprune.backend.compensation import COMPENSATIONS  # noqa: E402
 from evoprune.backend.data import load_text, token_windows  # noqa: E402
 from evoprune.backend.evaluate import quality  # noqa: E402
 from evoprune.backend.importance import CRITERIA  # noqa: E402
@@ -40,7 +42,6 @@ CALIB = DATA / "wikitext-2" / "valid.txt"
 HELD_OUT = {"wikitext2-test": DATA / "wikitext-2" / "test.txt", "ptb-valid": DATA / "ptb" / "valid.txt"}
 TOKENS, WINDOW = 16_384, 512
 FRACTIONS = (0.8, 0.7)
-COMPENSATIONS = ("none", "bias")
 HEADING = "Importance criteria and compensation"
 
 
@@ -80,31 +81,31 @@ class Bench:
         calibration windows cut from WikiText-2 valid after its evaluation windows, as
         ``evoprune search --data`` WikiText-2 valid does); otherwise calibration on the start of
         WikiText-2 valid and a fine MLP grid."""
-        if (criterion, compensation, mlp_levels) not in self.backends:
-            for comp in ("bias", "none"):  # scored once with the means bias needs; "none" reads that cache entry
-                if mlp_levels is None:
-                    settings = BackendSettings(criterion=criterion, compensation=comp)
-                    b = PruningBackend(self.loaded, self.calib, settings, None)
-                else:
-                    settings = BackendSettings(
-                        criterion=criterion,
-                        compensation=comp,
-                        calib_data=str(CALIB),
-                        mlp_levels=mlp_levels,
-                        calib_tokens=self.calib_tokens,
-                    )
-                    # The backend's own evaluation text is unused: held-out windows are evaluated directly.
-                    b = PruningBackend(self.loaded, load_text(str(HELD_OUT["wikitext2-test"])), settings, self.calib)
-                start = time.perf_counter()
-                b.score()
-                b.score_s = time.perf_counter() - start
-                self.backends[(criterion, comp, mlp_levels)] = b
-        return self.backends[(criterion, compensation, mlp_levels)]
+        key = (criterion, compensation, mlp_levels)
+        if key not in self.backends:
+            if mlp_levels is None:
+                settings = BackendSettings(criterion=criterion, compensation=compensation)
+                b = PruningBackend(self.loaded, self.calib, settings, None)
+            else:
+                settings = BackendSettings(
+                    criterion=criterion,
+                    compensation=compensation,
+                    calib_data=str(CALIB),
+                    mlp_levels=mlp_levels,
+                    calib_tokens=self.calib_tokens,
+                )
+                # The backend's own evaluation text is unused: held-out windows are evaluated directly.
+                b = PruningBackend(self.loaded, load_text(str(HELD_OUT["wikitext2-test"])), settings, self.calib)
+            start = time.perf_counter()
+            b.score()  # cached on disk: "none" after "bias" (or another criterion's "refit") reads it back
+            b.score_s = time.perf_counter() - start
+            self.backends[key] = b
+        return self.backends[key]
 
     def evaluate(self, b: PruningBackend, x, text: str, windows: torch.Tensor, **labels) -> None:
         plans = b.plan(x)
         masks = b._masks()
-        masks.apply(plans, b.biases(plans))
+        masks.apply(plans, b.compensation(plans))
         try:
             start = time.perf_counter()
             # One window at a time: the per-window NLL is what paired differences need.
@@ -134,7 +135,12 @@ class Bench:
             f.write(json.dumps(row) + "\n")
 
 
-def run(criteria: list[str], out: Path, calib_tokens: int = BackendSettings.calib_tokens) -> None:
+def run(
+    criteria: list[str],
+    out: Path,
+    calib_tokens: int = BackendSettings.calib_tokens,
+    compensations: tuple[str, ...] = COMPENSATIONS,
+) -> None:
     """Evaluate every criterion x compensation; one JSON line per (text, budget, criterion, compensation).
 
     WikiText-2 at 80% comes first, then 70%, then PTB, then the dense model: a run cut short still
@@ -145,7 +151,7 @@ def run(criteria: list[str], out: Path, calib_tokens: int = BackendSettings.cali
         windows = bench.windows(text)
         for fraction in FRACTIONS:
             for criterion in criteria:
-                for compensation in COMPENSATIONS:
+                for compensation in compensations:
                     labels = dict(criterion=criterion, compensation=compensation, budget=f"{fraction:.0%}")
                     if bench.has(text=text, calib_tokens=calib_tokens, **labels):
                         continue
@@ -160,7 +166,7 @@ def run(criteria: list[str], out: Path, calib_tokens: int = BackendSettings.cali
                 )
 
 
-def picks(specs: list[str], criteria: list[str], out: Path) -> None:
+def picks(specs: list[str], criteria: list[str], out: Path, compensations: tuple[str, ...] = COMPENSATIONS) -> None:
     """Searched picks (``STORE:RUN:EVALUATION``) under each criterion x compensation, on held-out text.
 
     The picks were selected under the search's default criterion and compensation, which favours
@@ -174,7 +180,7 @@ def picks(specs: list[str], criteria: list[str], out: Path) -> None:
             with Store(path, readonly=True) as store:
                 e = next(e for e in store.evaluations(int(run_id)) if e.id == int(eval_id))
             for criterion in criteria:
-                for compensation in COMPENSATIONS:
+                for compensation in compensations:
                     labels = dict(criterion=criterion, compensation=compensation, budget=f"pick {spec}")
                     if bench.has(text=text, **labels):
                         continue
@@ -307,18 +313,23 @@ def main() -> None:
     r.add_argument("--criteria", default=",".join(CRITERIA))
     r.add_argument("--out", type=Path, required=True)
     r.add_argument("--calib-tokens", type=int, default=BackendSettings.calib_tokens)
+    r.add_argument("--compensations", default=",".join(COMPENSATIONS))
     k = sub.add_parser("picks", help="searched picks under each criterion x compensation")
     k.add_argument("specs", help="STORE:RUN:EVALUATION, comma-separated")
     k.add_argument("--criteria", default="flap,wanda-sp")
     k.add_argument("--out", type=Path, required=True)
+    k.add_argument("--compensations", default=",".join(COMPENSATIONS))
     w = sub.add_parser("render")
     w.add_argument("results", type=Path, nargs="+")
     w.add_argument("--print", action="store_true", help="Print the section instead of writing BENCHMARKS.md.")
     args = parser.parse_args()
+    if args.cmd in ("run", "picks"):
+        criteria = [c.strip() for c in args.criteria.split(",")]
+        compensations = tuple(c.strip() for c in args.compensations.split(","))
     if args.cmd == "run":
-        run([c.strip() for c in args.criteria.split(",")], args.out, args.calib_tokens)
+        run(criteria, args.out, args.calib_tokens, compensations)
     elif args.cmd == "picks":
-        picks(args.specs.split(","), [c.strip() for c in args.criteria.split(",")], args.out)
+        picks(args.specs.split(","), criteria, args.out, compensations)
     else:
         body = render(args.results)
         print(body) if args.print else write_section(HEADING, body)

@@ -1,4 +1,4 @@
-"""Importance criteria on hand-made cases, and bias compensation on tiny models."""
+"""Importance criteria on hand-made cases, and compensation (bias, least-squares re-fit) on tiny models."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from evoprune.backend.adapters import LayerParts, adapter_for
-from evoprune.backend.compensation import bias_compensation, compensate
+from evoprune.backend.compensation import RefitMemo, bias_compensation, compensate, refit_compensation, refit_linear
 from evoprune.backend.data import TextSource
 from evoprune.backend.importance import CRITERIA, ActivationStats, compute_importance
 from evoprune.backend.loading import LoadedModel, ModelSource, model_fingerprint
@@ -91,7 +91,7 @@ def test_taylor_sums_weight_times_gradient_over_each_coupled_group():
 def test_an_unknown_criterion_or_compensation_is_one_clear_line():
     with pytest.raises(EvopruneError, match="wanda-sp"):
         BackendSettings(criterion="wandasp").validate()
-    with pytest.raises(EvopruneError, match="--compensation 'mean' is unknown: use one of none, bias"):
+    with pytest.raises(EvopruneError, match="--compensation 'mean' is unknown: use one of none, bias, refit"):
         BackendSettings(compensation="mean").validate()
     with pytest.raises(EvopruneError, match="unknown"):
         compensate("lsq2", [], [], None, 16)
@@ -124,7 +124,7 @@ def _layer_output_error(backend: PruningBackend, x, layer: int) -> float:
             backend.loaded.model(input_ids=backend.calib_windows)
             dense = outputs.pop()
             masks = backend._masks()
-            masks.apply(backend.plan(x), backend.biases(backend.plan(x)))
+            masks.apply(backend.plan(x), backend.compensation(backend.plan(x)))
             try:
                 backend.loaded.model(input_ids=backend.calib_windows)
             finally:
@@ -141,7 +141,7 @@ def test_bias_compensation_lowers_the_calibration_error_of_a_pruned_layer(
     family, what, level, tiny_tokenizer, text_file
 ):
     errors = {}
-    for compensation in ("none", "bias"):
+    for compensation in ("none", "bias", "refit"):
         backend = _backend(family, tiny_tokenizer, text_file, compensation)
         space = backend.space
         x = space.lower.copy()
@@ -149,6 +149,79 @@ def test_bias_compensation_lowers_the_calibration_error_of_a_pruned_layer(
         x[(0 if what == "attn" else space.num_layers) + 2] = top if level == "all" else top // 2
         errors[compensation] = _layer_output_error(backend, space.validate(x), layer=2)
     assert 0 < errors["bias"] < errors["none"], errors
+    if level == "all":  # nothing left to re-fit: both give the same constant
+        assert errors["refit"] == errors["bias"], errors
+    else:
+        assert errors["refit"] < errors["bias"], errors
+
+
+def test_refit_is_the_least_squares_solution_and_exact_where_removed_features_are_redundant():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 4, generator=gen, dtype=torch.float64)
+    x = torch.cat([x, (x[:, :1] - 2 * x[:, 1:2] + 0.5)], dim=1)  # feature 4 = x0 - 2 x1 + 0.5
+    w, b = torch.randn(3, 5, generator=gen, dtype=torch.float64), torch.randn(3, generator=gen, dtype=torch.float64)
+    mean, cov = x.mean(0), torch.cov(x.T, correction=0)
+    kept = torch.tensor([0, 1, 2, 3])
+    new_w, new_b = refit_linear(w, b, kept, mean, cov, damping=0.0)
+    torch.testing.assert_close(x[:, kept] @ new_w.T + new_b, x @ w.T + b)
+    # Removing a feature that is not redundant: the closed form equals numpy's least squares.
+    kept = torch.tensor([0, 2, 4])
+    new_w, new_b = refit_linear(w, b, kept, mean, cov, damping=0.0)
+    design = np.c_[x[:, kept].numpy(), np.ones(len(x))]
+    solution = np.linalg.lstsq(design, (x @ w.T + b).numpy(), rcond=None)[0]
+    np.testing.assert_allclose(new_w.numpy(), solution[:-1].T, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(new_b.numpy(), solution[-1], rtol=1e-8, atol=1e-10)
+    # Singular normal equations (a constant kept feature, no dampening) fall back: None.
+    assert refit_linear(w, b, kept, mean, torch.zeros(5, 5, dtype=torch.float64), damping=0.0) is None
+
+
+def test_refit_memo_solves_each_layer_once_and_stays_within_its_bytes(tiny_tokenizer, text_file):
+    backend = _backend("llama", tiny_tokenizer, text_file, "refit")
+    layers = backend.adapter.layers(backend.loaded.model)
+    space = backend.space
+    x = space.lower.copy()
+    x[space.num_layers :] = space.mlp_levels // 2
+    plans = backend.plan(x)
+    memo = RefitMemo()
+    first = refit_compensation(layers, plans, backend.score(), space.arch.head_dim, memo)
+    again = refit_compensation(layers, plans, backend.score(), space.arch.head_dim, memo)
+    assert all(a.down_weight is b.down_weight for a, b in zip(first, again, strict=True))
+    small = RefitMemo(max_bytes=1)
+    refit_compensation(layers, plans, backend.score(), space.arch.head_dim, small)
+    assert len(small._items) == 1  # only the newest entry is kept over budget
+
+
+def test_refit_needs_the_calibration_covariances(tiny_tokenizer, text_file):
+    backend = _backend("llama", tiny_tokenizer, text_file, "bias")
+    plans = backend.plan(backend.space.upper)
+    with pytest.raises(EvopruneError, match="covariances"):
+        refit_compensation(backend.adapter.layers(backend.loaded.model), plans, backend.score(), 16)
+
+
+def test_covariances_are_cached_apart_from_the_scores_and_equal_fresh_ones(tiny_tokenizer, text_file, tmp_path):
+    backend = _backend("llama", tiny_tokenizer, text_file, "refit")
+    model, layers = backend.loaded.model, backend.adapter.layers(backend.loaded.model)
+    windows = backend.calib_windows
+    key = tmp_path.name  # cache keys of this test alone
+    kwargs = dict(cache_key=f"{key}-flap", with_covariance=True, covariance_cache_key=f"{key}-cov")
+    fresh, cached = compute_importance(model, layers, windows, 16, "flap", **kwargs)
+    again, cached_again = compute_importance(model, layers, windows, 16, "flap", **kwargs)
+    assert not cached and cached_again
+    np.testing.assert_array_equal(fresh.down_cov, again.down_cov)
+    np.testing.assert_array_equal(fresh.down_mean, again.down_mean)
+    # Another criterion reuses the covariances: its cache holds scores and means only.
+    other, _ = compute_importance(model, layers, windows, 16, "wanda-sp", **{**kwargs, "cache_key": f"{key}-wsp"})
+    np.testing.assert_array_equal(other.o_cov, fresh.o_cov)
+    assert fresh.down_cov.shape == (len(layers), 96, 96) and fresh.down_cov.dtype == np.float32
+    # By definition: the population covariance of the down projection's input.
+    inputs = []
+    handle = layers[1].down.register_forward_pre_hook(lambda _m, a: inputs.append(a[0].reshape(-1, 96)))
+    with torch.inference_mode():
+        for row in windows:
+            model(input_ids=row[None])
+    handle.remove()
+    x = torch.cat(inputs).double()
+    np.testing.assert_allclose(fresh.down_cov[1], torch.cov(x.T, correction=0).numpy(), rtol=1e-4, atol=1e-5)
 
 
 def test_bias_compensation_needs_the_calibration_means(tiny_tokenizer, text_file):

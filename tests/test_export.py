@@ -41,7 +41,7 @@ def prune_everywhere(space) -> np.ndarray:
 def masked_logits(backend: PruningBackend, x, tokens) -> torch.Tensor:
     masks = backend._masks()
     plans = backend.plan(x)
-    masks.apply(plans, backend.biases(plans))
+    masks.apply(plans, backend.compensation(plans))
     try:
         with torch.inference_mode():
             return backend.loaded.model(input_ids=tokens).logits
@@ -65,8 +65,10 @@ def load_in_fresh_process(export_dir: Path, tokens: torch.Tensor, tmp_path: Path
     return dict(np.load(out))
 
 
-@pytest.mark.parametrize("compensation", ["none", "bias"])
-@pytest.mark.parametrize("family", list(TINY_CONFIGS))
+@pytest.mark.parametrize(
+    "family, compensation",
+    [(f, c) for f in TINY_CONFIGS for c in ("none", "bias")] + [("llama", "refit"), ("opt", "refit")],
+)
 def test_export_loads_in_plain_transformers_and_matches_the_masked_model(
     family, compensation, tiny_tokenizer, text_file, tmp_path
 ):
@@ -81,7 +83,7 @@ def test_export_loads_in_plain_transformers_and_matches_the_masked_model(
     assert int(got["params"]) == result.params
     # The cost model counts exactly what the export holds, compensation biases included.
     assert result.params == backend.space.params(x) == sum(p.numel() for p in backend.sliced_copy(x).parameters())
-    if compensation == "bias":  # every pruned sub-layer got a compensation bias, recorded per layer in the config
+    if compensation != "none":  # every pruned sub-layer got a compensation bias, recorded per layer in the config
         assert all(spec["o_bias"] and spec["down_bias"] for spec in result.layers)
         arch = backend.space.arch
         plain = dataclasses.replace(backend.space, compensation_bias=False).params(x)
@@ -93,7 +95,7 @@ def test_export_loads_in_plain_transformers_and_matches_the_masked_model(
     model, _ = load_pruned(tmp_path / "export")
     with torch.inference_mode():
         torch.testing.assert_close(model(input_ids=tokens).logits, want, atol=1e-4, rtol=0)
-        if compensation == "bias":
+        if compensation != "none":
             assert torch.equal(model(input_ids=tokens).logits, want)
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from evoprune.backend.adapters import adapter_for
-from evoprune.backend.compensation import bias_compensation
+from evoprune.backend.compensation import compensate
 from evoprune.backend.data import TextSource, token_windows
 from evoprune.backend.evaluate import perplexity
 from evoprune.backend.importance import compute_importance
@@ -80,18 +80,21 @@ def test_param_count_and_logits_match_a_physically_sliced_model(family, head_uni
         )
 
 
+@pytest.mark.parametrize("method", ["bias", "refit"])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_bias_compensation_masked_equals_sliced_to_the_last_bit(family):
+def test_compensation_masked_equals_sliced_to_the_last_bit(family, method):
     model = build_tiny_model(family, seed=4)
     space = _space(model, head_unit="query_head")
     adapter = adapter_for(model.config)
     tokens = torch.randint(0, model.config.vocab_size, (2, 24), generator=torch.Generator().manual_seed(0))
     importance, _ = compute_importance(
-        model, adapter.layers(model), tokens, space.arch.head_dim, "flap", with_means=True
+        model, adapter.layers(model), tokens, space.arch.head_dim, "flap", with_covariance=True
     )
+    refitted = 0
     for x in _configs(space, 2, seed=5)[1:]:
         plans = resolve_plan(space, x, importance)
-        biases = bias_compensation(adapter.layers(model), plans, importance, space.arch.head_dim)
+        biases = compensate(method, adapter.layers(model), plans, importance, space.arch.head_dim)
+        refitted += sum(t is not None for b in biases for t in (b.o_weight, b.down_weight))
         pruned = slice_model(copy.deepcopy(model), adapter, plans, space.arch.head_dim, biases)
         extra = sum(model.config.hidden_size for b in biases for t in (b.o, b.down) if t is not None)
         assert space.params(x) < sum(p.numel() for p in pruned.parameters()) <= space.params(x) + extra
@@ -102,6 +105,8 @@ def test_bias_compensation_masked_equals_sliced_to_the_last_bit(family):
             want = pruned(input_ids=tokens).logits
         masked.reset()
         assert torch.equal(got, want)
+    # refit changed the kept weights of the sub-layers pruned but not removed
+    assert (refitted > 0) == (method == "refit")
 
 
 def test_levels_map_to_monotone_widths():
@@ -156,7 +161,7 @@ def test_search_space_round_trips_through_a_dict():
 @pytest.mark.parametrize(
     "criterion, compensation",
     [(c, "none") for c in ("magnitude", "wanda", "wanda-sp", "flap", "taylor")]
-    + [("wanda", "bias"), ("taylor", "bias")],
+    + [("wanda", "bias"), ("taylor", "bias"), ("flap", "refit"), ("taylor", "refit")],
 )
 def test_backend_masked_perplexity_equals_the_sliced_model(criterion, compensation, tiny_tokenizer, text_file):
     model = build_tiny_model("llama", seed=3)
@@ -171,7 +176,7 @@ def test_backend_masked_perplexity_equals_the_sliced_model(criterion, compensati
     assert masked.ok and np.isfinite(masked.metrics["ppl"])
     pruned = backend.sliced_copy(x)
     assert perplexity(pruned, backend.eval_windows) == pytest.approx(masked.metrics["ppl"], rel=1e-5)
-    if compensation == "bias":  # the biases are there, and masked evaluation used the same tensors
+    if compensation != "none":  # the biases are there, and masked evaluation used the same tensors
         assert any(m.bias is not None for m in pruned.modules() if hasattr(m, "bias") and not hasattr(m, "weight"))
     dense = backend.evaluate(backend.space.lower)
     assert dense.metrics["ppl"] == pytest.approx(perplexity(model, backend.eval_windows), rel=1e-6)

@@ -28,7 +28,10 @@ For ``magnitude`` and ``wanda``, a query head's weights are its rows of ``q`` an
 and an MLP channel's its rows of ``gate`` and ``up`` and its column of ``down``.
 
 The same calibration pass records the mean input of every ``o`` and ``down`` projection feature,
-which bias compensation (``compensation.py``) needs; they are cached with the scores.
+which compensation (``compensation.py``) needs; they are cached with the scores. The least-squares
+re-fit also needs the covariance of those inputs, ``num_layers * (intermediate_size^2 +
+(num_heads * head_dim)^2)`` float32 values (323 MB for SmolLM2-135M), recorded only when asked
+for and cached apart from the scores: it does not depend on the criterion.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -56,20 +59,28 @@ class Importance:
     # not computed: (num_layers, num_heads * head_dim) and (num_layers, intermediate_size).
     o_mean: np.ndarray | None = None
     down_mean: np.ndarray | None = None
+    # Population covariance of the same inputs (float32), or None when not computed:
+    # (num_layers, num_heads * head_dim, num_heads * head_dim) and (num_layers, intermediate_size, intermediate_size).
+    o_cov: np.ndarray | None = None
+    down_cov: np.ndarray | None = None
 
 
 class ActivationStats:
     """Per-feature sums and sums of squares (float64) of projection inputs over calibration tokens.
 
     Keys: ``attn_in`` (input of q, k and v), ``o_in``, ``mlp_in`` (input of gate and up), ``down_in``.
+    With ``covariance``, also the sums of outer products ``x x^T`` of the ``o`` and ``down`` inputs.
     """
 
     KEYS = ("attn_in", "o_in", "mlp_in", "down_in")
+    COVARIANCE_KEYS = ("o_in", "down_in")
 
-    def __init__(self, layers: list[LayerParts]):
+    def __init__(self, layers: list[LayerParts], covariance: bool = False):
         self.layers = layers
+        self.covariance = covariance
         self.sums: dict[tuple[int, str], torch.Tensor] = {}
         self.sumsq: dict[tuple[int, str], torch.Tensor] = {}
+        self.outer: dict[tuple[int, str], torch.Tensor] = {}
         self.count: dict[tuple[int, str], int] = {}
 
     @property
@@ -85,6 +96,10 @@ class ActivationStats:
                 self.sums[key] = self.sums.get(key, 0) + x.sum(dim=0)
                 self.sumsq[key] = self.sumsq.get(key, 0) + (x * x).sum(dim=0)
                 self.count[key] = self.count.get(key, 0) + x.shape[0]
+                if self.covariance and key[1] in self.COVARIANCE_KEYS:
+                    # float32 products per window (exact enough, half the time), summed in float64
+                    xf = args[0].detach().reshape(-1, args[0].shape[-1]).float()
+                    self.outer[key] = self.outer.get(key, 0) + (xf.T @ xf).double()
 
             return fn
 
@@ -113,6 +128,11 @@ class ActivationStats:
 
     def mean(self, i: int, key: str) -> torch.Tensor:
         return self.sums[(i, key)] / self.count[(i, key)]
+
+    def covariance_matrix(self, i: int, key: str) -> torch.Tensor:
+        """Population covariance of the input features over the tokens: (in, in), float64."""
+        mean = self.mean(i, key)
+        return self.outer[(i, key)] / self.count[(i, key)] - torch.outer(mean, mean)
 
     def variance(self, i: int, key: str) -> torch.Tensor:
         """Population variance of each input feature over the tokens (clamped at 0 against rounding)."""
@@ -258,10 +278,42 @@ def importance_cache_file(cache_key: str) -> Path:
     return cache_dir("importance") / f"{cache_key}.safetensors"
 
 
+def covariance_cache_file(cache_key: str) -> Path:
+    """Where the input covariances cached under ``cache_key`` are kept (see ``compute_importance``)."""
+    return cache_dir("importance") / f"{cache_key}-covariance.safetensors"
+
+
 def _with_means(scores: Importance, stats: ActivationStats, layers: list[LayerParts]) -> Importance:
     o_mean = torch.stack([stats.mean(i, "o_in").cpu() for i in range(len(layers))]).numpy()
     down_mean = torch.stack([stats.mean(i, "down_in").cpu() for i in range(len(layers))]).numpy()
-    return Importance(attn=scores.attn, mlp=scores.mlp, o_mean=o_mean, down_mean=down_mean)
+    return replace(scores, o_mean=o_mean, down_mean=down_mean)
+
+
+def _covariances(stats: ActivationStats, layers: list[LayerParts]) -> dict[str, np.ndarray]:
+    return {
+        name: torch.stack([stats.covariance_matrix(i, key).float().cpu() for i in range(len(layers))]).numpy()
+        for name, key in (("o_cov", "o_in"), ("down_cov", "down_in"))
+    }
+
+
+def _load(path: Path | None, required: tuple[str, ...]) -> dict[str, np.ndarray] | None:
+    """The arrays cached at ``path`` when it holds every ``required`` one; a damaged file is removed."""
+    if path is None or not path.exists():
+        return None
+    try:
+        arrays = load_file(str(path))
+    except Exception:  # noqa: BLE001 - a damaged cache entry is recomputed, not fatal
+        path.unlink(missing_ok=True)
+        return None
+    return arrays if all(k in arrays for k in required) else None
+
+
+def _save(path: Path | None, arrays: dict[str, np.ndarray]) -> None:
+    if path is None:
+        return
+    tmp = path.with_suffix(".tmp")
+    save_file(arrays, str(tmp))
+    tmp.replace(path)
 
 
 def compute_importance(
@@ -272,44 +324,54 @@ def compute_importance(
     criterion: str = "wanda",
     cache_key: str | None = None,
     with_means: bool = False,
+    with_covariance: bool = False,
+    covariance_cache_key: str | None = None,
 ) -> tuple[Importance, bool]:
     """Score every head and channel; returns the scores and whether they came from the cache.
 
     ``windows``: calibration token ids, (n_windows, seq_len). ``with_means`` also records the mean
     input of every ``o`` and ``down`` feature (``Importance.o_mean``/``down_mean``), for bias
-    compensation; a cached entry without them is recomputed. Raises EvopruneError for an unknown
-    criterion.
+    compensation; a cached entry without them is recomputed. ``with_covariance`` (implies the
+    means) also records their covariances (``o_cov``/``down_cov``), for the least-squares re-fit,
+    cached under ``covariance_cache_key``. Raises EvopruneError for an unknown criterion.
     """
     if criterion not in CRITERIA:
         raise EvopruneError(f"importance criterion {criterion!r} is unknown: use one of {', '.join(CRITERIA)}")
+    with_means = with_means or with_covariance
     path = importance_cache_file(cache_key) if cache_key else None
-    if path is not None and path.exists():
-        try:
-            arrays = load_file(str(path))
-            if not with_means or "o_mean" in arrays:
-                return Importance(
-                    attn=arrays["attn"],
-                    mlp=arrays["mlp"],
-                    o_mean=arrays.get("o_mean"),
-                    down_mean=arrays.get("down_mean"),
-                ), True
-        except Exception:  # noqa: BLE001 - a damaged cache entry is recomputed, not fatal
-            path.unlink(missing_ok=True)
+    cov_path = covariance_cache_file(covariance_cache_key) if with_covariance and covariance_cache_key else None
+    arrays = _load(path, ("attn", "mlp", "o_mean", "down_mean") if with_means else ("attn", "mlp"))
+    covs = _load(cov_path, ("o_cov", "down_cov")) if with_covariance else {}
+    if arrays is not None and covs is not None:
+        return Importance(
+            attn=arrays["attn"],
+            mlp=arrays["mlp"],
+            o_mean=arrays.get("o_mean"),
+            down_mean=arrays.get("down_mean"),
+            o_cov=covs.get("o_cov"),
+            down_cov=covs.get("down_cov"),
+        ), True
     was_training = model.training
     model.eval()
-    stats = ActivationStats(layers)
+    stats = ActivationStats(layers, covariance=with_covariance)
     try:
-        scores = CRITERIA[criterion](model, layers, windows, head_dim, stats)
+        if arrays is None:
+            scores = CRITERIA[criterion](model, layers, windows, head_dim, stats)
+        else:  # the scores are cached; only the covariances are missing
+            scores = Importance(attn=arrays["attn"], mlp=arrays["mlp"])
         if with_means:
             stats.collect(model, windows)
             scores = _with_means(scores, stats, layers)
+        if with_covariance:
+            covs = _covariances(stats, layers)
+            scores = replace(scores, **covs)
     finally:
         model.train(was_training)
-    if path is not None:
-        tmp = path.with_suffix(".tmp")
-        arrays = {"attn": scores.attn, "mlp": scores.mlp}
+    if arrays is None:
+        saved = {"attn": scores.attn, "mlp": scores.mlp}
         if scores.o_mean is not None:
-            arrays.update(o_mean=scores.o_mean, down_mean=scores.down_mean)
-        save_file(arrays, str(tmp))
-        tmp.replace(path)
+            saved.update(o_mean=scores.o_mean, down_mean=scores.down_mean)
+        _save(path, saved)
+    if with_covariance:
+        _save(cov_path, covs)
     return scores, False

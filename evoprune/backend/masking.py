@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from evoprune.backend.adapters import Adapter, LayerParts
-from evoprune.backend.compensation import LayerBias
+from evoprune.backend.compensation import LayerCompensation
 from evoprune.backend.plan import LayerPlan
 
 # Attributes that the families' setters change on attention and MLP modules.
@@ -26,8 +26,9 @@ _ATTRIBUTES = ("num_heads", "num_key_value_groups", "num_key_value_heads", "inte
 class IndexedLinear(nn.Module):
     """A view of a linear layer restricted to some output rows and/or input columns.
 
-    ``bias`` (out_features,) replaces the base layer's bias (bias compensation): it is the very
-    tensor that slicing copies into the exported ``nn.Linear``, passed to the same ``F.linear``.
+    ``bias`` (out_features,) replaces the base layer's bias and ``weight`` (out_features,
+    in_features) its restricted weight (compensation): each is the very tensor that slicing copies
+    into the exported ``nn.Linear``, passed to the same ``F.linear``.
     """
 
     def __init__(
@@ -36,18 +37,22 @@ class IndexedLinear(nn.Module):
         rows: torch.Tensor | None = None,
         cols: torch.Tensor | None = None,
         bias: torch.Tensor | None = None,
+        weight: torch.Tensor | None = None,
     ):
         super().__init__()
         self._base = (base,)  # a tuple, so the dense weights are not registered twice
         self.rows = rows.to(base.weight.device) if rows is not None else None
         self.cols = cols.to(base.weight.device) if cols is not None else None
         self.bias_override = bias
+        self.weight_override = weight
         self.in_features = base.in_features if cols is None else len(cols)
         self.out_features = base.out_features if rows is None else len(rows)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         base = self._base[0]
         weight, bias = base.weight, base.bias
+        if self.weight_override is not None:
+            return F.linear(x, self.weight_override, self.bias_override if self.bias_override is not None else bias)
         if self.rows is not None:
             weight = weight.index_select(0, self.rows)
             bias = bias.index_select(0, self.rows) if bias is not None else None
@@ -90,12 +95,12 @@ class MaskedModel:
         self.head_dim = head_dim
         self._snapshots: list[_Snapshot] = []
 
-    def apply(self, plans: list[LayerPlan], biases: list[LayerBias] | None = None) -> None:
-        """Apply ``plans`` (one per layer), with the compensation ``biases`` of the same plans if any."""
+    def apply(self, plans: list[LayerPlan], compensation: list[LayerCompensation] | None = None) -> None:
+        """Apply ``plans`` (one per layer), with the ``compensation`` of the same plans if any."""
         self.reset()
         family = self.adapter.family
         for i, (parts, plan) in enumerate(zip(self.layers, plans, strict=True)):
-            comp = biases[i] if biases is not None else LayerBias()
+            comp = compensation[i] if compensation is not None else LayerCompensation()
             layer = parts.layer
             attn_changed = plan.attn_removed or len(plan.q_heads) < self.num_heads
             mlp_changed = plan.mlp_removed or len(plan.mlp_channels) < parts.down.in_features
@@ -111,7 +116,7 @@ class MaskedModel:
                     "q": IndexedLinear(parts.q, rows=q_idx),
                     "k": IndexedLinear(parts.k, rows=kv_idx),
                     "v": IndexedLinear(parts.v, rows=kv_idx),
-                    "o": IndexedLinear(parts.o, cols=q_idx, bias=comp.o),
+                    "o": IndexedLinear(parts.o, cols=q_idx, bias=comp.o, weight=comp.o_weight),
                 }
                 family.set_attention(layer, linears, len(plan.q_heads), len(plan.kv_heads))
             if plan.mlp_removed:
@@ -121,7 +126,7 @@ class MaskedModel:
                 linears = {
                     "gate": IndexedLinear(parts.gate, rows=ch) if parts.gate is not None else None,
                     "up": IndexedLinear(parts.up, rows=ch),
-                    "down": IndexedLinear(parts.down, cols=ch, bias=comp.down),
+                    "down": IndexedLinear(parts.down, cols=ch, bias=comp.down, weight=comp.down_weight),
                 }
                 family.set_mlp(layer, linears, len(plan.mlp_channels))
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from evoprune.backend.adapters import adapter_for
-from evoprune.backend.compensation import LayerBias, compensate
+from evoprune.backend.compensation import LayerCompensation, RefitMemo, compensate
 from evoprune.backend.data import TextSource, load_text, token_windows
 from evoprune.backend.evaluate import DenseReference, dense_reference, quality
 from evoprune.backend.importance import Importance, compute_importance, importance_cache_key
@@ -68,9 +68,9 @@ class PruningBackend:
                 attn_levels=settings.attn_levels,
                 mlp_levels=settings.mlp_levels,
                 mlp_multiple=settings.mlp_multiple,
-                compensation_bias=settings.compensation == "bias",
+                compensation_bias=settings.compensation != "none",
             )
-        elif (space.arch, space.compensation_bias) != (arch, settings.compensation == "bias"):
+        elif (space.arch, space.compensation_bias) != (arch, settings.compensation != "none"):
             raise EvopruneError(
                 f"the recorded search space ({space.arch.model_type}, {space.num_layers} layers) is not the one of "
                 f"model '{loaded.source.spec}' ({arch.model_type}, {arch.num_layers} layers): check the model"
@@ -104,6 +104,7 @@ class PruningBackend:
         self.importance_cached = False
         self._reference: DenseReference | bool | None = None
         self._masked: MaskedModel | None = None
+        self._refits = RefitMemo()
         # Called by evaluate() while the configuration is applied; each returns more metrics
         # (e.g. evoprune.tasks.TaskEvaluator: {"acc:arc_easy": ...}).
         self.extra_metrics: list[Callable[[PruningBackend], dict[str, float]]] = []
@@ -130,6 +131,10 @@ class PruningBackend:
                 self.settings.criterion,
                 cache_key=key,
                 with_means=self.settings.compensation != "none",
+                with_covariance=self.settings.compensation == "refit",
+                covariance_cache_key=importance_cache_key(
+                    self.loaded.fingerprint, self.data_fingerprint, "covariance", self.settings.calib_tokens
+                ),
             )
         return self.importance
 
@@ -160,10 +165,12 @@ class PruningBackend:
     def plan(self, x) -> list[LayerPlan]:
         return resolve_plan(self.space, x, self.score())
 
-    def biases(self, plans: list[LayerPlan]) -> list[LayerBias] | None:
-        """The compensation biases of ``plans`` under the settings' ``compensation`` (None for none)."""
+    def compensation(self, plans: list[LayerPlan]) -> list[LayerCompensation] | None:
+        """What the settings' ``compensation`` gives ``plans`` (None for none), re-fits memoised."""
         layers = self._masks().layers if self._masked is not None else self.adapter.layers(self.loaded.model)
-        return compensate(self.settings.compensation, layers, plans, self.score(), self.space.arch.head_dim)
+        return compensate(
+            self.settings.compensation, layers, plans, self.score(), self.space.arch.head_dim, self._refits
+        )
 
     def reference(self, n_windows: int | None = None) -> DenseReference | None:
         """The dense model's top-k log-probabilities on the first ``n_windows`` rung windows
@@ -266,7 +273,7 @@ class PruningBackend:
         plans = self.plan(x)
         masked = self._masks()
         try:
-            masked.apply(plans, self.biases(plans))
+            masked.apply(plans, self.compensation(plans))
             yield plans
         finally:
             masked.reset()
@@ -274,7 +281,7 @@ class PruningBackend:
     def _measure(self, plans, windows, reference, extras, start: float) -> Measurement:
         masked = self._masks()
         try:
-            masked.apply(plans, self.biases(plans))
+            masked.apply(plans, self.compensation(plans))
             metrics = quality(self.loaded.model, windows, reference, self.settings.batch_size)
             for extra in extras:
                 metrics.update(extra(self))
@@ -292,9 +299,9 @@ class PruningBackend:
         """A physically pruned copy of the model (the dense one stays untouched)."""
         plans = self.plan(x)
         self._unmask()  # hooks must not travel with the copy
-        biases = self.biases(plans)
+        comp = self.compensation(plans)
         model = copy.deepcopy(self.loaded.model)
-        return slice_model(model, self.adapter, plans, self.space.arch.head_dim, biases)
+        return slice_model(model, self.adapter, plans, self.space.arch.head_dim, comp)
 
 
 def load_backend(

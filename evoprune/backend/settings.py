@@ -20,7 +20,8 @@ class BackendSettings:
 
     ``calib_data`` is the text importance is scored on; ``None`` uses the evaluation text,
     with windows that do not overlap the evaluation windows. ``compensation`` is what replaces the
-    removed units' contribution (``compensation.COMPENSATIONS``: ``none`` or FLAP's ``bias``).
+    removed units' contribution (``compensation.COMPENSATIONS``: ``none``, FLAP's ``bias``, or
+    ``refit``, a least-squares re-fit of the kept weights and the bias).
 
     The fidelity ladder: every configuration is first measured on ``eval_tokens`` tokens (the
     pairs the surrogate learns from); the promising ones are measured again on each rung of

@@ -46,7 +46,7 @@ def export_command(
     ),
     data: str | None = typer.Option(None, "--data", "-d", help="Text searched on (levels:, uniform:R, old plans)."),
     criterion: str | None = typer.Option(None, "--importance", help="levels:/uniform:R: importance criterion."),
-    compensation: str | None = typer.Option(None, "--compensation", help="levels:/uniform:R: none or bias."),
+    compensation: str | None = typer.Option(None, "--compensation", help="levels:/uniform:R: none, bias or refit."),
     calib_data: str | None = typer.Option(None, "--calib-data", help="levels:/uniform:R: other text for importance."),
     calib_tokens: int | None = typer.Option(None, "--calib-tokens", help="levels:/uniform:R: importance tokens."),
     eval_tokens: int | None = typer.Option(None, "--eval-tokens", help="levels:/uniform:R: the search's first rung."),

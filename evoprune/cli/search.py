@@ -113,7 +113,9 @@ def search_command(
         _BACKEND.criterion, "--importance", help="Importance criterion: wanda, wanda-sp, flap, magnitude or taylor."
     ),
     compensation: str = typer.Option(
-        _BACKEND.compensation, "--compensation", help="Replace removed units' mean contribution: none or bias (FLAP)."
+        _BACKEND.compensation,
+        "--compensation",
+        help="Make up for removed units: none, bias (FLAP: their mean contribution) or refit (least squares).",
     ),
     calib_data: str = typer.Option(
         None, "--calib-data", help="Text for importance scoring (default: --data, windows disjoint from evaluation)."

@@ -87,7 +87,7 @@ def export_pruned(
     x = space.validate(np.asarray(x))
     check_target(out, force)
     plans = backend.plan(x)
-    sizes = layer_sizes(plans, backend.biases(plans))
+    sizes = layer_sizes(plans, backend.compensation(plans))
     pruned = backend.sliced_copy(x)
     config = pruned.config
     config.evoprune_layers = sizes
