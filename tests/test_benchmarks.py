@@ -98,13 +98,13 @@ def test_criteria_render_pairs_against_the_default(tmp_path):
                 "mlp_channels": 1017, "calib_tokens": calib, "calib_seq_len": 512, "window_nll": nll}  # fmt: skip
 
     path = tmp_path / "r.jsonl"
-    rows = [row("flap", "bias", "80%", 0.0), row("wanda-sp", "none", "80%", -0.05)]
-    rows += [row("flap", "bias", "80%", 0.3, 512)]
+    rows = [row("flap", "refit", "80%", 0.0), row("wanda-sp", "none", "80%", -0.05)]
+    rows += [row("flap", "refit", "80%", 0.3, 512)]
     # Picks are scored with their own search's calibration, whatever the default is now.
-    rows += [row("flap", "bias", "pick s:1:2", 0.0, 512), row("flap", "none", "pick s:1:2", 0.2, 512)]
+    rows += [row("flap", "refit", "pick s:1:2", 0.0, 512), row("flap", "none", "pick s:1:2", 0.2, 512)]
     path.write_text("\n".join(json.dumps(r) for r in rows))
     text = render([path])
     assert f"{default_tokens:,} calibration tokens in 512-token windows" in text
-    assert "| flap (512 calib tokens) | bias |" in text
+    assert "| flap (512 calib tokens) | refit |" in text
     assert "best `wanda-sp` + `none`" in text and "-0.050 ± 0.000 nats" in text
     assert "| s:1:2 | 0.800 | flap | none |" in text and "+0.200 ± 0.000" in text

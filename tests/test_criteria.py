@@ -100,7 +100,7 @@ def test_an_unknown_criterion_or_compensation_is_one_clear_line():
 def test_compensation_none_keeps_the_run_identity_of_older_stores():
     assert "compensation" not in BackendSettings(compensation="none").identity()
     assert BackendSettings(compensation="bias").identity()["compensation"] == "bias"
-    assert BackendSettings().identity()["compensation"] == "bias"  # the default since FLAP's criterion won
+    assert BackendSettings().identity()["compensation"] == "refit"  # the default since it won on held-out text
 
 
 def _backend(family: str, tokenizer, text_file, compensation: str, criterion: str = "wanda") -> PruningBackend:

@@ -33,7 +33,7 @@ class BackendSettings:
     """
 
     criterion: str = "flap"
-    compensation: str = "bias"
+    compensation: str = "refit"
     eval_tokens: int = 2048
     calib_tokens: int = 16384
     seq_len: int = 512
