@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -311,7 +312,8 @@ def _load(path: Path | None, required: tuple[str, ...]) -> dict[str, np.ndarray]
 def _save(path: Path | None, arrays: dict[str, np.ndarray]) -> None:
     if path is None:
         return
-    tmp = path.with_suffix(".tmp")
+    # A name of this process's own: searches started together may score the same model at once.
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     save_file(arrays, str(tmp))
     tmp.replace(path)
 
