@@ -219,8 +219,9 @@ def render(paths: list[Path]) -> str:
         f"({', '.join(f'{t:,} calibration tokens in {w}-token windows' for t, w in calib)}). Allocation: MLP-only,",
         "the same number of channels removed in every layer (`mlp_levels=1536`), the most kept under 80% / 70% of",
         "the dense parameters. Held-out perplexity on the first 16,384 tokens of WikiText-2 test and of PTB valid",
-        "(512-token windows), ± one standard error over the 32 windows. Bias compensation adds a 576-float",
-        "bias to each pruned down projection (30 x 576 = 17k parameters, 0.013%, not in the kept fraction).",
+        "(512-token windows), ± one standard error over the 32 windows. Compensation (`bias`, `refit`) adds a",
+        "576-float bias to each pruned down projection (30 x 576 = 17k parameters, 0.013%, not in the kept",
+        "fraction); `refit` also re-fits the kept columns of each down projection by least squares.",
         "",
     ]
     if dense:
@@ -285,9 +286,10 @@ def _render_picks(rows: list[dict], default: BackendSettings) -> list[str]:
     lines = [
         "",
         "Searched picks (`python benchmarks/criteria.py picks STORE:RUN:EVALUATION,...`), the search's own level",
-        "grid and calibration windows, under each criterion x compensation. The picks were selected under the",
-        f"default (`{default.criterion}` + `{default.compensation}`), which favours it. Paired: mean per-window NLL",
-        "difference against the default (nats), ± its standard error over the 32 windows.",
+        "grid and calibration windows, under each criterion x compensation. Each pick was selected under its",
+        "search's criterion and compensation, which favours that pair. Paired: mean per-window NLL difference",
+        f"against the current default (`{default.criterion}` + `{default.compensation}`, where measured; nats),",
+        "± its standard error over the 32 windows.",
         "",
         "| pick | kept | criterion | compensation | wiki test | paired | PTB | paired |",
         "| --- | ---: | --- | --- | ---: | ---: | ---: | ---: |",
