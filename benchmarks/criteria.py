@@ -166,6 +166,14 @@ def run(
                 )
 
 
+def _relative(path: str) -> str:
+    """``path`` relative to the checkout when it lies inside it (table rows stay short), else as given."""
+    try:
+        return str(Path(path).resolve().relative_to(ROOT))
+    except ValueError:
+        return path
+
+
 def picks(specs: list[str], criteria: list[str], out: Path, compensations: tuple[str, ...] = COMPENSATIONS) -> None:
     """Searched picks (``STORE:RUN:EVALUATION``) under each criterion x compensation, on held-out text.
 
@@ -179,9 +187,10 @@ def picks(specs: list[str], criteria: list[str], out: Path, compensations: tuple
             path, run_id, eval_id = spec.rsplit(":", 2)
             with Store(path, readonly=True) as store:
                 e = next(e for e in store.evaluations(int(run_id)) if e.id == int(eval_id))
+            label = f"{_relative(path)}:{run_id}:{eval_id}"
             for criterion in criteria:
                 for compensation in compensations:
-                    labels = dict(criterion=criterion, compensation=compensation, budget=f"pick {spec}")
+                    labels = dict(criterion=criterion, compensation=compensation, budget=f"pick {label}")
                     if bench.has(text=text, **labels):
                         continue
                     b = bench.backend(criterion, compensation, mlp_levels=None)

@@ -198,6 +198,37 @@ def test_refit_needs_the_calibration_covariances(tiny_tokenizer, text_file):
         refit_compensation(backend.adapter.layers(backend.loaded.model), plans, backend.score(), 16)
 
 
+def test_a_process_waiting_on_the_cache_lock_reads_what_the_holder_wrote(tiny_tokenizer, text_file, tmp_path):
+    """Searches started together compute the scores once: a second caller waits for the first's lock,
+    then reads its cache entry instead of scoring again."""
+    import threading
+
+    from filelock import FileLock
+    from safetensors.numpy import save_file
+
+    from evoprune.backend.importance import importance_cache_file
+
+    backend = _backend("llama", tiny_tokenizer, text_file, "none")
+    model, layers, windows = backend.loaded.model, backend.adapter.layers(backend.loaded.model), backend.calib_windows
+    key = f"{tmp_path.name}-locked"
+    path = importance_cache_file(key)
+    fresh, _ = compute_importance(model, layers, windows, 16, "wanda-sp")  # no cache key: no lock, no file
+    result = {}
+    with FileLock(str(path.with_name(f"{path.name}.lock"))):  # another process is scoring
+        waiter = threading.Thread(
+            target=lambda: result.update(out=compute_importance(model, layers, windows, 16, "wanda-sp", cache_key=key))
+        )
+        waiter.start()
+        waiter.join(timeout=1.0)
+        assert waiter.is_alive(), "the second caller scored without waiting for the lock"
+        # What "the other process" writes: marked (+1) so that reading it is told apart from scoring.
+        save_file({"attn": fresh.attn + 1, "mlp": fresh.mlp + 1}, str(path))
+    waiter.join(timeout=60)
+    scores, cached = result["out"]
+    assert cached
+    np.testing.assert_array_equal(scores.mlp, fresh.mlp + 1)
+
+
 def test_covariances_are_cached_apart_from_the_scores_and_equal_fresh_ones(tiny_tokenizer, text_file, tmp_path):
     backend = _backend("llama", tiny_tokenizer, text_file, "refit")
     model, layers = backend.loaded.model, backend.adapter.layers(backend.loaded.model)

@@ -31,7 +31,8 @@ The same calibration pass records the mean input of every ``o`` and ``down`` pro
 which compensation (``compensation.py``) needs; they are cached with the scores. The least-squares
 re-fit also needs the covariance of those inputs, ``num_layers * (intermediate_size^2 +
 (num_heads * head_dim)^2)`` float32 values (323 MB for SmolLM2-135M), recorded only when asked
-for and cached apart from the scores: it does not depend on the criterion.
+for and cached apart from the scores: it does not depend on the criterion. Each cache entry is
+computed under a file lock (``filelock``), so processes started together score a model once.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -342,20 +344,66 @@ def compute_importance(
     with_means = with_means or with_covariance
     path = importance_cache_file(cache_key) if cache_key else None
     cov_path = covariance_cache_file(covariance_cache_key) if with_covariance and covariance_cache_key else None
+    cached = _cached(path, cov_path, with_means, with_covariance)
+    if cached is not None:
+        return cached, True
+    # Searches started together on one model would each spend minutes on the same scores: the
+    # first computes them under the cache entries' locks, the others then read its files.
+    with _locked(path, cov_path):
+        cached = _cached(path, cov_path, with_means, with_covariance)
+        if cached is not None:
+            return cached, True
+        return _compute(model, layers, windows, head_dim, criterion, path, cov_path, with_means, with_covariance), False
+
+
+def _cached(path: Path | None, cov_path: Path | None, with_means: bool, with_covariance: bool) -> Importance | None:
+    """The scores (and covariances) cached at ``path`` (``cov_path``), or None when any is missing."""
     arrays = _load(path, ("attn", "mlp", "o_mean", "down_mean") if with_means else ("attn", "mlp"))
     covs = _load(cov_path, ("o_cov", "down_cov")) if with_covariance else {}
-    if arrays is not None and covs is not None:
-        return Importance(
-            attn=arrays["attn"],
-            mlp=arrays["mlp"],
-            o_mean=arrays.get("o_mean"),
-            down_mean=arrays.get("down_mean"),
-            o_cov=covs.get("o_cov"),
-            down_cov=covs.get("down_cov"),
-        ), True
+    if arrays is None or covs is None:
+        return None
+    return Importance(
+        attn=arrays["attn"],
+        mlp=arrays["mlp"],
+        o_mean=arrays.get("o_mean"),
+        down_mean=arrays.get("down_mean"),
+        o_cov=covs.get("o_cov"),
+        down_cov=covs.get("down_cov"),
+    )
+
+
+@contextmanager
+def _locked(*paths: Path | None) -> Iterator[None]:
+    """Hold an exclusive lock on ``PATH.lock`` for each cache entry, in the order given (every caller
+    takes the scores' before the covariances', so two processes never wait on each other). The
+    operating system releases a killed process's locks."""
+    from filelock import FileLock
+
+    with ExitStack() as stack:
+        for path in paths:
+            if path is not None:
+                stack.enter_context(FileLock(str(path.with_name(f"{path.name}.lock"))))
+        yield
+
+
+def _compute(
+    model,
+    layers: list[LayerParts],
+    windows: torch.Tensor,
+    head_dim: int,
+    criterion: str,
+    path: Path | None,
+    cov_path: Path | None,
+    with_means: bool,
+    with_covariance: bool,
+) -> Importance:
+    """Score (and record the inputs' statistics), reusing whatever part is cached; cache the rest."""
+    arrays = _load(path, ("attn", "mlp", "o_mean", "down_mean") if with_means else ("attn", "mlp"))
+    covs = _load(cov_path, ("o_cov", "down_cov")) if with_covariance else None
+    new_covs = with_covariance and covs is None
     was_training = model.training
     model.eval()
-    stats = ActivationStats(layers, covariance=with_covariance)
+    stats = ActivationStats(layers, covariance=new_covs)
     try:
         if arrays is None:
             scores = CRITERIA[criterion](model, layers, windows, head_dim, stats)
@@ -364,9 +412,8 @@ def compute_importance(
         if with_means:
             stats.collect(model, windows)
             scores = _with_means(scores, stats, layers)
-        if with_covariance:
+        if new_covs:
             covs = _covariances(stats, layers)
-            scores = replace(scores, **covs)
     finally:
         model.train(was_training)
     if arrays is None:
@@ -374,6 +421,6 @@ def compute_importance(
         if scores.o_mean is not None:
             saved.update(o_mean=scores.o_mean, down_mean=scores.down_mean)
         _save(path, saved)
-    if with_covariance:
+    if new_covs:
         _save(cov_path, covs)
-    return scores, False
+    return replace(scores, **covs) if with_covariance else scores
