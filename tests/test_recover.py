@@ -364,3 +364,67 @@ def test_the_teacher_is_checked_as_searched_in_any_training_dtype(tmp_path, text
     recover(
         export, str(text_file), tmp_path / "named", RecoverySettings(teacher=str(tmp_path / "dense-llama"), **short)
     )
+
+
+def test_finalists_are_recovered_with_one_recipe_ranked_after_recovery_and_resumed(tmp_path, tiny_model_dir, text_file):
+    """Training-aware selection (DarwinLM): the plan's best configurations under a budget, each
+    exported and recovered, ranked by held-out perplexity afterwards; a rerun trains nothing."""
+    from typer.testing import CliRunner
+
+    from evoprune.choice.plan import plan
+    from evoprune.cli import app
+    from evoprune.engine.run import search
+    from evoprune.engine.settings import SearchSettings
+    from evoprune.objectives.spec import Budget
+    from evoprune.recovery.finalists import finalists_of, recover_finalists
+    from evoprune.store import Store
+
+    store = tmp_path / "s.db"
+    backend = BackendSettings(eval_tokens=256, calib_tokens=256, seq_len=64, mlp_levels=4)
+    search(
+        str(tiny_model_dir),
+        str(text_file),
+        str(store),
+        SearchSettings(evals=6, init=6, min_params=0.3, backend=backend),
+    )
+    _, ranked = finalists_of(store, 0.95, 2)
+    assert len(ranked) == 2 and ranked[0].id == plan(str(store), Budget(max_params=0.95)).evaluation.id
+    out = tmp_path / "finalists"
+    result = recover_finalists(store, str(text_file), out, max_params=0.95, k=2, settings=RecoverySettings(**TINY))
+    assert {f.eval_id for f in result.finalists} == {e.id for e in ranked}
+    assert result.search_pick == ranked[0].id
+    assert [f.after["nll"] for f in result.finalists] == sorted(f.after["nll"] for f in result.finalists)
+    for f in result.finalists:
+        assert f.after["nll"] != f.before["nll"]  # every finalist trained
+        model, _ = load_pruned(f.recovered)
+        assert json.loads((f.recovered / "plan.json").read_text())["evaluation"] == f.eval_id
+    with Store.open_existing(store, readonly=True) as st:
+        assert sorted(r.eval_id for r in st.recoveries()) == sorted(e.id for e in ranked)
+
+    # A rerun reads what is there (no training, no new record); another recipe is refused.
+    again = recover_finalists(store, str(text_file), out, max_params=0.95, k=2, settings=RecoverySettings(**TINY))
+    assert again.to_dict() == result.to_dict()
+    with Store.open_existing(store, readonly=True) as st:
+        assert len(st.recoveries()) == 2
+    with pytest.raises(EvopruneError, match="other settings"):
+        recover_finalists(
+            store, str(text_file), out, max_params=0.95, k=2, settings=RecoverySettings(**{**TINY, "steps": 3})
+        )
+
+    runner = CliRunner()
+    tiny_args = ["--steps", "12", "--seq-len", "64", "--batch", "4", "--lr", "3e-3", "--heldout-tokens", "256",
+                 "--train-tokens", "256", "--checkpoint-every", "0"]  # fmt: skip
+    args = ["recover", "--finalists", "2", "--store", str(store), "--max-params", "0.95", "--data", str(text_file)]
+    shown = runner.invoke(app, [*args, "--out", str(out), *tiny_args, "--json"])
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.stdout)["chosen"] == result.chosen.eval_id
+    table = runner.invoke(app, [*args, "--out", str(out), *tiny_args])
+    assert table.exit_code == 0 and str(result.chosen.recovered) in table.stdout.replace("\n", "")
+    for bad, why in [
+        (["recover", "--data", str(text_file), "--out", str(tmp_path / "x")], "either --model"),
+        ([*args[:5], "--data", str(text_file), "--out", str(tmp_path / "x")], "--max-params"),
+        (["recover", "--finalists", "0", *args[3:], "--out", str(tmp_path / "x")], "at least 1"),
+    ]:
+        failed = runner.invoke(app, bad)
+        assert failed.exit_code == 2, failed.output
+        assert why in failed.output and "Traceback" not in failed.output

@@ -41,7 +41,7 @@ class PlanResult:
         }
 
 
-def _problem_evaluations(store: Store, run: Run) -> list[Evaluation]:
+def problem_evaluations(store: Store, run: Run) -> list[Evaluation]:
     """Successful evaluations of every run that measured the same problem as ``run``."""
     key = run.settings.get("pair_key")
     out, seen = [], set()
@@ -94,7 +94,7 @@ def plan(
     space = SearchSpace.from_dict(run.space)
     cost_model = CostModel(space, dtype=run.settings["backend"].get("dtype", "float32"))  # the run's bytes per weight
     with Store.open_existing(store_path, readonly=True) as st:
-        evals = _problem_evaluations(st, run)
+        evals = problem_evaluations(st, run)
     limit_params = budget.params_fraction_limit(run.dense_params)
     limit_memory = parse_size(budget.max_memory) if budget.max_memory else None
     under = []

@@ -45,7 +45,9 @@ class _RecoveryProgress(_SearchProgress):
 
 
 def recover_command(
-    model: Path = typer.Option(..., "--model", "-m", help="An 'evoprune export' directory (only read, never changed)."),
+    model: Path | None = typer.Option(
+        None, "--model", "-m", help="An 'evoprune export' directory (only read, never changed)."
+    ),
     data: str = typer.Option(
         ..., "--data", "-d", help="Training text, as for 'evoprune search'; its first --heldout-tokens are held out."
     ),
@@ -87,11 +89,23 @@ def recover_command(
         help="Record the result against the export's evaluation in this store, for 'evoprune plan' "
         "(auto: the store plan.json names, when it holds that evaluation; none: nowhere).",
     ),
+    finalists: int | None = typer.Option(
+        None,
+        "--finalists",
+        help="Instead of --model: export and recover the K best configurations of --store under --max-params, "
+        "and rank them after recovery (training-aware selection, as DarwinLM).",
+    ),
+    max_params: float | None = typer.Option(
+        None, "--max-params", help="With --finalists: the budget (kept fraction or count)."
+    ),
+    run: int | None = typer.Option(None, "--run", help="With --finalists: the run (default: the latest)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Distill an export from its dense model (KL, optionally mixed with the LM loss); write an export again.
 
-    Rerun with the same arguments to continue from the last checkpoint after a crash or kill.
+    With --finalists K (and --store, --max-params) instead of --model: recover the search's K best
+    configurations under the budget with the same recipe, into OUT/eval-N/, and rank them by held-out
+    perplexity after recovery. Rerun with the same arguments to continue after a crash or kill.
     """
     from evoprune.recovery.run import recover
 
@@ -101,6 +115,15 @@ def recover_command(
         heldout_tokens=heldout_tokens, train_tokens=train_tokens, teacher=teacher, seed=seed, dtype=dtype,
         device=device, checkpoint_every=checkpoint_every,
     )  # fmt: skip
+    if (model is None) == (finalists is None):
+        _fail("pass either --model EXPORT_DIR (one export) or --finalists K with --store and --max-params")
+    if finalists is not None:
+        if store.lower() in ("auto", "none") or max_params is None:
+            _fail("--finalists needs the search's store and a budget: add --store STORE.db --max-params FRACTION")
+        _recover_finalists(finalists, store, max_params, run, data, out, settings, as_json)
+        return
+    if max_params is not None or run is not None:
+        _fail("--max-params and --run choose finalists: use them with --finalists K")
     try:
         with _RecoveryProgress(err_console) as progress:
             result = recover(
@@ -136,3 +159,52 @@ def recover_command(
     if result.stored:
         where = result.stored
         out_console.print(f"recorded against evaluation {where['evaluation']} in '{where['store']}'")
+
+
+def _recover_finalists(k: int, store: str, max_params: float, run: int | None, data: str, out: Path,
+                       settings: _RecoverySettings, as_json: bool) -> None:  # fmt: skip
+    from evoprune.recovery.finalists import recover_finalists
+
+    try:
+        with _RecoveryProgress(err_console) as progress:
+
+            def report(event: str, **info) -> None:
+                if event == "finalist":
+                    progress("phase", name=f"finalist {info['index']} of {info['total']}: evaluation {info['eval_id']}")
+                else:
+                    progress(event, **info)
+
+            result = recover_finalists(
+                store, data, out, max_params=max_params, k=k, settings=settings, run=run, progress=report
+            )
+    except EvopruneError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        _fail(f"interrupted: run the same command to continue where it stopped in '{out}'", 130)
+    for note in result.notes:
+        err_console.print(f"note: {note}", soft_wrap=True)
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    table = FoldingTable(
+        title=f"the {len(result.finalists)} best configurations of run {result.run_id} under {max_params:g}, "
+        f"best after recovery ({settings.method}, {settings.steps} steps) first; held-out: the first "
+        f"{settings.heldout_tokens} tokens of {data}",
+        title_justify="left",
+    )
+    for col in ("evaluation", "kept", "searched ppl", "before", "after", "KL after", "recovered export"):
+        table.add_column(col, justify="left" if col == "recovered export" else "right")
+    for f in result.finalists:
+        mark = " (search's pick)" if f.eval_id == result.search_pick else ""
+        table.add_row(
+            f"{f.eval_id}{mark}", f"{f.params_fraction:.1%}", _figure_text(f.searched), _figure_text(f.before),
+            _figure_text(f.after), _kl_text(f.after), str(f.recovered),
+        )  # fmt: skip
+    out_console.print(table)
+    chosen = result.chosen
+    if not result.changed:
+        verdict = "the search's own pick also recovers best"
+    else:
+        verdict = f"recovery changes the pick: evaluation {chosen.eval_id}, not {result.search_pick}"
+    noise = " (the runner-up is within two standard errors)" if result.within_noise else ""
+    out_console.print(f"{verdict}{noise}; its recovered export: {chosen.recovered}")
