@@ -7,10 +7,11 @@ import pytest
 import torch
 from torch import nn
 
+from evoprune.backend.activation_stats import ActivationStats
 from evoprune.backend.adapters import LayerParts, adapter_for
 from evoprune.backend.compensation import RefitMemo, bias_compensation, compensate, refit_compensation, refit_linear
 from evoprune.backend.data import TextSource
-from evoprune.backend.importance import CRITERIA, ActivationStats, compute_importance
+from evoprune.backend.importance import CRITERIA, compute_importance
 from evoprune.backend.loading import LoadedModel, ModelSource, model_fingerprint
 from evoprune.backend.pruner import PruningBackend
 from evoprune.backend.settings import BackendSettings

@@ -49,6 +49,7 @@ import numpy as np
 import torch
 from safetensors.numpy import load_file, save_file
 
+from evoprune.backend.activation_stats import ActivationStats
 from evoprune.backend.adapters import LayerParts
 from evoprune.cache import cache_dir
 from evoprune.errors import EvopruneError
@@ -66,81 +67,6 @@ class Importance:
     # (num_layers, num_heads * head_dim, num_heads * head_dim) and (num_layers, intermediate_size, intermediate_size).
     o_cov: np.ndarray | None = None
     down_cov: np.ndarray | None = None
-
-
-class ActivationStats:
-    """Per-feature sums and sums of squares (float64) of projection inputs over calibration tokens.
-
-    Keys: ``attn_in`` (input of q, k and v), ``o_in``, ``mlp_in`` (input of gate and up), ``down_in``.
-    With ``covariance``, also the sums of outer products ``x x^T`` of the ``o`` and ``down`` inputs.
-    """
-
-    KEYS = ("attn_in", "o_in", "mlp_in", "down_in")
-    COVARIANCE_KEYS = ("o_in", "down_in")
-
-    def __init__(self, layers: list[LayerParts], covariance: bool = False):
-        self.layers = layers
-        self.covariance = covariance
-        self.sums: dict[tuple[int, str], torch.Tensor] = {}
-        self.sumsq: dict[tuple[int, str], torch.Tensor] = {}
-        self.outer: dict[tuple[int, str], torch.Tensor] = {}
-        self.count: dict[tuple[int, str], int] = {}
-
-    @property
-    def collected(self) -> bool:
-        return bool(self.count)
-
-    def attach(self) -> list:
-        """Register forward pre-hooks that accumulate; returns the handles (remove them after)."""
-
-        def hook(key):
-            def fn(_module, args):
-                x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
-                self.sums[key] = self.sums.get(key, 0) + x.sum(dim=0)
-                self.sumsq[key] = self.sumsq.get(key, 0) + (x * x).sum(dim=0)
-                self.count[key] = self.count.get(key, 0) + x.shape[0]
-                if self.covariance and key[1] in self.COVARIANCE_KEYS:
-                    # float32 products per window (exact enough, half the time), summed in float64
-                    xf = args[0].detach().reshape(-1, args[0].shape[-1]).float()
-                    self.outer[key] = self.outer.get(key, 0) + (xf.T @ xf).double()
-
-            return fn
-
-        handles = []
-        for i, p in enumerate(self.layers):
-            for key, module in zip(self.KEYS, (p.q, p.o, p.up, p.down), strict=True):
-                handles.append(module.register_forward_pre_hook(hook((i, key))))
-        return handles
-
-    def collect(self, model, windows: torch.Tensor) -> None:
-        """One inference pass over ``windows`` (n_windows, seq_len), unless already collected."""
-        if self.collected:
-            return
-        handles = self.attach()
-        try:
-            with torch.inference_mode():
-                for row in windows:
-                    model(input_ids=row[None].to(model.device))
-        finally:
-            for h in handles:
-                h.remove()
-
-    def norm(self, i: int, key: str) -> torch.Tensor:
-        """L2 norm of each input feature over the tokens: (in_features,), float64."""
-        return self.sumsq[(i, key)].sqrt()
-
-    def mean(self, i: int, key: str) -> torch.Tensor:
-        return self.sums[(i, key)] / self.count[(i, key)]
-
-    def covariance_matrix(self, i: int, key: str) -> torch.Tensor:
-        """Population covariance of the input features over the tokens: (in, in), float64."""
-        mean = self.mean(i, key)
-        return self.outer[(i, key)] / self.count[(i, key)] - torch.outer(mean, mean)
-
-    def variance(self, i: int, key: str) -> torch.Tensor:
-        """Population variance of each input feature over the tokens (clamped at 0 against rounding)."""
-        mean = self.mean(i, key)
-        return (self.sumsq[(i, key)] / self.count[(i, key)] - mean * mean).clamp_min(0.0)
 
 
 def _head_sum(per_feature: torch.Tensor, head_dim: int) -> torch.Tensor:

@@ -6,7 +6,8 @@ export and writes an export again (same shapes, loads with plain transformers an
 ``evoprune.load_pruned``), with the recovery recorded in its ``plan.json``.
 
 Modules: ``settings`` (``RecoverySettings``, ``RecoveryResult``), ``training`` (loss, window order, checkpoints),
-``inputs`` (plan, teacher, windows, the store record), ``run`` (``recover``).
+``inputs`` (plan, teacher, windows, the store record), ``run`` (``recover``), ``finalists``
+(``recover_finalists``: a search's best configurations ranked after recovery, as DarwinLM selects).
 
 - Teacher: the dense model ``plan.json`` names (``source_model``, checked against the export's
   ``model_fingerprint``), or ``RecoverySettings.teacher``; it must share the export's vocabulary
