@@ -143,6 +143,13 @@ def main() -> None:
     p.add_argument("--heldout-tokens", type=int, default=4096, help="recover's own held-out split")
     p.add_argument("--test-tokens", type=int, default=16384, help="WikiText-2 test and PTB tokens")
     p.add_argument("--arc-limit", type=int, default=570, help="ARC-Easy dev questions (570: all; 0: none)")
+    p.add_argument(
+        "--arc-before",
+        type=int,
+        default=None,
+        help="ARC-Easy questions before recovery (default: --arc-limit; 0: "
+        "none, when the export's figure is known from the held-out comparison)",
+    )
     p.add_argument("--checkpoint-every", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
@@ -188,7 +195,8 @@ def main() -> None:
     for export in exports:
         out = out_dir / f"{export.name}-{args.method}-{args.steps}"
         print(f"{export} -> {out}", flush=True)
-        before = held_out(str(export), args.test_tokens, args.seq_len, args.arc_limit, args.batch)
+        arc_before = args.arc_limit if args.arc_before is None else args.arc_before
+        before = held_out(str(export), args.test_tokens, args.seq_len, arc_before, args.batch)
         start = time.perf_counter()
         done = out / "plan.json"
         if done.exists() and "recovery" in json.loads(done.read_text()):
