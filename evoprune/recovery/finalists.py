@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from evoprune.errors import EvopruneError
-from evoprune.recovery.settings import RecoverySettings
+from evoprune.recovery.settings import CHECKPOINT_DIR, RecoverySettings
 
 # The settings a finished recovery in ``out`` must share with this call to be reused.
 _SAME_RECIPE = ("method", "steps", "seq_len", "batch", "lm_weight", "lora_rank", "heldout_tokens", "seed", "teacher")
@@ -129,7 +129,9 @@ def _finished_recovery(out: Path, settings: RecoverySettings) -> dict | None:
 
     Raises EvopruneError when ``out`` holds a finished recovery of another recipe."""
     plan_file = out / "plan.json"
-    if not plan_file.exists():
+    # A checkpoint is removed only after the whole export is in place: with one left, the write
+    # may have been cut short, and ``recover`` finishes it from there.
+    if not plan_file.exists() or (out / CHECKPOINT_DIR).exists():
         return None
     record = json.loads(plan_file.read_text()).get("recovery")
     if record is None:
