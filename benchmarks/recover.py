@@ -160,7 +160,10 @@ def main() -> None:
     p.add_argument("--plot", help="write the training-loss curves to this PNG")
     args = p.parse_args()
     if args.render:
-        merged = [json.loads(Path(f.strip()).read_text()) for f in args.render.split(",") if f.strip()]
+        files = [Path(f.strip()) for f in args.render.split(",") if f.strip()]
+        if missing := [str(f) for f in files if not f.is_file()]:
+            p.error(f"no such results file: {', '.join(missing)}; run without --render first to make it")
+        merged = [json.loads(f.read_text()) for f in files]
         print(render({**merged[0], "rows": [r for m in merged for r in m["rows"]]}))
         if args.plot:
             print(f"wrote {plot_losses(merged, Path(args.plot))}")
@@ -179,6 +182,9 @@ def main() -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     out_json = Path(args.json) if args.json else out_dir / "recover.json"
     exports = [Path(e.strip()) for e in args.exports.split(",") if e.strip()]
+    missing = [str(e) for e in exports if not (e / "plan.json").is_file()]
+    if missing:  # before any model loads: a typo should not cost the dense model's evaluation
+        p.error(f"not an evoprune export (no plan.json): {', '.join(missing)}; make one with `evoprune export`")
     results = {"machine": platform.platform(), "threads": torch.get_num_threads(), "versions": library_versions(),
                "data": args.data, "test_tokens": args.test_tokens,
                "settings": {**asdict(settings), "lr": settings.learning_rate}, "args": vars(args), "rows": []}  # fmt: skip
