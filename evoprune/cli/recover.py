@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -124,16 +126,11 @@ def recover_command(
         return
     if max_params is not None or run is not None:
         _fail("--max-params and --run choose finalists: use them with --finalists K")
-    try:
-        with _RecoveryProgress(err_console) as progress:
-            result = recover(
-                model, data, out, settings, progress, force=force, restart=restart,
-                store=None if store.lower() == "none" else store,
-            )  # fmt: skip
-    except EvopruneError as exc:
-        _fail(str(exc))
-    except KeyboardInterrupt:
-        _fail(f"interrupted: run the same command to continue from the last checkpoint in '{out}'", 130)
+    with _failing_in_one_line(out), _RecoveryProgress(err_console) as progress:
+        result = recover(
+            model, data, out, settings, progress, force=force, restart=restart,
+            store=None if store.lower() == "none" else store,
+        )  # fmt: skip
     for note in result.notes:
         err_console.print(f"note: {note}", soft_wrap=True)
     if as_json:
@@ -161,26 +158,32 @@ def recover_command(
         out_console.print(f"recorded against evaluation {where['evaluation']} in '{where['store']}'")
 
 
+@contextmanager
+def _failing_in_one_line(out: Path) -> Iterator[None]:
+    """Turn evoprune's errors and Ctrl-C into one line and an exit code; checkpoints make a rerun continue."""
+    try:
+        yield
+    except EvopruneError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        _fail(f"interrupted: run the same command to continue from the last checkpoint in '{out}'", 130)
+
+
 def _recover_finalists(k: int, store: str, max_params: float, run: int | None, data: str, out: Path,
                        settings: _RecoverySettings, as_json: bool) -> None:  # fmt: skip
     from evoprune.recovery.finalists import recover_finalists
 
-    try:
-        with _RecoveryProgress(err_console) as progress:
+    with _failing_in_one_line(out), _RecoveryProgress(err_console) as progress:
 
-            def report(event: str, **info) -> None:
-                if event == "finalist":
-                    progress("phase", name=f"finalist {info['index']} of {info['total']}: evaluation {info['eval_id']}")
-                else:
-                    progress(event, **info)
+        def report(event: str, **info) -> None:
+            if event == "finalist":
+                progress("phase", name=f"finalist {info['index']} of {info['total']}: evaluation {info['eval_id']}")
+            else:
+                progress(event, **info)
 
-            result = recover_finalists(
-                store, data, out, max_params=max_params, k=k, settings=settings, run=run, progress=report
-            )
-    except EvopruneError as exc:
-        _fail(str(exc))
-    except KeyboardInterrupt:
-        _fail(f"interrupted: run the same command to continue where it stopped in '{out}'", 130)
+        result = recover_finalists(
+            store, data, out, max_params=max_params, k=k, settings=settings, run=run, progress=report
+        )
     for note in result.notes:
         err_console.print(f"note: {note}", soft_wrap=True)
     if as_json:
