@@ -178,13 +178,13 @@ def main() -> None:
         lm_weight=args.lm_weight, heldout_tokens=args.heldout_tokens, seed=args.seed, device=args.device,
         dtype=args.dtype, checkpoint_every=args.checkpoint_every,
     )  # fmt: skip
+    exports = [Path(e.strip()) for e in args.exports.split(",") if e.strip()]
+    missing = [str(e) for e in exports if not (e / "plan.json").is_file()]
+    if missing:  # before any model loads or folder is made: a typo should cost nothing and leave nothing
+        p.error(f"not an evoprune export (no plan.json): {', '.join(missing)}; make one with `evoprune export`")
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     out_json = Path(args.json) if args.json else out_dir / "recover.json"
-    exports = [Path(e.strip()) for e in args.exports.split(",") if e.strip()]
-    missing = [str(e) for e in exports if not (e / "plan.json").is_file()]
-    if missing:  # before any model loads: a typo should not cost the dense model's evaluation
-        p.error(f"not an evoprune export (no plan.json): {', '.join(missing)}; make one with `evoprune export`")
     results = {"machine": platform.platform(), "threads": torch.get_num_threads(), "versions": library_versions(),
                "data": args.data, "test_tokens": args.test_tokens,
                "settings": {**asdict(settings), "lr": settings.learning_rate}, "args": vars(args), "rows": []}  # fmt: skip

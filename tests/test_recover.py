@@ -307,10 +307,12 @@ def test_recover_benchmark_runs_on_a_tiny_export(llama_export, text_file, tmp_pa
 def test_recover_benchmark_names_a_missing_input_in_one_line(tmp_path, flag):
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "recover.py"
     missing = tmp_path / ("nope" if flag == "--exports" else "nope.json")
-    result = subprocess.run([sys.executable, str(script), flag, str(missing)], capture_output=True, text=True,
-                            timeout=300)  # fmt: skip
+    out_dir = tmp_path / "out"
+    result = subprocess.run([sys.executable, str(script), flag, str(missing), "--out-dir", str(out_dir)],
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr and str(missing) in result.stderr.splitlines()[-1]
+    assert not out_dir.exists()  # a typo leaves nothing behind
 
 
 def test_a_recovery_is_recorded_against_its_evaluation_and_plan_shows_it(tmp_path, tiny_model_dir, text_file):
