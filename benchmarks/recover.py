@@ -154,6 +154,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default=None)
+    p.add_argument("--amp", default=None, help="mixed precision: bfloat16 or float16 (recover --amp)")
     p.add_argument("--no-dense", action="store_true", help="skip the dense model's figures")
     p.add_argument("--tiny", action="store_true", help="a few short steps and little held-out text (CI)")
     p.add_argument("--render", help="only print the table of these results JSON files (comma-separated)")
@@ -176,7 +177,7 @@ def main() -> None:
     settings = RecoverySettings(
         method=args.method, steps=args.steps, seq_len=args.seq_len, batch=args.batch, lr=args.lr,
         lm_weight=args.lm_weight, heldout_tokens=args.heldout_tokens, seed=args.seed, device=args.device,
-        dtype=args.dtype, checkpoint_every=args.checkpoint_every,
+        dtype=args.dtype, amp=args.amp, checkpoint_every=args.checkpoint_every,
     )  # fmt: skip
     exports = [Path(e.strip()) for e in args.exports.split(",") if e.strip()]
     missing = [str(e) for e in exports if not (e / "plan.json").is_file()]

@@ -167,6 +167,33 @@ def test_a_stopped_recovery_continues_to_the_same_result_and_refuses_other_argum
     assert json.loads((out / "plan.json").read_text())["recovery"]["resumed_from"] == [4]
 
 
+def test_mixed_precision_changes_the_products_not_the_weights_and_resumes_to_the_same_result(
+    llama_export, text_file, tmp_path
+):
+    settings = RecoverySettings(
+        method="lora", amp="bfloat16", **{**TINY, "steps": 6, "train_tokens": 640, "checkpoint_every": 2}
+    )
+    whole = recover(llama_export, str(text_file), tmp_path / "whole", settings)
+    plain = recover(
+        llama_export, str(text_file), tmp_path / "plain", RecoverySettings(**{**vars(settings), "amp": None})
+    )
+    assert whole.losses != plain.losses, "autocast did not reach the forward pass"
+    assert whole.losses[-1] < whole.losses[0] and whole.losses[0] == pytest.approx(plain.losses[0], rel=0.05)
+    # Held-out figures are measured without autocast: before training they are the same model's.
+    assert whole.heldout_before == plain.heldout_before
+    weights = load_file(tmp_path / "whole" / "model.safetensors")
+    assert {t.dtype for t in weights.values()} == {torch.float32}
+    out = tmp_path / "parts"
+    with pytest.raises(KeyboardInterrupt):
+        recover(llama_export, str(text_file), out, settings, _StopAt(3))  # after the checkpoint at step 2
+    with pytest.raises(EvopruneError, match=r"other arguments \(settings\.amp\)"):
+        recover(llama_export, str(text_file), out, RecoverySettings(**{**vars(settings), "amp": "float16"}))
+    parts = recover(llama_export, str(text_file), out, settings)
+    assert parts.resumed_from == [2] and parts.losses == whole.losses
+    resumed = load_file(out / "model.safetensors")
+    assert all(torch.equal(weights[k], resumed[k]) for k in weights)
+
+
 def test_sigkill_then_rerun_equals_an_uninterrupted_run(llama_export, text_file, tmp_path):
     steps, settings = 40, dict(seq_len=64, batch=2, heldout_tokens=128, train_tokens=640, lr=3e-3)
     threads = torch.get_num_threads()
@@ -229,7 +256,7 @@ def test_a_second_recovery_into_an_out_in_use_is_refused_in_one_line_and_changes
 
 
 @pytest.mark.parametrize(
-    "case", ["not-an-export", "teacher-vocab", "empty-data", "zero-steps", "out-not-empty", "out-in-use"]
+    "case", ["not-an-export", "teacher-vocab", "empty-data", "zero-steps", "bad-amp", "out-not-empty", "out-in-use"]
 )
 def test_bad_input_is_one_line_exit_2_and_changes_nothing(case, llama_export, text_file, tmp_path, tiny_tokenizer):
     from typer.testing import CliRunner
@@ -253,6 +280,8 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(case, llama_export, te
         data, needle = str(tmp_path / "empty.txt"), "is empty"
     elif case == "zero-steps":
         extra, needle = ["--steps", "0"], "--steps must be at least 1"
+    elif case == "bad-amp":
+        extra, needle = ["--amp", "float32"], "--amp 'float32' is unknown: use bfloat16 or float16"
     elif case == "out-in-use":
         from evoprune.recovery.inputs import _lock_out
 

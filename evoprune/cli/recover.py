@@ -82,6 +82,12 @@ def recover_command(
     seed: int = typer.Option(_RECOVERY.seed, "--seed", help="Seed of the data order, LoRA's init and dropout."),
     device: str = typer.Option(_RECOVERY.device, "--device", help="Where training runs: cpu, cuda, cuda:N or mps."),
     dtype: str | None = typer.Option(None, "--dtype", help="float32, bfloat16 or float16 (default: the export's own)."),
+    amp: str | None = typer.Option(
+        None,
+        "--amp",
+        help="Mixed precision: bfloat16 or float16 matrix products under torch.autocast, weights and optimizer "
+        "kept in --dtype (about 3x faster on CPUs with AMX).",
+    ),
     force: bool = typer.Option(False, "--force", help="Write into a non-empty --out directory."),
     restart: bool = typer.Option(False, "--restart", help="Discard a checkpoint in --out and start again."),
     store: str = typer.Option(
@@ -115,7 +121,7 @@ def recover_command(
         method=method, steps=steps, seq_len=seq_len, batch=batch, lr=lr, warmup=warmup, weight_decay=weight_decay,
         lm_weight=lm_weight, lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
         heldout_tokens=heldout_tokens, train_tokens=train_tokens, teacher=teacher, seed=seed, dtype=dtype,
-        device=device, checkpoint_every=checkpoint_every,
+        amp=amp, device=device, checkpoint_every=checkpoint_every,
     )  # fmt: skip
     if (model is None) == (finalists is None):
         _fail("pass either --model EXPORT_DIR (one export) or --finalists K with --store and --max-params")

@@ -13,6 +13,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict
 from pathlib import Path
 
@@ -43,6 +44,13 @@ from evoprune.recovery.training import (
     _trainable,
     distillation_loss,
 )
+
+
+def _mixed_precision(device: torch.device, amp: str | None) -> AbstractContextManager:
+    """``torch.autocast`` to ``amp`` on ``device``, or nothing when ``amp`` is None."""
+    if amp is None:
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=getattr(torch, amp))
 
 
 def _noop(*_args, **_kwargs) -> None:
@@ -202,9 +210,11 @@ def recover(
             model.train()
             while step < settings.steps:
                 ids = train[order.next()].to(device)
-                with torch.no_grad():
-                    teacher_logits = teacher.model(input_ids=ids).logits
-                loss, kl, ce = distillation_loss(model(input_ids=ids).logits, teacher_logits, ids, settings.lm_weight)
+                with _mixed_precision(device, settings.amp):
+                    with torch.no_grad():
+                        teacher_logits = teacher.model(input_ids=ids).logits
+                    student_logits = model(input_ids=ids).logits
+                loss, kl, ce = distillation_loss(student_logits, teacher_logits, ids, settings.lm_weight)
                 if not math.isfinite(float(loss.detach())):
                     raise EvopruneError(
                         f"the training loss became {float(loss.detach())} at step {step + 1}: lower --lr, or train in "
