@@ -86,7 +86,7 @@ def recover_command(
         None,
         "--amp",
         help="Mixed precision: bfloat16 or float16 matrix products under torch.autocast, weights and optimizer "
-        "kept in --dtype (about 3x faster on CPUs with AMX).",
+        "kept in --dtype (a step in about two thirds of the time on CPUs with AMX).",
     ),
     force: bool = typer.Option(False, "--force", help="Write into a non-empty --out directory."),
     restart: bool = typer.Option(False, "--restart", help="Discard a checkpoint in --out and start again."),
