@@ -196,6 +196,8 @@ def main() -> None:
     def report(event: str, **info) -> None:
         if event == "phase":
             print(f"  {info['name']}", flush=True)
+        elif event == "note":
+            print(f"  note: {info['text']}", flush=True)
         elif event == "step" and (info["step"] % max(1, args.steps // 20) == 0 or info["step"] == info["total"]):
             print(f"  step {info['step']}/{info['total']}: running loss {info['running_loss']:.4f}", flush=True)
 

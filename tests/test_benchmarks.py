@@ -108,3 +108,18 @@ def test_criteria_render_pairs_against_the_default(tmp_path):
     assert "| flap (512 calib tokens) | refit |" in text
     assert "best `wanda-sp` + `none`" in text and "-0.050 ± 0.000 nats" in text
     assert "| s:1:2 | 0.800 | flap | none |" in text and "+0.200 ± 0.000" in text
+
+
+def test_amp_benchmark_times_both_precisions_and_says_what_recover_notes():
+    import torch
+
+    from evoprune.recovery.run import amp_note
+
+    args = ["--layers", "1", "--seq-len", "16", "--repeats", "1", "--no-write"]
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "amp.py"), *args], capture_output=True, text=True, check=True
+    )
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| one ")]
+    assert len(rows) == 2 and all(float(r.split("|")[-2].strip().rstrip("x")) > 0 for r in rows), out.stdout
+    note = amp_note(torch.device("cpu"), "bfloat16")
+    assert (note in out.stdout) if note else "notes nothing here" in out.stdout

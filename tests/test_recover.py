@@ -469,3 +469,31 @@ def test_finalists_are_recovered_with_one_recipe_ranked_after_recovery_and_resum
         failed = runner.invoke(app, bad)
         assert failed.exit_code == 2, failed.output
         assert why in failed.output and "Traceback" not in failed.output
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_amp_a_device_cannot_run_natively_is_noted_once_before_training(
+    native, llama_export, text_file, tmp_path, monkeypatch
+):
+    from typer.testing import CliRunner
+
+    import evoprune.recovery.run as run
+    from evoprune.cli import app
+
+    events: list[str] = []
+    monkeypatch.setattr(run, "_native_amp", lambda device, amp: native)  # the CPU's instruction set, as a given
+    args = dict(steps=1, seq_len=64, batch=4, heldout_tokens=256, train_tokens=256, amp="bfloat16")
+    result = recover(
+        llama_export, str(text_file), tmp_path / "api", RecoverySettings(**args), lambda e, **i: events.append(e)
+    )
+    assert (events.index("note") < events.index("train")) if not native else "note" not in events
+    assert [n for n in result.notes if "no native bfloat16" in n] == (
+        [] if native else [run.amp_note(torch.device("cpu"), "bfloat16")]
+    )
+    options = [f"--{k.replace('_', '-')}={v}" for k, v in args.items()]
+    cli = CliRunner().invoke(
+        app,
+        ["recover", "--model", str(llama_export), "--data", str(text_file), "--out", str(tmp_path / "cli"), *options],
+    )
+    assert cli.exit_code == 0, cli.output
+    assert sum("no native bfloat16 matrix products" in line for line in cli.stderr.splitlines()) == (0 if native else 1)

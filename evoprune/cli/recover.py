@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import typer
+from rich.console import Console
 
 from evoprune.cli.common import (
     FoldingTable,
@@ -27,7 +28,16 @@ _RECOVERY = _RecoverySettings()  # the defaults the options show
 class _RecoveryProgress(_SearchProgress):
     """Renders ``recover`` events on stderr: phases, then training steps with the running loss."""
 
+    def __init__(self, console: Console) -> None:
+        super().__init__(console)
+        self.shown: list[str] = []
+
     def __call__(self, event: str, **info) -> None:
+        if event == "note":  # now, above the bar: it may change what the user runs
+            if info["text"] not in self.shown:
+                self.progress.console.print(f"note: {info['text']}", soft_wrap=True)
+                self.shown.append(info["text"])
+            return
         if event not in ("train", "step"):
             if event == "phase" and self.task is not None:
                 self.progress.update(self.task, total=None, status="")
@@ -137,7 +147,7 @@ def recover_command(
             model, data, out, settings, progress, force=force, restart=restart,
             store=None if store.lower() == "none" else store,
         )  # fmt: skip
-    for note in result.notes:
+    for note in (n for n in result.notes if n not in progress.shown):
         err_console.print(f"note: {note}", soft_wrap=True)
     if as_json:
         typer.echo(json.dumps(result.to_dict(), indent=2))
@@ -190,7 +200,7 @@ def _recover_finalists(k: int, store: str, max_params: float, run: int | None, d
         result = recover_finalists(
             store, data, out, max_params=max_params, k=k, settings=settings, run=run, progress=report
         )
-    for note in result.notes:
+    for note in (n for n in result.notes if n not in progress.shown):
         err_console.print(f"note: {note}", soft_wrap=True)
     if as_json:
         typer.echo(json.dumps(result.to_dict(), indent=2))

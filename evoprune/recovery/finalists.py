@@ -189,7 +189,7 @@ def recover_finalists(
         if record is None:
             result = recover(export_dir, data, recovered, settings, progress, store=store)
             before, after = result.heldout_before, result.heldout_after
-            notes += result.notes
+            notes += [n for n in result.notes if n not in notes]  # one note per cause, not per finalist
         else:
             before, after = record["heldout_before"], record["heldout_after"]
         tokens, searched = top_rung(e)

@@ -53,6 +53,36 @@ def _mixed_precision(device: torch.device, amp: str | None) -> AbstractContextMa
     return torch.autocast(device_type=device.type, dtype=getattr(torch, amp))
 
 
+def _native_amp(device: torch.device, amp: str) -> bool:
+    """Whether ``device`` runs ``amp`` matrix products natively (True where torch cannot tell)."""
+    if device.type == "cpu":
+        # oneDNN's own test, the one torch's tests use: AVX512-BF16 or AMX (AVX512-FP16 or AMX-FP16).
+        probe = getattr(torch.ops.mkldnn, f"_is_mkldnn_{'bf16' if amp == 'bfloat16' else 'fp16'}_supported", None)
+        try:
+            return bool(probe()) if probe is not None else True
+        except RuntimeError:
+            return True
+    if device.type == "cuda" and amp == "bfloat16":
+        return torch.cuda.is_bf16_supported()
+    return True
+
+
+def amp_note(device: torch.device, amp: str | None) -> str | None:
+    """Why ``--amp`` would slow ``device`` down rather than speed it up, or None.
+
+    Without native bfloat16 (float16) products a CPU's autocast emulates them, several times
+    slower than float32 (5.8x for one linear layer's product on an AVX2 CPU, BENCHMARKS.md).
+    """
+    if amp is None or _native_amp(device, amp):
+        return None
+    if device.type == "cpu":
+        return (
+            f"this CPU has no native {amp} matrix products (no AVX512-BF16/FP16 or AMX), so --amp {amp} emulates "
+            "them and trains several times slower than float32: leave --amp out"
+        )
+    return f"this {device.type} device has no native {amp}: leave --amp out, or use --amp float16 on a GPU"
+
+
 def _noop(*_args, **_kwargs) -> None:
     return None
 
@@ -78,8 +108,9 @@ def recover(
     ``store``: the pair store to record the recovery in, against the evaluation the export came
     from (plan.json's ``store``/``run``/``evaluation``), so ``evoprune plan`` shows it; ``"auto"``:
     the store plan.json names, when it exists and holds that evaluation; ``None``: none.
-    ``progress(event, **info)``: ``phase`` (name), ``train`` (total, done), ``step`` (step,
-    total, loss, kl, ce, lr, running_loss).
+    ``progress(event, **info)``: ``phase`` (name), ``note`` (text: what the caller should know
+    before training, as ``amp_note``'s; also in the result's ``notes``), ``train`` (total, done),
+    ``step`` (step, total, loss, kl, ce, lr, running_loss).
 
     Raises ``EvopruneError`` before training on bad input: not an export, no teacher to be had,
     a teacher of another vocabulary or tokenizer, data too short for the held-out split and one
@@ -125,6 +156,9 @@ def recover(
         dtype_name = settings.dtype or export_dtype(export_dir)
         dtype = getattr(torch, dtype_name)
         device = torch.device(settings.device)
+        notes = [note] if (note := amp_note(device, settings.amp)) else []
+        for note in notes:
+            progress("note", text=note)
         progress("phase", name="loading the export")
         student, tokenizer = load_pruned(export_dir, dtype)
         teacher = _load_teacher(teacher_spec, dtype, plan, settings.teacher is None, progress)
@@ -292,7 +326,7 @@ def recover(
         for f in sorted(partial.iterdir()):
             os.replace(f, out / f.name)
         partial.rmdir()
-        stored, notes = None, []
+        stored = None
         if target is not None:
             try:
                 stored = _record(target, out, record)

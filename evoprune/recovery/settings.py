@@ -34,7 +34,8 @@ class RecoverySettings:
     ``None`` trains in the export's own dtype. ``amp``: ``bfloat16`` or ``float16`` runs the
     forward passes of teacher and student under ``torch.autocast`` (mixed precision: the weights,
     their gradients and AdamW's state stay in ``dtype``, the matrix products run in ``amp``; on a
-    CPU with AMX a step of SmolLM2-135M takes about two thirds of the time); ``None``: every
+    CPU with AMX a step of SmolLM2-135M takes about two thirds of the time, on one without native
+    bfloat16 (AVX2 only) many times longer, and ``recover`` notes so); ``None``: every
     product in ``dtype``. The held-out figures before and after are always computed without it.
     ``checkpoint_every``: steps between checkpoints (0: none, the run cannot resume).
     """
