@@ -70,15 +70,15 @@ def _native_amp(device: torch.device, amp: str) -> bool:
 def amp_note(device: torch.device, amp: str | None) -> str | None:
     """Why ``--amp`` would slow ``device`` down rather than speed it up, or None.
 
-    Without native bfloat16 (float16) products a CPU's autocast emulates them, several times
-    slower than float32 (5.8x for one linear layer's product on an AVX2 CPU, BENCHMARKS.md).
+    Without native bfloat16 (float16) products a CPU's autocast emulates them, many times slower
+    than float32 (a SmolLM2-135M distillation step 13.5x on an AVX2 CPU: ``benchmarks/amp.py``).
     """
     if amp is None or _native_amp(device, amp):
         return None
     if device.type == "cpu":
         return (
             f"this CPU has no native {amp} matrix products (no AVX512-BF16/FP16 or AMX), so --amp {amp} emulates "
-            "them and trains several times slower than float32: leave --amp out"
+            "them and trains many times slower than float32: leave --amp out"
         )
     return f"this {device.type} device has no native {amp}: leave --amp out, or use --amp float16 on a GPU"
 
