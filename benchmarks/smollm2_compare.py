@@ -8,7 +8,7 @@ search measured with (the tests show the exported model's logits equal them). On
 (`uniform` as LLM-Pruner, `mlp-only`, `flap`) do not depend on the seed and run once per budget.
 With ``--tau N`` the N best evaluated configurations near each evoprune budget are also measured
 on held-out text, for the rank agreement between the figure the search chose by and held-out
-perplexity.
+perplexity, and between two random halves of the held-out windows (its ceiling).
 
     python benchmarks/smollm2_compare.py --seeds 0 --budgets 0.8 --out benchmarks/results/a.json
     python benchmarks/smollm2_compare.py --render benchmarks/results/a.json,benchmarks/results/b.json
@@ -111,20 +111,45 @@ def tokens_spent(store: Store, run, evals) -> dict:
     }
 
 
+def held_out_window_nll(backend, held: HeldOut, levels, name: str = "wikitext2_test") -> np.ndarray:
+    """Mean next-token NLL (nats) of configuration ``levels`` on each held-out window of ``name``:
+    (windows,). Their mean is the held-out log-perplexity, as ``held.perplexity`` measures it."""
+    model = backend.loaded.model
+    with backend.applied(np.asarray(levels)):
+        return np.array([quality(model, w[None])["nll"] for w in held.windows[name]])
+
+
+def split_half_tau(window_nll: np.ndarray, splits: int = 200, seed: int = 0) -> float:
+    """Mean Kendall tau between the rankings two random halves of the held-out windows give
+    ((configurations, windows) NLL): how far held-out text agrees with itself about their order,
+    a ceiling for what any other figure of the same size can reach against it."""
+    rng = np.random.default_rng(seed)
+    n = window_nll.shape[1]
+    taus = []
+    for _ in range(splits):
+        order = rng.permutation(n)
+        a, b = window_nll[:, order[: n // 2]].mean(1), window_nll[:, order[n // 2 :]].mean(1)
+        taus.append(kendalltau(a, b)[0])
+    return float(np.nanmean(taus))
+
+
 def rank_agreement(backend, held: HeldOut, evals, budget: float, n: int) -> dict:
     """Kendall tau over the ``n`` best configurations within 5% under ``budget``: the figure the
-    search chose by (highest rung reached) and the first-rung figure, each against held-out."""
+    search chose by (highest rung reached) and the first-rung figure, each against held-out
+    WikiText-2 test, and held-out text against itself (random halves of its windows)."""
     near = [e for e in evals if e.status == "ok" and budget - 0.05 <= e.params_fraction <= budget]
     offsets = rung_offsets(near, "ppl")
     near.sort(key=lambda e: selection_value(e, "ppl", offsets))
     near = near[:n]
-    held_ppl = [held.perplexity(backend, e.levels, ["wikitext2_test"])["ppl:wikitext2_test"] for e in near]
+    window_nll = np.array([held_out_window_nll(backend, held, e.levels) for e in near])
+    held_ppl = [math.exp(v) for v in window_nll.mean(1)] if len(near) else []
     chosen_by = [selection_value(e, "ppl", offsets) for e in near]
     first = [math.log(e.metrics["ppl"]) for e in near]
     return {
         "n": len(near),
         "tau_chosen_by": float(kendalltau(chosen_by, held_ppl)[0]) if len(near) > 2 else None,
         "tau_first_rung": float(kendalltau(first, held_ppl)[0]) if len(near) > 2 else None,
+        "tau_split_half": split_half_tau(window_nll) if len(near) > 2 and window_nll.shape[1] > 3 else None,
         "climbed": sum(bool(e.ladder) for e in near),
         "points": [
             [e.id, e.params_fraction, v, h, bool(e.ladder)] for e, v, h in zip(near, chosen_by, held_ppl, strict=True)
@@ -379,13 +404,16 @@ def render(results: dict) -> str:
     if taus:
         lines += ["", "### Does the figure the search chooses by rank like held-out text?", "",
                   "Kendall τ over the best evaluated configurations within 5% under the budget (ranked by the figure "
-                  "the search chooses by), against their WikiText-2 test perplexity on the held-out tokens above.", "",
-                  "| budget | seed | configurations | of which climbed the ladder | τ, figure chosen by | τ, first rung only |",
-                  "|---|---|---|---|---|---|"]  # fmt: skip
+                  "the search chooses by), against their WikiText-2 test perplexity on the held-out tokens above; last "
+                  "column: held-out text against itself, the mean τ between the orders two random halves of its "
+                  "windows give (how far any figure of half its size could agree with it).", "",
+                  "| budget | seed | configurations | of which climbed the ladder | τ, figure chosen by | τ, first rung only "
+                  "| τ, held-out half against half |",
+                  "|---|---|---|---|---|---|---|"]  # fmt: skip
         for r in taus:
             t = r["tau"]
             lines.append(f"| {r['budget']:.0%} | {r['seed']} | {t['n']} | {t['climbed']} | {_fmt(t['tau_chosen_by'], '.2f')} | "
-                         f"{_fmt(t['tau_first_rung'], '.2f')} |")  # fmt: skip
+                         f"{_fmt(t['tau_first_rung'], '.2f')} | {_fmt(t.get('tau_split_half'), '.2f')} |")  # fmt: skip
     lines += ["", "### Every run", "",
               "Overhead: surrogate fits + inner search as a share of fits + inner search + real evaluation (first "
               "rungs, ladder); `wall s` is the search call's wall time when this part ran the whole search (a "

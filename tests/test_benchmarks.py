@@ -30,6 +30,11 @@ def test_compare_benchmark_runs_on_a_tiny_model(tmp_path, tiny_model_dir, text_f
             assert r["params_fraction"] >= 0.79
     ours = next(r for r in part0["rows"] if r["method"] == "evoprune")
     assert ours["tau"]["n"] >= 3 and -1 <= ours["tau"]["tau_chosen_by"] <= 1
+    assert -1 <= ours["tau"]["tau_split_half"] <= 1  # held-out text against itself
+    # the per-window held-out figures the taus use are the held-out perplexity the pick is reported with
+    held_by_id = {p[0]: p[3] for p in ours["tau"]["points"]}
+    assert ours["best_id"] in held_by_id
+    assert abs(held_by_id[ours["best_id"]] / ours["heldout"]["ppl:wikitext2_test"] - 1) < 1e-4
     # a part is self-contained: its first seed also runs the one-shot recipes
     part1 = json.loads((tmp_path / "bench1.json").read_text())
     assert {r["method"] for r in part1["rows"]} == {"evoprune", "uniform", "mlp-only", "flap"}
