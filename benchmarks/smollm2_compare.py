@@ -39,7 +39,7 @@ from scipy.stats import kendalltau  # noqa: E402
 
 from benchmarks._markdown import write_section  # noqa: E402
 from evoprune.backend.data import load_text, token_windows  # noqa: E402
-from evoprune.backend.evaluate import quality  # noqa: E402
+from evoprune.backend.evaluate import quality, window_nll  # noqa: E402
 from evoprune.backend.settings import BackendSettings  # noqa: E402
 from evoprune.choice.compare import best_under_budget  # noqa: E402
 from evoprune.engine.baselines.one_shot import FINE_GRID_METHODS, method_settings  # noqa: E402
@@ -116,7 +116,7 @@ def held_out_window_nll(backend, held: HeldOut, levels, name: str = "wikitext2_t
     (windows,). Their mean is the held-out log-perplexity, as ``held.perplexity`` measures it."""
     model = backend.loaded.model
     with backend.applied(np.asarray(levels)):
-        return np.array([quality(model, w[None])["nll"] for w in held.windows[name]])
+        return window_nll(model, held.windows[name]).numpy()
 
 
 def split_half_tau(window_nll: np.ndarray, splits: int = 200, seed: int = 0) -> float:

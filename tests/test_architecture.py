@@ -28,8 +28,8 @@ LINE_ALLOWANCE: dict[str, int] = {}
 LAYERS = (
     ("surrogates",),
     ("problems",),
-    ("evoprune.errors", "evoprune.cache"),
-    ("evoprune.space", "evoprune.store"),
+    ("evoprune.errors",),
+    ("evoprune.cache", "evoprune.space", "evoprune.store"),
     ("evoprune.backend", "evoprune.tasks"),
     ("evoprune.objectives", "evoprune.execution"),
     ("evoprune.engine",),

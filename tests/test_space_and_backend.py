@@ -220,6 +220,25 @@ def test_kl_is_exact_with_the_full_vocabulary_and_a_lower_bound_with_top_k(tiny_
     assert full["ppl"] == pytest.approx(float(torch.exp(-q.gather(-1, windows[:, 1:, None]).mean())), rel=1e-5)
 
 
+def test_window_nll_is_the_per_window_loss_quality_averages(tiny_tokenizer, text_file):
+    import torch.nn.functional as F
+
+    from evoprune.backend.evaluate import quality, window_nll
+
+    model = build_tiny_model("llama", seed=4)
+    windows = token_windows(tiny_tokenizer, text_file.read_text(), 320, 64)  # 5 windows: batches of 4 and 1
+    per_window = window_nll(model, windows)
+    with torch.inference_mode():
+        logp = F.log_softmax(model(input_ids=windows).logits[:, :-1].float(), -1)
+    expected = -logp.gather(-1, windows[:, 1:, None])[..., 0].double().mean(1)
+    assert per_window.shape == (5,) and per_window.dtype == torch.float64
+    torch.testing.assert_close(per_window, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(window_nll(model, windows, batch_size=1), per_window, rtol=1e-5, atol=1e-6)
+    q = quality(model, windows)
+    assert q["nll"] == pytest.approx(float(per_window.mean()), rel=1e-12)
+    assert q["nll_se"] == pytest.approx(float(per_window.std() / 5**0.5), rel=1e-9)
+
+
 def test_importance_is_computed_once_per_model_data_and_criterion(tiny_tokenizer, text_file, monkeypatch):
     from evoprune.backend import importance as importance_module
 

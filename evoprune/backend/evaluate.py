@@ -61,6 +61,34 @@ def quality(
     Log-probabilities are read as ``logit - logsumexp`` at the few positions needed, so the full
     vocabulary-sized log-softmax is never materialised.
     """
+    per_window, per_token, per_window_kl = _window_means(model, windows, reference, batch_size)
+    mean_nll = float(per_window.mean())
+    nll_se = _standard_error(per_window, per_token)
+    ppl = math.exp(mean_nll) if mean_nll < 700 else math.inf
+    out = {
+        "ppl": ppl,
+        "ppl_se": ppl * nll_se if math.isfinite(ppl) else math.inf,
+        "nll": mean_nll,
+        "nll_se": nll_se,
+        "tokens": float(per_window.numel() * (windows.shape[1] - 1)),
+    }
+    if per_window_kl is not None:
+        out["kl"] = float(per_window_kl.mean())
+        out["kl_se"] = _standard_error(per_window_kl, None)
+    return out
+
+
+def window_nll(model, windows: torch.Tensor, batch_size: int = 4) -> torch.Tensor:
+    """Mean next-token NLL (nats, float64) of ``model`` on each of ``windows`` ((n, seq_len) token
+    ids): shape (n,). Their mean is ``quality()``'s ``nll``; paired differences between two models
+    on the same windows are what tell near-equal candidates apart."""
+    return _window_means(model, windows, None, batch_size)[0]
+
+
+def _window_means(
+    model, windows: torch.Tensor, reference: DenseReference | None, batch_size: int
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Per-window mean NLL (n,); per-token NLL when there is one window; per-window KL with a reference."""
     nll_rows, kl_rows, token_nll = [], [], []
     with torch.inference_mode():
         for start, batch in _batches(windows, batch_size, model.device):
@@ -79,22 +107,8 @@ def quality(
                 p_tail = _log1mexp(torch.logsumexp(p_log, -1))
                 q_tail = _log1mexp(torch.logsumexp(q_log, -1))
                 kl_rows.append((kl + p_tail.exp() * (p_tail - q_tail)).double().mean(dim=1))
-    per_window = torch.cat(nll_rows)
-    mean_nll = float(per_window.mean())
-    nll_se = _standard_error(per_window, torch.cat(token_nll) if token_nll else None)
-    ppl = math.exp(mean_nll) if mean_nll < 700 else math.inf
-    out = {
-        "ppl": ppl,
-        "ppl_se": ppl * nll_se if math.isfinite(ppl) else math.inf,
-        "nll": mean_nll,
-        "nll_se": nll_se,
-        "tokens": float(per_window.numel() * (windows.shape[1] - 1)),
-    }
-    if reference is not None:
-        per_window_kl = torch.cat(kl_rows)
-        out["kl"] = float(per_window_kl.mean())
-        out["kl_se"] = _standard_error(per_window_kl, None)
-    return out
+    per_token = torch.cat(token_nll) if token_nll else None
+    return torch.cat(nll_rows), per_token, torch.cat(kl_rows) if reference is not None else None
 
 
 def _standard_error(per_window: torch.Tensor, per_token: torch.Tensor | None) -> float:

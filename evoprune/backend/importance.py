@@ -51,7 +51,7 @@ from safetensors.numpy import load_file, save_file
 
 from evoprune.backend.activation_stats import ActivationStats
 from evoprune.backend.adapters import LayerParts
-from evoprune.cache import cache_dir
+from evoprune.cache import ABOUT_KEY, cache_dir
 from evoprune.errors import EvopruneError
 
 
@@ -237,12 +237,13 @@ def _load(path: Path | None, required: tuple[str, ...]) -> dict[str, np.ndarray]
     return arrays if all(k in arrays for k in required) else None
 
 
-def _save(path: Path | None, arrays: dict[str, np.ndarray]) -> None:
+def _save(path: Path | None, arrays: dict[str, np.ndarray], about: str | None = None) -> None:
     if path is None:
         return
     # A name of this process's own: searches started together may score the same model at once.
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    save_file(arrays, str(tmp))
+    # ``about`` names the entry for `evoprune cache list` (its file name is a digest).
+    save_file(arrays, str(tmp), metadata={ABOUT_KEY: about} if about else None)
     tmp.replace(path)
 
 
@@ -256,6 +257,7 @@ def compute_importance(
     with_means: bool = False,
     with_covariance: bool = False,
     covariance_cache_key: str | None = None,
+    about: str | None = None,
 ) -> tuple[Importance, bool]:
     """Score every head and channel; returns the scores and whether they came from the cache.
 
@@ -263,7 +265,8 @@ def compute_importance(
     input of every ``o`` and ``down`` feature (``Importance.o_mean``/``down_mean``), for bias
     compensation; a cached entry without them is recomputed. ``with_covariance`` (implies the
     means) also records their covariances (``o_cov``/``down_cov``), for the least-squares re-fit,
-    cached under ``covariance_cache_key``. Raises EvopruneError for an unknown criterion.
+    cached under ``covariance_cache_key``. ``about``: what the entries hold, in words, recorded in
+    their metadata for ``evoprune cache list``. Raises EvopruneError for an unknown criterion.
     """
     if criterion not in CRITERIA:
         raise EvopruneError(f"importance criterion {criterion!r} is unknown: use one of {', '.join(CRITERIA)}")
@@ -279,7 +282,10 @@ def compute_importance(
         cached = _cached(path, cov_path, with_means, with_covariance)
         if cached is not None:
             return cached, True
-        return _compute(model, layers, windows, head_dim, criterion, path, cov_path, with_means, with_covariance), False
+        computed = _compute(
+            model, layers, windows, head_dim, criterion, path, cov_path, with_means, with_covariance, about
+        )
+        return computed, False
 
 
 def _cached(path: Path | None, cov_path: Path | None, with_means: bool, with_covariance: bool) -> Importance | None:
@@ -322,6 +328,7 @@ def _compute(
     cov_path: Path | None,
     with_means: bool,
     with_covariance: bool,
+    about: str | None = None,
 ) -> Importance:
     """Score (and record the inputs' statistics), reusing whatever part is cached; cache the rest."""
     arrays = _load(path, ("attn", "mlp", "o_mean", "down_mean") if with_means else ("attn", "mlp"))
@@ -346,7 +353,7 @@ def _compute(
         saved = {"attn": scores.attn, "mlp": scores.mlp}
         if scores.o_mean is not None:
             saved.update(o_mean=scores.o_mean, down_mean=scores.down_mean)
-        _save(path, saved)
+        _save(path, saved, about and f"{criterion} scores of {about}")
     if new_covs:
-        _save(cov_path, covs)
+        _save(cov_path, covs, about and f"calibration covariances of {about}")
     return replace(scores, **covs) if with_covariance else scores

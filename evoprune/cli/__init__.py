@@ -8,6 +8,7 @@ lists them; the commands themselves live in one module per group:
 - ``export``: ``export``, ``measure`` and ``evaluate``
 - ``report``: ``report``, ``runs`` and ``surrogate report``
 - ``recover``: ``recover``
+- ``cache``: ``cache list`` and ``cache clear``
 
 over ``common`` (consoles, errors, figure texts, tables, progress) and ``views`` (the front and its
 per-layer allocation). The command modules import nothing from this one.
@@ -19,7 +20,7 @@ import sys
 
 import typer
 
-from evoprune.cli import choice, export, recover, report, search
+from evoprune.cli import cache, choice, export, recover, report, search
 
 app = typer.Typer(
     name="evoprune",
@@ -43,6 +44,13 @@ app.command("recover")(recover.recover_command)
 surrogate_app = typer.Typer(help="Judge the surrogate models on the real evaluations in a store.", no_args_is_help=True)
 surrogate_app.command("report", help=report.SURROGATE_REPORT_HELP)(report.surrogate_report_command)
 app.add_typer(surrogate_app, name="surrogate")
+
+cache_app = typer.Typer(
+    help="See and clear the cache of converted models, importance scores and latency tables.", no_args_is_help=True
+)
+cache_app.command("list")(cache.cache_list_command)
+cache_app.command("clear")(cache.cache_clear_command)
+app.add_typer(cache_app, name="cache")
 
 
 def main() -> None:

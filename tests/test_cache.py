@@ -1,0 +1,135 @@
+"""`evoprune cache list` / `clear` on a real cache: what a tiny model's scoring writes there."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from filelock import FileLock
+
+from evoprune.backend.data import TextSource
+from evoprune.backend.loading import LoadedModel, ModelSource, model_fingerprint
+from evoprune.backend.pruner import PruningBackend
+from evoprune.backend.settings import BackendSettings
+from evoprune.cache import cache_dir, cache_entries, clear_cache
+from tests.conftest import build_tiny_model
+
+DAY = 86400
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "evoprune", "cache", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+
+
+def _age(path: Path, days: float) -> None:
+    """Make ``path`` (and what a folder holds) look last used ``days`` ago."""
+    when = time.time() - days * DAY
+    for p in [path, *path.rglob("*")] if path.is_dir() else [path]:
+        os.utime(p, (when, when))
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch, tiny_tokenizer, text_file) -> Path:
+    """A cache of its own, filled as a search fills it: a converted model and scored importance."""
+    root = tmp_path / "cache"
+    monkeypatch.setenv("EVOPRUNE_CACHE_DIR", str(root))
+    model = build_tiny_model("llama", seed=3)
+    model.save_pretrained(cache_dir("models") / "tiny-llama")
+    loaded = LoadedModel(ModelSource("tiny-llama", "dir", "tiny"), model, tiny_tokenizer, model_fingerprint(model))
+    settings = BackendSettings(
+        criterion="wanda-sp", compensation="refit", eval_tokens=128, calib_tokens=256, seq_len=64
+    )
+    PruningBackend(loaded, TextSource(str(text_file), text_file.read_text()), settings).score()
+    return root
+
+
+def test_list_says_what_each_entry_holds_and_looking_does_not_count_as_use(cache):
+    listed = json.loads(_cli("list", "--json").stdout)
+    assert listed["root"] == str(cache)
+    by_kind = {}
+    for e in listed["entries"]:
+        by_kind.setdefault(e["kind"], []).append(e)
+    assert [e["name"] for e in by_kind["models"]] == ["tiny-llama"]
+    abouts = sorted(e["about"] for e in by_kind["importance"])
+    assert abouts == [
+        "calibration covariances of tiny-llama, 256 tokens of calib.txt",
+        "wanda-sp scores of tiny-llama, 256 tokens of calib.txt",
+    ]
+    assert listed["total_bytes"] == sum(e["size"] for e in listed["entries"])
+    assert by_kind["models"][0]["size"] == sum(f.stat().st_size for f in (cache / "models").rglob("*") if f.is_file())
+
+    old = next(e for e in cache_entries(["importance"]) if "scores" in e.about)
+    _age(old.path, 3)
+    _cli("list")  # reads every entry's header
+    (again,) = [e for e in cache_entries(["importance"]) if e.path == old.path]
+    assert time.time() - again.last_used > 2.9 * DAY
+
+    table = _cli("list")
+    assert table.returncode == 0
+    assert "wanda-sp scores of tiny-llama" in table.stdout and "3 days ago" in table.stdout
+
+
+def test_clear_by_age_and_kind_and_dry_run(cache):
+    scores = next(e for e in cache_entries(["importance"]) if "scores" in e.about)
+    _age(scores.path, 10)
+    _age(cache / "models" / "tiny-llama", 4)
+    stale = cache / "models" / "other.partial"  # a conversion stopped half-way, a day ago
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"x" * 1000)
+    _age(stale, 1)
+    fresh = cache / "models" / "busy.partial"  # one being written now
+    fresh.mkdir()
+    everything = {e.path for e in cache_entries()}
+
+    dry = json.loads(_cli("clear", "--older-than", "7", "--dry-run", "--json").stdout)
+    assert {e["path"] for e in dry["removed"]} == {str(scores.path), str(stale)}
+    assert {e.path for e in cache_entries()} == everything
+
+    done = _cli("clear", "--older-than", "7")
+    assert done.returncode == 0 and "removed 2 entries" in done.stdout
+    assert not scores.path.exists() and not stale.exists()
+    assert fresh.exists() and (cache / "models" / "tiny-llama").exists()
+
+    removed, in_use = clear_cache(["models"], older_than_days=3)
+    assert [e.name for e in removed] == ["tiny-llama"] and in_use == []
+    assert fresh.exists()  # under an hour old: may still be written
+    assert [e.kind for e in cache_entries()] == ["models", "importance"]
+
+
+def test_clear_leaves_an_entry_another_process_is_writing(cache):
+    cov = next(e for e in cache_entries(["importance"]) if "covariances" in e.about)
+    with FileLock(str(cov.path.with_name(f"{cov.path.name}.lock"))):
+        result = _cli("clear", "--kind", "importance", "--json")
+        assert result.returncode == 0, result.stderr
+        out = json.loads(result.stdout)
+        assert [e["path"] for e in out["in_use"]] == [str(cov.path)]
+        assert len(out["removed"]) == 1
+    assert cov.path.exists()
+    assert [e.path for e in cache_entries(["importance"])] == [cov.path]
+    note = _cli("clear", "--kind", "importance")
+    assert "removed 1 entry" in note.stdout and cache_entries(["importance"]) == []
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["list", "--kind", "weights"], "cache kind 'weights' is unknown: use one of models, importance, latency"),
+        (["clear", "--older-than", "-1"], "--older-than -1.0 is not an age"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(cache, args, needle):
+    result = _cli(*args)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], result.stderr
+    assert (cache / "models" / "tiny-llama").exists()
