@@ -180,7 +180,7 @@ def clear_cache(
                 continue
         elif older_than_days is not None and age_days < older_than_days:
             continue
-        locked = entry.kind == "importance"
+        locked = entry.kind == "importance" and not entry.leftover  # a leftover has no writer left
         had_lock_file = locked and _lock_path(entry).exists()
         lock = _try_lock(entry) if locked else None
         if locked and lock is None:
