@@ -8,6 +8,7 @@ plain float32 safetensors copy in the cache, so later loads take seconds.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import shutil
@@ -128,6 +129,9 @@ def resolve_model(spec: str) -> ModelSource:
         )
     if _looks_like_path(spec):
         raise EvopruneError(f"model path '{spec}' does not exist: pass an existing model directory or .gguf file")
+    close = difflib.get_close_matches(spec.lower(), list(ZOO), n=1, cutoff=0.8)
+    if close and "/" not in spec:  # a typo of a named model, not a hub id (those name their owner: ORG/NAME)
+        raise EvopruneError(f"model '{spec}' is not known: did you mean '{close[0]}'?")
     return ModelSource(spec, "hub", spec)
 
 

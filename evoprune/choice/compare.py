@@ -10,7 +10,7 @@ import numpy as np
 from evoprune.engine.run import prepare_backend, search
 from evoprune.engine.settings import ProgressFn, SearchSettings, _noop
 from evoprune.errors import EvopruneError
-from evoprune.objectives.pareto import best_of, rung_offsets
+from evoprune.objectives.pareto import best_of, fidelity_of, rung_offsets
 from evoprune.objectives.spec import Budget, CostEvaluator
 from evoprune.space import SearchSpace
 from evoprune.store import Evaluation, Run, Store
@@ -25,10 +25,13 @@ class CompareRow:
     evaluations: int
     failed: int
     best_id: int | None
-    best_value: float | None  # the first quality metric (e.g. ppl), as measured
+    best_value: float | None  # the first quality metric (e.g. ppl), as measured on the first rung
     best_params_fraction: float | None
     eval_s: float
     wall_s: float | None  # this call's wall time; None when the run was already complete
+    best_se: float | None = None  # standard error of best_value
+    best_fidelity: dict | None = None  # {"tokens", "metrics"}: the highest rung the best reached
+    best_validation: dict | None = None  # {"tokens", "metrics"} on the validation split, when measured
 
     def to_dict(self) -> dict:
         return self.__dict__.copy()
@@ -66,6 +69,9 @@ def summarize(
         best_params_fraction=best.params_fraction if best else None,
         eval_s=float(sum(e.duration_s or 0 for e in evals)),
         wall_s=wall_s,
+        best_se=best.metrics.get(f"{metric}_se") if best else None,
+        best_fidelity=fidelity_of(best, run) if best else None,
+        best_validation=best.validation if best else None,
     )
 
 

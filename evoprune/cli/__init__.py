@@ -53,8 +53,30 @@ cache_app.command("clear")(cache.cache_clear_command)
 app.add_typer(cache_app, name="cache")
 
 
+def _click_exceptions():
+    """The exceptions module of the click that typer runs on: recent typer vendors its own copy."""
+    return sys.modules[typer.BadParameter.__module__]
+
+
 def main() -> None:
+    """The ``evoprune`` script: the app, with click's usage errors (an unknown option, a value of the
+    wrong type, a missing one) as one ``error:`` line and exit code 2, like evoprune's own."""
+    errors = _click_exceptions()
+    no_args_is_help = getattr(errors, "NoArgsIsHelpError", ())
     try:
-        app()
+        code = app(standalone_mode=False)
     except BrokenPipeError:  # e.g. `evoprune pareto --json | head`
         sys.exit(0)
+    except no_args_is_help as exc:  # `evoprune` or `evoprune cache` alone: the help, as typer shows it
+        from typer import rich_utils
+
+        rich_utils.rich_format_error(exc)
+        sys.exit(exc.exit_code)
+    except errors.ClickException as exc:
+        ctx = getattr(exc, "ctx", None)
+        message = " ".join(exc.format_message().split())
+        typer.echo(f"error: {message} (see '{ctx.command_path if ctx else 'evoprune'} --help')", err=True)
+        sys.exit(exc.exit_code)
+    except typer.Abort:  # Ctrl-C at a prompt
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)

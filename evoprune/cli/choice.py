@@ -26,6 +26,7 @@ from evoprune.cli.views import _front_json, _front_view
 from evoprune.engine.settings import SearchSettings
 from evoprune.errors import EvopruneError
 from evoprune.objectives.pareto import first_rung_tokens, pareto_front, top_rung
+from evoprune.objectives.spec import params_fraction
 from evoprune.store import Store
 
 
@@ -45,15 +46,23 @@ def pareto_command(
 ) -> None:
     """Show the non-dominated, really evaluated configurations (perplexity vs parameters)."""
     try:
+        if budget is not None and plot is None:
+            raise EvopruneError(
+                "--max-params draws a budget line on --plot: add --plot FRONT.png, or choose under the budget with "
+                "'evoprune plan --max-params'"
+            )
         if plot is not None and not plot.parent.is_dir():
-            raise EvopruneError(f"--plot '{plot}': directory '{plot.parent}' does not exist")
+            raise EvopruneError(
+                f"--plot '{plot}': '{plot.parent}' "
+                + ("is a file, not a directory" if plot.parent.exists() else "does not exist")
+            )
         with Store.open_existing(store, readonly=True) as st:
             r = st.get_run(run)
             points = pareto_front(st, r)
             if plot is not None:
                 from evoprune.reporting.plots import plot_front
 
-                lines = [budget if budget <= 1 else budget / r.dense_params] if budget else None
+                lines = [params_fraction(budget, r.dense_params)] if budget is not None else None
                 plot_front(st, r, plot, budget_lines=lines)
     except EvopruneError as exc:
         _fail(str(exc))
@@ -100,6 +109,13 @@ def plan_command(
         f"best of {result.candidates} evaluated configurations under the budget"
         + (f", {result.spent} evaluated now" if result.spent else "")
     )
+    if not e.validation and not result.spent:
+        err_console.print(
+            f"note: #{e.id} was chosen on {'its first rung' if tokens is None else 'the ladder'} alone and has no "
+            "validation figure: --spend N measures N more configurations under "
+            "it, climbs the ladder and validates the best",
+            soft_wrap=True,
+        )
     for r in result.recoveries:
         out_console.print(
             f"recovered ({r.method}, {r.steps} steps) into {r.out}: perplexity {_figure_text(r.before)} before, "
@@ -159,13 +175,32 @@ def compare_command(
     table = FoldingTable(
         title=f"methods at {evals} real evaluations (budget: {max_params or 'none'})", title_justify="left"
     )
-    for col in ("method", "run", "evaluations", "best ppl", "kept params", "eval s", "wall s"):
+    columns = (
+        "method",
+        "run",
+        "evaluations",
+        "best ppl",
+        "top rung ppl",
+        "valid ppl",
+        "kept params",
+        "eval s",
+        "wall s",
+    )
+    for col in columns:
         table.add_column(col, justify="left" if col == "method" else "right")
     for r in sorted(rows, key=lambda r: r.best_value if r.best_value is not None else float("inf")):
+        top = r.best_fidelity or {}
         table.add_row(
             r.method, str(r.run_id), str(r.evaluations),
-            "-" if r.best_value is None else f"{r.best_value:.2f}",
+            "-" if r.best_value is None else f"{r.best_value:.2f}" + (f" ±{r.best_se:.2f}" if r.best_se else ""),
+            f"{_figure_text(top.get('metrics'))} ({_tokens_text(top.get('tokens'))})" if top else "-",
+            _figure_text((r.best_validation or {}).get("metrics")),
             "-" if r.best_params_fraction is None else f"{r.best_params_fraction:.3f}",
             f"{r.eval_s:.0f}", "-" if r.wall_s is None else f"{r.wall_s:.0f}",
         )  # fmt: skip
     out_console.print(table)
+    out_console.print(
+        "best ppl: the first rung (± standard error); top rung ppl: the highest rung it reached (tokens), which the "
+        "choice goes by; valid ppl: the validation split, never used to choose",
+        style="dim",
+    )

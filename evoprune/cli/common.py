@@ -5,6 +5,7 @@ stderr (``_SearchProgress``)."""
 from __future__ import annotations
 
 import os
+import time
 
 import typer
 from rich.console import Console
@@ -66,9 +67,19 @@ def _kl_text(metrics: dict) -> str:
 
 
 class _SearchProgress:
-    """Renders engine events as a rich progress display on stderr."""
+    """Renders engine events as a rich progress display on stderr; when stderr is not a terminal
+    (a log file, CI), as plain lines instead: every phase, every finished evaluation or step, and
+    status changes at most every ``PLAIN_EVERY_S`` seconds, each with the time since the start.
+    Plain lines begin ``PLAIN_AFTER_S`` seconds in: input refused up front stays one line."""
+
+    PLAIN_EVERY_S = 10.0
+    PLAIN_AFTER_S = 5.0
 
     def __init__(self, console: Console):
+        self.console = console
+        self.plain = not console.is_terminal
+        self._started = self._last_line = 0.0
+        self._last_description: str | None = None
         self.progress = Progress(
             SpinnerColumn(),
             TextColumn("[bold]{task.description}"),
@@ -85,25 +96,52 @@ class _SearchProgress:
         return self
 
     def __exit__(self, *exc):
-        if self.task is not None:
+        if self.task is not None and not self.plain:
             self.progress.stop()
 
-    def __call__(self, event: str, **info) -> None:
+    def _begin(self) -> None:
         # Started on the first event, so input rejected up front never draws a progress bar.
         if self.task is None:
-            self.progress.start()
+            self._started = time.monotonic()
+            if not self.plain:
+                self.progress.start()
             self.task = self.progress.add_task("preparing", total=None, status="")
+
+    def _update(self, **fields) -> None:
+        """``Progress.update`` of the one task; in plain mode also the line it calls for."""
+        before = self.progress.tasks[0].completed
+        self.progress.update(self.task, **fields)
+        if not self.plain:
+            return
+        task, now = self.progress.tasks[0], time.monotonic()
+        if now - self._started < self.PLAIN_AFTER_S:
+            return
+        new_phase = task.description != self._last_description
+        due = "status" in fields and now - self._last_line >= self.PLAIN_EVERY_S
+        if not (new_phase or task.completed != before or due):
+            return
+        self._last_description, self._last_line = task.description, now
+        # A new phase alone does not repeat the last evaluation's status.
+        show_status = task.completed != before or "status" in fields
+        elapsed = int(now - self._started)
+        count = f" {task.completed:.0f}/{task.total:.0f}" if task.total else ""
+        status = task.fields.get("status") or ""
+        line = f"[dim]{elapsed // 60:02d}:{elapsed % 60:02d}[/dim] {task.description}{count}"
+        self.console.print(line + (f": {status}" if status and show_status else ""), soft_wrap=True, highlight=False)
+
+    def __call__(self, event: str, **info) -> None:
+        self._begin()
         if event == "phase":
-            self.progress.update(self.task, description=info["name"])
+            self._update(description=info["name"])
         elif event == "start":
-            self.progress.update(self.task, description="evaluating", total=info["total"], completed=info["done"])
+            self._update(description="evaluating", total=info["total"], completed=info["done"])
         elif event == "batch":
             where = "initial design" if info["origin"] == "design" else f"round {info['round']}"
-            self.progress.update(self.task, description=f"evaluating {info['size']} ({where})")
+            self._update(description=f"evaluating {info['size']} ({where})")
         elif event == "eval_done":
             ev = info["evaluation"]
             if ev.status == "ok":
                 status = f"#{ev.id}: {100 * ev.params_fraction:.1f}% params, ppl {ev.metrics['ppl']:.2f}"
             else:
                 status = f"[red]#{ev.id} failed: {ev.error}"
-            self.progress.update(self.task, advance=1, status=status)
+            self._update(advance=1, status=status)

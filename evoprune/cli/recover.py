@@ -40,20 +40,18 @@ class _RecoveryProgress(_SearchProgress):
             return
         if event not in ("train", "step"):
             if event == "phase" and self.task is not None:
-                self.progress.update(self.task, total=None, status="")
+                self._update(total=None, status="")
             super().__call__(event, **info)
             return
-        if self.task is None:
-            self.progress.start()
-            self.task = self.progress.add_task("preparing", total=None, status="")
+        self._begin()
         if event == "train":
-            self.progress.update(self.task, description="training", total=info["total"], completed=info["done"])
+            self._update(description="training", total=info["total"], completed=info["done"])
         else:
             status = (
                 f"loss {info['running_loss']:.4f} (mean of the last steps; this step: KL {info['kl']:.4f}, "
                 f"CE {info['ce']:.3f}), lr {info['lr']:.2e}"
             )
-            self.progress.update(self.task, completed=info["step"], status=status)
+            self._update(completed=info["step"], status=status)
 
 
 def recover_command(

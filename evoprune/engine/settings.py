@@ -13,7 +13,7 @@ from evoprune.backend.settings import BackendSettings
 from evoprune.engine.acquisition import ACQUISITIONS
 from evoprune.engine.registry import STRATEGIES
 from evoprune.errors import EvopruneError
-from evoprune.objectives.spec import Budget, Objectives
+from evoprune.objectives.spec import Budget, Objectives, check_max_params
 from surrogates import available_surrogates, make_surrogate, parse_surrogate_spec
 
 ProgressFn = Callable[..., None]
@@ -63,8 +63,8 @@ class SearchSettings:
                 raise EvopruneError(f"--{flag} must be at least 1, got {getattr(self, name)}")
         if not 0 <= self.min_params < 1:
             raise EvopruneError(f"--min-params must be in [0, 1), got {self.min_params}")
-        if self.max_params is not None and self.max_params <= 0:
-            raise EvopruneError(f"--max-params must be positive (a fraction or a count), got {self.max_params}")
+        if self.max_params is not None:
+            check_max_params(self.max_params)
         if self.max_latency_ms is not None and self.max_latency_ms <= 0:
             raise EvopruneError(f"--max-latency-ms must be positive, got {self.max_latency_ms}")
         if self.screen_tokens < 0 or (self.screen_tokens and self.screen_tokens >= self.backend.eval_tokens):

@@ -159,14 +159,17 @@ def pareto_front(store: Store, run: Run) -> list[ParetoPoint]:
             levels=split_levels(space.canonical(e.levels).tolist()),
             origin=e.origin,
             round=e.round,
-            fidelity={
-                "tokens": first_rung_tokens(run) if top_rung(e)[0] is None else top_rung(e)[0],
-                "metrics": top_rung(e)[1],
-            },  # fmt: skip
+            fidelity=fidelity_of(e, run),
             validation=e.validation,
         )
         for e in front_of(store.evaluations(run.id), run_objectives(run))
     ]
+
+
+def fidelity_of(e: Evaluation, run: Run) -> dict:
+    """``{"tokens", "metrics"}`` of the highest rung evaluation ``e`` of ``run`` reached."""
+    tokens, metrics = top_rung(e)
+    return {"tokens": first_rung_tokens(run) if tokens is None else tokens, "metrics": metrics}
 
 
 def first_rung_tokens(run: Run) -> int | None:
@@ -202,11 +205,14 @@ def knee_index(F: np.ndarray) -> int:
 def pick_evaluation(store: Store, run: Run, pick: str, max_params: float | None = None):
     """Resolve ``pick`` (an evaluation id, ``knee`` or ``best``) to a successful evaluation of ``run``.
 
-    ``best`` is the best quality (the run's first quality objective) among the evaluated
-    configurations that keep at most ``max_params`` of the parameters.
+    ``best`` is the best quality (the run's first quality objective, at the highest fidelity each
+    reached) among the evaluated configurations that keep at most ``max_params`` (a kept fraction
+    or a count) of the parameters; ``knee`` the knee of the front, of its part under ``max_params``
+    when given; an id must keep at most ``max_params`` when given. Raises EvopruneError when
+    nothing meets the budget, for a bad ``max_params`` and for an id the run does not have.
     """
     from evoprune.errors import EvopruneError
-    from evoprune.objectives.spec import is_quality
+    from evoprune.objectives.spec import is_quality, params_fraction
 
     names = run_objectives(run)
     metric = next(n for n in names if is_quality(n))
@@ -214,12 +220,10 @@ def pick_evaluation(store: Store, run: Run, pick: str, max_params: float | None 
     front = front_of(evals, names)
     if not front:
         raise EvopruneError(f"run {run.id} has no successful evaluation yet: run 'evoprune search' first")
-    if pick == "knee":
-        return front[knee_index(objectives(front, (metric, "params")))]
-    if pick == "best":
-        if max_params is None:
-            raise EvopruneError("--pick best needs a budget: add --max-params FRACTION (e.g. 0.7)")
-        limit = max_params if max_params <= 1 else max_params / run.dense_params
+    limit = params_fraction(max_params, run.dense_params) if max_params is not None else None
+    if pick == "best" and limit is None:
+        raise EvopruneError("--pick best needs a budget: add --max-params FRACTION (e.g. 0.7)")
+    if pick in ("knee", "best") and limit is not None:
         under = [e for e in evals if e.status == "ok" and e.params_fraction <= limit]
         if not under:
             smallest = min(e.params_fraction for e in front)
@@ -227,7 +231,11 @@ def pick_evaluation(store: Store, run: Run, pick: str, max_params: float | None 
                 f"no evaluated configuration keeps at most {limit:.3f} of the parameters "
                 f"(the smallest keeps {smallest:.3f}): raise --max-params or search further"
             )
-        return best_of(under, metric, rung_offsets(evals, metric))
+        if pick == "best":
+            return best_of(under, metric, rung_offsets(evals, metric))
+        front = [e for e in front if e.params_fraction <= limit]
+    if pick == "knee":
+        return front[knee_index(objectives(front, (metric, "params")))]
     try:
         eval_id = int(pick)
     except ValueError:
@@ -237,4 +245,9 @@ def pick_evaluation(store: Store, run: Run, pick: str, max_params: float | None 
         raise EvopruneError(f"run {run.id} has no evaluation {eval_id}: see 'evoprune pareto --store {store.path}'")
     if match[0].status != "ok":
         raise EvopruneError(f"evaluation {eval_id} is {match[0].status}, not a usable configuration: pick another")
+    if limit is not None and match[0].params_fraction > limit:
+        raise EvopruneError(
+            f"evaluation {eval_id} keeps {match[0].params_fraction:.3f} of the parameters, over --max-params "
+            f"({limit:.3f}): pick another, or leave out --max-params"
+        )
     return match[0]

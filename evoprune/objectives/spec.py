@@ -89,6 +89,36 @@ def parse_size(text: str) -> int:
     return int(float(m.group(1)) * _UNITS[unit])
 
 
+_SMALLEST_COUNT = 1000  # a parameter count below this is a typo for a fraction (1.5, 70), not a model
+
+
+def check_max_params(value: float) -> None:
+    """Refuse a ``--max-params`` that is neither a kept fraction in (0, 1] nor a parameter count
+    (an integer of at least 1000): EvopruneError naming both forms."""
+    if not value > 0:
+        raise EvopruneError(f"--max-params must be positive (a kept fraction or a count), got {value:g}")
+    if value > 1 and (value != int(value) or value < _SMALLEST_COUNT):
+        raise EvopruneError(
+            f"--max-params {value:g} is neither a kept fraction (at most 1, e.g. 0.7) nor a parameter count "
+            "(e.g. 90e6): give one of those"
+        )
+
+
+def params_fraction(max_params: float, dense_params: int) -> float:
+    """``--max-params`` as a kept fraction of ``dense_params``: a fraction as it is, a count divided
+    by the dense count. Raises EvopruneError for a value that is neither (``check_max_params``) and
+    for a count above the dense model's."""
+    check_max_params(max_params)
+    if max_params <= 1:
+        return max_params
+    if max_params > dense_params:
+        raise EvopruneError(
+            f"--max-params {max_params:g} is more than the model's {dense_params:,} parameters: give a count at most "
+            "that, or a kept fraction (e.g. 0.7)"
+        )
+    return max_params / dense_params
+
+
 @dataclass(frozen=True)
 class Budget:
     """Upper bounds on costs; ``None`` means no bound. ``min_params`` bounds the search from below."""
@@ -101,9 +131,7 @@ class Budget:
     def params_fraction_limit(self, dense_params: int) -> float | None:
         if self.max_params is None:
             return None
-        if self.max_params <= 0:
-            raise EvopruneError(f"--max-params must be positive, got {self.max_params}")
-        return self.max_params if self.max_params <= 1 else self.max_params / dense_params
+        return params_fraction(self.max_params, dense_params)
 
 
 class CostEvaluator:

@@ -151,8 +151,27 @@ def run_evaluate(
     return report
 
 
+def check_report_out(out: Path) -> None:
+    """Refuse, before any scoring, a ``--out`` that ``write_report`` could not write: EvopruneError."""
+    if out.is_dir():
+        raise EvopruneError(
+            f"--out '{out}' is a directory: give a file name for the results, e.g. '{out / 'tasks.json'}'"
+        )
+    if not out.parent.is_dir():
+        raise EvopruneError(
+            f"--out '{out}': '{out.parent}' "
+            + ("is a file, not a directory" if out.parent.exists() else "does not exist")
+        )
+
+
 def write_report(report: EvaluateReport, out: Path) -> None:
-    """The report with per-question log-likelihoods, written atomically."""
+    """The report with per-question log-likelihoods, written atomically (nothing is left behind
+    when it cannot be); EvopruneError when the file cannot be written."""
+    check_report_out(out)
     tmp = out.with_name(out.name + f".tmp{int(time.time() * 1000)}")
-    tmp.write_text(json.dumps(report.to_dict(items=True), indent=2), encoding="utf-8")
-    tmp.replace(out)
+    try:
+        tmp.write_text(json.dumps(report.to_dict(items=True), indent=2), encoding="utf-8")
+        tmp.replace(out)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise EvopruneError(f"could not write --out '{out}': {exc.strerror}; the results are printed above") from None

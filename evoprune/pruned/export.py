@@ -11,6 +11,7 @@ from the directory.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -29,7 +30,8 @@ MODELING_FILE = "modeling_evoprune.py"
 
 @dataclass(frozen=True)
 class ExportResult:
-    """What an export wrote; ``evaluation`` and ``metrics``: the stored evaluation it is, when known."""
+    """What an export wrote; ``evaluation``, ``metrics`` (first rung), ``fidelity`` and
+    ``validation``: the stored evaluation it is and its figures, when known."""
 
     path: Path
     params: int
@@ -37,6 +39,8 @@ class ExportResult:
     layers: list[dict]
     evaluation: int | None = None
     metrics: dict | None = None
+    fidelity: dict | None = None  # {"tokens", "metrics"} of the highest rung it reached
+    validation: dict | None = None  # {"tokens", "metrics"} on the validation split, when measured
 
 
 def check_target(out: Path, force: bool) -> None:
@@ -127,6 +131,17 @@ def write_export(model, tokenizer, out: str | Path, plan: dict) -> None:
     _declare_export(out, base_model_type)
     (out / MODELING_FILE).write_text(_modeling_source(base, type(config).__name__), encoding="utf-8")
     (out / PLAN_FILE).write_text(json.dumps(plan, indent=2), encoding="utf-8")
+    _usual_permissions(out)
+
+
+def _usual_permissions(out: Path) -> None:
+    # transformers writes the weights through a private temporary file (mode 0600): give every
+    # file of the export the mode a file written by this process gets, so that others can load it.
+    mask = os.umask(0)
+    os.umask(mask)
+    for path in out.iterdir():
+        if path.is_file():
+            path.chmod(0o666 & ~mask)
 
 
 def export_from_store(
@@ -140,11 +155,13 @@ def export_from_store(
     progress=None,
 ) -> ExportResult:
     """Export an evaluated configuration of a stored run (``pick``: an evaluation id, ``knee`` or
-    ``best`` under ``max_params``), with the model, text and importance the run searched with.
+    ``best``; with ``max_params``, a kept fraction or a count, ``best`` and ``knee`` choose under it
+    and an id must meet it), with the model, text and importance the run searched with.
 
-    Raises EvopruneError on bad input (a non-empty ``out``, an unknown pick, a changed model).
+    Raises EvopruneError on bad input (a non-empty ``out``, an unknown pick, a pick over the
+    budget, a changed model).
     """
-    from evoprune.objectives.pareto import pick_evaluation
+    from evoprune.objectives.pareto import fidelity_of, pick_evaluation
     from evoprune.store import Store
 
     out = Path(out)
@@ -157,7 +174,13 @@ def export_from_store(
         progress("phase", name=f"writing {out}")
     metadata = {"store": str(store), "run": r.id, "evaluation": chosen.id, "metrics": chosen.metrics}
     result = export_pruned(backend, chosen.levels, out, force=force, metadata=metadata)
-    return replace(result, evaluation=chosen.id, metrics=chosen.metrics)
+    return replace(
+        result,
+        evaluation=chosen.id,
+        metrics=chosen.metrics,
+        fidelity=fidelity_of(chosen, r),
+        validation=chosen.validation,
+    )
 
 
 def export_config(

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from evoprune.errors import EvopruneError
+from evoprune.objectives.spec import check_max_params, params_fraction
 from evoprune.recovery.settings import CHECKPOINT_DIR, RecoverySettings
 
 # The settings a finished recovery in ``out`` must share with this call to be reused.
@@ -105,13 +106,12 @@ def finalists_of(store: str | Path, max_params: float, k: int, run: int | None =
 
     if k < 1:
         raise EvopruneError(f"--finalists must be at least 1, got {k}")
-    if max_params <= 0:
-        raise EvopruneError(f"--max-params must be positive, got {max_params}")
+    check_max_params(max_params)
     with Store.open_existing(store, readonly=True) as st:
         r = st.get_run(run)
         evals = problem_evaluations(st, r)
     metric = next(n for n in run_objectives(r) if is_quality(n))
-    limit = max_params if max_params <= 1 else max_params / r.dense_params
+    limit = params_fraction(max_params, r.dense_params)
     ok = [e for e in evals if metric in e.metrics]
     under = [e for e in ok if e.params_fraction <= limit]
     if not under:

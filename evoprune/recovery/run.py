@@ -143,11 +143,11 @@ def recover(
             f"--seq-len {settings.seq_len} is longer than the model's context of {context} tokens: "
             f"use --seq-len {context} or less"
         )
+    text = load_text(data)  # before the lock: a bad --data leaves nothing beside --out
     # One recovery per --out, held until the result is written: --out is checked, read and
     # written by this process alone.
     with _lock_out(out):
         _check_out(out, export_dir, force)
-        text = load_text(data)
         target = _store_target(store, plan, export_dir)
         checkpoint = out / CHECKPOINT_DIR
         state = None if restart else _load_state(checkpoint)

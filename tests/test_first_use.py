@@ -1,0 +1,152 @@
+"""What a newcomer tripped over on first use (2026-12-01), each fixed and kept fixed: budgets that are
+neither a fraction nor a count, a budget ignored by `export --pick knee`, `evaluate --out` a
+directory, click's own usage errors, a misspelled model name, silence in a log file, the export's
+figures and file modes, and a refused `recover` leaving its lock file behind."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from evoprune.cli.common import _SearchProgress
+from evoprune.engine.run import search
+from evoprune.errors import EvopruneError
+from evoprune.objectives.pareto import pick_evaluation
+from evoprune.objectives.spec import check_max_params, params_fraction
+from evoprune.store import Store
+from tests.test_user_reports import SEARCH_ARGS, _one_line_error, _settings, evoprune, evoprune_in_process
+
+
+@pytest.fixture(scope="module")
+def searched_store(tmp_path_factory, tiny_model_dir, text_file) -> Path:
+    path = tmp_path_factory.mktemp("first-use") / "s.db"
+    search(str(tiny_model_dir), str(text_file), str(path), _settings(evals=8))
+    return path
+
+
+def test_a_budget_is_a_kept_fraction_or_a_parameter_count_and_nothing_else(searched_store, tiny_model_dir, text_file):
+    assert params_fraction(0.7, 1000) == 0.7 and params_fraction(90e6, 120e6) == 0.75
+    for bad, message in ((1.5, "neither a kept fraction"), (70, "neither"), (2e9 + 0.5, "neither"), (0, "positive")):
+        with pytest.raises(EvopruneError, match=message):
+            check_max_params(bad)
+    with pytest.raises(EvopruneError, match="more than the model's 1,000 parameters"):
+        params_fraction(5000, 1000)
+    store = str(searched_store)
+    for args in (
+        ["plan", "--store", store, "--max-params", "1.5"],
+        ["export", "--store", store, "--pick", "best", "--max-params", "2", "--out", "unused"],
+        ["search", "--model", str(tiny_model_dir), "--data", str(text_file), "--store", store, "--evals", "9",
+         "--max-params", "1.5", *SEARCH_ARGS],
+    ):  # fmt: skip
+        _one_line_error(evoprune_in_process(*args), "is neither a kept fraction", "90e6")
+    _one_line_error(
+        evoprune_in_process("pareto", "--store", store, "--max-params", "0.7"), "budget line on --plot", "plan"
+    )
+    assert not Path("unused").exists()
+
+
+def test_knee_and_an_id_respect_a_budget_when_given(searched_store):
+    with Store.open_existing(searched_store, readonly=True) as st:
+        run = st.get_run()
+        ok = [e for e in st.evaluations(run.id) if e.status == "ok"]
+        budget = min(e.params_fraction for e in ok) + 1e-9
+        knee = pick_evaluation(st, run, "knee", budget)
+        assert knee.params_fraction <= budget
+        largest = max(ok, key=lambda e: e.params_fraction)
+        assert largest.params_fraction > budget
+        with pytest.raises(EvopruneError, match=f"evaluation {largest.id} keeps .* over --max-params"):
+            pick_evaluation(st, run, str(largest.id), budget)
+        with pytest.raises(EvopruneError, match="no evaluated configuration keeps at most"):
+            pick_evaluation(st, run, "knee", budget / 2)
+        assert pick_evaluation(st, run, str(largest.id)).id == largest.id  # no budget: any id
+
+
+def test_export_reports_its_figures_and_writes_readable_files(searched_store, tmp_path):
+    out = tmp_path / "export"
+    result = evoprune("export", "--store", str(searched_store), "--pick", "knee", "--out", str(out), "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    with Store.open_existing(searched_store, readonly=True) as st:
+        chosen = next(e for e in st.evaluations(st.get_run().id) if e.id == summary["evaluation"])
+    assert summary["fidelity"]["tokens"] >= 256 and "ppl_se" in summary["fidelity"]["metrics"]
+    assert summary["validation"] == chosen.validation
+    mask = os.umask(0)
+    os.umask(mask)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
+    assert modes["model.safetensors"] == 0o666 & ~mask, modes
+    assert len(set(modes.values())) == 1, modes
+
+
+def test_evaluate_refuses_a_directory_as_out_before_scoring(tmp_path, tiny_model_dir):
+    result = evoprune_in_process(
+        "evaluate", "--model", str(tiny_model_dir), "--tasks", "arc_easy", "--limit", "2", "--out", str(tmp_path)
+    )
+    _one_line_error(result, "is a directory", "tasks.json")
+    assert [p.name for p in tmp_path.iterdir()] == []
+
+
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (
+            ["plan", "--store", "x.db", "--max-params", "70%"],
+            ["Invalid value for '--max-params'", "evoprune plan --help"],
+        ),
+        (["paretoo"], ["No such command 'paretoo'", "Did you mean 'pareto'"]),
+        (["pareto", "--store", "x.db", "--jsn"], ["No such option: --jsn", "--json"]),
+        (["export", "--store", "x.db"], ["Missing option '--out'"]),
+    ],
+)
+def test_click_usage_errors_are_one_line_and_exit_2(args, fragments):
+    _one_line_error(evoprune(*args), *fragments)
+
+
+def test_a_misspelled_model_name_gets_a_suggestion_not_the_hub(tmp_path, text_file):
+    result = evoprune_in_process(
+        "search", "--model", "smolm2-135m", "--data", str(text_file), "--store", str(tmp_path / "s.db"), "--evals", "4"
+    )
+    _one_line_error(result, "model 'smolm2-135m' is not known", "did you mean 'smollm2-135m'")
+
+
+def test_progress_is_plain_lines_when_stderr_is_not_a_terminal(searched_store):
+    with Store.open_existing(searched_store, readonly=True) as st:
+        first, second = st.evaluations(st.get_run().id)[:2]
+
+    def render(after_s: float) -> list[str]:
+        buffer = io.StringIO()
+        progress = _SearchProgress(Console(file=buffer, width=200))
+        progress.PLAIN_AFTER_S = after_s
+        with progress:
+            progress("phase", name="loading model")
+            progress("start", total=8, done=0)
+            progress("batch", origin="design", round=0, size=2)
+            progress("eval_done", evaluation=first)
+            progress("eval_done", evaluation=second)
+        return buffer.getvalue().splitlines()
+
+    lines = render(0)
+    assert [line[6:].split(":")[0] for line in lines] == [
+        "loading model",
+        "evaluating 0/8",
+        "evaluating 2 (initial design) 0/8",
+        "evaluating 2 (initial design) 1/8",
+        "evaluating 2 (initial design) 2/8",
+    ]
+    assert f"#{second.id}: {100 * second.params_fraction:.1f}% params, ppl {second.metrics['ppl']:.2f}" in lines[-1]
+    assert render(5.0) == []  # a command refused in its first seconds prints its error line alone
+
+
+def test_a_refused_recover_leaves_nothing_beside_out(tmp_path, searched_store):
+    export = tmp_path / "export"
+    assert evoprune("export", "--store", str(searched_store), "--out", str(export)).returncode == 0
+    out = tmp_path / "recovered"
+    result = evoprune_in_process(
+        "recover", "--model", str(export), "--data", str(tmp_path / "missing.txt"), "--out", str(out)
+    )
+    _one_line_error(result, "missing.txt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
