@@ -29,7 +29,7 @@ LAYERS = (
     ("surrogates",),
     ("problems",),
     ("evoprune.errors",),
-    ("evoprune.cache", "evoprune.space", "evoprune.store"),
+    ("evoprune.cache", "evoprune.hub", "evoprune.space", "evoprune.store"),
     ("evoprune.backend", "evoprune.tasks"),
     ("evoprune.objectives", "evoprune.execution"),
     ("evoprune.engine",),

@@ -150,3 +150,26 @@ def test_a_refused_recover_leaves_nothing_beside_out(tmp_path, searched_store):
     )
     _one_line_error(result, "missing.txt")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+
+
+def test_an_unreachable_hub_means_offline_at_once(monkeypatch):
+    import datasets.config
+    from huggingface_hub import constants
+
+    from evoprune.hub import offline_unless_reachable
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://localhost")
+    assert offline_unless_reachable() is False and not constants.HF_HUB_OFFLINE
+    monkeypatch.setattr(constants, "ENDPOINT", "https://hub.invalid")  # .invalid never resolves (RFC 6761)
+    assert offline_unless_reachable() is True
+    assert constants.HF_HUB_OFFLINE and datasets.config.HF_HUB_OFFLINE
+
+
+def test_a_hub_model_without_a_network_fails_in_one_line_without_retrying(tmp_path, text_file):
+    env = {"HF_HUB_OFFLINE": "", "HF_ENDPOINT": "https://hub.invalid"}
+    result = evoprune("search", "--model", "some-org/some-model", "--data", str(text_file),
+                      "--store", str(tmp_path / "s.db"), "--evals", "2", env=env)  # fmt: skip
+    _one_line_error(result, "could not load model 'some-org/some-model' from the Hugging Face hub")
+    assert "Retrying" not in result.stderr

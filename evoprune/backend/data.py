@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from evoprune.errors import EvopruneError
+from evoprune.hub import offline_unless_reachable
 
 HUB_SHORTCUTS = {
     "wikitext2": ("wikitext", "wikitext-2-raw-v1", "test"),
@@ -72,6 +73,7 @@ def _read_parquet(path: Path) -> str:
 
 
 def _read_hub(name: str, config: str | None, split: str) -> str:
+    offline_unless_reachable()
     try:
         import datasets
 

@@ -24,6 +24,7 @@ import torch
 from evoprune.backend.adapters import adapter_for
 from evoprune.cache import cache_dir
 from evoprune.errors import EvopruneError
+from evoprune.hub import offline_unless_reachable
 
 
 # -- the zoo --------------------------------------------------------------------------------------
@@ -148,6 +149,8 @@ def load_config(source: ModelSource):
             "pass the model it was exported from (plan.json's source_model), or use it with "
             "'evoprune evaluate' / 'evoprune measure' / evoprune.load_pruned"
         )
+    if source.kind == "hub":
+        offline_unless_reachable()
     try:
         config = AutoConfig.from_pretrained(source.path, **source.from_pretrained_kwargs())
     except (OSError, ValueError) as exc:

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from evoprune.errors import EvopruneError
+from evoprune.hub import offline_unless_reachable
 from evoprune.tasks.evaluator import TaskResult
 from evoprune.tasks.scoring import stderr
 from evoprune.tasks.spec import Question, TaskRef, build_questions
@@ -58,6 +59,8 @@ def _metrics(task_results: dict) -> tuple[dict[str, float], dict[str, float]]:
 
 def _simple_evaluate(lm, tasks: list, *, limit, shots, seed: int) -> dict:
     import lm_eval
+
+    offline_unless_reachable()  # the harness reads its data sets from the hub
 
     return lm_eval.simple_evaluate(
         model=lm,

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from evoprune.errors import EvopruneError
+from evoprune.hub import offline_unless_reachable
 from evoprune.tasks.formats import LOADERS, Doc, hub_docs, load_docs
 
 SPECS_DIR = Path(__file__).with_name("specs")
@@ -226,6 +227,7 @@ def _hub_docs(spec: TaskSpec) -> tuple[Doc, ...]:
         f"connect to the Hugging Face hub, or put the {spec.format} data at '{spec.path}' in a folder and pass "
         f"--task-data DIR (or set {TASK_DATA_ENV}=DIR), or pass --tasks {spec.name}=PATH"
     )
+    offline_unless_reachable()
     try:
         import datasets
 
