@@ -17,7 +17,7 @@ from evoprune.engine.run import ActiveLearningSearch, SearchResult, prepare_back
 from evoprune.engine.settings import SearchSettings
 from evoprune.errors import EvopruneError
 from evoprune.objectives.pareto import ParetoPoint, pareto_front
-from evoprune.pruned.export import export_pruned, load_pruned
+from evoprune.pruned.export import export_from_store, export_pruned, load_pruned
 from evoprune.recovery.run import recover
 from evoprune.recovery.settings import RecoveryResult, RecoverySettings
 from evoprune.space import ArchSpec, SearchSpace
@@ -36,6 +36,7 @@ __all__ = [
     "SearchSettings",
     "SearchSpace",
     "Store",
+    "export_from_store",
     "export_pruned",
     "load_pruned",
     "pareto_front",

@@ -173,3 +173,39 @@ def test_a_hub_model_without_a_network_fails_in_one_line_without_retrying(tmp_pa
                       "--store", str(tmp_path / "s.db"), "--evals", "2", env=env)  # fmt: skip
     _one_line_error(result, "could not load model 'some-org/some-model' from the Hugging Face hub")
     assert "Retrying" not in result.stderr
+
+
+def test_evaluate_writes_through_a_link_and_refuses_what_is_not_a_file(tmp_path):
+    from evoprune.pruned.evaluate import check_report_out, write_report
+
+    class Report:  # what write_report needs of an EvaluateReport
+        def to_dict(self, items: bool = False) -> dict:
+            return {"results": [], "items": items}
+
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "acc.json").write_text("{}")
+    link = tmp_path / "latest.json"
+    link.symlink_to(real / "acc.json")
+    write_report(Report(), link)
+    assert link.is_symlink() and json.loads((real / "acc.json").read_text()) == {"results": [], "items": True}
+    os.mkfifo(tmp_path / "pipe")
+    with pytest.raises(EvopruneError, match="is not a regular file"):
+        check_report_out(tmp_path / "pipe")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest.json", "pipe", "real"]
+
+
+def test_the_readme_python_example_runs(tmp_path, tiny_model_dir, text_file, monkeypatch):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    code = readme.split("The same from Python:\n\n```python\n", 1)[1].split("```", 1)[0]
+    small = (
+        "evals=6, init=4, batch=2, pop_size=16, generations=4, backend=evoprune.BackendSettings("
+        "eval_tokens=256, calib_tokens=256, seq_len=64, mlp_levels=4)"
+    )
+    for old, new in (('"smollm2-135m"', repr(str(tiny_model_dir))), ('"builtin"', repr(str(text_file))),
+                     ("evals=24", small), ("max_params=0.7", "max_params=0.8")):  # fmt: skip
+        assert old in code
+        code = code.replace(old, new)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md", "exec"), {})
+    assert (tmp_path / "pruned" / "model.safetensors").exists()

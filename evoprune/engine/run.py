@@ -47,7 +47,8 @@ def run_strategy(ctx: SearchContext, retry_failed: bool = False) -> SearchResult
     if retry_failed:
         retried = ctx.store.retry_failed(ctx.run.id)
         ctx.progress("phase", name=f"evaluating {retried} failed rows again")
-    ctx.progress("start", run=ctx.run, done=len(ctx.evaluations()), total=ctx.settings.evals)
+    finished = sum(e.status != "pending" for e in ctx.evaluations())  # pending rows are evaluated below
+    ctx.progress("start", run=ctx.run, done=finished, total=ctx.settings.evals)
     ctx.evaluate_pending()  # finish what a killed process left behind
     ctx.evaluate_pending_fidelities()
     STRATEGIES[ctx.settings.method]().run(ctx)

@@ -157,6 +157,8 @@ def check_report_out(out: Path) -> None:
         raise EvopruneError(
             f"--out '{out}' is a directory: give a file name for the results, e.g. '{out / 'tasks.json'}'"
         )
+    if out.exists() and not out.is_file():  # a device, a pipe: the write would replace it with a file
+        raise EvopruneError(f"--out '{out}' is not a regular file: give a file name for the results")
     if not out.parent.is_dir():
         raise EvopruneError(
             f"--out '{out}': '{out.parent}' "
@@ -168,6 +170,7 @@ def write_report(report: EvaluateReport, out: Path) -> None:
     """The report with per-question log-likelihoods, written atomically (nothing is left behind
     when it cannot be); EvopruneError when the file cannot be written."""
     check_report_out(out)
+    out = out.resolve() if out.is_symlink() else out  # write through a link, never over it
     tmp = out.with_name(out.name + f".tmp{int(time.time() * 1000)}")
     try:
         tmp.write_text(json.dumps(report.to_dict(items=True), indent=2), encoding="utf-8")
