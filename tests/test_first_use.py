@@ -209,3 +209,24 @@ def test_the_readme_python_example_runs(tmp_path, tiny_model_dir, text_file, mon
     monkeypatch.chdir(tmp_path)
     exec(compile(code, "README.md", "exec"), {})
     assert (tmp_path / "pruned" / "model.safetensors").exists()
+
+
+def test_pick_best_defaults_to_the_budget_the_run_searched_under(tmp_path, tiny_model_dir, text_file):
+    path = tmp_path / "budget.db"
+    search(str(tiny_model_dir), str(text_file), str(path), _settings(evals=6, max_params=0.8))
+    with Store.open_existing(path, readonly=True) as st:
+        run = st.get_run()
+        best = pick_evaluation(st, run, "best")
+        assert best.params_fraction <= 0.8 and best.id == pick_evaluation(st, run, "best", 0.8).id
+
+
+def test_an_impossible_budget_is_refused_before_importance_is_scored(tiny_model_dir, text_file):
+    from evoprune.engine.run import prepare_backend
+
+    phases = []
+    for budget, message in ((0.01, "the budget is impossible"), (5e9, "more than the model's")):
+        phases.clear()
+        with pytest.raises(EvopruneError, match=message):
+            prepare_backend(str(tiny_model_dir), str(text_file), _settings(max_params=budget),
+                            lambda event, **info: phases.append(info.get("name")))  # fmt: skip
+        assert "loading model" in phases and not any("scoring" in (p or "") for p in phases), phases

@@ -313,11 +313,18 @@ class PruningBackend:
 
 
 def load_backend(
-    model: str, data: str, settings: BackendSettings, progress=None, space: SearchSpace | None = None
+    model: str,
+    data: str,
+    settings: BackendSettings,
+    progress=None,
+    space: SearchSpace | None = None,
+    check: Callable[[PruningBackend], None] | None = None,
 ) -> PruningBackend:
     """Resolve and load model and texts, check the architecture, and score importance.
 
     ``space``: the level grid a run recorded (see ``PruningBackend``); default: from ``settings``.
+    ``check``: called with the backend once the model is loaded and before importance is scored
+    (minutes on a real model), for checks that need the search space, such as a budget's.
     Raises EvopruneError, before anything heavy happens where possible, on bad input.
     """
     progress = progress or (lambda *a, **k: None)
@@ -332,6 +339,8 @@ def load_backend(
     loaded = load_model(source, dtype=getattr(torch, settings.dtype))
     loaded.model.to(settings.device)
     backend = PruningBackend(loaded, text, settings, calib, space)
+    if check is not None:
+        check(backend)
     progress("phase", name=f"scoring importance ({settings.criterion})")
     backend.score()
     progress("phase", name="dense reference")

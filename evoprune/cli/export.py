@@ -43,7 +43,8 @@ def export_command(
     max_params: float | None = typer.Option(
         None,
         "--max-params",
-        help="Budget for --pick (kept fraction or count): best and knee choose under it, an id must meet it.",
+        help="Budget for --pick (kept fraction or count): best and knee choose under it, an id must meet it "
+        "(best defaults to the run's own budget).",
     ),
     run: int | None = typer.Option(None, "--run", help="Run id for --pick (default: the latest run)."),
     model: str | None = typer.Option(None, "--model", "-m", help="Base model --config prunes (as for 'search')."),

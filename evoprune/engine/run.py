@@ -90,7 +90,13 @@ def prepare_backend(model: str, data: str, settings: SearchSettings, progress: P
     ``task_limit`` questions, so every real evaluation also reports those accuracies.
     """
     settings.validate()
-    backend = load_backend(model, data, settings.backend, progress)
+
+    def check_budget(backend: PruningBackend) -> None:  # before the scoring: minutes on a real model
+        CostEvaluator(backend.space, backend.loaded.model.config, dtype=settings.backend.dtype).check_feasible(
+            settings.budget
+        )
+
+    backend = load_backend(model, data, settings.backend, progress, check=check_budget)
     names = Objectives.parse(settings.objectives).names
     if any(n.startswith(("acc:", "acc_norm:")) for n in names):
         from evoprune.tasks import task_evaluators

@@ -207,8 +207,9 @@ def pick_evaluation(store: Store, run: Run, pick: str, max_params: float | None 
 
     ``best`` is the best quality (the run's first quality objective, at the highest fidelity each
     reached) among the evaluated configurations that keep at most ``max_params`` (a kept fraction
-    or a count) of the parameters; ``knee`` the knee of the front, of its part under ``max_params``
-    when given; an id must keep at most ``max_params`` when given. Raises EvopruneError when
+    or a count; default: the run's own ``--max-params``) of the parameters; ``knee`` the knee of
+    the front, of its part under ``max_params`` when given; an id must keep at most ``max_params``
+    when given. Raises EvopruneError when
     nothing meets the budget, for a bad ``max_params`` and for an id the run does not have.
     """
     from evoprune.errors import EvopruneError
@@ -220,9 +221,11 @@ def pick_evaluation(store: Store, run: Run, pick: str, max_params: float | None 
     front = front_of(evals, names)
     if not front:
         raise EvopruneError(f"run {run.id} has no successful evaluation yet: run 'evoprune search' first")
+    if pick == "best" and max_params is None:
+        max_params = run.settings.get("max_params")  # the budget the run searched under, if any
+        if max_params is None:
+            raise EvopruneError("--pick best needs a budget: add --max-params FRACTION (e.g. 0.7)")
     limit = params_fraction(max_params, run.dense_params) if max_params is not None else None
-    if pick == "best" and limit is None:
-        raise EvopruneError("--pick best needs a budget: add --max-params FRACTION (e.g. 0.7)")
     if pick in ("knee", "best") and limit is not None:
         under = [e for e in evals if e.status == "ok" and e.params_fraction <= limit]
         if not under:
