@@ -158,6 +158,45 @@ def test_plan_pareto_plot_report_and_export_from_a_pick(tmp_path, tiny_model_dir
     assert out.exit_code == 2 and "not empty" in out.output
 
 
+def test_plan_spend_starts_from_the_stored_pairs_and_pareto_shows_them(tmp_path, tiny_model_dir, text_file):
+    from evoprune.choice.plan import plan
+    from evoprune.objectives.spec import Budget
+
+    store = tmp_path / "s.db"
+    first = search(str(tiny_model_dir), str(text_file), str(store), _settings(evals=10, init=8, max_params=0.8))
+    result = plan(str(store), Budget(max_params=0.7), spend=6)
+    assert result.spent == 6
+    with Store(store) as st:
+        focused = st.get_run()
+        assert focused.id != first.run.id and focused.settings["max_params"] == 0.7
+        own = st.evaluations(focused.id)
+    # 10 stored pairs cover the space: the design is only the families at the new budget (no
+    # hypercube), and the rest of the spend goes to rounds that predict before they measure.
+    design = [e for e in own if e.origin == "design"]
+    assert len(own) == 6 and len(design) <= 4
+    assert all(e.predicted for e in own if e.origin == "acquired")
+    assert any(e.origin != "design" for e in own)
+    runner = CliRunner()
+    out = runner.invoke(app, ["pareto", "--store", str(store), "--json"])
+    assert out.exit_code == 0, out.output
+    shown = json.loads(out.stdout)
+    assert shown["run"] == focused.id
+    assert {p["run"] for p in shown["points"]} == {first.run.id, focused.id}
+    out = runner.invoke(app, ["pareto", "--store", str(store)], env={"COLUMNS": "200"})
+    assert f"run {first.run.id}: design" in out.output
+    # a pick the default (focused) run shares with the first run exports by its id
+    theirs = next(p for p in shown["points"] if p["run"] == first.run.id)
+    out = runner.invoke(app, ["export", "--store", str(store), "--pick", str(theirs["id"]),
+                              "--out", str(tmp_path / "export"), "--json"])  # fmt: skip
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.stdout)["evaluation"] == theirs["id"]
+    # warm start off: a run sees only its own pairs
+    alone = search(str(tiny_model_dir), str(text_file), str(store),
+                   _settings(evals=4, init=4, max_params=0.75, warm_start=False))  # fmt: skip
+    with Store(store) as st:
+        assert {e.run_id for e in st.shared_evaluations(alone.run)} == {alone.run.id}
+
+
 def test_synthetic_problem_front_bounds_every_search():
     from pymoo.algorithms.moo.nsga2 import NSGA2
     from pymoo.operators.crossover.sbx import SBX

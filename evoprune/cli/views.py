@@ -78,7 +78,7 @@ def _allocation_table(points: list[ParetoPoint], width: int, space: dict | None 
     return table
 
 
-def _pareto_table(points: list[ParetoPoint], title: str) -> Table:
+def _pareto_table(points: list[ParetoPoint], title: str, run_id: int | None = None) -> Table:
     """The front's figures, one row per member (its allocation is :func:`_allocation_table`)."""
     table = FoldingTable(title=title, title_justify="left")
     for col, justify in (
@@ -100,7 +100,7 @@ def _pareto_table(points: list[ParetoPoint], title: str) -> Table:
             _figure_text(fidelity["metrics"]),
             _tokens_text(fidelity["tokens"]),
             _figure_text(p.validation["metrics"]) if p.validation else "-",
-            "design" if p.origin == "design" else f"round {p.round}",
+            p.found(run_id),
         )
     table.caption = (
         "ppl: on the highest rung of the fidelity ladder each configuration reached (tokens), ± standard error; "
@@ -114,7 +114,7 @@ def _front_view(run, points: list[ParetoPoint], width: int) -> Group:
     """What ``pareto`` and ``search`` print: the front's figures, then every member's whole
     per-layer allocation, laid out for a terminal ``width`` columns wide."""
     title = f"Pareto front of run {run.id} ({run.model})"
-    return Group(_pareto_table(points, title), Text(""), _allocation_table(points, width, run.space))
+    return Group(_pareto_table(points, title, run.id), Text(""), _allocation_table(points, width, run.space))
 
 
 def _front_json(run, points: list[ParetoPoint]) -> dict:

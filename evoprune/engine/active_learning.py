@@ -38,7 +38,9 @@ from surrogates import make_surrogate
 
 
 def initial_design_phase(ctx: SearchContext, n: int, origin: str = "design") -> None:
-    design = feasible_design(ctx.space, n, ctx.settings.seed, ctx.feasible, ctx.costs, ctx.settings.budget)
+    space_filling = ctx.inherited_pairs() < n
+    s = ctx.settings
+    design = feasible_design(ctx.space, n, s.seed, ctx.feasible, ctx.costs, s.budget, space_filling=space_filling)
     ctx.evaluate_now(design, origin, 0)
 
 

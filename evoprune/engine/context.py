@@ -111,20 +111,17 @@ class SearchContext(FidelityLadder):
 
     def shared_evaluations(self) -> list[Evaluation]:
         """This run's evaluations plus, with warm start, those of earlier evoprune runs of the same problem."""
-        own = self.evaluations()
-        if not (self.settings.warm_start and self.settings.method == "evoprune"):
-            return own
-        seen = {e.config_key for e in own}
-        shared = list(own)
-        for other in self.store.runs():
-            same = other.settings.get("pair_key") == self.pair_key() and other.settings.get("method") == "evoprune"
-            if other.id == self.run.id or not same:
-                continue
-            for e in self.store.evaluations(other.id):
-                if e.status != "pending" and e.config_key not in seen:
-                    seen.add(e.config_key)
-                    shared.append(e)
-        return shared
+        return self.store.shared_evaluations(self.run)
+
+    def inherited_pairs(self) -> int:
+        """Successful pairs of other runs this run started from: those committed before its first
+        evaluation (all of them while it has none), so that a resumed run counts what it began with."""
+        first = min((e.id for e in self.evaluations()), default=None)
+        return sum(
+            1
+            for e in self.shared_evaluations()
+            if e.run_id != self.run.id and e.status == "ok" and (first is None or e.id < first)
+        )
 
     def budget_left(self) -> int:
         return self.settings.evals - len(self.evaluations())

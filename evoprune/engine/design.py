@@ -11,7 +11,10 @@ intensity that meets the budget (or at a few intensities without one):
 - MLP-only and attention-only uniform pruning;
 
 and fills the rest with a Latin hypercube whose rows are scaled to a spread of pruning
-intensities, keeping the feasible rows closest to the budget and far from each other.
+intensities, keeping the feasible rows closest to the budget and far from each other. A
+warm-started search that begins with at least as many pairs of earlier runs as the design's
+size (``plan --spend`` on a new budget, a second search of the same problem) skips the
+hypercube and spends the rest of its budget on acquisition.
 """
 
 from __future__ import annotations
@@ -102,8 +105,13 @@ def _maximin(candidates: np.ndarray, chosen: list[np.ndarray], n: int) -> list[n
     return picked
 
 
-def feasible_design(space: SearchSpace, n: int, seed: int, feasible: FeasibleFn, costs=None, budget=None) -> list:
-    """``n`` feasible configurations: dense, structured families at the budget, then a hypercube."""
+def feasible_design(
+    space: SearchSpace, n: int, seed: int, feasible: FeasibleFn, costs=None, budget=None, space_filling: bool = True
+) -> list:
+    """At most ``n`` feasible configurations: dense, structured families at the budget, then (with
+    ``space_filling``) a hypercube. A search that starts from enough pairs of earlier runs leaves
+    the hypercube out: those pairs already cover the space, and the families at its own budget
+    are what they cannot know."""
     has_budget = budget is not None and any(
         v is not None for v in (budget.max_params, budget.max_memory, budget.max_latency_ms)
     )
@@ -132,7 +140,7 @@ def feasible_design(space: SearchSpace, n: int, seed: int, feasible: FeasibleFn,
                 add(top_up(space, usable[0], configs[first - 1], feasible) if first > 0 else usable[0])
             else:
                 add(usable[min(len(usable) - 1, (pick + 1) * len(usable) // 4)])
-    remaining = n - len(design)
+    remaining = n - len(design) if space_filling else 0
     if remaining > 0:
         pool = intensity_sample(space, 40 * n, seed, low=0.02, high=0.6)
         pool = pool[feasible(pool)]

@@ -26,7 +26,8 @@ from evoprune.store import Evaluation, Run, Store
 class ParetoPoint:
     """A front member. ``metrics``: its first-rung measurement; ``fidelity``: the highest rung it
     reached (``{"tokens", "metrics"}``, metrics with standard errors); ``validation``: its
-    measurement on the validation split (``{"tokens", "metrics"}``) or None."""
+    measurement on the validation split (``{"tokens", "metrics"}``) or None; ``run``: the run that
+    measured it (another run of the same problem for a warm-started run's shared pairs)."""
 
     id: int
     params: int
@@ -37,10 +38,21 @@ class ParetoPoint:
     round: int
     fidelity: dict | None = None
     validation: dict | None = None
+    run: int | None = None
+
+    def found(self, run_id: int | None = None) -> str:
+        """How it was found, e.g. ``design``, ``round 3``, ``local, round 4``; prefixed by ``run K:``
+        when another run than ``run_id`` measured it."""
+        how = f"round {self.round}" if self.origin == "acquired" else self.origin
+        if self.origin not in ("design", "acquired", "baseline"):
+            how += f", round {self.round}"
+        elsewhere = self.run is not None and run_id is not None and self.run != run_id
+        return f"run {self.run}: {how}" if elsewhere else how
 
     def to_dict(self) -> dict:
         return {
             "id": self.id,
+            "run": self.run,
             "params": self.params,
             "params_fraction": self.params_fraction,
             "metrics": self.metrics,
@@ -147,8 +159,10 @@ def front_of(evals: list[Evaluation], names=("ppl", "params"), by_fidelity: bool
 
 
 def pareto_front(store: Store, run: Run) -> list[ParetoPoint]:
-    """The run's front. Levels read as what they keep (``SearchSpace.canonical``): a sub-layer a
-    level left untouched shows level 0, in runs recorded before repeated widths were merged too."""
+    """The run's front, over its evaluations and, for a warm-started run, the pairs it shares with
+    other runs of the same problem (``Store.shared_evaluations``). Levels read as what they keep
+    (``SearchSpace.canonical``): a sub-layer a level left untouched shows level 0, in runs
+    recorded before repeated widths were merged too."""
     space = SearchSpace.from_dict(run.space)
     return [
         ParetoPoint(
@@ -161,8 +175,9 @@ def pareto_front(store: Store, run: Run) -> list[ParetoPoint]:
             round=e.round,
             fidelity=fidelity_of(e, run),
             validation=e.validation,
+            run=e.run_id,
         )
-        for e in front_of(store.evaluations(run.id), run_objectives(run))
+        for e in front_of(store.shared_evaluations(run), run_objectives(run))
     ]
 
 
@@ -203,7 +218,8 @@ def knee_index(F: np.ndarray) -> int:
 
 
 def pick_evaluation(store: Store, run: Run, pick: str, max_params: float | None = None):
-    """Resolve ``pick`` (an evaluation id, ``knee`` or ``best``) to a successful evaluation of ``run``.
+    """Resolve ``pick`` (an evaluation id, ``knee`` or ``best``) to a successful evaluation of ``run``
+    or of the pairs it shares with other runs of the same problem (``Store.shared_evaluations``).
 
     ``best`` is the best quality (the run's first quality objective, at the highest fidelity each
     reached) among the evaluated configurations that keep at most ``max_params`` (a kept fraction
@@ -217,7 +233,7 @@ def pick_evaluation(store: Store, run: Run, pick: str, max_params: float | None 
 
     names = run_objectives(run)
     metric = next(n for n in names if is_quality(n))
-    evals = store.evaluations(run.id)
+    evals = store.shared_evaluations(run)
     front = front_of(evals, names)
     if not front:
         raise EvopruneError(f"run {run.id} has no successful evaluation yet: run 'evoprune search' first")

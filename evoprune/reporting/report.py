@@ -178,7 +178,7 @@ def write_report(store: Store, out_dir: str | Path, run_id: int | None = None) -
                    (p.fidelity or {}).get("tokens") or "-",
                    _figure(p.validation["metrics"], "ppl") if p.validation else "-",
                    _figure(p.metrics, "kl", ".4f"),
-                   p.origin if p.origin != "acquired" else f"round {p.round}"] for p in points]  # fmt: skip
+                   p.found(run.id)] for p in points]  # fmt: skip
     L = run.space["arch"]["num_layers"]
 
     def variable(k) -> str:

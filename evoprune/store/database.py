@@ -250,6 +250,32 @@ class Store(StoreLogs):
             return evals
         return [replace(e, ladder=ladder.get(e.id, {}), validation=validation.get(e.id)) for e in evals]
 
+    def shared_evaluations(self, run: Run) -> list[Evaluation]:
+        """``run``'s evaluations, then, for a warm-started evoprune run, the finished ones of every
+        other evoprune run of the same problem (same ``pair_key``) whose configuration it lacks.
+
+        These are the pairs its search learns from, so its front and picks choose among them too:
+        a run that ``plan --spend`` focused on a new budget knows what the first search measured.
+        Runs of other methods (the baselines of ``compare``) and runs with warm start off see
+        only their own.
+        """
+        own = self.evaluations(run.id)
+        s = run.settings
+        key = s.get("pair_key")
+        if not key or s.get("method", "evoprune") != "evoprune" or not s.get("warm_start", True):
+            return own
+        seen = {e.config_key for e in own}
+        shared = list(own)
+        for other in self.runs():
+            o = other.settings
+            if other.id == run.id or o.get("pair_key") != key or o.get("method", "evoprune") != "evoprune":
+                continue
+            for e in self.evaluations(other.id):
+                if e.status != "pending" and e.config_key not in seen:
+                    seen.add(e.config_key)
+                    shared.append(e)
+        return shared
+
     def evaluation(self, eval_id: int) -> Evaluation:
         row = self._conn.execute("SELECT * FROM evaluations WHERE id=?", (eval_id,)).fetchone()
         if row is None:
