@@ -53,7 +53,7 @@ def cache(tmp_path, monkeypatch, tiny_tokenizer, text_file) -> Path:
     return root
 
 
-def test_list_says_what_each_entry_holds_and_looking_does_not_count_as_use(cache):
+def test_list_says_what_each_entry_holds_and_looking_does_not_count_as_use(cache, text_file):
     listed = json.loads(_cli("list", "--json").stdout)
     assert listed["root"] == str(cache)
     by_kind = {}
@@ -61,9 +61,10 @@ def test_list_says_what_each_entry_holds_and_looking_does_not_count_as_use(cache
         by_kind.setdefault(e["kind"], []).append(e)
     assert [e["name"] for e in by_kind["models"]] == ["tiny-llama"]
     abouts = sorted(e["about"] for e in by_kind["importance"])
+    text = f"{text_file.parent.name}/calib.txt"  # its folder too: two texts named valid.txt differ
     assert abouts == [
-        "calibration covariances of tiny-llama, 256 tokens of calib.txt",
-        "wanda-sp scores of tiny-llama, 256 tokens of calib.txt",
+        f"calibration covariances of tiny-llama, 256 tokens of {text}",
+        f"wanda-sp scores of tiny-llama, 256 tokens of {text}",
     ]
     assert listed["total_bytes"] == sum(e["size"] for e in listed["entries"])
     assert by_kind["models"][0]["size"] == sum(f.stat().st_size for f in (cache / "models").rglob("*") if f.is_file())

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -100,6 +101,7 @@ def test_evaluate_refuses_a_directory_as_out_before_scoring(tmp_path, tiny_model
         (["paretoo"], ["No such command 'paretoo'", "Did you mean 'pareto'"]),
         (["pareto", "--store", "x.db", "--jsn"], ["No such option: --jsn", "--json"]),
         (["export", "--store", "x.db"], ["Missing option '--out'"]),
+        (["cache", "clear", "--older-than"], ["requires an argument", "see 'evoprune cache clear --help'"]),
     ],
 )
 def test_click_usage_errors_are_one_line_and_exit_2(args, fragments):
@@ -139,6 +141,18 @@ def test_progress_is_plain_lines_when_stderr_is_not_a_terminal(searched_store):
     ]
     assert f"#{second.id}: {100 * second.params_fraction:.1f}% params, ppl {second.metrics['ppl']:.2f}" in lines[-1]
     assert render(5.0) == []  # a command refused in its first seconds prints its error line alone
+
+
+def test_a_long_first_phase_is_shown_when_plain_lines_begin():
+    buffer = io.StringIO()
+    progress = _SearchProgress(Console(file=buffer, width=200))
+    progress.PLAIN_AFTER_S = 0.2
+    with progress:
+        progress("phase", name="loading model")  # before plain lines begin, then no event for a while
+        time.sleep(1.0)
+        assert [line[6:] for line in buffer.getvalue().splitlines()] == ["loading model"]
+        progress("phase", name="scoring")
+    assert [line[6:] for line in buffer.getvalue().splitlines()] == ["loading model", "scoring"]
 
 
 def test_a_refused_recover_leaves_nothing_beside_out(tmp_path, searched_store):

@@ -301,3 +301,13 @@ def test_an_unusable_device_or_dtype_is_one_line_before_loading(tmp_path, tiny_m
     assert result.exit_code == 2
     assert message in result.output and len(result.output.strip().splitlines()) == 1
     assert not store.exists()
+
+
+def test_one_window_gives_standard_errors_from_its_tokens(tiny_tokenizer, text_file):
+    from evoprune.backend.evaluate import dense_reference, quality
+
+    dense, pruned = build_tiny_model("llama", seed=4), build_tiny_model("llama", seed=6)
+    window = token_windows(tiny_tokenizer, text_file.read_text(), 64, 64)[:1]  # one window
+    q = quality(pruned, window, dense_reference(dense, window, k=8))
+    # with one window the spread of its token losses is all there is: never a standard error of 0
+    assert q["nll_se"] > 0 and q["kl_se"] > 0 and q["kl_se"] < q["kl"]

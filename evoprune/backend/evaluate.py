@@ -61,7 +61,7 @@ def quality(
     Log-probabilities are read as ``logit - logsumexp`` at the few positions needed, so the full
     vocabulary-sized log-softmax is never materialised.
     """
-    per_window, per_token, per_window_kl = _window_means(model, windows, reference, batch_size)
+    per_window, per_token, per_window_kl, per_token_kl = _window_means(model, windows, reference, batch_size)
     mean_nll = float(per_window.mean())
     nll_se = _standard_error(per_window, per_token)
     ppl = math.exp(mean_nll) if mean_nll < 700 else math.inf
@@ -74,7 +74,7 @@ def quality(
     }
     if per_window_kl is not None:
         out["kl"] = float(per_window_kl.mean())
-        out["kl_se"] = _standard_error(per_window_kl, None)
+        out["kl_se"] = _standard_error(per_window_kl, per_token_kl)
     return out
 
 
@@ -87,9 +87,10 @@ def window_nll(model, windows: torch.Tensor, batch_size: int = 4) -> torch.Tenso
 
 def _window_means(
     model, windows: torch.Tensor, reference: DenseReference | None, batch_size: int
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """Per-window mean NLL (n,); per-token NLL when there is one window; per-window KL with a reference."""
-    nll_rows, kl_rows, token_nll = [], [], []
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """Per-window mean NLL (n,); per-token NLL when there is one window; with a reference,
+    per-window KL (n,) and, with one window, per-token KL."""
+    nll_rows, kl_rows, token_nll, token_kl = [], [], [], []
     with torch.inference_mode():
         for start, batch in _batches(windows, batch_size, model.device):
             logits = model(input_ids=batch).logits[:, :-1].float()
@@ -106,9 +107,13 @@ def _window_means(
                 kl = (p_log.exp() * (p_log - q_log)).sum(-1)
                 p_tail = _log1mexp(torch.logsumexp(p_log, -1))
                 q_tail = _log1mexp(torch.logsumexp(q_log, -1))
-                kl_rows.append((kl + p_tail.exp() * (p_tail - q_tail)).double().mean(dim=1))
+                kl = (kl + p_tail.exp() * (p_tail - q_tail)).double()
+                kl_rows.append(kl.mean(dim=1))
+                if len(windows) == 1:
+                    token_kl.append(kl.reshape(-1))
     per_token = torch.cat(token_nll) if token_nll else None
-    return torch.cat(nll_rows), per_token, torch.cat(kl_rows) if reference is not None else None
+    per_window_kl = torch.cat(kl_rows) if reference is not None else None
+    return torch.cat(nll_rows), per_token, per_window_kl, torch.cat(token_kl) if token_kl else None
 
 
 def _standard_error(per_window: torch.Tensor, per_token: torch.Tensor | None) -> float:

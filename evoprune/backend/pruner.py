@@ -141,10 +141,13 @@ class PruningBackend:
         return self.importance
 
     def _importance_about(self) -> str:
-        """``smollm2-135m, 16384 tokens of wiki.valid.raw``: what the cached scores were computed on."""
+        """``smollm2-135m, 16384 tokens of wikitext-2/valid.txt``: what the cached scores were computed
+        on (a text file by its folder and name: WikiText-2's and PTB's ``valid.txt`` differ)."""
         spec = (self.calib_text or self.text).spec
         model = self.loaded.source.spec
-        return f"{Path(model).name or model}, {self.settings.calib_tokens} tokens of {Path(spec).name or spec}"
+        text = Path(spec)
+        where = f"{text.parent.name}/{text.name}" if text.parent.name and text.name else spec
+        return f"{Path(model).name or model}, {self.settings.calib_tokens} tokens of {where}"
 
     def with_grid(self, settings: BackendSettings) -> PruningBackend:
         """This backend with another level grid (``head_unit``, ``attn_levels``, ``mlp_levels``,

@@ -58,6 +58,18 @@ def _click_exceptions():
     return sys.modules[typer.BadParameter.__module__]
 
 
+def _command_path(argv: list[str]) -> str:
+    """``evoprune cache clear`` for ``argv`` ``["cache", "clear", ...]``: the command the words name,
+    for errors click raises without a context (an option missing its value)."""
+    command, path = typer.main.get_command(app), ["evoprune"]
+    for word in argv:
+        sub = getattr(command, "commands", {}).get(word)
+        if sub is None:
+            break
+        command, path = sub, [*path, word]
+    return " ".join(path)
+
+
 def main() -> None:
     """The ``evoprune`` script: the app, with click's usage errors (an unknown option, a value of the
     wrong type, a missing one) as one ``error:`` line and exit code 2, like evoprune's own."""
@@ -75,7 +87,8 @@ def main() -> None:
     except errors.ClickException as exc:
         ctx = getattr(exc, "ctx", None)
         message = " ".join(exc.format_message().split())
-        typer.echo(f"error: {message} (see '{ctx.command_path if ctx else 'evoprune'} --help')", err=True)
+        path = ctx.command_path if ctx else _command_path(sys.argv[1:])
+        typer.echo(f"error: {message} (see '{path} --help')", err=True)
         sys.exit(exc.exit_code)
     except typer.Abort:  # Ctrl-C at a prompt
         sys.exit(130)

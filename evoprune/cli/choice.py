@@ -24,7 +24,7 @@ from evoprune.cli.common import (
 )
 from evoprune.cli.views import _front_json, _front_view
 from evoprune.engine.settings import SearchSettings
-from evoprune.errors import EvopruneError
+from evoprune.errors import EvopruneError, require_parent_dir
 from evoprune.objectives.pareto import first_rung_tokens, pareto_front, top_rung
 from evoprune.objectives.spec import params_fraction
 from evoprune.store import Store
@@ -51,11 +51,8 @@ def pareto_command(
                 "--max-params draws a budget line on --plot: add --plot FRONT.png, or choose under the budget with "
                 "'evoprune plan --max-params'"
             )
-        if plot is not None and not plot.parent.is_dir():
-            raise EvopruneError(
-                f"--plot '{plot}': '{plot.parent}' "
-                + ("is a file, not a directory" if plot.parent.exists() else "does not exist")
-            )
+        if plot is not None:
+            require_parent_dir(plot, "--plot")
         with Store.open_existing(store, readonly=True) as st:
             r = st.get_run(run)
             points = pareto_front(st, r)

@@ -5,6 +5,7 @@ stderr (``_SearchProgress``)."""
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 import typer
@@ -70,7 +71,9 @@ class _SearchProgress:
     """Renders engine events as a rich progress display on stderr; when stderr is not a terminal
     (a log file, CI), as plain lines instead: every phase, every finished evaluation or step, and
     status changes at most every ``PLAIN_EVERY_S`` seconds, each with the time since the start.
-    Plain lines begin ``PLAIN_AFTER_S`` seconds in: input refused up front stays one line."""
+    Plain lines begin ``PLAIN_AFTER_S`` seconds in: input refused up front stays one line. The
+    phase under way then is printed at once, since loading a model or scoring can last minutes
+    without another event."""
 
     PLAIN_EVERY_S = 10.0
     PLAIN_AFTER_S = 5.0
@@ -91,11 +94,15 @@ class _SearchProgress:
             transient=True,
         )
         self.task = None
+        self._lock = threading.Lock()  # the late-start timer prints from its own thread
+        self._timer: threading.Timer | None = None
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
+        if self._timer is not None:
+            self._timer.cancel()
         if self.task is not None and not self.plain:
             self.progress.stop()
 
@@ -106,9 +113,17 @@ class _SearchProgress:
             if not self.plain:
                 self.progress.start()
             self.task = self.progress.add_task("preparing", total=None, status="")
+            if self.plain:
+                self._timer = threading.Timer(self.PLAIN_AFTER_S + 0.1, self._update)
+                self._timer.daemon = True
+                self._timer.start()
 
     def _update(self, **fields) -> None:
         """``Progress.update`` of the one task; in plain mode also the line it calls for."""
+        with self._lock:
+            self._update_locked(fields)
+
+    def _update_locked(self, fields: dict) -> None:
         before = self.progress.tasks[0].completed
         self.progress.update(self.task, **fields)
         if not self.plain:

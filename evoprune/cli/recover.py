@@ -40,7 +40,9 @@ class _RecoveryProgress(_SearchProgress):
             return
         if event not in ("train", "step"):
             if event == "phase" and self.task is not None:
-                self._update(total=None, status="")
+                # A phase after training counts no steps; update() can set a total but not unset it.
+                self.progress.update(self.task, status="")
+                self.progress.tasks[0].total = None
             super().__call__(event, **info)
             return
         self._begin()

@@ -18,7 +18,7 @@ from evoprune.errors import EvopruneError
 from evoprune.execution.executors import BackendRecipe, make_executor
 from evoprune.objectives.spec import CostEvaluator, Objectives
 from evoprune.store import Evaluation, Run, Store
-from evoprune.store.lock import search_lock
+from evoprune.store.lock import check_search_lock, search_lock
 
 
 @dataclass
@@ -132,6 +132,7 @@ def search(
     store_dir = Path(store).expanduser().resolve().parent
     if not store_dir.is_dir():  # before the model loads: minutes of setup would be spent for nothing
         raise EvopruneError(f"--store '{store}': directory '{store_dir}' does not exist: create it first")
+    check_search_lock(store)
     if backend is None:
         backend = prepare_backend(model, data, settings, progress)
     else:

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from evoprune.errors import EvopruneError
+from evoprune.errors import EvopruneError, require_parent_dir
 from evoprune.pruned.target import Target, open_target
 from evoprune.tasks import harness
 from evoprune.tasks.evaluator import TaskResult, evaluate_model
@@ -159,11 +159,7 @@ def check_report_out(out: Path) -> None:
         )
     if out.exists() and not out.is_file():  # a device, a pipe: the write would replace it with a file
         raise EvopruneError(f"--out '{out}' is not a regular file: give a file name for the results")
-    if not out.parent.is_dir():
-        raise EvopruneError(
-            f"--out '{out}': '{out.parent}' "
-            + ("is a file, not a directory" if out.parent.exists() else "does not exist")
-        )
+    require_parent_dir(out, "--out")
 
 
 def write_report(report: EvaluateReport, out: Path) -> None:
