@@ -328,3 +328,12 @@ def test_a_store_refuses_a_model_whose_layers_differ_from_its_runs(tmp_path, tin
     assert "use another --store" in message
     with Store(store) as st:
         assert len(st.runs()) == 1 and len(st.evaluations(st.runs()[0].id)) == 3
+
+
+def test_without_a_progress_callback_the_library_logs(tmp_path, tiny_model_dir, text_file, caplog):
+    caplog.set_level("INFO", logger="evoprune")
+    result = search(str(tiny_model_dir), str(text_file), str(tmp_path / "s.db"), _settings(evals=2, init=2))
+    messages = [r.getMessage() for r in caplog.records if r.name == "evoprune"]
+    assert any(m.startswith("loading") for m in messages), messages
+    for e in result.evaluations:
+        assert f"evaluation {e.id}: {100 * e.params_fraction:.1f}% params, ppl {e.metrics['ppl']:.2f}" in messages

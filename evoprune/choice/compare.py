@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from evoprune.engine.run import prepare_backend, search
-from evoprune.engine.settings import ProgressFn, SearchSettings, _noop
+from evoprune.engine.settings import ProgressFn, SearchSettings, log_progress
 from evoprune.errors import EvopruneError
 from evoprune.objectives.pareto import best_of, fidelity_of, rung_offsets
 from evoprune.objectives.spec import Budget, CostEvaluator
@@ -81,7 +81,7 @@ def compare(
     store: str,
     settings: SearchSettings,
     methods=DEFAULT_METHODS,
-    progress: ProgressFn = _noop,
+    progress: ProgressFn = log_progress,
 ) -> list[CompareRow]:
     """Run every method with ``settings`` (same budget, seed and evaluator) and summarise each.
 

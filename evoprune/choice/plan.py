@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 
 from evoprune.engine.run import search
-from evoprune.engine.settings import ProgressFn, _noop
+from evoprune.engine.settings import ProgressFn, log_progress
 from evoprune.errors import EvopruneError
 from evoprune.objectives.pareto import best_of, first_rung_tokens, rung_offsets, top_rung
 from evoprune.objectives.spec import Budget, CostModel, parse_size
@@ -59,7 +59,7 @@ def plan(
     budget: Budget,
     spend: int = 0,
     run_id: int | None = None,
-    progress: ProgressFn = _noop,
+    progress: ProgressFn = log_progress,
     metric: str = "ppl",
 ) -> PlanResult:
     """Pick the lowest-``metric`` configuration meeting ``budget``; with ``spend`` > 0, first run

@@ -20,7 +20,7 @@ import numpy as np
 
 from evoprune.backend.pruner import COLLAPSED, Measurement, PruningBackend
 from evoprune.engine.ladder import FidelityLadder
-from evoprune.engine.settings import ProgressFn, SearchSettings, _noop
+from evoprune.engine.settings import ProgressFn, SearchSettings, log_progress
 from evoprune.errors import EvopruneError
 from evoprune.execution.executors import Executor, Job, LocalExecutor, WorkerFailure
 from evoprune.objectives.pareto import hypervolume_of
@@ -46,7 +46,7 @@ class SearchContext(FidelityLadder):
         backend: PruningBackend,
         store: Store,
         settings: SearchSettings,
-        progress: ProgressFn = _noop,
+        progress: ProgressFn = log_progress,
         executor: Executor | None = None,
     ):
         self.backend = backend

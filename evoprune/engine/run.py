@@ -13,7 +13,7 @@ from evoprune.backend.pruner import PruningBackend, load_backend
 from evoprune.engine.baselines.one_shot import method_settings
 from evoprune.engine.context import SearchContext
 from evoprune.engine.registry import STRATEGIES
-from evoprune.engine.settings import ProgressFn, SearchSettings, _noop
+from evoprune.engine.settings import ProgressFn, SearchSettings, log_progress
 from evoprune.errors import EvopruneError
 from evoprune.execution.executors import BackendRecipe, make_executor
 from evoprune.objectives.spec import CostEvaluator, Objectives
@@ -33,7 +33,7 @@ class SearchResult:
 
 # Kept for the public API: the active-learning search bound to one store.
 class ActiveLearningSearch:
-    def __init__(self, backend, store, settings, progress=_noop, executor=None):
+    def __init__(self, backend, store, settings, progress=log_progress, executor=None):
         self.context = SearchContext(backend, store, settings, progress, executor)
 
     def run(self) -> SearchResult:
@@ -83,7 +83,9 @@ def _stop_reason(ctx: SearchContext) -> str | None:
     return text
 
 
-def prepare_backend(model: str, data: str, settings: SearchSettings, progress: ProgressFn = _noop) -> PruningBackend:
+def prepare_backend(
+    model: str, data: str, settings: SearchSettings, progress: ProgressFn = log_progress
+) -> PruningBackend:
     """Validate the search settings, then load model and data and score importance.
 
     Task-accuracy objectives (``acc:TASK``) attach a task evaluator on a fixed subset of
@@ -111,7 +113,7 @@ def search(
     data: str,
     store: str,
     settings: SearchSettings,
-    progress: ProgressFn = _noop,
+    progress: ProgressFn = log_progress,
     executor: str = "local",
     executor_options: dict | None = None,
     backend: PruningBackend | None = None,

@@ -1,9 +1,11 @@
 """What decides a search: ``SearchSettings`` (validated before anything loads), the inner-search
-algorithms, and the progress callback type every long call takes.
+algorithms, the progress callback type every long call takes and its default (``log_progress``).
 """
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
@@ -121,5 +123,27 @@ class SearchSettings:
         return d
 
 
-def _noop(*_args, **_kwargs) -> None:
-    return None
+_log = logging.getLogger("evoprune")
+
+
+def log_progress(event: str, **info) -> None:
+    """The progress callback every long call takes when given none: its events as records of the
+    ``evoprune`` logger, shown once the caller configures logging (in a notebook,
+    ``logging.basicConfig(level=logging.INFO)``). INFO: phases, notes, finished evaluations,
+    training steps every tenth, why a method stopped; DEBUG: the rest."""
+    if event == "phase":
+        _log.info("%s", info.get("name", ""))
+    elif event == "note":
+        _log.info("note: %s", info.get("text", ""))
+    elif event == "stopped":
+        _log.info("stopped: %s", info.get("reason", ""))
+    elif event == "eval_done" and "evaluation" in info:
+        e = info["evaluation"]
+        if e.status == "ok":
+            _log.info("evaluation %d: %.1f%% params, ppl %.2f", e.id, 100 * e.params_fraction, e.metrics["ppl"])
+        else:
+            _log.info("evaluation %d failed: %s", e.id, e.error)
+    elif event == "step" and (info.get("step", 0) % 10 == 0 or info.get("step") == info.get("total")):
+        _log.info("step %s/%s: loss %.4f", info.get("step"), info.get("total"), info.get("running_loss", math.nan))
+    else:
+        _log.debug("%s %s", event, {k: v for k, v in info.items() if k != "evaluation"})

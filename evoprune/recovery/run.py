@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from evoprune.engine.settings import log_progress
 from evoprune.errors import EvopruneError
 from evoprune.recovery.inputs import (
     _check_out,
@@ -83,10 +84,6 @@ def amp_note(device: torch.device, amp: str | None) -> str | None:
     return f"this {device.type} device has no native {amp}: leave --amp out, or use --amp float16 on a GPU"
 
 
-def _noop(*_args, **_kwargs) -> None:
-    return None
-
-
 # -- the function ----------------------------------------------------------------------------
 def recover(
     export_dir: str | Path,
@@ -124,7 +121,7 @@ def recover(
     from evoprune.pruned.export import export_dtype, load_pruned, read_export_config, write_export
 
     settings = settings or RecoverySettings()
-    progress = progress or _noop
+    progress = progress or log_progress
     start_time = time.perf_counter()
     settings.validate()
     export_dir, out = Path(export_dir), Path(out)
