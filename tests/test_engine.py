@@ -190,6 +190,24 @@ def test_plan_spend_starts_from_the_stored_pairs_and_pareto_shows_them(tmp_path,
                               "--out", str(tmp_path / "export"), "--json"])  # fmt: skip
     assert out.exit_code == 0, out.output
     assert json.loads(out.stdout)["evaluation"] == theirs["id"]
+    # --spend counts this call's evaluations only: at the first run's own budget (a new focused
+    # run, since it searches from no floor) and again on the focused budget (which continues it)
+    again = plan(str(store), Budget(max_params=0.8), spend=3)
+    assert again.spent == 3
+    more = plan(str(store), Budget(max_params=0.7), spend=2)
+    with Store(store) as st:
+        assert more.spent == 2 and len(st.evaluations(focused.id)) == 8
+    # a latency budget prices every stored configuration by the latency table, not only those a
+    # latency-budgeted run recorded (none here)
+    with Store(store) as st:
+        ok = [e for e in st.shared_evaluations(st.get_run(first.run.id)) if e.status == "ok"]
+    fastest = plan(str(store), Budget(max_latency_ms=1e6), run_id=first.run.id)
+    assert fastest.candidates == len(ok) and fastest.cost["latency_ms"] > 0
+    for bad, fragment in ((Budget(max_latency_ms=0), "--max-latency-ms must be positive"),
+                          (Budget(max_memory="400"), "has no unit"),
+                          (Budget(max_memory="0MB"), "must be positive")):  # fmt: skip
+        with pytest.raises(EvopruneError, match=fragment):
+            plan(str(store), bad)
     # warm start off: a run sees only its own pairs
     alone = search(str(tiny_model_dir), str(text_file), str(store),
                    _settings(evals=4, init=4, max_params=0.75, warm_start=False))  # fmt: skip

@@ -143,6 +143,21 @@ def test_progress_is_plain_lines_when_stderr_is_not_a_terminal(searched_store):
     assert render(5.0) == []  # a command refused in its first seconds prints its error line alone
 
 
+def test_plain_lines_tell_local_moves_acquisition_and_the_ladder_apart():
+    buffer = io.StringIO()
+    progress = _SearchProgress(Console(file=buffer, width=200))
+    progress.PLAIN_AFTER_S = 0
+    with progress:
+        progress("start", total=12, done=8)
+        progress("batch", origin="local", round=2, size=1)
+        progress("batch", origin="acquired", round=2, size=1)
+        progress("phase", name="ladder: measuring 1 configuration(s) on more tokens")
+        progress("fidelity_done", eval_id=7, split="search", tokens=8192, ok=True, metrics={"ppl": 41.74}, error=None)
+    lines = [line[6:] for line in buffer.getvalue().splitlines()]
+    assert lines[1:3] == ["evaluating 1 (round 2: local moves) 8/12", "evaluating 1 (round 2: acquisition) 8/12"]
+    assert lines[-1].endswith("#7 on 8192 tokens: ppl 41.74"), lines
+
+
 def test_a_long_first_phase_is_shown_when_plain_lines_begin():
     buffer = io.StringIO()
     progress = _SearchProgress(Console(file=buffer, width=200))
@@ -244,3 +259,16 @@ def test_an_impossible_budget_is_refused_before_importance_is_scored(tiny_model_
             prepare_backend(str(tiny_model_dir), str(text_file), _settings(max_params=budget),
                             lambda event, **info: phases.append(info.get("name")))  # fmt: skip
         assert "loading model" in phases and not any("scoring" in (p or "") for p in phases), phases
+
+
+def test_third_newcomer_bad_input_gets_one_line_and_leaves_nothing(tmp_path, searched_store):
+    _one_line_error(evoprune_in_process("measure", "--model", "nonexist/"), "model path 'nonexist/' does not exist")
+    _one_line_error(evoprune_in_process("pareto", "--store", str(tmp_path)), "is a directory")
+    out = tmp_path / "report"
+    _one_line_error(evoprune_in_process("report", "--store", str(searched_store), "--out", str(out), "--run", "99"),
+                    "has no run 99")  # fmt: skip
+    assert not out.exists()
+    with Store.open_existing(searched_store, readonly=True) as st:
+        done = len(st.evaluations(st.get_run().id))
+    _one_line_error(evoprune_in_process("resume", "--store", str(searched_store), "--evals", "2"),
+                    f"already has {done} evaluations", f"--evals {done + 2}")  # fmt: skip

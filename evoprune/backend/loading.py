@@ -107,7 +107,8 @@ class ModelSource:
 
 
 def _looks_like_path(spec: str) -> bool:
-    return spec.startswith(("/", ".", "~")) or spec.endswith(".gguf") or "\\" in spec or spec.count("/") > 1
+    # A hub id is ORG/NAME: never a trailing slash, never more than one slash.
+    return spec.startswith(("/", ".", "~")) or spec.endswith((".gguf", "/")) or "\\" in spec or spec.count("/") > 1
 
 
 def resolve_model(spec: str) -> ModelSource:

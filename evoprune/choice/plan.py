@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 
+import numpy as np
+
 from evoprune.engine.run import search
 from evoprune.engine.settings import ProgressFn, log_progress
 from evoprune.errors import EvopruneError
@@ -41,19 +43,6 @@ class PlanResult:
         }
 
 
-def problem_evaluations(store: Store, run: Run) -> list[Evaluation]:
-    """Successful evaluations of every run that measured the same problem as ``run``."""
-    key = run.settings.get("pair_key")
-    out, seen = [], set()
-    for r in store.runs():
-        if r.id == run.id or (key and r.settings.get("pair_key") == key):
-            for e in store.evaluations(r.id):
-                if e.status == "ok" and e.config_key not in seen:
-                    seen.add(e.config_key)
-                    out.append(e)
-    return out
-
-
 def plan(
     store_path: str,
     budget: Budget,
@@ -68,6 +57,7 @@ def plan(
 
     if all(v is None for v in (budget.max_params, budget.max_memory, budget.max_latency_ms)):
         raise EvopruneError("plan needs a budget: pass --max-params, --max-memory or --max-latency-ms")
+    budget.check()
     with Store.open_existing(store_path, readonly=True) as st:
         run = st.get_run(run_id)
     spent = 0
@@ -82,21 +72,24 @@ def plan(
             warm_start=True,
             method="evoprune",
         )
+        # The focused run is found again by its settings: a second --spend on the same budget
+        # continues it, and the spend counts only its own evaluations.
+        key, identity = run.settings.get("pair_key"), focused.identity()
         with Store.open_existing(store_path, readonly=True) as st:
-            prior = 0
-            for r in st.runs():
-                if r.settings.get("pair_key") == run.settings.get("pair_key") and all(
-                    r.settings.get(k) == getattr(focused, k) for k in ("max_params", "max_memory", "max_latency_ms")
-                ):
-                    prior = max(prior, len(st.evaluations(r.id)))
+            same = [r for r in st.runs() if r.settings.get("pair_key") == key]
+            prior = max(
+                (len(st.evaluations(r.id)) for r in same if settings_from_run(r.settings).identity() == identity),
+                default=0,
+            )
         result = search(run.model, run.data, store_path, replace(focused, evals=prior + spend), progress)
         spent = result.new_evaluations
     space = SearchSpace.from_dict(run.space)
     cost_model = CostModel(space, dtype=run.settings["backend"].get("dtype", "float32"))  # the run's bytes per weight
     with Store.open_existing(store_path, readonly=True) as st:
-        evals = problem_evaluations(st, run)
+        evals = [e for e in st.shared_evaluations(run) if e.status == "ok"]
     limit_params = budget.params_fraction_limit(run.dense_params)
     limit_memory = parse_size(budget.max_memory) if budget.max_memory else None
+    latency = _latencies(run, space, evals) if budget.max_latency_ms is not None else {}
     under = []
     for e in evals:
         if metric not in e.metrics:
@@ -105,7 +98,7 @@ def plan(
             continue
         if limit_memory is not None and cost_model.cost(e.levels).memory_bytes > limit_memory:
             continue
-        if budget.max_latency_ms is not None and e.cost.get("latency_ms", float("inf")) > budget.max_latency_ms:
+        if budget.max_latency_ms is not None and latency[e.id] > budget.max_latency_ms:
             continue
         under.append(e)
     if not under:
@@ -118,7 +111,24 @@ def plan(
               for i, w in enumerate(widths)]  # fmt: skip
     c = cost_model.cost(best.levels)
     cost = {"params": c.params, "params_fraction": c.params_fraction, "flops_per_token": c.flops_per_token,
-            "memory_bytes": c.memory_bytes, **{k: v for k, v in best.cost.items() if k == "latency_ms"}}  # fmt: skip
+            "memory_bytes": c.memory_bytes,
+            **({"latency_ms": latency[best.id]} if best.id in latency
+               else {k: v for k, v in best.cost.items() if k == "latency_ms"})}  # fmt: skip
     with Store.open_existing(store_path, readonly=True) as st:
         recoveries = st.recoveries(eval_id=best.id)
     return PlanResult(run, best, layers, cost, len(under), spent, recoveries)
+
+
+def _latencies(run: Run, space: SearchSpace, evals: list[Evaluation]) -> dict[int, float]:
+    """Predicted forward latency (ms, the cached latency table of this machine) of each evaluation,
+    by id: a store records latency only for runs that searched under a latency budget, so every
+    configuration is priced by the same table here."""
+    from evoprune.backend.loading import load_config, resolve_model
+    from evoprune.objectives.spec import CostEvaluator
+
+    config = load_config(resolve_model(run.model))
+    costs = CostEvaluator(space, config, dtype=run.settings["backend"].get("dtype", "float32"))
+    if not evals:
+        return {}
+    X = np.array([e.levels for e in evals], dtype=int)
+    return {e.id: float(ms) for e, ms in zip(evals, costs.matrix(X, ["latency"])[:, 0], strict=True)}

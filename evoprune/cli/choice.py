@@ -73,7 +73,11 @@ def plan_command(
     store: Path = typer.Option(..., "--store", "-s", help="SQLite pair store written by 'evoprune search'."),
     max_params: float = typer.Option(None, "--max-params", help="Parameter budget (kept fraction or count)."),
     max_memory: str = typer.Option(None, "--max-memory", help="Memory budget (weights + KV cache), e.g. 2GB."),
-    max_latency_ms: float = typer.Option(None, "--max-latency-ms", help="Latency budget (ms per forward)."),
+    max_latency_ms: float = typer.Option(
+        None,
+        "--max-latency-ms",
+        help="Latency budget (ms): a forward pass of 256 tokens, batch 1, on this machine (its latency table).",
+    ),
     spend: int = typer.Option(0, "--spend", help="First spend this many more evaluations focused on the budget."),
     run: int | None = typer.Option(None, "--run", help="Run id (default: the latest run)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
@@ -102,7 +106,7 @@ def plan_command(
     out_console.print(
         f"evaluation #{e.id}: {e.params / 1e6:.2f}M parameters ({e.params_fraction:.1%} kept), "
         f"{measured} (predicted before evaluation: {predicted_ppl}), "
-        f"memory {result.cost['memory_bytes'] / 2**20:.0f} MiB at 2048 tokens of KV cache; "
+        f"memory {result.cost['memory_bytes'] / 1e6:.0f} MB at 2048 tokens of KV cache; "
         f"best of {result.candidates} evaluated configurations under the budget"
         + (f", {result.spent} evaluated now" if result.spent else "")
     )
@@ -135,7 +139,11 @@ def compare_command(
     methods: str = typer.Option(",".join(DEFAULT_METHODS), "--methods", help="Comma-separated methods to run."),
     max_params: float = typer.Option(None, "--max-params", help="Parameter budget (kept fraction or count)."),
     max_memory: str = typer.Option(None, "--max-memory", help="Memory budget, e.g. 2GB."),
-    max_latency_ms: float = typer.Option(None, "--max-latency-ms", help="Latency budget (ms per forward)."),
+    max_latency_ms: float = typer.Option(
+        None,
+        "--max-latency-ms",
+        help="Latency budget (ms): a forward pass of 256 tokens, batch 1, on this machine (its latency table).",
+    ),
     min_params: float = typer.Option(0.5, "--min-params", help="Smallest kept parameter fraction to search."),
     seed: int = typer.Option(0, "--seed", help="Random seed shared by every method."),
     baseline_skip_first: int = typer.Option(

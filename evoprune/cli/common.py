@@ -67,6 +67,14 @@ def _kl_text(metrics: dict) -> str:
     return f"{metrics['kl']:.4f}" + (f" ±{metrics['kl_se']:.4f}" if "kl_se" in metrics else "")
 
 
+def _batch_origin(origin: str, round_: int) -> str:
+    """``initial design``, ``round 3: local moves``, ``round 3: acquisition``: where a batch comes from."""
+    kinds = {"local": "local moves", "acquired": "acquisition", "explore": "exploring"}
+    if origin == "design":
+        return "initial design"
+    return f"round {round_}: {kinds[origin]}" if origin in kinds else origin
+
+
 class _SearchProgress:
     """Renders engine events as a rich progress display on stderr; when stderr is not a terminal
     (a log file, CI), as plain lines instead: every phase, every finished evaluation or step, and
@@ -151,8 +159,15 @@ class _SearchProgress:
         elif event == "start":
             self._update(description="evaluating", total=info["total"], completed=info["done"])
         elif event == "batch":
-            where = "initial design" if info["origin"] == "design" else f"round {info['round']}"
-            self._update(description=f"evaluating {info['size']} ({where})")
+            self._update(description=f"evaluating {info['size']} ({_batch_origin(info['origin'], info['round'])})")
+        elif event == "fidelity_done":  # a ladder rung or the validation split: not one of --evals
+            what = "validation" if info["split"] == "validation" else f"{info['tokens']} tokens"
+            if info["ok"]:
+                status = f"#{info['eval_id']} on {what}: ppl {info['metrics']['ppl']:.2f}"
+            else:
+                status = f"[red]#{info['eval_id']} on {what} failed: {info['error']}"
+            self._last_line = -self.PLAIN_EVERY_S  # a finished measurement is always worth a line
+            self._update(status=status)
         elif event == "eval_done":
             ev = info["evaluation"]
             if ev.status == "ok":

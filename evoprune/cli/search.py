@@ -66,7 +66,9 @@ def search_command(
     ),
     max_memory: str = typer.Option(None, "--max-memory", help="Memory budget (weights + KV cache), e.g. 2GB."),
     max_latency_ms: float = typer.Option(
-        None, "--max-latency-ms", help="Latency budget per forward pass, from the measured latency table."
+        None,
+        "--max-latency-ms",
+        help="Latency budget (ms): a forward pass of 256 tokens, batch 1, on this machine (its latency table).",
     ),
     min_params: float = typer.Option(0.5, "--min-params", help="Smallest kept parameter fraction to search."),
     init: int = typer.Option(8, "--init", help="Size of the initial design (dense, structured and space-filling)."),
@@ -219,8 +221,14 @@ def resume_command(
     try:
         with Store.open_existing(store, readonly=True) as st:
             r = st.get_run(run)
+            done = len(st.evaluations(r.id))
         settings = settings_from_run(r.settings)
         if evals is not None:
+            if evals < done:  # a total, not a count of more: 5 on a run of 10 would do nothing
+                raise EvopruneError(
+                    f"--evals is the new total and run {r.id} already has {done} evaluations: "
+                    f"pass more than {done} (e.g. --evals {done + evals} for {evals} more)"
+                )
             settings = replace(settings, evals=evals)
         _use_task_data(task_data)
         with _SearchProgress(err_console) as progress:

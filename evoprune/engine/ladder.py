@@ -42,6 +42,9 @@ class FidelityLadder:
             nonlocal spent
             self.store.finish_fidelity(job.eval_id, ok=m.ok, metrics=m.metrics, error=m.error, duration_s=m.duration_s)
             spent += m.duration_s
+            f = rows[job.eval_id]
+            self.progress("fidelity_done", eval_id=f.eval_id, split=f.split, tokens=f.tokens, ok=m.ok,
+                          metrics=m.metrics, error=m.error)  # fmt: skip
 
         def note_failure(job: Job | None, f: WorkerFailure) -> None:
             eval_id = rows[job.eval_id].eval_id if job is not None else None

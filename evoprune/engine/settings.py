@@ -15,7 +15,7 @@ from evoprune.backend.settings import BackendSettings
 from evoprune.engine.acquisition import ACQUISITIONS
 from evoprune.engine.registry import STRATEGIES
 from evoprune.errors import EvopruneError
-from evoprune.objectives.spec import Budget, Objectives, check_max_params
+from evoprune.objectives.spec import Budget, Objectives
 from surrogates import available_surrogates, make_surrogate, parse_surrogate_spec
 
 ProgressFn = Callable[..., None]
@@ -65,10 +65,7 @@ class SearchSettings:
                 raise EvopruneError(f"--{flag} must be at least 1, got {getattr(self, name)}")
         if not 0 <= self.min_params < 1:
             raise EvopruneError(f"--min-params must be in [0, 1), got {self.min_params}")
-        if self.max_params is not None:
-            check_max_params(self.max_params)
-        if self.max_latency_ms is not None and self.max_latency_ms <= 0:
-            raise EvopruneError(f"--max-latency-ms must be positive, got {self.max_latency_ms}")
+        self.budget.check()
         if self.screen_tokens < 0 or (self.screen_tokens and self.screen_tokens >= self.backend.eval_tokens):
             raise EvopruneError(
                 f"--screen-tokens must be 0 (off) or below --eval-tokens {self.backend.eval_tokens}, "
@@ -104,10 +101,6 @@ class SearchSettings:
         if self.algorithm not in ALGORITHMS:
             raise EvopruneError(f"algorithm {self.algorithm!r} is unknown: use one of {', '.join(ALGORITHMS)}")
         Objectives.parse(self.objectives)
-        if self.max_memory is not None:
-            from evoprune.objectives.spec import parse_size
-
-            parse_size(self.max_memory)
         self.backend.validate()
 
     def identity(self) -> dict:
@@ -143,6 +136,10 @@ def log_progress(event: str, **info) -> None:
             _log.info("evaluation %d: %.1f%% params, ppl %.2f", e.id, 100 * e.params_fraction, e.metrics["ppl"])
         else:
             _log.info("evaluation %d failed: %s", e.id, e.error)
+    elif event == "fidelity_done":
+        what = "validation" if info.get("split") == "validation" else f"{info.get('tokens')} tokens"
+        ppl = (info.get("metrics") or {}).get("ppl")
+        _log.info("evaluation %s on %s: %s", info.get("eval_id"), what, f"ppl {ppl:.2f}" if ppl else info.get("error"))
     elif event == "step" and (info.get("step", 0) % 10 == 0 or info.get("step") == info.get("total")):
         _log.info("step %s/%s: loss %.4f", info.get("step"), info.get("total"), info.get("running_loss", math.nan))
     else:

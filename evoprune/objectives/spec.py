@@ -75,18 +75,27 @@ class Objectives:
         return tuple(n for n in self.names if n in COSTS)
 
 
-_SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
+_SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9, "t": 1e12, "tb": 1e12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}  # fmt: skip
 
 
+_SMALLEST_BARE_SIZE = 10**6  # a bare number below a megabyte is a size missing its unit (400 for 400MB)
+
+
 def parse_size(text: str) -> int:
-    """'2GB' -> 2e9 bytes, '512MiB' -> 512 * 2**20; a bare number is bytes."""
+    """'2GB' -> 2e9 bytes, '512MiB' -> 512 * 2**20 (MB and GB are decimal, MiB and GiB binary);
+    a bare number is bytes ('1e9'), refused below a megabyte, where a unit was surely forgotten."""
     m = _SIZE.match(str(text))
     unit = (m.group(2) or "").lower() if m else None
     if not m or unit not in _UNITS:
         raise EvopruneError(f"memory budget {text!r} is not a size: write e.g. 2GB, 1.5GiB or 800MB")
-    return int(float(m.group(1)) * _UNITS[unit])
+    size = int(float(m.group(1)) * _UNITS[unit])
+    if unit == "" and size < _SMALLEST_BARE_SIZE:
+        raise EvopruneError(f"memory budget {text!r} has no unit and would mean {size} bytes: write e.g. {text}MB")
+    if size <= 0:
+        raise EvopruneError(f"memory budget {text!r} must be positive: write e.g. 800MB")
+    return size
 
 
 _SMALLEST_COUNT = 1000  # a parameter count below this is a typo for a fraction (1.5, 70), not a model
@@ -127,6 +136,16 @@ class Budget:
     max_memory: str | None = None
     max_latency_ms: float | None = None
     min_params: float = 0.0
+
+    def check(self) -> None:
+        """Refuse a bound that cannot be meant (EvopruneError naming the fix): ``max_params`` as
+        :func:`check_max_params`, a memory size without a unit or not positive, a latency not positive."""
+        if self.max_params is not None:
+            check_max_params(self.max_params)
+        if self.max_memory is not None:
+            parse_size(self.max_memory)
+        if self.max_latency_ms is not None and not self.max_latency_ms > 0:
+            raise EvopruneError(f"--max-latency-ms must be positive, got {self.max_latency_ms:g}")
 
     def params_fraction_limit(self, dense_params: int) -> float | None:
         if self.max_params is None:

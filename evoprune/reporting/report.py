@@ -167,8 +167,8 @@ def _predictions_section(predictions: SearchPredictions | None, image: str, meth
 def write_report(store: Store, out_dir: str | Path, run_id: int | None = None) -> Path:
     """Write ``index.html`` (figures embedded) for run ``run_id`` (default: the latest) into ``out_dir``."""
     out = Path(out_dir)
+    run = store.get_run(run_id)  # before the folder is made: a wrong run id leaves nothing behind
     out.mkdir(parents=True, exist_ok=True)
-    run = store.get_run(run_id)
     rounds = store.rounds(run.id)
     predictions = search_predictions(store, run)
     images = {name: _img(render_png(fig), name) for name, fig in report_figures(store, run, predictions).items()}

@@ -98,6 +98,8 @@ class Store(StoreLogs):
     def open_existing(cls, path: str | Path, *, readonly: bool = False) -> Store:
         """Open a store that must already exist; ``readonly=True`` for commands that only read it."""
         p = Path(path)
+        if p.is_dir():
+            raise EvopruneError(f"store '{path}' is a directory: pass the store's file, e.g. '{p / 'runs.db'}'")
         if not p.is_file():
             raise EvopruneError(f"store '{path}' does not exist: run 'evoprune search --store {path} ...' first")
         return cls(p, readonly=readonly)
