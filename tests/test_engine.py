@@ -205,7 +205,8 @@ def test_plan_spend_starts_from_the_stored_pairs_and_pareto_shows_them(tmp_path,
     assert fastest.candidates == len(ok) and fastest.cost["latency_ms"] > 0
     for bad, fragment in ((Budget(max_latency_ms=0), "--max-latency-ms must be positive"),
                           (Budget(max_memory="400"), "has no unit"),
-                          (Budget(max_memory="0MB"), "must be positive")):  # fmt: skip
+                          (Budget(max_memory="0MB"), "must be positive"),
+                          (Budget(max_memory="0"), "must be positive")):  # fmt: skip
         with pytest.raises(EvopruneError, match=fragment):
             plan(str(store), bad)
     # warm start off: a run sees only its own pairs

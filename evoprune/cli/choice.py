@@ -106,7 +106,9 @@ def plan_command(
     out_console.print(
         f"evaluation #{e.id}: {e.params / 1e6:.2f}M parameters ({e.params_fraction:.1%} kept), "
         f"{measured} (predicted before evaluation: {predicted_ppl}), "
-        f"memory {result.cost['memory_bytes'] / 1e6:.0f} MB at 2048 tokens of KV cache; "
+        f"memory {result.cost['memory_bytes'] / 1e6:.0f} MB at 2048 tokens of KV cache"
+        + (f", latency {result.cost['latency_ms']:.0f} ms (predicted)" if "latency_ms" in result.cost else "")
+        + "; "
         f"best of {result.candidates} evaluated configurations under the budget"
         + (f", {result.spent} evaluated now" if result.spent else "")
     )

@@ -224,10 +224,10 @@ def resume_command(
             done = len(st.evaluations(r.id))
         settings = settings_from_run(r.settings)
         if evals is not None:
-            if evals < done:  # a total, not a count of more: 5 on a run of 10 would do nothing
+            if 0 < evals < done:  # a total, not a count of more: 5 on a run of 10 would do nothing
                 raise EvopruneError(
                     f"--evals is the new total and run {r.id} already has {done} evaluations: "
-                    f"pass more than {done} (e.g. --evals {done + evals} for {evals} more)"
+                    f"pass a larger total to continue it (e.g. --evals {done + evals} for {evals} more)"
                 )
             settings = replace(settings, evals=evals)
         _use_task_data(task_data)

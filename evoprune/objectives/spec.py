@@ -91,10 +91,10 @@ def parse_size(text: str) -> int:
     if not m or unit not in _UNITS:
         raise EvopruneError(f"memory budget {text!r} is not a size: write e.g. 2GB, 1.5GiB or 800MB")
     size = int(float(m.group(1)) * _UNITS[unit])
-    if unit == "" and size < _SMALLEST_BARE_SIZE:
-        raise EvopruneError(f"memory budget {text!r} has no unit and would mean {size} bytes: write e.g. {text}MB")
     if size <= 0:
         raise EvopruneError(f"memory budget {text!r} must be positive: write e.g. 800MB")
+    if unit == "" and size < _SMALLEST_BARE_SIZE:
+        raise EvopruneError(f"memory budget {text!r} has no unit and would mean {size} bytes: write e.g. {text}MB")
     return size
 
 

@@ -173,9 +173,9 @@ def write_report(store: Store, out_dir: str | Path, run_id: int | None = None) -
     predictions = search_predictions(store, run)
     images = {name: _img(render_png(fig), name) for name, fig in report_figures(store, run, predictions).items()}
     points = pareto_front(store, run)
-    front_rows = [[p.id, f"{p.params / 1e6:.2f}M", f"{p.params_fraction:.3f}", _figure(p.metrics, "ppl"),
+    front_rows = [[p.id, f"{p.params / 1e6:.2f}M", f"{p.params_fraction:.1%}",
                    _figure(p.fidelity["metrics"], "ppl") if p.fidelity else "-",
-                   (p.fidelity or {}).get("tokens") or "-",
+                   (p.fidelity or {}).get("tokens") or "-", _figure(p.metrics, "ppl"),
                    _figure(p.validation["metrics"], "ppl") if p.validation else "-",
                    _figure(p.metrics, "kl", ".4f"),
                    p.found(run.id)] for p in points]  # fmt: skip
@@ -198,9 +198,10 @@ def write_report(store: Store, out_dir: str | Path, run_id: int | None = None) -
         f"{len(store.evaluations(run.id))} evaluations.</p>",
         "<h2>Pareto front</h2>",
         images["front"],
-        "<p>ppl: first rung; chosen by: the highest rung of the fidelity ladder the configuration reached "
-        "(its tokens); validation: the disjoint validation split, never used to choose; ± one standard error.</p>",
-        _table(["id", "params", "kept", "ppl", "chosen by", "tokens", "validation", "KL", "found"], front_rows),
+        "<p>ppl: on the highest rung of the fidelity ladder the configuration reached (its tokens), the figure "
+        "choices use, as <code>evoprune pareto</code> shows it; first rung: its first measurement; validation: the "
+        "disjoint validation split, never used to choose; ± one standard error.</p>",
+        _table(["id", "params", "kept", "ppl", "tokens", "first rung", "validation", "KL", "found"], front_rows),
         "<h2>Per-layer levels on the front</h2>",
         images["levels"],
         _predictions_section(predictions, images.get("predictions", ""), method),
