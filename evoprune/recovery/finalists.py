@@ -94,12 +94,12 @@ class FinalistsResult:
 def finalists_of(store: str | Path, max_params: float, k: int, run: int | None = None):
     """``(run, evaluations)``: the ``k`` best successful configurations keeping at most
     ``max_params`` (a fraction, or a count above 1), best first by the highest fidelity each
-    reached, among the evaluations of ``run`` (default: the latest) and the pairs it shares with
-    other runs of the same problem (``Store.shared_evaluations``): the configurations
-    ``evoprune plan --max-params`` and ``export --pick best`` choose from, in their order.
+    reached, among the evaluations of ``run`` (default: the latest) and of every run of the same
+    problem: the configurations ``evoprune plan --max-params`` chooses from, in its order.
 
     Raises EvopruneError when ``k`` < 1 or no evaluated configuration fits the budget.
     """
+    from evoprune.choice.plan import problem_evaluations
     from evoprune.objectives.pareto import run_objectives, rung_offsets, selection_value
     from evoprune.objectives.spec import is_quality
     from evoprune.store import Store
@@ -109,7 +109,7 @@ def finalists_of(store: str | Path, max_params: float, k: int, run: int | None =
     check_max_params(max_params)
     with Store.open_existing(store, readonly=True) as st:
         r = st.get_run(run)
-        evals = [e for e in st.shared_evaluations(r) if e.status == "ok"]
+        evals = problem_evaluations(st, r)
     metric = next(n for n in run_objectives(r) if is_quality(n))
     limit = params_fraction(max_params, r.dense_params)
     ok = [e for e in evals if metric in e.metrics]
