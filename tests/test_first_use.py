@@ -108,6 +108,18 @@ def test_click_usage_errors_are_one_line_and_exit_2(args, fragments):
     _one_line_error(evoprune(*args), *fragments)
 
 
+@pytest.mark.parametrize(
+    "command", [[], ["pareto"], ["search"], ["cache"], ["cache", "clear"], ["surrogate", "report"]]
+)
+def test_help_shows_no_value_type_for_a_flag(command):
+    # typer 0.29 printed "--json <bool>", as if the flag took a value.
+    result = evoprune_in_process(*command, "--help")
+    assert result.returncode == 0 and "--help" in result.stdout
+    assert "<bool>" not in result.stdout
+    if command in (["pareto"], ["surrogate", "report"]):
+        assert "--json" in result.stdout and "<int>" in result.stdout  # options that take a value keep their type
+
+
 def test_a_misspelled_model_name_gets_a_suggestion_not_the_hub(tmp_path, text_file):
     result = evoprune_in_process(
         "search", "--model", "smolm2-135m", "--data", str(text_file), "--store", str(tmp_path / "s.db"), "--evals", "4"

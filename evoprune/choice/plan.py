@@ -43,22 +43,6 @@ class PlanResult:
         }
 
 
-def problem_evaluations(store: Store, run: Run) -> list[Evaluation]:
-    """Successful evaluations of every run that measured the same problem as ``run``, whatever its
-    method: a plan takes the best answer in the store, the baselines' of ``compare`` included. For
-    an evoprune run with warm start this is the pool its front and ``export --pick`` choose from
-    (``Store.shared_evaluations``); a baseline's or a ``--no-warm-start`` run's front is its own."""
-    key = run.settings.get("pair_key")
-    out, seen = [], set()
-    for r in store.runs():
-        if r.id == run.id or (key and r.settings.get("pair_key") == key):
-            for e in store.evaluations(r.id):
-                if e.status == "ok" and e.config_key not in seen:
-                    seen.add(e.config_key)
-                    out.append(e)
-    return out
-
-
 def plan(
     store_path: str,
     budget: Budget,
@@ -102,7 +86,9 @@ def plan(
     space = SearchSpace.from_dict(run.space)
     cost_model = CostModel(space, dtype=run.settings["backend"].get("dtype", "float32"))  # the run's bytes per weight
     with Store.open_existing(store_path, readonly=True) as st:
-        evals = problem_evaluations(st, run)
+        # Every run of the problem, whatever its method: a plan takes the best answer in the store,
+        # the baselines' of ``compare`` included.
+        evals = st.problem_evaluations(run, status="ok")
     limit_params = budget.params_fraction_limit(run.dense_params)
     limit_memory = parse_size(budget.max_memory) if budget.max_memory else None
     latency = _latencies(run, space, evals) if budget.max_latency_ms is not None else {}
@@ -142,9 +128,9 @@ def _latencies(run: Run, space: SearchSpace, evals: list[Evaluation]) -> dict[in
     from evoprune.backend.loading import load_config, resolve_model
     from evoprune.objectives.spec import CostEvaluator
 
-    config = load_config(resolve_model(run.model))
-    costs = CostEvaluator(space, config, dtype=run.settings["backend"].get("dtype", "float32"))
     if not evals:
         return {}
+    config = load_config(resolve_model(run.model))
+    costs = CostEvaluator(space, config, dtype=run.settings["backend"].get("dtype", "float32"))
     X = np.array([e.levels for e in evals], dtype=int)
     return {e.id: float(ms) for e, ms in zip(evals, costs.matrix(X, ["latency"])[:, 0], strict=True)}

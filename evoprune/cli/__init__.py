@@ -22,34 +22,58 @@ import typer
 
 from evoprune.cli import cache, choice, export, recover, report, search
 
+
+def _flags_without_a_type(params: list) -> list:
+    # typer 0.29 shows every flag (--json, --help) as taking a "<bool>"; a flag takes no value.
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class _Command(typer.core.TyperCommand):
+    def get_params(self, ctx) -> list:
+        return _flags_without_a_type(super().get_params(ctx))
+
+
+class _Group(typer.core.TyperGroup):
+    def get_params(self, ctx) -> list:
+        return _flags_without_a_type(super().get_params(ctx))
+
+
 app = typer.Typer(
     name="evoprune",
+    cls=_Group,
     help="Decide how much to prune in each layer of a causal LM, with a surrogate-assisted multi-objective search.",
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-app.command("search")(search.search_command)
-app.command("resume")(search.resume_command)
-app.command("pareto")(choice.pareto_command)
-app.command("export", help=export.EXPORT_HELP)(export.export_command)
-app.command("measure")(export.measure_command)
-app.command("compare")(choice.compare_command)
-app.command("plan")(choice.plan_command)
-app.command("report")(report.report_command)
-app.command("runs")(report.runs_command)
-app.command("evaluate")(export.evaluate_command)
-app.command("recover")(recover.recover_command)
+app.command("search", cls=_Command)(search.search_command)
+app.command("resume", cls=_Command)(search.resume_command)
+app.command("pareto", cls=_Command)(choice.pareto_command)
+app.command("export", cls=_Command, help=export.EXPORT_HELP)(export.export_command)
+app.command("measure", cls=_Command)(export.measure_command)
+app.command("compare", cls=_Command)(choice.compare_command)
+app.command("plan", cls=_Command)(choice.plan_command)
+app.command("report", cls=_Command)(report.report_command)
+app.command("runs", cls=_Command)(report.runs_command)
+app.command("evaluate", cls=_Command)(export.evaluate_command)
+app.command("recover", cls=_Command)(recover.recover_command)
 
-surrogate_app = typer.Typer(help="Judge the surrogate models on the real evaluations in a store.", no_args_is_help=True)
-surrogate_app.command("report", help=report.SURROGATE_REPORT_HELP)(report.surrogate_report_command)
+surrogate_app = typer.Typer(
+    cls=_Group, help="Judge the surrogate models on the real evaluations in a store.", no_args_is_help=True
+)
+surrogate_app.command("report", cls=_Command, help=report.SURROGATE_REPORT_HELP)(report.surrogate_report_command)
 app.add_typer(surrogate_app, name="surrogate")
 
 cache_app = typer.Typer(
-    help="See and clear the cache of converted models, importance scores and latency tables.", no_args_is_help=True
+    cls=_Group,
+    help="See and clear the cache of converted models, importance scores and latency tables.",
+    no_args_is_help=True,
 )
-cache_app.command("list")(cache.cache_list_command)
-cache_app.command("clear")(cache.cache_clear_command)
+cache_app.command("list", cls=_Command)(cache.cache_list_command)
+cache_app.command("clear", cls=_Command)(cache.cache_clear_command)
 app.add_typer(cache_app, name="cache")
 
 
@@ -77,7 +101,7 @@ def main() -> None:
     no_args_is_help = getattr(errors, "NoArgsIsHelpError", ())
     try:
         code = app(standalone_mode=False)
-    except BrokenPipeError:  # e.g. `evoprune pareto --json | head`
+    except BrokenPipeError:  # outside a command; inside one, typer (like click) exits 1 without a word
         sys.exit(0)
     except no_args_is_help as exc:  # `evoprune` or `evoprune cache` alone: the help, as typer shows it
         from typer import rich_utils

@@ -126,12 +126,13 @@ class _SearchProgress:
                 self._timer.daemon = True
                 self._timer.start()
 
-    def _update(self, **fields) -> None:
-        """``Progress.update`` of the one task; in plain mode also the line it calls for."""
+    def _update(self, force: bool = False, **fields) -> None:
+        """``Progress.update`` of the one task; in plain mode also the line it calls for (``force``:
+        a new status that is worth a line however soon after the last)."""
         with self._lock:
-            self._update_locked(fields)
+            self._update_locked(fields, force)
 
-    def _update_locked(self, fields: dict) -> None:
+    def _update_locked(self, fields: dict, force: bool = False) -> None:
         before = self.progress.tasks[0].completed
         self.progress.update(self.task, **fields)
         if not self.plain:
@@ -140,7 +141,7 @@ class _SearchProgress:
         if now - self._started < self.PLAIN_AFTER_S:
             return
         new_phase = task.description != self._last_description
-        due = "status" in fields and now - self._last_line >= self.PLAIN_EVERY_S
+        due = "status" in fields and (force or now - self._last_line >= self.PLAIN_EVERY_S)
         if not (new_phase or task.completed != before or due):
             return
         self._last_description, self._last_line = task.description, now
@@ -166,8 +167,7 @@ class _SearchProgress:
                 status = f"#{info['eval_id']} on {what}: ppl {info['metrics']['ppl']:.2f}"
             else:
                 status = f"[red]#{info['eval_id']} on {what} failed: {info['error']}"
-            self._last_line = -self.PLAIN_EVERY_S  # a finished measurement is always worth a line
-            self._update(status=status)
+            self._update(force=True, status=status)  # a finished measurement is always worth a line
         elif event == "eval_done":
             ev = info["evaluation"]
             if ev.status == "ok":

@@ -109,7 +109,12 @@ def surrogate_report_command(
         table.add_column(col, justify="left" if col == "surrogate" else "right")
     rows = [(s.name, s) for s in report.scores]
     if report.recorded:
-        rows.append((f"search's own ({report.recorded_surrogate}, {report.recorded['n']} acquired)", None))
+        # Short words: a long label here made an 80-column terminal fold the names mid-word.
+        rows.append((f"in search: {report.recorded_surrogate}", None))
+        table.caption += (
+            f"; 'in search': what the search's {report.recorded_surrogate} predicted for its "
+            f"{report.recorded['n']} acquired candidates before measuring them"
+        )
     for label, s in rows:
         if s is not None and s.error:
             table.add_row(label, f"[red]failed: {s.error}", *[""] * 7)

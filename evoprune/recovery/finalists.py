@@ -99,7 +99,6 @@ def finalists_of(store: str | Path, max_params: float, k: int, run: int | None =
 
     Raises EvopruneError when ``k`` < 1 or no evaluated configuration fits the budget.
     """
-    from evoprune.choice.plan import problem_evaluations
     from evoprune.objectives.pareto import run_objectives, rung_offsets, selection_value
     from evoprune.objectives.spec import is_quality
     from evoprune.store import Store
@@ -109,7 +108,7 @@ def finalists_of(store: str | Path, max_params: float, k: int, run: int | None =
     check_max_params(max_params)
     with Store.open_existing(store, readonly=True) as st:
         r = st.get_run(run)
-        evals = problem_evaluations(st, r)
+        evals = st.problem_evaluations(r, status="ok")
     metric = next(n for n in run_objectives(r) if is_quality(n))
     limit = params_fraction(max_params, r.dense_params)
     ok = [e for e in evals if metric in e.metrics]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -254,29 +254,44 @@ class Store(StoreLogs):
 
     def shared_evaluations(self, run: Run) -> list[Evaluation]:
         """``run``'s evaluations, then, for a warm-started evoprune run, the finished ones of every
-        other evoprune run of the same problem (same ``pair_key``) whose configuration it lacks.
+        other evoprune run of the same problem whose configuration it lacks.
 
         These are the pairs its search learns from, so its front and picks choose among them too:
         a run that ``plan --spend`` focused on a new budget knows what the first search measured.
         Runs of other methods (the baselines of ``compare``) and runs with warm start off see
         only their own.
         """
-        own = self.evaluations(run.id)
         s = run.settings
-        key = s.get("pair_key")
-        if not key or s.get("method", "evoprune") != "evoprune" or not s.get("warm_start", True):
-            return own
-        seen = {e.config_key for e in own}
-        shared = list(own)
+        if s.get("method", "evoprune") != "evoprune" or not s.get("warm_start", True):
+            return self.evaluations(run.id)
+        return self.problem_evaluations(run, methods={"evoprune"})
+
+    def problem_evaluations(
+        self, run: Run, methods: Collection[str] | None = None, status: str | None = None
+    ) -> list[Evaluation]:
+        """``run``'s evaluations, then the finished ones of every other run of the same problem (the
+        same ``pair_key``: model, data and evaluation settings), one per configuration.
+
+        ``methods`` keeps only other runs of those methods (``"evoprune"``, ``"uniform"``, ...);
+        ``status`` keeps only evaluations with that status, before configurations are matched.
+        A run without a ``pair_key`` (written before it existed) shares with none.
+        """
+        out = self.evaluations(run.id, status)
+        key = run.settings.get("pair_key")
+        if not key:
+            return out
+        seen = {e.config_key for e in out}
         for other in self.runs():
             o = other.settings
-            if other.id == run.id or o.get("pair_key") != key or o.get("method", "evoprune") != "evoprune":
+            if other.id == run.id or o.get("pair_key") != key:
                 continue
-            for e in self.evaluations(other.id):
+            if methods is not None and o.get("method", "evoprune") not in methods:
+                continue
+            for e in self.evaluations(other.id, status):
                 if e.status != "pending" and e.config_key not in seen:
                     seen.add(e.config_key)
-                    shared.append(e)
-        return shared
+                    out.append(e)
+        return out
 
     def evaluation(self, eval_id: int) -> Evaluation:
         row = self._conn.execute("SELECT * FROM evaluations WHERE id=?", (eval_id,)).fetchone()
