@@ -177,12 +177,12 @@ def report_table(report: SurrogateReport) -> list[str]:
     return lines
 
 
-def curve_table(rows: list[dict], key: str, sizes: list[int]) -> list[str]:
+def curve_table(rows: list[dict], key: str, sizes: list[int], lower_is_better: bool = False) -> list[str]:
     names = list(dict.fromkeys(r["name"] for r in rows))
     lines = ["| surrogate | " + " | ".join(f"{n} train" for n in sizes) + " |", "| --- |" + " ---: |" * len(sizes)]
     at = {(r["name"], r["train"]): r for r in rows}
-    last = sizes[-1]
-    for name in sorted(names, key=lambda n: -np.nan_to_num(at[(n, last)][key], nan=-2)):
+    last, sign = sizes[-1], (1 if lower_is_better else -1)
+    for name in sorted(names, key=lambda n: sign * np.nan_to_num(at[(n, last)][key], nan=-2 * sign)):
         lines.append(f"| {name} | " + " | ".join(_f(at[(name, n)][key]) for n in sizes) + " |")
     return lines
 
@@ -207,7 +207,7 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--criterion", default="wanda")
     parser.add_argument("--seed", type=int, default=0, help="seed of the design, the folds and the splits")
-    parser.add_argument("--sizes", default="20,40,60,80", help="training sizes of the learning curve")
+    parser.add_argument("--sizes", default="10,20,40,60,80", help="training sizes of the learning curve")
     parser.add_argument("--holdout", type=int, default=40, help="held-out pairs of the learning curve")
     parser.add_argument("--repeats", type=int, default=5, help="random splits per learning-curve point")
     parser.add_argument("--surrogates", default=None, help="comma-separated names (default: all registered)")
@@ -278,6 +278,13 @@ def main() -> None:
         "### Learning curve: τ over all held-out pairs",
         "",
         *curve_table(curve, "kendall_tau", sizes),
+        "",
+        "### Learning curve: RMSE over all held-out pairs (log perplexity)",
+        "",
+        "What a surrogate predicts away from its few training pairs: the held-out pairs include collapsed "
+        "configurations (perplexity in the thousands) that a small training set may not.",
+        "",
+        *curve_table(curve, "rmse", sizes, lower_is_better=True),
         "",
         f"### Off the shelf on raw levels + kept fraction, {sizes[-1]} training pairs",
         "",

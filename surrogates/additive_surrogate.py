@@ -10,7 +10,6 @@ from surrogates.registry import register_surrogate
 # How per-feature damage combines into the target: compounding (log1p: y = b + c(e^z - 1)),
 # additive (identity: y = b + z) or saturating (log: y = b + c log(1 + z)).
 LINKS = ("log1p", "identity", "log")
-_MAX_EXPONENT = 300.0  # exp(300) ~ 2e130: finite for any sane scale c, far beyond any perplexity
 
 
 @register_surrogate("additive")
@@ -36,6 +35,10 @@ class AdditiveDamageSurrogate(Surrogate):
       ``smoothness`` on the differences of adjacent columns' weights, plus a small ``ridge``.
 
     The indicator term lets removing a whole sub-layer cost more than its share suggests.
+    Outside the training data the model extrapolates linearly, never exponentially: past a
+    feature's largest value ``u**2`` continues along its tangent, and past the worst damage seen
+    (the largest ``z`` of the training targets) the link stops compounding. A few pairs of a
+    collapsed model would otherwise predict perplexities of 1e23 a little beyond them.
     The prediction is the fit on all pairs; the std is the spread of ``n_members`` refits on
     bootstrap resamples plus the root mean squared out-of-bag residual.
     """
@@ -68,7 +71,10 @@ class AdditiveDamageSurrogate(Surrogate):
     def _basis(self, X: np.ndarray) -> np.ndarray:
         u = self._oriented(X)
         top = (u >= self.u_top_ - 1e-9) & (self.u_top_ > 0)
-        return np.hstack([u, u**2, top.astype(float)])
+        # Past the training range (u > 1) the square goes on along its tangent: still monotone,
+        # with a continuous slope, but linear.
+        square = np.where(u <= 1.0, u**2, 2.0 * u - 1.0)
+        return np.hstack([u, square, top.astype(float)])
 
     def _forward(self, y: np.ndarray, b: float) -> np.ndarray:
         d = np.maximum(y - b, 0.0) / self.c
@@ -78,14 +84,16 @@ class AdditiveDamageSurrogate(Surrogate):
             return np.expm1(np.minimum(d, 50.0))
         return np.log1p(d)
 
-    def _inverse(self, z: np.ndarray, b: float) -> np.ndarray:
+    def _inverse(self, z: np.ndarray, b: float, z_top: float) -> np.ndarray:
         if self.link_ == "identity":
             return b + z
         if self.link_ == "log":
             return b + self.c * np.log1p(np.maximum(z, 0.0))
-        # Far outside the data the additive fit can ask for exp of hundreds; cap it at a finite,
-        # still-monotone figure instead of overflowing to inf (and warning) on extrapolation.
-        return b + self.c * np.expm1(np.minimum(z, _MAX_EXPONENT))
+        # Damage compounds only as far as the data shows it does: past the worst training target
+        # (z_top) the exponent grows as log1p, so the prediction grows linearly in z and stays
+        # strictly monotone and finite.
+        excess = np.maximum(z - z_top, 0.0)
+        return b + self.c * np.expm1(np.minimum(z, z_top) + np.log1p(excess))
 
     def _penalty(self, n_basis: int) -> np.ndarray:
         d = self.n_features_in_
@@ -103,7 +111,8 @@ class AdditiveDamageSurrogate(Surrogate):
         # A free intercept as the difference of two non-negative weights, left unpenalised.
         return np.hstack([B, np.ones((len(B), 1)), -np.ones((len(B), 1))])
 
-    def _solve(self, B: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
+    def _solve(self, B: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float, float]:
+        """Weights, offset ``b`` and the largest transformed target ``z_top`` of one fit."""
         from scipy.optimize import nnls
 
         b = float(y.min())
@@ -112,7 +121,7 @@ class AdditiveDamageSurrogate(Surrogate):
         penalty = np.hstack([self._penalty_, np.zeros((len(self._penalty_), A.shape[1] - B.shape[1]))])
         rhs = np.concatenate([t, np.zeros(len(penalty))])
         w, _ = nnls(np.vstack([A, penalty]), rhs, maxiter=50 * A.shape[1])
-        return w, b
+        return w, b, float(t.max())
 
     def _fit(self, X: np.ndarray, y: np.ndarray) -> None:
         if self.link not in LINKS + ("auto",):
@@ -145,7 +154,7 @@ class AdditiveDamageSurrogate(Surrogate):
         self.u_top_ = self._oriented(X).max(axis=0)
         B = self._basis(X)
         self._penalty_ = self._penalty(B.shape[1])
-        self.coef_, self.offset_ = self._solve(B, y)
+        self.coef_, self.offset_, self.z_top_ = self._solve(B, y)
 
         rng = np.random.default_rng(self.random_state)
         n = len(y)
@@ -153,21 +162,21 @@ class AdditiveDamageSurrogate(Surrogate):
         oob_sq, oob_count = np.zeros(n), np.zeros(n)
         for _ in range(self.n_members):
             idx = rng.integers(0, n, size=n)
-            w, b = self._solve(B[idx], y[idx])
-            self.members_.append((w, b))
+            w, b, z_top = self._solve(B[idx], y[idx])
+            self.members_.append((w, b, z_top))
             out = np.setdiff1d(np.arange(n), idx)
             if out.size:
-                oob_sq[out] += (y[out] - self._inverse(self._design(B[out]) @ w, b)) ** 2
+                oob_sq[out] += (y[out] - self._inverse(self._design(B[out]) @ w, b, z_top)) ** 2
                 oob_count[out] += 1
         seen = oob_count > 0
         noise = float(np.mean(oob_sq[seen] / oob_count[seen])) if seen.any() else float(np.var(y))
         self.noise_std_ = max(np.sqrt(noise), 1e-6 * max(1.0, float(np.abs(y).mean())))
 
     def _predict_mean(self, X: np.ndarray) -> np.ndarray:
-        return self._inverse(self._design(self._basis(X)) @ self.coef_, self.offset_)
+        return self._inverse(self._design(self._basis(X)) @ self.coef_, self.offset_, self.z_top_)
 
     def _predict(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         A = self._design(self._basis(X))
-        mean = self._inverse(A @ self.coef_, self.offset_)
-        members = np.stack([self._inverse(A @ w, b) for w, b in self.members_])
+        mean = self._inverse(A @ self.coef_, self.offset_, self.z_top_)
+        members = np.stack([self._inverse(A @ w, b, z_top) for w, b, z_top in self.members_])
         return mean, np.sqrt(members.var(axis=0) + self.noise_std_**2)

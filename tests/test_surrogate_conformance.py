@@ -239,3 +239,8 @@ def test_additive_extrapolation_stays_finite_and_silent():
         mean, std = model.predict(np.full((3, 4), 400.0), return_std=True)
     assert np.all(np.isfinite(mean)) and np.all(np.isfinite(std))
     assert np.all(mean > y.max())
+    # Past the data it grows linearly, not exponentially: on a few pairs of a collapsing model an
+    # exponential continuation predicted log perplexities of 1e23 (surrogate report's RMSE).
+    far = model.predict(np.array([[4.0] * 4, [8.0] * 4, [12.0] * 4]))
+    assert far[0] < far[1] < far[2]
+    assert far[2] - far[1] == pytest.approx(far[1] - far[0], rel=1e-6)
