@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from evoprune.engine.run import search
 from evoprune.engine.settings import SearchSettings
 from evoprune.errors import EvopruneError
 from evoprune.objectives.pareto import rung_offsets, selection_value
+from evoprune.objectives.spec import prediction_on_metric_scale
 from evoprune.store import Store
 from tests.conftest import build_tiny_model
 
@@ -140,7 +142,18 @@ def test_plan_pareto_plot_report_and_export_from_a_pick(tmp_path, tiny_model_dir
     assert chosen["measured"]["ppl"] == best.metrics["ppl"]
     out = runner.invoke(app, ["plan", "--store", str(store), "--max-params", "0.75", "--spend", "3", "--json"])
     assert out.exit_code == 0, out.output
-    assert json.loads(out.stdout)["evaluations_spent"] == 3
+    spent = json.loads(out.stdout)
+    assert spent["evaluations_spent"] == 3
+    # A prediction reads as a perplexity, beside the surrogate's log-perplexity (it was the log alone,
+    # under "ppl").
+    with Store(store) as st:
+        recorded = [e.predicted for r in st.runs() for e in st.evaluations(r.id) if e.predicted]
+    assert recorded
+    shown = prediction_on_metric_scale(recorded[0])
+    assert shown["log_ppl"] == recorded[0]["ppl"] and shown["log_ppl_std"] == recorded[0]["std"]
+    assert shown["ppl"] == pytest.approx(math.exp(recorded[0]["ppl"]))
+    if spent["predicted"]:
+        assert spent["predicted"]["ppl"] == pytest.approx(math.exp(spent["predicted"]["log_ppl"]))
     png = tmp_path / "front.png"
     out = runner.invoke(app, ["pareto", "--store", str(store), "--plot", str(png), "--max-params", "0.8"])
     assert out.exit_code == 0 and png.read_bytes()[:4] == b"\x89PNG"
@@ -197,6 +210,14 @@ def test_plan_spend_starts_from_the_stored_pairs_and_pareto_shows_them(tmp_path,
     more = plan(str(store), Budget(max_params=0.7), spend=2)
     with Store(store) as st:
         assert more.spent == 2 and len(st.evaluations(focused.id)) == 8
+    # the spend run climbs and validates among the pairs it shares, so what plan answers with was
+    # measured on the validation split, whichever run found it (it validated its own best before)
+    with Store(store) as st:
+        fractions = sorted({e.params_fraction for r in st.runs() for e in st.evaluations(r.id, "ok")})
+    unvalidated = next(f for f in fractions if plan(str(store), Budget(max_params=f)).evaluation.validation is None)
+    slight = plan(str(store), Budget(max_params=unvalidated), spend=1)
+    for answer in (result, again, more, slight):
+        assert answer.evaluation.validation is not None, answer.evaluation.id
     # a latency budget prices every stored configuration by the latency table, not only those a
     # latency-budgeted run recorded (none here)
     with Store(store) as st:

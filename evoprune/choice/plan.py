@@ -10,7 +10,7 @@ from evoprune.engine.run import search
 from evoprune.engine.settings import ProgressFn, log_progress
 from evoprune.errors import EvopruneError
 from evoprune.objectives.pareto import best_of, first_rung_tokens, rung_offsets, top_rung
-from evoprune.objectives.spec import Budget, CostModel, parse_size
+from evoprune.objectives.spec import Budget, CostModel, parse_size, prediction_on_metric_scale
 from evoprune.space import SearchSpace
 from evoprune.store import Evaluation, RecoveryRecord, Run, Store
 
@@ -34,7 +34,7 @@ class PlanResult:
             "measured": e.metrics,
             "fidelity": {"tokens": top_rung(e)[0] or first_rung_tokens(self.run), "metrics": top_rung(e)[1]},
             "validation": e.validation,
-            "predicted": e.predicted,
+            "predicted": prediction_on_metric_scale(e.predicted),
             "cost": self.cost,
             "layers": self.layers,
             "candidates_under_budget": self.candidates,

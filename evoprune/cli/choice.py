@@ -4,7 +4,6 @@ and ``compare`` (evoprune and the baselines at one budget)."""
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import typer
@@ -26,7 +25,7 @@ from evoprune.cli.views import _front_json, _front_view
 from evoprune.engine.settings import SearchSettings
 from evoprune.errors import EvopruneError, require_parent_dir
 from evoprune.objectives.pareto import first_rung_tokens, pareto_front, top_rung
-from evoprune.objectives.spec import params_fraction
+from evoprune.objectives.spec import params_fraction, prediction_on_metric_scale
 from evoprune.store import Store
 
 
@@ -97,8 +96,8 @@ def plan_command(
         typer.echo(json.dumps(result.to_dict(), indent=2))
         return
     e = result.evaluation
-    pred = e.predicted or {}
-    predicted_ppl = f"{math.exp(pred['ppl']):.2f}" if "ppl" in pred else "-"
+    pred = prediction_on_metric_scale(e.predicted) or {}
+    predicted_ppl = f"{pred['ppl']:.2f}" if "ppl" in pred else "-"
     tokens, top = top_rung(e)
     measured = f"measured ppl {_figure_text(top)} on {_tokens_text(tokens or first_rung_tokens(result.run))} tokens"
     if e.validation:

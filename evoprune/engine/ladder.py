@@ -29,11 +29,10 @@ class FidelityLadder:
         pending = self.store.fidelities(self.run.id, status="pending")
         if not pending:
             return 0.0
-        levels = {e.id: e.levels for e in self.evaluations()}
         rows = {f.id: f for f in pending}
-        jobs = [
-            Job(f.id, tuple(levels[f.eval_id]), f.tokens if f.split == "search" else None, f.split) for f in pending
-        ]
+        # A row may measure a shared evaluation of another run (see ``promote``).
+        levels = {f.eval_id: tuple(self.store.evaluation(f.eval_id).levels) for f in pending}
+        jobs = [Job(f.id, levels[f.eval_id], f.tokens if f.split == "search" else None, f.split) for f in pending]
         what = "validating" if all(f.split == "validation" for f in pending) else "ladder: measuring"
         self.progress("phase", name=f"{what} {len(jobs)} configuration(s) on more tokens")
         spent = 0.0
@@ -88,11 +87,13 @@ class FidelityLadder:
         rungs = self.ladder_rungs()
         if not rungs:
             return 0
+        # The pool is what the run's picks choose from: with warm start, the pairs it shares with
+        # other runs of the problem, so the configuration `plan` answers with is the one measured.
         metric = self.objectives.quality[0]
         limit = max(1, self.settings.batch // 2) if limit is None else limit
         added = 0
         for i, tokens in enumerate(rungs):
-            pool = self.ladder_pool(self.evaluations())
+            pool = self.ladder_pool(self.shared_evaluations())
             measured = []
             for e in pool:
                 m = e.metrics if i == 0 else e.ladder.get(rungs[i - 1])
@@ -116,11 +117,12 @@ class FidelityLadder:
 
     def validate_picks(self, round_: int) -> int:
         """Measure the picks on the validation split: under a budget the best configuration within
-        it, otherwise front members spread along it (at most a batch)."""
+        it, otherwise front members spread along it (at most a batch); among the pairs the run
+        shares, as its picks are (``Store.shared_evaluations``)."""
         from evoprune.objectives.pareto import best_of, front_of
 
         tokens = self.backend.settings.validation_token_count
-        ok = [e for e in self.evaluations() if e.status == "ok"]
+        ok = [e for e in self.shared_evaluations() if e.status == "ok"]
         if not tokens or not ok:
             return 0
         metric = self.objectives.quality[0]

@@ -47,6 +47,31 @@ def quality_from_value(name: str, value: float) -> float:
     return -value
 
 
+_LOG_SCALE = {"ppl": "log_ppl", "kl": "log_kl"}
+
+
+def prediction_on_metric_scale(predicted: dict | None) -> dict | None:
+    """A stored prediction (``{objective: value on the minimised scale, "std": its standard
+    deviation}``, as the search records it before evaluating) as users read it: each objective on
+    its metric's own scale, beside the surrogate's own figure and standard deviation, e.g.
+    ``{"ppl": 976.1, "log_ppl": 6.884, "log_ppl_std": 0.070}`` or ``{"acc:arc_easy": 0.41,
+    "acc:arc_easy_std": 0.02}``."""
+    if not predicted:
+        return predicted
+    std = predicted.get("std")
+    out = {}
+    for name, value in predicted.items():
+        if name == "std":
+            continue
+        out[name] = quality_from_value(name, float(value))
+        scale = _LOG_SCALE.get(name, name)
+        if scale != name:
+            out[scale] = float(value)
+        if std is not None:
+            out[f"{scale}_std"] = float(std)
+    return out
+
+
 @dataclass(frozen=True)
 class Objectives:
     names: tuple[str, ...]

@@ -243,7 +243,7 @@ class Store(StoreLogs):
         evals = [self._evaluation(r) for r in self._conn.execute(sql + " ORDER BY id", args)]
         ladder: dict[int, dict] = {}
         validation: dict[int, dict] = {}
-        for f in self.fidelities(run_id, status="ok"):
+        for f in self._finished_fidelities_of(run_id):
             if f.split == "search":
                 ladder.setdefault(f.eval_id, {})[f.tokens] = f.metrics
             else:
@@ -251,6 +251,19 @@ class Store(StoreLogs):
         if not ladder and not validation:
             return evals
         return [replace(e, ladder=ladder.get(e.id, {}), validation=validation.get(e.id)) for e in evals]
+
+    def _finished_fidelities_of(self, run_id: int) -> list[Fidelity]:
+        """The successful ladder and validation rows of ``run_id``'s evaluations, whichever run
+        measured them: a warm-started run climbs the pairs it shares, so another run's rows can
+        belong to this run's evaluations."""
+        if not self._conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='fidelities'").fetchone():
+            return []  # a store written before the ladder, opened read-only
+        rows = self._conn.execute(
+            "SELECT f.* FROM fidelities f JOIN evaluations e ON f.eval_id = e.id "
+            "WHERE e.run_id=? AND f.status='ok' ORDER BY f.id",
+            (run_id,),
+        )
+        return [Fidelity(**{**dict(r), "metrics": json.loads(r["metrics"]) if r["metrics"] else {}}) for r in rows]
 
     def shared_evaluations(self, run: Run) -> list[Evaluation]:
         """``run``'s evaluations, then, for a warm-started evoprune run, the finished ones of every
