@@ -189,6 +189,14 @@ def test_plan_spend_starts_from_the_stored_pairs_and_pareto_shows_them(tmp_path,
     assert len(own) == 6 and len(design) <= 4
     assert all(e.predicted for e in own if e.origin == "acquired")
     assert any(e.origin != "design" for e in own)
+    # the surrogate report of the focused run judges the surrogates on the pairs its search learned from
+    from evoprune.reporting.surrogate_report import surrogate_report
+
+    with Store(store) as st:
+        report = surrogate_report(st, focused.id, ["additive"], folds=3)
+        learned_from = [e for e in st.shared_evaluations(focused) if e.status == "ok"]
+    assert report.n_pairs == len(learned_from) > len(own)
+    assert report.recorded is None or report.recorded["n"] <= len(own)
     runner = CliRunner()
     out = runner.invoke(app, ["pareto", "--store", str(store), "--json"])
     assert out.exit_code == 0, out.output

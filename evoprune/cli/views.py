@@ -104,7 +104,9 @@ def _pareto_table(points: list[ParetoPoint], title: str, run_id: int | None = No
         )
     table.caption = (
         "ppl: on the highest rung of the fidelity ladder each configuration reached (tokens), ± standard error; "
-        "valid ppl: on the validation split, never used to choose"
+        "the front compares these on the first rung's scale (each less the run's mean gap between its rung and "
+        "the first, as the text of a larger rung is not equally hard), so a figure on more tokens can stand "
+        "beside a lower one on fewer; valid ppl: on the validation split, never used to choose"
     )
     table.caption_justify = "left"
     return table

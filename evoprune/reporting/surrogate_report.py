@@ -58,7 +58,10 @@ class RunPairs:
 
 
 def run_pairs(store: Store, run: Run) -> RunPairs:
-    ok = [e for e in store.evaluations(run.id, "ok") if np.isfinite(e.metrics.get("ppl", np.nan))]
+    """The pairs ``run``'s search learns from (``Store.shared_evaluations``: with warm start, those
+    of the other evoprune runs of its problem too) that measured a perplexity."""
+    shared = store.shared_evaluations(run)
+    ok = [e for e in shared if e.status == "ok" and np.isfinite(e.metrics.get("ppl", np.nan))]
     levels = np.array([e.levels for e in ok], dtype=int).reshape(len(ok), -1)
     log_ppl = np.log(np.array([e.metrics["ppl"] for e in ok], dtype=float))
     cost = np.array([e.params_fraction for e in ok], dtype=float)
@@ -167,9 +170,14 @@ def _predicted_log_ppl(predicted: dict | None) -> tuple[float, float] | None:
     return None
 
 
-def recorded_predictions(pairs: RunPairs) -> dict | None:
-    """Scores of the predictions the search stored with each candidate before evaluating it."""
-    rows = [(i, _predicted_log_ppl(e.predicted)) for i, e in enumerate(pairs.evaluations)]
+def recorded_predictions(pairs: RunPairs, run_id: int | None = None) -> dict | None:
+    """Scores of the predictions the search stored with each candidate before evaluating it; with
+    ``run_id``, that run's candidates only (a shared pair's prediction was another run's)."""
+    rows = [
+        (i, _predicted_log_ppl(e.predicted))
+        for i, e in enumerate(pairs.evaluations)
+        if run_id is None or e.run_id == run_id
+    ]
     rows = [(i, p) for i, p in rows if p is not None]
     if not rows:
         return None
@@ -210,7 +218,8 @@ def surrogate_report(
     n = len(pairs.log_ppl)
     if n < max(MIN_PAIRS, folds):
         raise EvopruneError(
-            f"run {run.id} has {n} successful evaluations, too few for {folds}-fold cross-validation "
+            f"run {run.id} has {n} successful pairs (its own and those it shares), too few for {folds}-fold "
+            "cross-validation "
             f"(need at least {max(MIN_PAIRS, folds)}): continue the search with a larger --evals or lower --folds"
         )
     if featurize is None:
@@ -228,7 +237,7 @@ def surrogate_report(
         seed=seed,
         features=featurize_label(featurize),
         scores=scores,
-        recorded=recorded_predictions(pairs),
+        recorded=recorded_predictions(pairs, run.id),
         recorded_surrogate=run.settings.get("surrogate"),
         search_predictions=own.to_dict() if (own := search_predictions(store, run, seed=seed)) else None,
         notes=notes,
