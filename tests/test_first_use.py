@@ -284,3 +284,12 @@ def test_third_newcomer_bad_input_gets_one_line_and_leaves_nothing(tmp_path, sea
         done = len(st.evaluations(st.get_run().id))
     _one_line_error(evoprune_in_process("resume", "--store", str(searched_store), "--evals", "2"),
                     f"already has {done} evaluations", f"--evals {done + 2}")  # fmt: skip
+
+
+def test_an_export_names_its_store_by_an_absolute_path(searched_store, tmp_path, monkeypatch):
+    # recover reads the store plan.json names; a relative path broke from another folder.
+    monkeypatch.chdir(searched_store.parent)
+    out = tmp_path / "x"
+    result = evoprune_in_process("export", "--store", searched_store.name, "--pick", "knee", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert json.loads((out / "plan.json").read_text())["store"] == str(searched_store.resolve())

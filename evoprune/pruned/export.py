@@ -172,7 +172,7 @@ def export_from_store(
     backend = backend_for_run(r, progress)
     if progress:
         progress("phase", name=f"writing {out}")
-    metadata = {"store": str(store), "run": r.id, "evaluation": chosen.id, "metrics": chosen.metrics}
+    metadata = {"store": str(Path(store).resolve()), "run": r.id, "evaluation": chosen.id, "metrics": chosen.metrics}
     result = export_pruned(backend, chosen.levels, out, force=force, metadata=metadata)
     return replace(
         result,
@@ -225,7 +225,7 @@ def export_config(
     # Where the configuration came from travels with it: a plan's origin, else the stored evaluation.
     metadata = {k: chosen.plan[k] for k in ("store", "run", "evaluation", "metrics") if k in (chosen.plan or {})}
     if ev is not None and not metadata:
-        metadata = {"store": str(store), "run": ev.run_id, "evaluation": ev.id, "metrics": ev.metrics}
+        metadata = {"store": str(Path(store).resolve()), "run": ev.run_id, "evaluation": ev.id, "metrics": ev.metrics}
     metadata["config"] = config
     if progress:
         progress("phase", name=f"writing {out}")

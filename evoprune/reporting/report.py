@@ -175,9 +175,8 @@ def write_report(store: Store, out_dir: str | Path, run_id: int | None = None) -
     points = pareto_front(store, run)
     front_rows = [[p.id, f"{p.params / 1e6:.2f}M", f"{p.params_fraction:.1%}",
                    _figure(p.fidelity["metrics"], "ppl") if p.fidelity else "-",
-                   (p.fidelity or {}).get("tokens") or "-", _figure(p.metrics, "ppl"),
+                   (p.fidelity or {}).get("tokens") or "-", _figure(p.metrics, "ppl"), _figure(p.metrics, "kl", ".4f"),
                    _figure(p.validation["metrics"], "ppl") if p.validation else "-",
-                   _figure(p.metrics, "kl", ".4f"),
                    p.found(run.id)] for p in points]  # fmt: skip
     L = run.space["arch"]["num_layers"]
 
@@ -199,9 +198,12 @@ def write_report(store: Store, out_dir: str | Path, run_id: int | None = None) -
         "<h2>Pareto front</h2>",
         images["front"],
         "<p>ppl: on the highest rung of the fidelity ladder the configuration reached (its tokens), the figure "
-        "choices use, as <code>evoprune pareto</code> shows it; first rung: its first measurement; validation: the "
-        "disjoint validation split, never used to choose; ± one standard error.</p>",
-        _table(["id", "params", "kept", "ppl", "tokens", "first rung", "validation", "KL", "found"], front_rows),
+        "choices use, as <code>evoprune pareto</code> shows it; first rung: its first measurement, and KL to the "
+        "dense model on the same tokens; validation: the disjoint validation split, never used to choose; ± one "
+        "standard error.</p>",
+        _table(
+            ["id", "params", "kept", "ppl", "tokens", "first rung", "first-rung KL", "validation", "found"], front_rows
+        ),  # fmt: skip
         "<h2>Per-layer levels on the front</h2>",
         images["levels"],
         _predictions_section(predictions, images.get("predictions", ""), method),
