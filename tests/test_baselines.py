@@ -167,6 +167,7 @@ def test_compare_runs_the_one_shot_baselines_once_each_on_budget(tmp_path, tiny8
         out = runner.invoke(app, ["pareto", "--store", str(store), "--run", str(r.run_id), "--json"])
         assert out.exit_code == 0, out.output
         assert [p["id"] for p in json.loads(out.stdout)["points"]] == [r.best_id]
+        assert r.to_dict()["run"] == json.loads(out.stdout)["run"] == r.run_id  # one name for a run id in JSON
     flap = rows[-1]
     chosen = plan(str(store), Budget(max_params=budget), run_id=flap.run_id)
     # plan pools the runs of one problem (same model, data and grid): the best of the three answers,

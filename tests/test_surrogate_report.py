@@ -142,7 +142,7 @@ def test_report_json_scores_every_surrogate_and_the_searchs_own_predictions(sear
                    "--surrogates", f"gbdt,forest,{PLUGIN}", env=plugin_env())  # fmt: skip
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
-    assert report["n_pairs"] == 16 and report["folds"] == 4
+    assert report["n_pairs"] == 16 and report["folds"] == 4 and report["run"] == 1
     assert report["features"].startswith("engine FeatureMap")
     assert [s["name"] for s in report["scores"]] == ["gbdt", "forest", PLUGIN]
     for s in report["scores"]:

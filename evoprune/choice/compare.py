@@ -34,7 +34,10 @@ class CompareRow:
     best_validation: dict | None = None  # {"tokens", "metrics"} on the validation split, when measured
 
     def to_dict(self) -> dict:
-        return self.__dict__.copy()
+        """The row as JSON: ``run`` is the run id, as in ``pareto``, ``plan`` and ``runs``."""
+        d = self.__dict__.copy()
+        d["run"] = d.pop("run_id")
+        return d
 
 
 def best_under_budget(evals: list[Evaluation], metric: str, budget: Budget, costs: CostEvaluator) -> Evaluation | None:

@@ -155,6 +155,7 @@ class SurrogateReport:
 
     def to_dict(self) -> dict:
         d = asdict(self)
+        d = {"run": d.pop("run_id"), **d}  # named as in the JSON of pareto, plan and runs
         # JSON has no NaN: a figure that does not exist is null.
         return nan_to_none(d)
 
