@@ -230,3 +230,48 @@ def test_cli_uniform_with_skips_then_resume_reopens_the_same_run(tmp_path, tiny8
     assert json.loads(again.stdout)["run"] == front["run"]
     with Store(store) as st:
         assert len(st.runs()) == 1 and len(st.evaluations(front["run"])) == 1
+
+
+def test_predictor_rank_ranks_after_its_training_share_and_spends_the_budget(tmp_path, tiny_model_dir, text_file):
+    """predictor-rank evaluates round(0.8 * evals) random configurations (those ``random`` evaluates
+    first, from the same seed and pool), fits its GBDT on them, and spends the rest of the budget on
+    the best-ranked candidates: its answer is not ``random``'s."""
+    settings = SearchSettings(evals=6, max_params=0.75, min_params=0.3, backend=BACKEND)
+    rows = compare(str(tiny_model_dir), str(text_file), str(tmp_path / "c.db"), settings, ("random", "predictor-rank"))
+    with Store(tmp_path / "c.db") as st:
+        rand, ranked = (st.evaluations(r.run_id) for r in rows)
+    assert len(rand) == len(ranked) == 6
+    assert [e.round for e in ranked] == [0] * 5 + [1]  # n_train = round(0.8 * 6) random, then one ranked
+    assert [e.levels for e in ranked[:5]] == [e.levels for e in rand[:5]]
+    assert ranked[5].levels not in [e.levels for e in rand]
+    assert all(e.status == "ok" and e.params_fraction <= 0.75 for e in ranked)
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_predictor_rank_resumed_after_a_kill_evaluates_what_an_uninterrupted_run_does(
+    tmp_path, tiny_model_dir, text_file
+):
+    settings = SearchSettings(evals=6, method="predictor-rank", max_params=0.75, min_params=0.3, backend=BACKEND)
+    whole = search(str(tiny_model_dir), str(text_file), str(tmp_path / "whole.db"), settings)
+    done = 0
+
+    def kill_after_two(event: str, **info) -> None:
+        nonlocal done
+        done += event == "eval_done"
+        if done == 2:
+            raise _Killed
+
+    store = str(tmp_path / "killed.db")
+    with pytest.raises(_Killed):
+        search(str(tiny_model_dir), str(text_file), store, settings, kill_after_two)
+    with Store(store) as st:
+        (run,) = st.runs()
+        assert [e.status for e in st.evaluations(run.id)] == ["ok"] * 2 + ["pending"] * 3
+    resumed = search(str(tiny_model_dir), str(text_file), store, settings)
+    assert resumed.run.id == run.id
+    assert [(e.levels, e.round, e.status) for e in resumed.evaluations] == [
+        (e.levels, e.round, e.status) for e in whole.evaluations
+    ]

@@ -238,10 +238,15 @@ class SearchContext(FidelityLadder):
             "--retry-failed"
         )
 
-    def evaluate_now(self, X, origin: str, round_: int, predicted: list[dict] | None = None) -> None:
-        """Enqueue new, feasible, not yet known configurations within the budget, then evaluate them."""
+    def evaluate_now(
+        self, X, origin: str, round_: int, predicted: list[dict] | None = None, limit: int | None = None
+    ) -> None:
+        """Enqueue new, feasible, not yet known configurations within the budget (and at most
+        ``limit`` of them), then evaluate them, with any left pending by a killed run."""
         known = self.known_keys()
         left = self.budget_left()  # counted here: reading the store per candidate is quadratic
+        if limit is not None:
+            left = min(left, limit)
         for i, x in enumerate(np.atleast_2d(X)):
             if left <= 0:
                 break

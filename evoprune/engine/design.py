@@ -29,12 +29,21 @@ from evoprune.space import SearchSpace
 FeasibleFn = Callable[[np.ndarray], np.ndarray]
 
 
-def intensity_sample(space: SearchSpace, n: int, seed: int, low: float = 0.03, high: float = 0.3) -> np.ndarray:
-    """``n`` configurations from a Latin hypercube, each row scaled to its own pruning intensity."""
+def intensity_sample(
+    space: SearchSpace, n: int, seed: int, low: float = 0.03, high: float = 0.3, maximin: bool = True
+) -> np.ndarray:
+    """``n`` configurations from a Latin hypercube, each row scaled to its own pruning intensity.
+
+    ``maximin`` keeps the most spread of pymoo's 50 hypercubes; it compares all pairs of rows, so a
+    pool of tens of thousands of candidates (``predictor-rank``'s) takes one plain hypercube instead.
+    """
     if n <= 0:
         return np.zeros((0, space.n_var), dtype=int)
     rng = np.random.default_rng(seed)
-    u = sampling_lhs(n, space.n_var, random_state=rng) if n > 1 else rng.random((1, space.n_var))
+    if n == 1:
+        u = rng.random((1, space.n_var))
+    else:
+        u = sampling_lhs(n, space.n_var, random_state=rng, **({} if maximin else {"criterion": None}))
     intensity = rng.permutation(np.linspace(low, high, n))
     upper = space.upper
     levels = np.floor(u * 2 * intensity[:, None] * (upper + 1))

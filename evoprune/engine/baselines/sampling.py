@@ -13,9 +13,9 @@ from evoprune.engine.registry import Strategy, register_strategy
 from evoprune.objectives.spec import quality_value
 
 
-def near_budget(ctx: SearchContext, n: int, seed: int, pool_size: int) -> np.ndarray:
+def near_budget(ctx: SearchContext, n: int, seed: int, pool_size: int, maximin: bool = True) -> np.ndarray:
     """Random feasible configurations, those that spend most of the budget first."""
-    pool = intensity_sample(ctx.space, pool_size, seed, low=0.02, high=0.6)
+    pool = intensity_sample(ctx.space, pool_size, seed, low=0.02, high=0.6, maximin=maximin)
     pool = pool[ctx.feasible(pool)]
     if not len(pool):
         return pool
@@ -38,7 +38,13 @@ class RandomBaseline(Strategy):
 
 @register_strategy
 class PredictorRank(Strategy):
-    """Ji, Cao, Liu (2023): train a GBDT on random pairs, rank many candidates, evaluate the top."""
+    """Ji, Cao, Liu (2023): evaluate ``train_share`` of the budget on random configurations, train a
+    GBDT on those pairs, rank ``candidates`` random configurations with it, and spend the rest of the
+    budget on the best-ranked ones not yet evaluated.
+
+    Resumable: the training pairs are the run's round-0 rows (pending ones included), so a killed run
+    tops them up to the same ``n_train`` configurations, fits the same tree and ranks the same pool.
+    """
 
     name = "predictor-rank"
     train_share = 0.8
@@ -49,16 +55,17 @@ class PredictorRank(Strategy):
 
         s = ctx.settings
         n_train = max(2, int(round(self.train_share * s.evals)))
-        ctx.evaluate_now(near_budget(ctx, 3 * n_train, s.seed, 60 * s.evals), "baseline", 0)
-        ok = [e for e in ctx.evaluations() if e.status == "ok"]
+        started = sum(1 for e in ctx.evaluations() if e.round == 0)
+        ctx.evaluate_now(near_budget(ctx, 3 * n_train, s.seed, 60 * s.evals), "baseline", 0, limit=n_train - started)
+        ok = [e for e in ctx.evaluations() if e.status == "ok" and e.round == 0]
         if len(ok) < 2 or ctx.budget_left() <= 0:
             return
         primary = ctx.objectives.quality[0]
         X = np.array([e.levels for e in ok])
         y = np.array([quality_value(primary, e.metrics) for e in ok])
         model = GradientBoostingRegressor(random_state=s.seed).fit(X, y)
-        pool = near_budget(ctx, self.candidates, s.seed + 1, self.candidates * 3)
+        pool = near_budget(ctx, self.candidates, s.seed + 1, self.candidates * 3, maximin=False)
         if not len(pool):
             return
         ranked = pool[np.argsort(model.predict(pool), kind="stable")]
-        ctx.evaluate_now(ranked[: 4 * ctx.budget_left()], "baseline", 1)
+        ctx.evaluate_now(ranked, "baseline", 1)  # stops once the budget is spent
