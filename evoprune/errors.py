@@ -1,5 +1,6 @@
 """Errors that mean "the user asked for something we cannot do", as opposed to bugs."""
 
+import os
 from pathlib import Path
 
 
@@ -11,11 +12,50 @@ class EvopruneError(Exception):
     """
 
 
+def _nearest_existing(path: Path) -> Path | None:
+    """``path`` or the nearest of its parents that exists (None only when even ``.`` is gone)."""
+    return next((p for p in (path, *path.parents) if p.exists()), None)
+
+
 def require_parent_dir(path: Path, option: str) -> None:
     """Raise EvopruneError unless the folder an output file ``path`` goes into is a directory;
     ``option`` names the flag in the message (e.g. ``--plot``)."""
     parent = path.parent
     if parent.is_dir():
         return
-    problem = "is a file, not a directory" if parent.exists() else "does not exist: create it first"
-    raise EvopruneError(f"{option} '{path}': '{parent}' {problem}")
+    found = _nearest_existing(parent)
+    if found is not None and not found.is_dir():  # the parent itself, or a folder above it, is a file
+        raise EvopruneError(f"{option} '{path}': '{found}' is a file, not a directory: pass another {option}")
+    raise EvopruneError(f"{option} '{path}': '{parent}' does not exist: create it first")
+
+
+def require_output_dir(path: Path, option: str) -> None:
+    """Raise EvopruneError unless the output directory ``path`` is a writable directory or can be
+    created (its nearest existing parent is a writable directory); checked before the work that
+    would fill it, so that bad input costs no model loading. ``option`` names the flag (``--out``).
+
+    What only trying can tell (a location that takes no new folders although it looks writable,
+    such as ``/proc``) fails in :func:`make_output_dir`.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise EvopruneError(f"{option} '{path}' is a file: pass a directory path")
+    found = _nearest_existing(path)
+    if found is None:
+        return  # the working directory is gone: make_output_dir says what fails
+    if not found.is_dir():
+        raise EvopruneError(f"{option} '{path}': '{found}' is a file, not a directory: pass another {option}")
+    if not os.access(found, os.W_OK | os.X_OK):
+        raise EvopruneError(f"{option} '{path}': '{found}' is not writable: pass another {option}")
+
+
+def make_output_dir(path: Path, option: str) -> None:
+    """Create the output directory ``path`` (and its parents) for ``option``; EvopruneError, not an
+    OSError, when it cannot be (see :func:`require_output_dir`, which this checks first)."""
+    path = Path(path)
+    require_output_dir(path, option)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise EvopruneError(f"{option} '{path}' cannot be created ({reason}): pass another {option}") from None

@@ -293,3 +293,105 @@ def test_an_export_names_its_store_by_an_absolute_path(searched_store, tmp_path,
     result = evoprune_in_process("export", "--store", searched_store.name, "--pick", "knee", "--out", str(out))
     assert result.returncode == 0, result.stderr
     assert json.loads((out / "plan.json").read_text())["store"] == str(searched_store.resolve())
+
+
+# -- fourth tester (2026-12): outputs that cannot be created, Ctrl-C before the store, models without tokenizers
+
+
+def test_an_out_that_cannot_be_created_is_refused_in_one_line_before_the_model_loads(
+    tmp_path, searched_store, monkeypatch
+):
+    import evoprune.pruned.export as export_module
+    from evoprune.pruned.export import export_from_store
+
+    export = tmp_path / "export"
+    export_from_store(searched_store, export, "knee")
+    blocker = tmp_path / "notadb.db"
+    blocker.write_text("a file, not a folder")
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model was loaded before --out was checked")
+
+    monkeypatch.setattr(export_module, "backend_for_run", never)
+    monkeypatch.setattr(export_module, "load_pruned", never)  # what recover loads the export with
+    store = str(searched_store)
+    for out in (blocker / "sub", blocker / "sub" / "deeper"):
+        for args in (
+            ["report", "--store", store, "--out", str(out)],
+            ["export", "--store", store, "--pick", "knee", "--out", str(out)],
+            ["recover", "--model", str(export), "--data", "builtin", "--out", str(out), "--steps", "1"],
+        ):
+            _one_line_error(evoprune_in_process(*args), f"--out '{out}'", f"'{blocker}' is a file, not a directory")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "notadb.db"]
+
+
+def test_an_out_where_no_folder_can_be_made_is_one_line_not_a_traceback(tmp_path, searched_store, monkeypatch):
+    import evoprune.errors
+    from evoprune.errors import make_output_dir, require_output_dir
+
+    # /proc takes no new folders, even from root (whom os.access calls it writable).
+    out = Path("/proc/evoprune-no-such/y")
+    result = evoprune_in_process("report", "--store", str(searched_store), "--out", str(out))
+    _one_line_error(result, f"--out '{out}'", "pass another --out")
+    with pytest.raises(EvopruneError, match=r"'/proc/evoprune-x/y' (cannot be created|.* is not writable)"):
+        make_output_dir(Path("/proc/evoprune-x/y"), "--out")  # the first as root, the second as anyone else
+    # A folder the user may not write to (root may write anywhere: the check is simulated).
+    monkeypatch.setattr(evoprune.errors.os, "access", lambda path, mode: False)
+    with pytest.raises(EvopruneError, match=f"--out '{tmp_path / 'a' / 'b'}': '{tmp_path}' is not writable"):
+        require_output_dir(tmp_path / "a" / "b", "--out")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_store_whose_folder_is_a_file_says_it_is_a_file(tmp_path, tiny_model_dir, text_file):
+    blocker = tmp_path / "notadb.db"
+    blocker.write_text("")
+    for store in (blocker / "x.db", blocker / "a" / "x.db"):
+        result = evoprune_in_process("search", "--model", str(tiny_model_dir), "--data", str(text_file),
+                                     "--store", str(store), "--evals", "3", *SEARCH_ARGS)  # fmt: skip
+        _one_line_error(result, f"--store '{store}'", f"'{blocker}' is a file, not a directory")
+        assert "does not exist" not in result.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["notadb.db"]
+
+
+def test_ctrl_c_says_whether_the_store_holds_anything(tmp_path, searched_store, monkeypatch):
+    import evoprune.cli.search as search_cli
+
+    def interrupted(*args, **kwargs):  # Ctrl-C while the model loads: before the store is created
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(search_cli, "search", interrupted)
+    store = tmp_path / "int2.db"
+    result = evoprune_in_process("search", "--model", "unused", "--store", str(store), "--evals", "40")
+    assert result.returncode == 130, result.stderr
+    assert result.stderr.strip() == (
+        f"error: interrupted before anything was stored: '{store}' was not created; "
+        "run the same command to start the search"
+    )
+    assert not store.exists()
+    result = evoprune_in_process("search", "--model", "unused", "--store", str(searched_store), "--evals", "40")
+    assert result.returncode == 130 and f"every finished evaluation is in '{searched_store}'" in result.stderr
+    result = evoprune_in_process("resume", "--store", str(searched_store), "--evals", "40")
+    assert result.returncode == 130 and "run 'evoprune resume' to continue" in result.stderr
+
+
+def test_pick_best_without_a_budget_points_to_max_params_and_knee(tmp_path, searched_store):
+    out = tmp_path / "best"
+    result = evoprune_in_process("export", "--store", str(searched_store), "--pick", "best", "--out", str(out))
+    _one_line_error(result, "--pick best needs a budget", "--max-params FRACTION", "--pick knee")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("family", ["qwen2", "llama"])  # an empty tokenizer; no tokenizer at all
+def test_a_model_folder_without_a_tokenizer_is_refused_in_one_line(family, tmp_path, tiny_model_dir):
+    from evoprune.pruned.measure import measure
+    from tests.conftest import build_tiny_model
+
+    folder = tmp_path / "weights-only"
+    build_tiny_model(family).save_pretrained(folder)
+    store = tmp_path / "s.db"
+    result = evoprune_in_process("search", "--model", str(folder), "--data", "builtin", "--store", str(store),
+                                 "--evals", "3", *SEARCH_ARGS)  # fmt: skip
+    _one_line_error(result, f"model '{folder}' has no usable tokenizer", "tokenizer.json / tokenizer_config.json")
+    assert not store.exists()
+    # Timing a forward pass needs no tokenizer.
+    assert measure(str(folder), seq_len=8, repeats=1)["params"] > 0

@@ -127,6 +127,13 @@ def test_read_commands_work_on_a_store_in_a_read_only_location(read_only_copy, t
     _one_line_error(resumed, "read-only", "copy the store")
 
 
+def test_an_out_in_a_read_only_location_is_refused_in_one_line(read_only_copy):
+    out = read_only_copy.parent / "report"
+    result = evoprune_in_process("report", "--store", str(read_only_copy), "--out", str(out))
+    _one_line_error(result, f"--out '{out}': '{read_only_copy.parent}' is not writable", "pass another --out")
+    assert not out.exists()
+
+
 # -- 5: two processes on one store -----------------------------------------------------------
 def test_two_processes_creating_the_same_run_get_the_same_row(tmp_path):
     fields = dict(model="m", model_fingerprint="f", data="d", data_fingerprint="g", dense_params=10,

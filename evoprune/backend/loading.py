@@ -214,17 +214,48 @@ def quiet_transformers() -> None:
     logging.disable_progress_bar()
 
 
-def load_model(source: ModelSource, dtype: torch.dtype = torch.float32) -> LoadedModel:
-    """Load model and tokenizer in eval mode, in float32 by default (CPU-friendly and exact)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_model(source: ModelSource, dtype: torch.dtype = torch.float32, tokenizer: bool = True) -> LoadedModel:
+    """Load model and tokenizer in eval mode, in float32 by default (CPU-friendly and exact).
+
+    The tokenizer is loaded first and must encode text to tokens (a folder with the config and
+    weights alone gets an empty one from transformers): EvopruneError before the weights load.
+    ``tokenizer=False`` loads the model alone (``LoadedModel.tokenizer`` is None).
+    """
+    from transformers import AutoModelForCausalLM
 
     quiet_transformers()
     path = str(fetch_zoo_model(source.spec)) if source.kind == "zoo" else source.path
     kwargs = source.from_pretrained_kwargs()
+    loaded_tokenizer = load_tokenizer(source, path) if tokenizer else None
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as exc:
         raise EvopruneError(f"could not load model '{source.spec}': {_first_line(exc)}") from None
     model.eval()
-    return LoadedModel(source, model, tokenizer, model_fingerprint(model))
+    return LoadedModel(source, model, loaded_tokenizer, model_fingerprint(model))
+
+
+# What a folder holds when it has a tokenizer (one of them is enough for some tokenizer classes).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model")
+
+
+def load_tokenizer(source: ModelSource, path: str):
+    """The model's tokenizer, checked to encode a short text to at least one token."""
+    from transformers import AutoTokenizer
+
+    def no_tokenizer(why: str) -> EvopruneError:
+        return EvopruneError(
+            f"model '{source.spec}' has no usable tokenizer ({why}): the model folder needs the tokenizer files "
+            "(tokenizer.json / tokenizer_config.json) of the model it came from; "
+            "write them there with tokenizer.save_pretrained(FOLDER)"
+        )
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, **source.from_pretrained_kwargs())
+    except (OSError, ValueError) as exc:
+        if source.kind in ("dir", "zoo") and not any((Path(path) / f).exists() for f in TOKENIZER_FILES):
+            raise no_tokenizer("no tokenizer files") from None
+        raise EvopruneError(f"could not load model '{source.spec}': {_first_line(exc)}") from None
+    if not tokenizer.encode("hello world", add_special_tokens=False):
+        raise no_tokenizer("'hello world' encodes to no tokens")
+    return tokenizer

@@ -195,7 +195,7 @@ def search_command(
     except EvopruneError as exc:
         _fail(str(exc))
     except KeyboardInterrupt:
-        _fail(f"interrupted: every finished evaluation is in '{store}'; run the same command to continue", 130)
+        _interrupted(store, "run the same command to continue")
     _print_search_result(result, store, as_json)
 
 
@@ -236,8 +236,17 @@ def resume_command(
     except EvopruneError as exc:
         _fail(str(exc))
     except KeyboardInterrupt:
-        _fail(f"interrupted: every finished evaluation is in '{store}'; run 'evoprune resume' to continue", 130)
+        _interrupted(store, "run 'evoprune resume' to continue")
     _print_search_result(result, store, as_json)
+
+
+def _interrupted(store: Path | None, again: str) -> None:
+    """Exit 130 after Ctrl-C, saying what the store holds: the search creates it only once the
+    model, data and budget are checked, so an early Ctrl-C leaves none behind."""
+    if store is not None and Path(store).expanduser().exists():
+        _fail(f"interrupted: every finished evaluation is in '{store}'; {again}", 130)
+    where = f": '{store}' was not created" if store is not None else ""
+    _fail(f"interrupted before anything was stored{where}; run the same command to start the search", 130)
 
 
 def _print_search_result(result, store: Path, as_json: bool) -> None:

@@ -14,7 +14,7 @@ from evoprune.engine.baselines.one_shot import method_settings
 from evoprune.engine.context import SearchContext
 from evoprune.engine.registry import STRATEGIES
 from evoprune.engine.settings import ProgressFn, SearchSettings, log_progress
-from evoprune.errors import EvopruneError
+from evoprune.errors import require_parent_dir
 from evoprune.execution.executors import BackendRecipe, make_executor
 from evoprune.objectives.spec import CostEvaluator, Objectives
 from evoprune.store import Evaluation, Run, Store
@@ -131,9 +131,8 @@ def search(
     baselines, see ``evoprune.engine.baselines.one_shot.method_settings``) gets it on the same loaded model.
     """
     settings = method_settings(settings)
-    store_dir = Path(store).expanduser().resolve().parent
-    if not store_dir.is_dir():  # before the model loads: minutes of setup would be spent for nothing
-        raise EvopruneError(f"--store '{store}': directory '{store_dir}' does not exist: create it first")
+    # Before the model loads: minutes of setup would be spent for nothing.
+    require_parent_dir(Path(store).expanduser(), "--store")
     check_search_lock(store)
     if backend is None:
         backend = prepare_backend(model, data, settings, progress)

@@ -240,7 +240,10 @@ def pick_evaluation(store: Store, run: Run, pick: str, max_params: float | None 
     if pick == "best" and max_params is None:
         max_params = run.settings.get("max_params")  # the budget the run searched under, if any
         if max_params is None:
-            raise EvopruneError("--pick best needs a budget: add --max-params FRACTION (e.g. 0.7)")
+            raise EvopruneError(
+                f"--pick best needs a budget and run {run.id} searched without one: add --max-params FRACTION "
+                "(e.g. 0.7), or pass --pick knee (the knee of the front, which needs no budget)"
+            )
     limit = params_fraction(max_params, run.dense_params) if max_params is not None else None
     if pick in ("knee", "best") and limit is not None:
         under = [e for e in evals if e.status == "ok" and e.params_fraction <= limit]

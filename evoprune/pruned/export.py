@@ -22,7 +22,7 @@ from evoprune.backend.adapters import adapter_for
 from evoprune.backend.pruner import PruningBackend
 from evoprune.backend.settings import BackendSettings
 from evoprune.backend.slicing import layer_sizes
-from evoprune.errors import EvopruneError
+from evoprune.errors import EvopruneError, make_output_dir, require_output_dir
 from evoprune.pruned.allocation import PLAN_FILE
 
 MODELING_FILE = "modeling_evoprune.py"
@@ -48,6 +48,7 @@ def check_target(out: Path, force: bool) -> None:
         raise EvopruneError(f"export target '{out}' is a file: pass a directory path")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise EvopruneError(f"export target '{out}' exists and is not empty: choose another --out or pass --force")
+    require_output_dir(out, "--out")  # a folder it cannot be made in fails here, before the model loads
 
 
 def _modeling_source(base_class_name: str, base_config_name: str) -> str:
@@ -125,7 +126,7 @@ def write_export(model, tokenizer, out: str | Path, plan: dict) -> None:
     config = model.config
     base = adapter_for(config).base_class_name(config)
     base_model_type = config.model_type
-    out.mkdir(parents=True, exist_ok=True)
+    make_output_dir(out, "--out")
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     _declare_export(out, base_model_type)
@@ -158,8 +159,8 @@ def export_from_store(
     ``best``; with ``max_params``, a kept fraction or a count, ``best`` and ``knee`` choose under it
     and an id must meet it), with the model, text and importance the run searched with.
 
-    Raises EvopruneError on bad input (a non-empty ``out``, an unknown pick, a pick over the
-    budget, a changed model).
+    Raises EvopruneError on bad input (a non-empty ``out`` or one that cannot be created, an
+    unknown pick, a pick over the budget, a changed model).
     """
     from evoprune.objectives.pareto import fidelity_of, pick_evaluation
     from evoprune.store import Store

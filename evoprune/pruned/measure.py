@@ -26,7 +26,7 @@ def _load_any(spec: str, dtype: str | None):
 
     source = resolve_model(spec)
     load_config(source)
-    return load_model(source, getattr(torch, dtype or "float32")).model, None
+    return load_model(source, getattr(torch, dtype or "float32"), tokenizer=False).model, None
 
 
 def measure(spec: str, seq_len: int = 256, batch: int = 1, repeats: int = 15, dtype: str | None = None) -> dict:

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from evoprune.engine.settings import log_progress
-from evoprune.errors import EvopruneError
+from evoprune.errors import EvopruneError, make_output_dir, require_output_dir
 from evoprune.recovery.inputs import (
     _check_out,
     _check_teacher,
@@ -141,6 +141,7 @@ def recover(
             f"use --seq-len {context} or less"
         )
     text = load_text(data)  # before the lock: a bad --data leaves nothing beside --out
+    require_output_dir(out, "--out")  # and so does an --out that cannot be created
     # One recovery per --out, held until the result is written: --out is checked, read and
     # written by this process alone.
     with _lock_out(out):
@@ -189,7 +190,7 @@ def recover(
                 reference = dense_reference(teacher.model, heldout, batch_size=settings.batch)
                 before = _heldout(student, heldout, reference, settings.batch)
                 teacher_figures = _heldout(teacher.model, heldout, None, settings.batch)
-                out.mkdir(parents=True, exist_ok=True)
+                make_output_dir(out, "--out")
             else:
                 before, teacher_figures = json.loads(state["heldout_before"]), json.loads(state["teacher_heldout"])
                 reference = None

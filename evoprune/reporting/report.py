@@ -9,6 +9,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
+from evoprune.errors import make_output_dir
 from evoprune.objectives.pareto import best_of, pareto_front, top_rung
 from evoprune.reporting.plots import front_figure, levels_figure, predictions_figure, render_png, rounds_figure
 from evoprune.reporting.prediction_metrics import MIN_TAU_POINTS
@@ -165,10 +166,13 @@ def _predictions_section(predictions: SearchPredictions | None, image: str, meth
 
 
 def write_report(store: Store, out_dir: str | Path, run_id: int | None = None) -> Path:
-    """Write ``index.html`` (figures embedded) for run ``run_id`` (default: the latest) into ``out_dir``."""
+    """Write ``index.html`` (figures embedded) for run ``run_id`` (default: the latest) into ``out_dir``.
+
+    Raises EvopruneError for a run the store does not have and an ``out_dir`` that cannot be created.
+    """
     out = Path(out_dir)
     run = store.get_run(run_id)  # before the folder is made: a wrong run id leaves nothing behind
-    out.mkdir(parents=True, exist_ok=True)
+    make_output_dir(out, "--out")
     rounds = store.rounds(run.id)
     predictions = search_predictions(store, run)
     images = {name: _img(render_png(fig), name) for name, fig in report_figures(store, run, predictions).items()}
