@@ -185,6 +185,18 @@ def test_compare_runs_the_one_shot_baselines_once_each_on_budget(tmp_path, tiny8
     )  # fmt: skip
     assert out.exit_code == 0, out.output
     assert json.loads(out.stdout)["params_fraction"] == pytest.approx(flap.best_params_fraction)
+    if budget == 0.8:  # the CLI reopens the same runs; its table and --json list the methods in one order
+        args = ["compare", "--model", str(tiny8_dir), "--data", str(text_file), "--store", str(store), "--evals", "4",
+                "--methods", ",".join(ONE_SHOT), "--max-params", "0.8", "--min-params", "0.3", "--eval-tokens", "256",
+                "--calib-tokens", "256", "--seq-len", "64"]  # fmt: skip
+        as_json = runner.invoke(app, [*args, "--json"])
+        table = runner.invoke(app, args, env={"COLUMNS": "200"})
+        assert as_json.exit_code == table.exit_code == 0, as_json.output + table.output
+        listed = json.loads(as_json.stdout)
+        values = [r["best_value"] for r in listed]
+        assert values == sorted(values) and {r["run"] for r in listed} == {r.run_id for r in rows}
+        order = [r["method"] for r in listed]
+        assert sorted(order, key=lambda m: table.stdout.index(f"│ {m} ")) == order
 
 
 def test_without_a_budget_a_one_shot_baseline_evaluates_a_spread(tmp_path, tiny8_dir, text_file):

@@ -175,6 +175,8 @@ def compare_command(
             rows = compare(model, data, str(store), settings, [m.strip() for m in methods.split(",")], progress)
     except EvopruneError as exc:
         _fail(str(exc))
+    # Best first, methods without a pick under the budget last: the table and --json share this order.
+    rows = sorted(rows, key=lambda r: (r.best_value is None, r.best_value or 0.0))
     if as_json:
         typer.echo(json.dumps([r.to_dict() for r in rows], indent=2))
         return
@@ -194,7 +196,7 @@ def compare_command(
     )
     for col in columns:
         table.add_column(col, justify="left" if col == "method" else "right")
-    for r in sorted(rows, key=lambda r: r.best_value if r.best_value is not None else float("inf")):
+    for r in rows:
         top = r.best_fidelity or {}
         table.add_row(
             r.method, str(r.run_id), str(r.evaluations),

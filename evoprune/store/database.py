@@ -256,7 +256,7 @@ class Store(StoreLogs):
         """The successful ladder and validation rows of ``run_id``'s evaluations, whichever run
         measured them: a warm-started run climbs the pairs it shares, so another run's rows can
         belong to this run's evaluations."""
-        if not self._conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='fidelities'").fetchone():
+        if not self._has_table("fidelities"):
             return []  # a store written before the ladder, opened read-only
         rows = self._conn.execute(
             "SELECT f.* FROM fidelities f JOIN evaluations e ON f.eval_id = e.id "
@@ -346,11 +346,17 @@ class Store(StoreLogs):
         and opened read-only (its schema is not upgraded then)."""
         return [Fidelity(**d) for d in self._select("fidelities", ("metrics",), run_id=run_id, status=status)]
 
+    def _has_table(self, table: str) -> bool:
+        """Whether ``table`` exists: a store written by an older version and opened read-only is
+        not upgraded, so it can lack the newer tables."""
+        found = self._conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (table,))
+        return found.fetchone() is not None
+
     def _select(self, table: str, json_columns: tuple[str, ...], **where) -> list[dict]:
         """Rows of ``table`` whose columns equal the non-None ``where`` values, oldest first, with
         ``json_columns`` decoded (empty: ``{}``); none when a store written before the table
         existed is opened read-only (its schema is not upgraded then)."""
-        if not self._conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (table,)).fetchone():
+        if not self._has_table(table):
             return []
         conditions = {k: v for k, v in where.items() if v is not None}
         sql = f"SELECT * FROM {table}" + "".join(f" {'AND' if i else 'WHERE'} {k}=?" for i, k in enumerate(conditions))
