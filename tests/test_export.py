@@ -50,35 +50,61 @@ def masked_logits(backend: PruningBackend, x, tokens) -> torch.Tensor:
 
 
 def load_in_fresh_process(export_dir: Path, tokens: torch.Tensor, tmp_path: Path) -> dict:
-    np.save(tmp_path / "tokens.npy", tokens.numpy())
-    out = tmp_path / "standalone.npz"
+    return load_in_one_fresh_process([(export_dir, tokens, tmp_path)])[0]
+
+
+def load_in_one_fresh_process(cases: list[tuple[Path, torch.Tensor, Path]]) -> list[dict]:
+    """Load each ``(export_dir, tokens, scratch_dir)`` with plain transformers in one new interpreter,
+    where evoprune cannot be imported; each case's logits, parameter count and greedy generation."""
+    args = []
+    for export_dir, tokens, scratch in cases:
+        np.save(scratch / "tokens.npy", tokens.numpy())
+        args += [str(export_dir), str(scratch / "tokens.npy"), str(scratch / "standalone.npz")]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     result = subprocess.run(
-        [sys.executable, str(STANDALONE), str(export_dir), str(tmp_path / "tokens.npy"), str(out)],
+        [sys.executable, str(STANDALONE), *args],
         capture_output=True,
         text=True,
-        cwd=tmp_path,  # the repository must not be importable from here
+        cwd=cases[0][2],  # the repository must not be importable from here
         env=env,
-        timeout=300,
+        timeout=300 * len(cases),
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    return dict(np.load(out))
+    return [dict(np.load(scratch / "standalone.npz")) for _, _, scratch in cases]
 
 
-@pytest.mark.parametrize(
-    "family, compensation",
-    [(f, c) for f in TINY_CONFIGS for c in ("none", "bias")] + [("llama", "refit"), ("opt", "refit")],
-)
-def test_export_loads_in_plain_transformers_and_matches_the_masked_model(
-    family, compensation, tiny_tokenizer, text_file, tmp_path
-):
-    backend = _backend(family, tiny_tokenizer, text_file, compensation)
-    x = prune_everywhere(backend.space)
-    tokens = backend.eval_windows[:2, :48]
-    want = masked_logits(backend, x, tokens)
-    result = export_pruned(backend, x, tmp_path / "export")
-    assert (tmp_path / "export" / "model.safetensors").exists()
-    got = load_in_fresh_process(tmp_path / "export", tokens, tmp_path)
+EXPORT_CASES = [(f, c) for f in TINY_CONFIGS for c in ("none", "bias")] + [("llama", "refit"), ("opt", "refit")]
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory, tiny_tokenizer, text_file) -> dict:
+    """Every case of ``EXPORT_CASES`` pruned, masked and exported, then loaded in one fresh process
+    (an interpreter start per case cost seconds each)."""
+    root = tmp_path_factory.mktemp("exports")
+    cases = {}
+    for family, compensation in EXPORT_CASES:
+        backend = _backend(family, tiny_tokenizer, text_file, compensation)
+        x = prune_everywhere(backend.space)
+        tokens = backend.eval_windows[:2, :48]
+        scratch = root / f"{family}-{compensation}"
+        scratch.mkdir()
+        export_dir = scratch / f"export-{family}-{compensation}"  # distinct names: see standalone_load.py
+        want = masked_logits(backend, x, tokens)
+        result = export_pruned(backend, x, export_dir)
+        cases[family, compensation] = dict(
+            backend=backend, x=x, tokens=tokens, want=want, result=result, export_dir=export_dir, scratch=scratch
+        )
+    loaded = load_in_one_fresh_process([(c["export_dir"], c["tokens"], c["scratch"]) for c in cases.values()])
+    for case, got in zip(cases.values(), loaded, strict=True):
+        case["got"] = got
+    return cases
+
+
+@pytest.mark.parametrize("family, compensation", EXPORT_CASES)
+def test_export_loads_in_plain_transformers_and_matches_the_masked_model(family, compensation, exports):
+    case = exports[family, compensation]
+    backend, x, tokens, want, result, got = (case[k] for k in ("backend", "x", "tokens", "want", "result", "got"))
+    assert (case["export_dir"] / "model.safetensors").exists()
     assert np.abs(got["logits"] - want.numpy()).max() < 1e-4
     assert int(got["params"]) == result.params
     # The cost model counts exactly what the export holds, compensation biases included.
@@ -92,7 +118,7 @@ def test_export_loads_in_plain_transformers_and_matches_the_masked_model(
         assert backend.space.params(x) - plain == new * arch.hidden_size
     assert got["generated"].shape == (1, 14)
 
-    model, _ = load_pruned(tmp_path / "export")
+    model, _ = load_pruned(case["export_dir"])
     with torch.inference_mode():
         torch.testing.assert_close(model(input_ids=tokens).logits, want, atol=1e-4, rtol=0)
         if compensation != "none":

@@ -431,17 +431,17 @@ def test_smollm2_arc_accuracy_through_masks_equals_its_export_in_a_fresh_process
 
     space = smollm2.space
     x = smollm2_mixed_config(space)
-    masked = TaskEvaluator(smollm2, "arc_easy", limit=60).result(space.validate(x))
+    masked = TaskEvaluator(smollm2, "arc_easy", limit=30).result(space.validate(x))
     export_pruned(smollm2, x, tmp_path / "export")
     out = tmp_path / "export.json"
     result = subprocess.run(
         [sys.executable, "-m", "evoprune", "evaluate", "--model", str(tmp_path / "export"), "--tasks", "arc_easy",
-         "--limit", "60", "--out", str(out)],
+         "--limit", "30", "--out", str(out)],
         capture_output=True, text=True, timeout=600, env=dict(os.environ),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     exported = json.loads(out.read_text())["results"][0]
-    assert exported["n"] == masked.n == 60
+    assert exported["n"] == masked.n == 30
     assert exported["metrics"] == masked.metrics  # acc and acc_norm, exactly
     for a, b in zip(masked.items, exported["items"], strict=True):
         assert a.index == b["index"] and (a.pred, a.pred_norm) == (b["pred"], b["pred_norm"])

@@ -115,7 +115,7 @@ def test_read_commands_work_on_a_store_in_a_read_only_location(read_only_copy, t
         ["report", "--store", store, "--out", str(tmp_path / "report")],
         ["export", "--store", store, "--pick", "knee", "--out", str(tmp_path / "export")],
     ):
-        result = evoprune(*args)
+        result = evoprune_in_process(*args)
         assert result.returncode == 0, (args, result.stderr)
         assert "not an evoprune store" not in result.stderr
     with Store.open_existing(read_only_copy, readonly=True) as st:
@@ -123,7 +123,7 @@ def test_read_commands_work_on_a_store_in_a_read_only_location(read_only_copy, t
     # A write says what is wrong, in one line, and does not blame the file's format.
     with pytest.raises(EvopruneError, match="read-only"):
         Store.open_existing(read_only_copy)
-    resumed = evoprune("resume", "--store", store, "--evals", "8")
+    resumed = evoprune_in_process("resume", "--store", store, "--evals", "8")
     _one_line_error(resumed, "read-only", "copy the store")
 
 
