@@ -281,6 +281,53 @@ def test_a_search_can_optimise_task_accuracy(tmp_path, tiny_model_dir, text_file
     assert any(e.origin == "acquired" for e in ok)
     # accuracies come in steps of 1/12: the same 12 questions judge every configuration
     assert all(abs(e.metrics["acc:arc_easy"] * 12 - round(e.metrics["acc:arc_easy"] * 12)) < 1e-9 for e in ok)
+    # the front shows the accuracy it was chosen by, beside the perplexity
+    shown = CliRunner().invoke(app, ["pareto", "--store", str(tmp_path / "s.db"), "--json"])
+    best = max(json.loads(shown.stdout)["points"], key=lambda p: p["metrics"]["acc:arc_easy"])
+    table = CliRunner().invoke(app, ["pareto", "--store", str(tmp_path / "s.db")], env={"COLUMNS": "100"})
+    assert "acc arc_easy" in table.stdout and f"{best['metrics']['acc:arc_easy']:.3f}" in table.stdout
+
+
+@pytest.fixture
+def worker_executor():
+    """An executor that evaluates, as a Ray worker does, on a backend of its own built from the
+    pickled recipe; ``strip_tasks`` builds it as a recipe without task metrics did before."""
+    import dataclasses
+    import pickle
+
+    from evoprune.execution.executors import EXECUTORS, LocalExecutor, register_executor
+
+    @register_executor("worker-like")
+    def _worker_like(backend, recipe=None, strip_tasks=False):
+        recipe = pickle.loads(pickle.dumps(recipe))  # what crosses to a worker
+        return LocalExecutor(dataclasses.replace(recipe, tasks=()).load() if strip_tasks else recipe.load())
+
+    yield "worker-like"
+    EXECUTORS.pop("worker-like", None)
+
+
+def test_a_worker_built_from_the_recipe_reports_the_task_accuracies(
+    tmp_path, tiny_model_dir, text_file, worker_executor
+):
+    """Workers build their backends from the recipe: its task metrics (acc:TASK objectives) must
+    travel with it (a Ray search stored ppl and KL only, and stopped with nothing to learn from),
+    and a row that still lacks one is failed, to be measured again, not a dead ok row."""
+    settings = _settings(evals=4, init=4, objectives="acc:arc_easy,params", task_limit=6)
+    here = search(str(tiny_model_dir), str(text_file), str(tmp_path / "here.db"), settings)
+    there = search(str(tiny_model_dir), str(text_file), str(tmp_path / "there.db"), settings, executor=worker_executor)
+    assert all("acc:arc_easy" in e.metrics for e in here.evaluations)
+    assert [(e.config_key, e.metrics) for e in there.evaluations] == [
+        (e.config_key, e.metrics) for e in here.evaluations
+    ]
+
+    store = str(tmp_path / "stripped.db")
+    with pytest.raises(EvopruneError, match="reported no acc:arc_easy, an objective of this run.*--retry-failed"):
+        search(str(tiny_model_dir), str(text_file), store, settings, executor=worker_executor,
+               executor_options={"strip_tasks": True})  # fmt: skip
+    with Store(store) as st:
+        assert {e.status for e in st.evaluations(1)} == {"failed"}  # stored, to be measured again
+    retried = search(str(tiny_model_dir), str(text_file), store, settings, retry_failed=True)
+    assert [e.metrics for e in retried.evaluations] == [e.metrics for e in here.evaluations]
 
 
 def test_a_budget_focuses_acquisition_just_under_it(tmp_path, tiny_model_dir, text_file):

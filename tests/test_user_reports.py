@@ -440,6 +440,7 @@ def test_a_run_is_its_task_files_content_and_failed_rows_are_retried_on_request(
     spec = _mc_task(tmp_path / "t", ["Is water wet?", "Is fire cold?", "Is ice hot?"])
     settings = _settings(evals=4, objectives=f"ppl,acc:{spec},params", task_limit=3)
     first = search(str(tiny_model_dir), str(text_file), str(tmp_path / "a.db"), settings)
+    assert all(f"acc:{spec}" in e.metrics for e in first.evaluations)  # keyed as the objective names it
     _mc_task(tmp_path / "t", ["Is water wet?", "Is fire cold?", "Is snow white?"])
     second = search(str(tiny_model_dir), str(text_file), str(tmp_path / "a.db"), settings)
     assert second.run.id != first.run.id and second.new_evaluations == 4

@@ -78,8 +78,9 @@ def _allocation_table(points: list[ParetoPoint], width: int, space: dict | None 
     return table
 
 
-def _pareto_table(points: list[ParetoPoint], title: str, run_id: int | None = None) -> Table:
-    """The front's figures, one row per member (its allocation is :func:`_allocation_table`)."""
+def _pareto_table(points: list[ParetoPoint], title: str, run_id: int | None = None, objectives: str = "") -> Table:
+    """The front's figures, one row per member (its allocation is :func:`_allocation_table`);
+    ``objectives`` (the run's, e.g. ``acc:arc_easy,params``) adds a column per task accuracy."""
     table = FoldingTable(title=title, title_justify="left")
     for col, justify in (
         ("id", "right"),
@@ -88,9 +89,13 @@ def _pareto_table(points: list[ParetoPoint], title: str, run_id: int | None = No
         ("ppl", "right"),
         ("tokens", "right"),
         ("valid ppl", "right"),
-        ("found", "left"),
     ):
         table.add_column(col, justify=justify)
+    # The run's task accuracies (acc:TASK objectives), measured with the first rung.
+    tasks = [n for n in objectives.split(",") if n.startswith(("acc:", "acc_norm:"))]
+    for name in tasks:
+        table.add_column(name.replace(":", " "), justify="right")  # "acc arc_easy" folds between the words
+    table.add_column("found", justify="left")
     for p in points:
         fidelity = p.fidelity or {"tokens": None, "metrics": p.metrics}
         table.add_row(
@@ -100,6 +105,7 @@ def _pareto_table(points: list[ParetoPoint], title: str, run_id: int | None = No
             _figure_text(fidelity["metrics"]),
             _tokens_text(fidelity["tokens"]),
             _figure_text(p.validation["metrics"]) if p.validation else "-",
+            *(f"{p.metrics[t]:.3f}" if t in p.metrics else "-" for t in tasks),
             p.found(run_id),
         )
     table.caption = (
@@ -107,6 +113,7 @@ def _pareto_table(points: list[ParetoPoint], title: str, run_id: int | None = No
         "the front compares these on the first rung's scale (each less the run's mean gap between its rung and "
         "the first, as the text of a larger rung is not equally hard), so a figure on more tokens can stand "
         "beside a lower one on fewer; valid ppl: on the validation split, never used to choose"
+        + ("; acc TASK: accuracy on the run's questions of that task" if tasks else "")
     )
     table.caption_justify = "left"
     return table
@@ -116,7 +123,9 @@ def _front_view(run, points: list[ParetoPoint], width: int) -> Group:
     """What ``pareto`` and ``search`` print: the front's figures, then every member's whole
     per-layer allocation, laid out for a terminal ``width`` columns wide."""
     title = f"Pareto front of run {run.id} ({run.model})"
-    return Group(_pareto_table(points, title, run.id), Text(""), _allocation_table(points, width, run.space))
+    objectives = (run.settings or {}).get("objectives") or ""
+    table = _pareto_table(points, title, run.id, objectives)
+    return Group(table, Text(""), _allocation_table(points, width, run.space))
 
 
 def _front_json(run, points: list[ParetoPoint]) -> dict:

@@ -13,7 +13,7 @@ import hashlib
 import json
 import math
 import platform
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from importlib.metadata import PackageNotFoundError, version
 
 import numpy as np
@@ -199,6 +199,7 @@ class SearchContext(FidelityLadder):
 
         def commit(job: Job, m: Measurement) -> None:
             nonlocal spent
+            m = self._with_every_objective(m)
             self.store.finish(job.eval_id, ok=m.ok, metrics=m.metrics, error=m.error, duration_s=m.duration_s)
             spent += m.duration_s
             self.new_evaluations += 1
@@ -215,6 +216,16 @@ class SearchContext(FidelityLadder):
         self.timings["eval_s"] += spent
         self.check_not_all_failed()
         return spent
+
+    def _with_every_objective(self, m: Measurement) -> Measurement:
+        """``m``, or ``m`` as failed when it lacks a quality objective of the run: stored as ok, such a
+        row could never be learned from nor evaluated again (a worker built without the run's task
+        evaluators gave ppl and KL only); failed, ``--retry-failed`` measures it again."""
+        missing = [name for name in self.objectives.quality if name not in m.metrics]
+        if not m.ok or not missing:
+            return m
+        error = f"the evaluation reported no {missing[0]}, an objective of this run (its evaluator lacked that metric)"
+        return replace(m, ok=False, error=error)
 
     def check_not_all_failed(self, finished: bool = False) -> None:
         """Stop the search when every evaluation of the run failed: at once when they failed with

@@ -142,7 +142,7 @@ def search(
     CostEvaluator(backend.space, backend.loaded.model.config, dtype=settings.backend.dtype).check_feasible(
         settings.budget
     )
-    recipe = BackendRecipe(model, data, settings.backend, backend.loaded.fingerprint)
+    recipe = BackendRecipe.of(model, data, backend)
     runner = make_executor(executor, backend, recipe, **(executor_options or {}))
     try:
         # One searching process per store: a second one would redo the first one's pending rows.

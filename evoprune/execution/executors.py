@@ -11,12 +11,16 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from evoprune.backend.pruner import Measurement, PruningBackend, load_backend
 from evoprune.backend.settings import BackendSettings
 from evoprune.errors import EvopruneError
+
+if TYPE_CHECKING:
+    from evoprune.tasks.evaluator import TaskSetup
 
 
 @dataclass(frozen=True)
@@ -35,11 +39,21 @@ class BackendRecipe:
     data: str
     settings: BackendSettings
     model_fingerprint: str
+    tasks: tuple[TaskSetup, ...] = ()  # the driver's task-accuracy metrics (acc:TASK objectives)
+
+    @classmethod
+    def of(cls, model: str, data: str, backend: PruningBackend) -> BackendRecipe:
+        """The recipe of the driver's ``backend``, its task evaluators included."""
+        from evoprune.tasks.evaluator import TaskEvaluator  # only searches with task metrics need it
+
+        tasks = tuple(m.setup for m in backend.extra_metrics if isinstance(m, TaskEvaluator))
+        return cls(model, data, backend.settings, backend.loaded.fingerprint, tasks)
 
     def load(self) -> PruningBackend:
         backend = load_backend(self.model, self.data, self.settings)
         if backend.loaded.fingerprint != self.model_fingerprint:
             raise EvopruneError(f"worker loaded a different model than the driver for '{self.model}'")
+        backend.extra_metrics.extend(task.build(backend) for task in self.tasks)
         return backend
 
 

@@ -31,9 +31,10 @@ class TaskResult:
     duration_s: float = 0.0
     items: list[Scored] = field(default_factory=list)
 
-    def keyed(self) -> dict[str, float]:
-        """``{"acc:TASK": ..., "acc_norm:TASK": ...}``: the names search objectives use."""
-        return {f"{m}:{self.task}": v for m, v in self.metrics.items()}
+    def keyed(self, task: str | None = None) -> dict[str, float]:
+        """``{"acc:TASK": ..., "acc_norm:TASK": ...}``: the names search objectives use; ``task``
+        names the task as an objective does (default: the task's own name)."""
+        return {f"{m}:{task or self.task}": v for m, v in self.metrics.items()}
 
     def to_dict(self, items: bool = False) -> dict:
         d = {
@@ -125,9 +126,12 @@ class TaskEvaluator:
         shots: int | None = None,
         seed: int = 0,
         data_dir: str | Path | None = None,
+        key: str | None = None,
     ):
         self.backend = backend
         self.ref = _ref(task, data_dir)
+        # The task as the objective names it (a file path, say), so metrics and objective match.
+        self.key = key or self.ref.name
         self.limit = limit
         self.shots = self.ref.spec.shots if shots is None else shots
         self.seed = seed
@@ -150,8 +154,8 @@ class TaskEvaluator:
 
     @property
     def metric_names(self) -> tuple[str, ...]:
-        """The keys ``evaluate`` returns; all are accuracies (higher is better)."""
-        return self.ref.spec.metric_names()
+        """The keys ``evaluate`` returns (``acc:KEY``...); all are accuracies (higher is better)."""
+        return tuple(f"{m}:{self.key}" for m in self.ref.spec.metrics)
 
     def _score_current(self) -> TaskResult:
         loaded = self.backend.loaded
@@ -167,14 +171,42 @@ class TaskEvaluator:
             return self._score_current()
 
     def evaluate(self, levels) -> dict[str, float]:
-        """``{"acc:TASK": ..., "acc_norm:TASK": ...}`` of configuration ``levels``."""
-        return self.result(levels).keyed()
+        """``{"acc:KEY": ..., "acc_norm:KEY": ...}`` of configuration ``levels``."""
+        return self.result(levels).keyed(self.key)
 
     def __call__(self, backend) -> dict[str, float]:
         """The metrics of ``backend``'s model as it is now (the ``extra_metrics`` hook)."""
         if backend is not self.backend:
             raise ValueError("a TaskEvaluator scores the backend it was built for")
-        return self._score_current().keyed()
+        return self._score_current().keyed(self.key)
+
+    @property
+    def setup(self) -> TaskSetup:
+        """What builds this evaluator again on another backend (a Ray worker's); picklable."""
+        return TaskSetup(self.ref, self.limit, self.shots, self.seed, self.fingerprint, self.key)
+
+
+@dataclass(frozen=True)
+class TaskSetup:
+    """A ``TaskEvaluator``'s task, question subset and fingerprint, to rebuild it in a worker."""
+
+    ref: TaskRef
+    limit: int | None
+    shots: int
+    seed: int
+    fingerprint: str
+    key: str
+
+    def build(self, backend) -> TaskEvaluator:
+        """The evaluator on ``backend``. Raises EvopruneError when the task's questions read here
+        differ from those of the process that made this setup (another task file on this node)."""
+        evaluator = TaskEvaluator(backend, self.ref, limit=self.limit, shots=self.shots, seed=self.seed, key=self.key)
+        if evaluator.fingerprint != self.fingerprint:
+            raise EvopruneError(
+                f"task {self.ref.name!r} has other questions here ('{self.ref.data}') than where the search "
+                "runs: give every node the same task files"
+            )
+        return evaluator
 
 
 def task_evaluators(
@@ -186,7 +218,8 @@ def task_evaluators(
     seed: int = 0,
     data_dir: str | Path | None = None,
 ) -> list[TaskEvaluator]:
-    """One evaluator per task named in ``metric_names`` (``acc:TASK``/``acc_norm:TASK``; others are skipped).
+    """One evaluator per task named in ``metric_names`` (``acc:TASK``/``acc_norm:TASK``; others are skipped),
+    each reporting its metrics under the names given (``acc:path/to/task.yaml`` for a task file).
 
     Raises EvopruneError when a task is unknown, its data is missing, or it does not report the
     named metric.
@@ -200,7 +233,7 @@ def task_evaluators(
             wanted.setdefault(task, []).append(name)
     evaluators = []
     for task, names in wanted.items():
-        ev = TaskEvaluator(backend, task, limit=limit, shots=shots, seed=seed, data_dir=data_dir)
+        ev = TaskEvaluator(backend, task, limit=limit, shots=shots, seed=seed, data_dir=data_dir, key=task)
         missing = [n for n in names if n.partition(":")[0] not in ev.ref.spec.metrics]
         if missing:
             raise EvopruneError(
