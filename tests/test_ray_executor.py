@@ -177,7 +177,11 @@ def test_a_worker_killed_mid_batch_is_replaced_and_recorded(
 
 @pytest.mark.parametrize(
     "asks, needle",
-    [({"gpus_per_worker": 1}, "1 GPUs"), ({"memory_per_worker": 2**50}, "1048576.0 GiB memory")],
+    [
+        ({"gpus_per_worker": 1}, "1 GPUs: lower --gpus-per-worker or"),
+        ({"memory_per_worker": 2**50}, "1048576.0 GiB memory: lower memory_per_worker or"),
+        ({"cpus_per_worker": 8}, "8 CPUs, 0 GPUs: lower cpus_per_worker or"),
+    ],
 )
 def test_workers_that_fit_nowhere_are_refused_at_once(asks, needle, ray_session, tiny_model_dir, text_file):
     from evoprune.execution.ray_executor import RayExecutor

@@ -160,16 +160,19 @@ class RayExecutor(Executor):
 
     def _pool_size(self, workers: int | None) -> int:
         resources = ray.cluster_resources()
-        fits = int(resources.get("CPU", 0) // self.cpus_per_worker)
+        # Workers that fit, per resource asked for, under the name that sets it (a flag or an executor option).
+        fit = {"cpus_per_worker": int(resources.get("CPU", 0) // self.cpus_per_worker)}
         if self.gpus_per_worker > 0:
-            fits = min(fits, int(resources.get("GPU", 0) // self.gpus_per_worker))
+            fit["--gpus-per-worker"] = int(resources.get("GPU", 0) // self.gpus_per_worker)
         if self.memory_per_worker:
-            fits = min(fits, int(resources.get("memory", 0) // self.memory_per_worker))
+            fit["memory_per_worker"] = int(resources.get("memory", 0) // self.memory_per_worker)
+        fits = min(fit.values())
         if fits < 1:
+            short = " and ".join(name for name, n in fit.items() if n < 1)
             raise EvopruneError(
                 f"the Ray cluster has {resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs and "
                 f"{resources.get('memory', 0) / 2**30:.1f} GiB memory, too few for one worker with {self._asks()}: "
-                f"lower --gpus-per-worker or add nodes"
+                f"lower {short} or add nodes"
             )
         if workers is None:
             return fits
