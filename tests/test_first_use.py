@@ -191,6 +191,11 @@ def test_a_refused_recover_leaves_nothing_beside_out(tmp_path, searched_store):
     )
     _one_line_error(result, "missing.txt")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+    # refused after the lock on OUT.lock was taken: the lock file goes too
+    result = evoprune_in_process("recover", "--model", str(export), "--data", "builtin", "--out", str(out),
+                                 "--store", str(tmp_path / "other.db"))  # fmt: skip
+    assert result.returncode == 2 and "other.db" in result.stderr, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
 
 
 def test_an_unreachable_hub_means_offline_at_once(monkeypatch):
@@ -351,6 +356,26 @@ def test_a_store_whose_folder_is_a_file_says_it_is_a_file(tmp_path, tiny_model_d
         _one_line_error(result, f"--store '{store}'", f"'{blocker}' is a file, not a directory")
         assert "does not exist" not in result.stderr
     assert [p.name for p in tmp_path.iterdir()] == ["notadb.db"]
+
+
+@pytest.mark.parametrize("checkpointed", [False, True])
+def test_ctrl_c_in_recover_says_whether_a_rerun_continues(tmp_path, monkeypatch, checkpointed):
+    import evoprune.recovery.run as recovery_run
+
+    out = tmp_path / "recovered"
+
+    def interrupted(*args, **kwargs):
+        if checkpointed:
+            (out / ".checkpoint").mkdir(parents=True)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(recovery_run, "recover", interrupted)
+    result = evoprune_in_process("recover", "--model", "unused", "--data", "unused", "--out", str(out))
+    assert result.returncode == 130 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    if checkpointed:
+        assert f"continue from the last checkpoint in '{out}'" in result.stderr
+    else:  # it said "continue from the last checkpoint" where there was none
+        assert "before the first checkpoint: the same command trains from the start again" in result.stderr
 
 
 def test_ctrl_c_says_whether_the_store_holds_anything(tmp_path, searched_store, monkeypatch):

@@ -20,6 +20,7 @@ from evoprune.cli.common import (
     out_console,
 )
 from evoprune.errors import EvopruneError
+from evoprune.recovery.settings import CHECKPOINT_DIR
 from evoprune.recovery.settings import RecoverySettings as _RecoverySettings
 
 _RECOVERY = _RecoverySettings()  # the defaults the options show
@@ -182,7 +183,13 @@ def _failing_in_one_line(out: Path) -> Iterator[None]:
     except EvopruneError as exc:
         _fail(str(exc))
     except KeyboardInterrupt:
-        _fail(f"interrupted: run the same command to continue from the last checkpoint in '{out}'", 130)
+        if out.is_dir() and any(out.rglob(CHECKPOINT_DIR)):
+            _fail(f"interrupted: run the same command to continue from the last checkpoint in '{out}'", 130)
+        _fail(
+            "interrupted before the first checkpoint: the same command trains from the start again "
+            "(--checkpoint-every N keeps one every N steps)",
+            130,
+        )
 
 
 def _recover_finalists(k: int, store: str, max_params: float, run: int | None, data: str, out: Path,

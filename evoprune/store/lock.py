@@ -7,15 +7,16 @@ pending rows, spend the same budget and race to insert the same run; SQLite keep
 whole but not the search consistent), and ``evoprune recover``, one recovery per output
 directory (two would overwrite each other's checkpoint). The lock is the operating system's
 (``flock`` / ``msvcrt.locking``), so it goes away with its process, even after SIGKILL; the
-``.lock`` file stays, like SQLite's ``-wal`` file, and is never deleted (deleting it would let
-two processes lock two different files).
+``.lock`` file stays, like SQLite's ``-wal`` file (deleting it could let two processes lock two
+different files). One exception: a block that fails with ``EvopruneError`` (bad input) removes a
+lock file it created, while still holding it, so that bad input leaves nothing behind.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from pathlib import Path
 
 from evoprune.errors import EvopruneError
@@ -62,8 +63,10 @@ def path_lock(path: str | Path, refusal: Callable[[str], str]) -> Iterator[None]
     lock file cannot be created (or a path with no name, such as ``/``) gets no lock: writing
     there reports that problem more precisely.
     """
+    lock = lock_path(path)
     try:
-        fd = os.open(lock_path(path), os.O_RDWR | os.O_CREAT, 0o644)
+        created = not lock.exists()
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
     except (OSError, ValueError):
         yield
         return
@@ -74,7 +77,13 @@ def path_lock(path: str | Path, refusal: Callable[[str], str]) -> Iterator[None]
         os.ftruncate(fd, 0)
         os.lseek(fd, 0, os.SEEK_SET)
         os.write(fd, f"pid {os.getpid()}".encode())
-        yield
+        try:
+            yield
+        except EvopruneError:
+            if created:  # bad input leaves nothing behind: the file goes while this process holds its lock
+                with suppress(OSError):
+                    lock.unlink()
+            raise
     finally:
         os.close(fd)  # releases the lock
 
