@@ -278,8 +278,11 @@ def test_an_impossible_budget_is_refused_before_importance_is_scored(tiny_model_
         assert "loading model" in phases and not any("scoring" in (p or "") for p in phases), phases
 
 
-def test_third_newcomer_bad_input_gets_one_line_and_leaves_nothing(tmp_path, searched_store):
+def test_third_newcomer_bad_input_gets_one_line_and_leaves_nothing(tmp_path, searched_store, tiny_model_dir):
     _one_line_error(evoprune_in_process("measure", "--model", "nonexist/"), "model path 'nonexist/' does not exist")
+    # timed a length the model cannot take (a long one ran for minutes)
+    _one_line_error(evoprune_in_process("measure", "--model", str(tiny_model_dir), "--seq-len", "1024"),
+                    "--seq-len 1024 is longer than the model's context of 512 tokens")  # fmt: skip
     _one_line_error(evoprune_in_process("pareto", "--store", str(tmp_path)), "is a directory")
     out = tmp_path / "report"
     _one_line_error(evoprune_in_process("report", "--store", str(searched_store), "--out", str(out), "--run", "99"),

@@ -165,6 +165,17 @@ def load_config(source: ModelSource):
     return config
 
 
+def require_context(config, seq_len: int) -> None:
+    """Raise EvopruneError when ``seq_len`` tokens exceed the model's context (its
+    ``max_position_embeddings``; a config without one is not checked)."""
+    context = getattr(config, "max_position_embeddings", None)
+    if context is not None and seq_len > context:
+        raise EvopruneError(
+            f"--seq-len {seq_len} is longer than the model's context of {context} tokens: "
+            f"use --seq-len {context} or less"
+        )
+
+
 def _is_export_dir(path: Path) -> bool:
     try:
         return "evoprune_layers" in json.loads((path / "config.json").read_text(encoding="utf-8"))

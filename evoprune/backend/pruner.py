@@ -17,7 +17,7 @@ from evoprune.backend.compensation import LayerCompensation, RefitMemo, compensa
 from evoprune.backend.data import TextSource, load_text, token_windows
 from evoprune.backend.evaluate import DenseReference, dense_reference, quality
 from evoprune.backend.importance import Importance, compute_importance, importance_cache_key
-from evoprune.backend.loading import LoadedModel, load_config, load_model, resolve_model
+from evoprune.backend.loading import LoadedModel, load_config, load_model, require_context, resolve_model
 from evoprune.backend.masking import MaskedModel
 from evoprune.backend.plan import LayerPlan, resolve_plan
 from evoprune.backend.settings import BackendSettings
@@ -77,12 +77,7 @@ class PruningBackend:
                 f"model '{loaded.source.spec}' ({arch.model_type}, {arch.num_layers} layers): check the model"
             )
         self.space = space
-        context = getattr(model.config, "max_position_embeddings", None)
-        if context is not None and settings.seq_len > context:
-            raise EvopruneError(
-                f"--seq-len {settings.seq_len} is longer than the model's context of {context} tokens: "
-                f"use --seq-len {context} or less"
-            )
+        require_context(model.config, settings.seq_len)
         tok = loaded.tokenizer
         # One stretch of the evaluation text, in this order: the rungs' windows (each rung reads
         # a prefix of the largest), the calibration windows (when scored on the same text), the

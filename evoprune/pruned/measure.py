@@ -33,13 +33,16 @@ def measure(spec: str, seq_len: int = 256, batch: int = 1, repeats: int = 15, dt
     """Measured latency and weight memory of ``spec``; for exports also the cost model's prediction.
 
     ``dtype`` (float32, bfloat16, float16) defaults to the export's own, else float32; the
-    prediction counts the bytes of the dtype measured.
+    prediction counts the bytes of the dtype measured. Raises EvopruneError for an unknown dtype
+    or a ``seq_len`` beyond the model's context.
     """
+    from evoprune.backend.loading import require_context
     from evoprune.backend.settings import DTYPES
 
     if dtype is not None and dtype not in DTYPES:
         raise EvopruneError(f"--dtype {dtype!r} is unknown: use one of {', '.join(DTYPES)}")
     model, plan = _load_any(spec, dtype)
+    require_context(model.config, seq_len)
     measured = measure_model(model, seq_len=seq_len, batch=batch, repeats=repeats)
     report = asdict(measured)
     if plan is not None:

@@ -117,7 +117,7 @@ def recover(
     when the loss becomes non-finite (the last checkpoint stays).
     """
     from evoprune.backend.data import load_text
-    from evoprune.backend.loading import quiet_transformers
+    from evoprune.backend.loading import quiet_transformers, require_context
     from evoprune.pruned.export import export_dtype, load_pruned, read_export_config, write_export
 
     settings = settings or RecoverySettings()
@@ -134,12 +134,7 @@ def recover(
         raise EvopruneError(
             f"'{export_dir}' has no plan.json naming the dense model it was pruned from: pass it as --teacher"
         )
-    context = getattr(config, "max_position_embeddings", None)
-    if context is not None and settings.seq_len > context:
-        raise EvopruneError(
-            f"--seq-len {settings.seq_len} is longer than the model's context of {context} tokens: "
-            f"use --seq-len {context} or less"
-        )
+    require_context(config, settings.seq_len)
     text = load_text(data)  # before the lock: a bad --data leaves nothing beside --out
     require_output_dir(out, "--out")  # and so does an --out that cannot be created
     # One recovery per --out, held until the result is written: --out is checked, read and
