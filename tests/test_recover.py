@@ -388,6 +388,11 @@ def test_a_recovery_is_recorded_against_its_evaluation_and_plan_shows_it(tmp_pat
     section = page.split("<h2>Recovery</h2>")[1].split("<h2>")[0]
     assert f"<td>{best.id}</td>" in section and "lora, 12 steps" in section
     assert f"{result.heldout_before['ppl']:.2f}" in section and f"{result.heldout_after['ppl']:.2f}" in section
+    # plan.json's store is gone: the recovery says it goes unrecorded (it said nothing)
+    store.rename(tmp_path / "moved.db")
+    moved = recover(export, str(text_file), tmp_path / "gone", RecoverySettings(**TINY))
+    assert moved.stored is None
+    assert any(n.startswith("the recovery will not be recorded in the store plan.json names") for n in moved.notes)
 
 
 def test_the_teacher_is_checked_as_searched_in_any_training_dtype(tmp_path, text_file, tiny_tokenizer):

@@ -398,6 +398,14 @@ def test_cli_evaluate_by_evaluation_id_then_its_export_in_a_fresh_process(
         assert a["loglikelihoods"] == pytest.approx(list(b.loglikelihoods), abs=1e-5)
 
 
+def test_a_task_named_twice_is_scored_once():
+    from evoprune.pruned.evaluate import parse_tasks
+
+    assert parse_tasks("arc_easy, mmlu,arc_easy,") == ["arc_easy", "mmlu"]
+    with pytest.raises(EvopruneError, match="--tasks names no task"):
+        parse_tasks(" , ")
+
+
 def test_cli_evaluate_uniform_configuration_and_bad_input(tmp_path, tiny_model_dir, text_file, arc_file):
     report = run_evaluate(
         str(tiny_model_dir), [f"arc_easy={arc_file}"], config="uniform:0.5", data=str(text_file), limit=3

@@ -47,7 +47,8 @@ class EvaluateReport:
 
 
 def parse_tasks(text: str) -> list[str]:
-    names = [n.strip() for n in text.split(",") if n.strip()]
+    """The task names of ``--tasks``, each once, in the order given."""
+    names = list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
     if not names:
         raise EvopruneError("--tasks names no task: pass e.g. --tasks arc_easy,mmlu")
     return names

@@ -156,11 +156,14 @@ def _heldout(model, windows, reference, batch: int) -> dict:
     return quality(model, windows, reference, batch)
 
 
-def _store_target(store: str | Path | None, plan: dict | None, export_dir: Path) -> tuple[Path, int, int] | None:
+def _store_target(
+    store: str | Path | None, plan: dict | None, export_dir: Path, skipped: list[str] | None = None
+) -> tuple[Path, int, int] | None:
     """``(store path, run id, evaluation id)`` to record the recovery against, or None.
 
     An explicit ``store`` must exist and hold the evaluation plan.json names, with the export's
-    levels (EvopruneError otherwise); ``"auto"`` uses plan.json's store when all that holds.
+    levels (EvopruneError otherwise); ``"auto"`` uses plan.json's store when all that holds, and
+    otherwise appends why not to ``skipped``.
     """
     from evoprune.store import Store
 
@@ -184,8 +187,10 @@ def _store_target(store: str | Path | None, plan: dict | None, export_dir: Path)
                 f"evaluation {eval_id} in store '{path}' is not the configuration '{export_dir}' was exported from: "
                 "pass the store it was exported from, or --store none"
             )
-    except EvopruneError:
+    except EvopruneError as exc:
         if auto:
+            if skipped is not None:
+                skipped.append(f"the recovery will not be recorded in the store plan.json names: {exc}")
             return None
         raise
     return path, int(run_id), int(eval_id)

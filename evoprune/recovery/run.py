@@ -141,7 +141,8 @@ def recover(
     # written by this process alone.
     with _lock_out(out):
         _check_out(out, export_dir, force)
-        target = _store_target(store, plan, export_dir)
+        not_recorded: list[str] = []
+        target = _store_target(store, plan, export_dir, not_recorded)
         checkpoint = out / CHECKPOINT_DIR
         state = None if restart else _load_state(checkpoint)
 
@@ -149,7 +150,7 @@ def recover(
         dtype_name = settings.dtype or export_dtype(export_dir)
         dtype = getattr(torch, dtype_name)
         device = torch.device(settings.device)
-        notes = [note] if (note := amp_note(device, settings.amp)) else []
+        notes = ([note] if (note := amp_note(device, settings.amp)) else []) + not_recorded
         for note in notes:
             progress("note", text=note)
         progress("phase", name="loading the export")
