@@ -752,6 +752,9 @@ def test_the_report_shows_each_prediction_of_the_search_with_its_interval_and_po
     own = json.loads(out.stdout)["search_predictions"]
     assert own["pooled"]["n"] == len(own["points"]) == 2
     assert all(p["measured_se"] > 0 and p["lower"] < p["upper"] for p in own["points"])
+    with Store.open_existing(searched_store, readonly=True) as st:  # too few points for an interval: said so
+        few = write_report(st, tmp_path / "few").read_text()
+    assert f"(no interval: 2 points, where a bootstrap interval needs {MIN_TAU_POINTS}); " in few
 
 
 def test_the_bootstrap_interval_of_kendall_tau_is_that_of_scipys_tau_on_the_same_resamples():

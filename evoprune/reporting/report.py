@@ -54,7 +54,7 @@ def _comparison(store: Store) -> str:
             best = best_of(under, "ppl")
             rows.append([r.settings.get("method"), r.id, len(ok),
                          _figure(top_rung(best)[1], "ppl") if best else "-",
-                         f"{best.params_fraction:.3f}" if best else "-",
+                         f"{best.params_fraction:.1%}" if best else "-",
                          f"{sum(e.duration_s or 0 for e in store.evaluations(r.id)):.0f}"])  # fmt: skip
         rows.sort(key=lambda row: float(row[3].split()[0]) if row[3] != "-" else float("inf"))
         parts.append(f"<h3>budget {budget if budget is not None else 'none'}, {evals} evaluations</h3>")
@@ -96,7 +96,7 @@ def _recoveries_section(store: Store, run: Run) -> str:
     rows = []
     for r in records:
         e = chosen.get(r.eval_id)
-        rows.append([r.eval_id, f"{e.params_fraction:.3f}" if e else "-",
+        rows.append([r.eval_id, f"{e.params_fraction:.1%}" if e else "-",
                      _figure(top_rung(e)[1], "ppl") if e else "-", f"{r.method}, {r.steps} steps",
                      _figure(r.before, "ppl"), _figure(r.after, "ppl"),
                      _figure(r.before, "kl", ".4f"), _figure(r.after, "kl", ".4f"), r.out])  # fmt: skip
@@ -155,9 +155,13 @@ def _predictions_section(predictions: SearchPredictions | None, image: str, meth
         "measurement, vertical bars the "
         f"predicted {level:.0%} interval, horizontal bars the measurement's own {level:.0%} interval (from its "
         f"standard error; grey). Over all {p['n']}: Kendall tau {_fmt(p['kendall_tau'])} "
-        f"(percentile bootstrap {level:.0%} interval [{_fmt(p['tau_low'])}, {_fmt(p['tau_high'])}], standard "
-        f"error {_fmt(p['tau_se'])}; none under {MIN_TAU_POINTS} points); "
-        f"{p['inside']} of {p['n']} inside their predicted interval "
+        + (
+            f"(percentile bootstrap {level:.0%} interval [{_fmt(p['tau_low'])}, {_fmt(p['tau_high'])}], standard "
+            f"error {_fmt(p['tau_se'])}); "
+            if p["n"] >= MIN_TAU_POINTS
+            else f"(no interval: {p['n']} points, where a bootstrap interval needs {MIN_TAU_POINTS}); "
+        )
+        + f"{p['inside']} of {p['n']} inside their predicted interval "
         f"({_fmt(p['coverage'], '.0%')}, Wilson {level:.0%} interval [{_fmt(p['coverage_low'], '.0%')}, "
         f"{_fmt(p['coverage_high'], '.0%')}]; {level:.0%} when calibrated).</p>"
         + image
