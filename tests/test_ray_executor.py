@@ -117,6 +117,28 @@ def test_ray_search_equals_the_in_process_search(
     assert executor.workers == [], "close() leaves no worker behind"
 
 
+def test_resume_continues_a_run_on_ray(
+    ray_session, recorded_executors, local_result, tmp_path, tiny_model_dir, text_file
+):
+    """Where evaluations run is not a setting of the run: ``resume --executor`` picks it again
+    (resume had no such option and went on in process)."""
+    from dataclasses import replace
+
+    from typer.testing import CliRunner
+
+    from evoprune.cli import app
+
+    store = tmp_path / "r.db"
+    evoprune.search(str(tiny_model_dir), str(text_file), str(store), replace(SETTINGS, evals=4))  # the design
+    out = CliRunner().invoke(app, ["resume", "--store", str(store), "--evals", "8", "--executor", "ray-recorded"])
+    assert out.exit_code == 0, out.output
+    (executor,) = recorded_executors
+    assert len(executor.loaded) == 2  # the rest of the run went to the Ray workers
+    with Store.open_existing(store, readonly=True) as st:
+        resumed = st.evaluations(st.get_run().id)
+    assert [(e.config_key, e.status, e.metrics) for e in resumed] == _keys_and_metrics(local_result)
+
+
 @pytest.mark.parametrize("max_retries", [2, 0])
 def test_a_worker_killed_mid_batch_is_replaced_and_recorded(
     max_retries, ray_session, recorded_executors, local_result, tmp_path, tiny_model_dir, text_file

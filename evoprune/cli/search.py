@@ -22,6 +22,18 @@ from evoprune.execution.executors import executor_factory
 from evoprune.objectives.pareto import pareto_front
 from evoprune.store import Store
 
+# Where evaluations run: options of both `search` and `resume` (not part of a run's settings).
+_EXECUTOR = typer.Option(
+    "local", "--executor", help="Where real evaluations run: local (this process) or ray (parallel workers)."
+)
+_RAY_ADDRESS = typer.Option(
+    None, "--ray-address", help="Ray cluster to join: auto or ray://HOST:10001 (default: start a local one)."
+)
+_WORKERS = typer.Option(
+    None, "--workers", help="Ray workers, each with a copy of the model (default: as many as CPUs and memory hold)."
+)
+_GPUS_PER_WORKER = typer.Option(None, "--gpus-per-worker", help="GPUs each Ray worker reserves.")
+
 
 def search_command(
     ctx: typer.Context,
@@ -148,16 +160,10 @@ def search_command(
         help="Number of MLP pruning steps (the top one removes the MLP); 0: one per --mlp-multiple channels.",
     ),
     mlp_multiple: int = typer.Option(1, "--mlp-multiple", help="Round kept MLP widths to a multiple (e.g. 64)."),
-    executor: str = typer.Option(
-        "local", "--executor", help="Where real evaluations run: local (this process) or ray (parallel workers)."
-    ),
-    ray_address: str = typer.Option(
-        None, "--ray-address", help="Ray cluster to join: auto or ray://HOST:10001 (default: start a local one)."
-    ),
-    workers: int = typer.Option(
-        None, "--workers", help="Ray workers, each with a copy of the model (default: as many as CPUs and memory hold)."
-    ),
-    gpus_per_worker: float = typer.Option(None, "--gpus-per-worker", help="GPUs each Ray worker reserves."),
+    executor: str = _EXECUTOR,
+    ray_address: str = _RAY_ADDRESS,
+    workers: int = _WORKERS,
+    gpus_per_worker: float = _GPUS_PER_WORKER,
     retry_failed: bool = typer.Option(
         False, "--retry-failed", help="Evaluate the run's failed rows again before going on (after fixing a fault)."
     ),
@@ -174,12 +180,7 @@ def search_command(
             raise EvopruneError("--model and --store are required (on the command line or in --config)")
         settings = settings_from_options(options)
         model, data, store = options["model"], options["data"], Path(options["store"])
-        executor = options.get("executor") or "local"
-        ray_options = {"address": "ray_address", "workers": "workers", "gpus_per_worker": "gpus_per_worker"}
-        executor_options = {k: options[o] for k, o in ray_options.items() if options.get(o) is not None}
-        if executor != "ray" and executor_options:
-            raise EvopruneError("--ray-address, --workers and --gpus-per-worker need --executor ray")
-        executor_factory(executor)  # a missing Ray or an unknown name fails here, before the model loads
+        executor, executor_options = _executor_choice(options)
         _use_task_data(options.get("task_data"))
         with _SearchProgress(err_console) as progress:
             result = search(
@@ -211,9 +212,14 @@ def resume_command(
     retry_failed: bool = typer.Option(
         False, "--retry-failed", help="Evaluate the run's failed rows again before going on (after fixing a fault)."
     ),
+    executor: str = _EXECUTOR,
+    ray_address: str = _RAY_ADDRESS,
+    workers: int = _WORKERS,
+    gpus_per_worker: float = _GPUS_PER_WORKER,
     as_json: bool = typer.Option(False, "--json", help="Print the resulting front as JSON."),
 ) -> None:
-    """Continue a stored run with its recorded settings; nothing but the store is needed."""
+    """Continue a stored run with its recorded settings; nothing but the store is needed (where its
+    evaluations run is not a setting of the run: pass --executor ray to continue on Ray)."""
     from dataclasses import replace
 
     from evoprune.engine.config import settings_from_run
@@ -230,14 +236,31 @@ def resume_command(
                     f"pass a larger total to continue it (e.g. --evals {done + evals} for {evals} more)"
                 )
             settings = replace(settings, evals=evals)
+        runner, runner_options = _executor_choice(
+            dict(executor=executor, ray_address=ray_address, workers=workers, gpus_per_worker=gpus_per_worker)
+        )
         _use_task_data(task_data)
         with _SearchProgress(err_console) as progress:
-            result = search(r.model, r.data, str(store), settings, progress=progress, retry_failed=retry_failed)
+            result = search(r.model, r.data, str(store), settings, progress=progress, retry_failed=retry_failed,
+                            executor=runner, executor_options=runner_options)  # fmt: skip
     except EvopruneError as exc:
         _fail(str(exc))
     except KeyboardInterrupt:
         _interrupted(store, "run 'evoprune resume' to continue")
     _print_search_result(result, store, as_json)
+
+
+def _executor_choice(options: dict) -> tuple[str, dict]:
+    """``(executor name, executor options)`` from the command's options; raises EvopruneError for
+    Ray options without ``--executor ray``, an unknown executor or a missing Ray (before any
+    model loads)."""
+    executor = options.get("executor") or "local"
+    ray_options = {"address": "ray_address", "workers": "workers", "gpus_per_worker": "gpus_per_worker"}
+    executor_options = {k: options[o] for k, o in ray_options.items() if options.get(o) is not None}
+    if executor != "ray" and executor_options:
+        raise EvopruneError("--ray-address, --workers and --gpus-per-worker need --executor ray")
+    executor_factory(executor)
+    return executor, executor_options
 
 
 def _interrupted(store: Path | None, again: str) -> None:
