@@ -423,3 +423,32 @@ def test_a_model_folder_without_a_tokenizer_is_refused_in_one_line(family, tmp_p
     assert not store.exists()
     # Timing a forward pass needs no tokenizer.
     assert measure(str(folder), seq_len=8, repeats=1)["params"] > 0
+
+
+def test_a_search_given_relative_paths_resumes_and_exports_from_another_folder(
+    tmp_path, tiny_model_dir, text_file, monkeypatch
+):
+    """The store records local paths absolute: `resume` needs nothing but the store, from any folder
+    (it looked for 'calib.txt' in the folder it was run from), and plan.json names the model too."""
+    import shutil
+
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.copytree(tiny_model_dir, work / "model")
+    shutil.copy(text_file, work / "calib.txt")
+    monkeypatch.chdir(work)
+    store = work / "s.db"
+    done = evoprune_in_process("search", "--model", "model", "--data", "calib.txt", "--store", "s.db", "--evals", "4",
+                               "--init", "4", *SEARCH_ARGS)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    monkeypatch.chdir(elsewhere)
+    resumed = evoprune_in_process("resume", "--store", str(store), "--evals", "5")
+    assert resumed.returncode == 0, resumed.stderr
+    with Store.open_existing(store, readonly=True) as st:
+        run = st.get_run()
+        assert len(st.evaluations(run.id)) == 5
+    assert (run.model, run.data) == (str(work / "model"), str(work / "calib.txt"))
+    exported = evoprune_in_process("export", "--store", str(store), "--pick", "knee", "--out", "e")
+    assert exported.returncode == 0, exported.stderr
+    plan = json.loads((elsewhere / "e" / "plan.json").read_text())
+    assert (plan["source_model"], plan["data"]) == (str(work / "model"), str(work / "calib.txt"))

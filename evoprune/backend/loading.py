@@ -165,6 +165,16 @@ def load_config(source: ModelSource):
     return config
 
 
+def absolute_if_local(spec: str | None) -> str | None:
+    """``spec`` made an absolute path when it names an existing local file or folder; a zoo name,
+    hub id, data shortcut or None unchanged. What a store, a plan.json or a worker records: their
+    reader's working directory is not the writer's."""
+    if spec is None:
+        return None
+    path = Path(spec).expanduser()
+    return str(path.resolve()) if path.exists() else spec
+
+
 def require_context(config, seq_len: int) -> None:
     """Raise EvopruneError when ``seq_len`` tokens exceed the model's context (its
     ``max_position_embeddings``; a config without one is not checked)."""

@@ -18,6 +18,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 import numpy as np
 
+from evoprune.backend.loading import absolute_if_local
 from evoprune.backend.pruner import COLLAPSED, Measurement, PruningBackend
 from evoprune.engine.ladder import FidelityLadder
 from evoprune.engine.settings import ProgressFn, SearchSettings, log_progress
@@ -91,9 +92,10 @@ class SearchContext(FidelityLadder):
         run_key = hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
         self.run, _ = self.store.get_or_create_run(
             run_key,
-            model=b.loaded.source.spec,
+            # absolute where local: `resume` and `export` run from any folder
+            model=absolute_if_local(b.loaded.source.spec),
             model_fingerprint=b.loaded.fingerprint,
-            data=b.text.spec,
+            data=absolute_if_local(b.text.spec),
             data_fingerprint=b.data_fingerprint,
             dense_params=self.dense_params,
             space=self.space.to_dict(),

@@ -11,7 +11,6 @@ import re
 import socket
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -95,14 +94,6 @@ class RayWorker:
         if "host" in self.info:
             return f"{self.name} ({self.info['host']}, pid {self.info['pid']})"
         return self.name
-
-
-def _absolute_if_local(spec: str | None) -> str | None:
-    """Local paths made absolute: a worker's working directory is not the driver's."""
-    if spec is None:
-        return None
-    path = Path(spec).expanduser()
-    return str(path.resolve()) if path.exists() else spec
 
 
 def worker_memory_estimate(backend: PruningBackend) -> int:

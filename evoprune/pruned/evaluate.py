@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from evoprune.backend.loading import absolute_if_local
 from evoprune.errors import EvopruneError, require_parent_dir
 from evoprune.pruned.target import Target, open_target
 from evoprune.tasks import harness
@@ -126,7 +127,7 @@ def run_evaluate(
             for r in results:
                 report.stored.append(
                     store.add_task_result(
-                        model=model,
+                        model=absolute_if_local(model),
                         source=target.source,
                         task=r.task,
                         shots=r.shots,

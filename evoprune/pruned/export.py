@@ -19,6 +19,7 @@ import numpy as np
 
 from evoprune.backend import pruned_modeling
 from evoprune.backend.adapters import adapter_for
+from evoprune.backend.loading import absolute_if_local
 from evoprune.backend.pruner import PruningBackend
 from evoprune.backend.settings import BackendSettings
 from evoprune.backend.slicing import layer_sizes
@@ -105,9 +106,9 @@ def export_pruned(
         "params": params,
         "params_fraction": params / space.arch.dense_params(),
         "dense_params": space.arch.dense_params(),
-        "source_model": backend.loaded.source.spec,
+        "source_model": absolute_if_local(backend.loaded.source.spec),  # recover's teacher, from any folder
         "model_fingerprint": backend.loaded.fingerprint,
-        "data": backend.text.spec,  # the importance text: the plan alone applies the configuration again
+        "data": absolute_if_local(backend.text.spec),  # the importance text: the plan alone applies it again
         "space": space.to_dict(),
         "backend": {k: v for k, v in vars(backend.settings).items()},
         **(metadata or {}),
