@@ -406,6 +406,23 @@ def test_a_task_named_twice_is_scored_once():
         parse_tasks(" , ")
 
 
+def test_questions_cut_to_the_models_positions_are_counted_and_said(tiny_model_dir):
+    """25 ARC shots are far longer than the tiny model's 512 positions: the context is cut from the
+    left, as lm-evaluation-harness cuts it, and the user hears of it (it was silent)."""
+    from typer.testing import CliRunner
+
+    from evoprune.cli import app
+
+    arc = SHARED_DATA / "arc_easy" / "ARC-Easy-Dev.jsonl"
+    args = ["evaluate", "--model", str(tiny_model_dir), "--tasks", f"arc_easy={arc}", "--limit", "2", "--json"]
+    cut = CliRunner().invoke(app, [*args, "--shots", "25"])
+    assert cut.exit_code == 0, cut.output
+    assert json.loads(cut.stdout)["results"][0]["truncated"] == 2
+    assert "note: 2 of 2 arc_easy questions were cut from the left" in cut.stderr
+    whole = CliRunner().invoke(app, [*args, "--shots", "0"])
+    assert json.loads(whole.stdout)["results"][0]["truncated"] == 0 and "note:" not in whole.stderr
+
+
 def test_cli_evaluate_uniform_configuration_and_bad_input(tmp_path, tiny_model_dir, text_file, arc_file):
     report = run_evaluate(
         str(tiny_model_dir), [f"arc_easy={arc_file}"], config="uniform:0.5", data=str(text_file), limit=3

@@ -259,6 +259,14 @@ def evaluate_command(
 
 
 def _print_evaluate(report, as_json: bool, store: Path | None) -> None:
+    for r in report.results:
+        if r.truncated:
+            err_console.print(
+                f"note: {r.truncated} of {r.n} {r.task} questions were cut from the left to fit the model's positions "
+                "(as lm-evaluation-harness cuts them)"
+                + (f"; fewer than {r.shots} shots keep more of them whole" if r.shots else ""),
+                soft_wrap=True,
+            )
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2))
         return

@@ -31,6 +31,12 @@ class TaskResult:
     duration_s: float = 0.0
     items: list[Scored] = field(default_factory=list)
 
+    @property
+    def truncated(self) -> int:
+        """Questions whose context (prompt and shots) was cut from the left to fit the model's
+        positions, as lm-evaluation-harness cuts them."""
+        return sum(s.truncated for s in self.items)
+
     def keyed(self, task: str | None = None) -> dict[str, float]:
         """``{"acc:TASK": ..., "acc_norm:TASK": ...}``: the names search objectives use; ``task``
         names the task as an objective does (default: the task's own name)."""
@@ -48,6 +54,7 @@ class TaskResult:
             "stderr": {k: None if math.isnan(v) else v for k, v in self.stderr.items()},
             "scorer": self.scorer,
             "duration_s": round(self.duration_s, 3),
+            "truncated": self.truncated,
         }
         if items:
             d["items"] = [s.to_dict() for s in self.items]

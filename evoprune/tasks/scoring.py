@@ -123,6 +123,7 @@ class Scored:
     loglikelihoods: tuple[float, ...]
     pred: int
     pred_norm: int
+    truncated: bool = False  # its context was cut from the left to fit the model's positions
 
     def to_dict(self) -> dict:
         return {
@@ -130,6 +131,7 @@ class Scored:
             "gold": self.gold,
             "pred": self.pred,
             "pred_norm": self.pred_norm,
+            "truncated": self.truncated,
             "loglikelihoods": list(self.loglikelihoods),
         }
 
@@ -155,7 +157,8 @@ def score_questions(
                     f"model's {limit} positions: drop the question from the task data"
                 )
             lls = question_loglikelihoods(forward, ctx, conts, limit)
-            out.append(Scored(q.index, q.gold, tuple(lls), *predictions(lls, q.choices)))
+            cut = len(ctx) + max(len(c) for c in conts) > limit + 1  # as question_loglikelihoods decides
+            out.append(Scored(q.index, q.gold, tuple(lls), *predictions(lls, q.choices), truncated=cut))
             if progress is not None:
                 progress(n + 1, len(questions))
     return out
