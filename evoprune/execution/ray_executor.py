@@ -33,6 +33,7 @@ import os
 from collections import deque
 from dataclasses import replace
 
+from evoprune.backend.loading import absolute_if_local
 from evoprune.backend.pruner import Measurement, PruningBackend
 from evoprune.errors import EvopruneError
 from evoprune.execution.executors import (
@@ -47,7 +48,6 @@ from evoprune.execution.executors import (
 from evoprune.execution.ray_workers import (
     FORWARDED_ENV,
     RayWorker,
-    _absolute_if_local,
     _EvalWorker,
     _one_line,
     worker_memory_estimate,
@@ -95,9 +95,9 @@ class RayExecutor(Executor):
             raise EvopruneError(f"threads_per_worker must be at least 1, got {threads_per_worker}")
         self.recipe = replace(
             recipe,
-            model=_absolute_if_local(recipe.model),
-            data=_absolute_if_local(recipe.data),
-            settings=replace(recipe.settings, calib_data=_absolute_if_local(recipe.settings.calib_data)),
+            model=absolute_if_local(recipe.model),
+            data=absolute_if_local(recipe.data),
+            settings=replace(recipe.settings, calib_data=absolute_if_local(recipe.settings.calib_data)),
         )
         self.data_fingerprint = data_fingerprint
         self.address = address
