@@ -85,12 +85,16 @@ class _Forward:
         return out.logits, new_cache
 
 
+def context_overflow(ctx: list[int], conts: Sequence[list[int]], limit: int) -> int:
+    """Tokens to cut from the left of the shared context ``ctx`` so that the longest choice fits the
+    model's ``limit`` positions (0: it fits)."""
+    return max(0, len(ctx) + max(len(c) for c in conts) - limit - 1)
+
+
 def question_loglikelihoods(forward: _Forward, ctx: list[int], conts: Sequence[list[int]], limit: int) -> list[float]:
-    """Summed log-probabilities of each continuation after the shared context ``ctx``."""
-    longest = max(len(c) for c in conts)
-    if len(ctx) + longest > limit + 1:
-        # Left-truncate the shared context so the longest choice fits the model's positions.
-        ctx = ctx[len(ctx) + longest - limit - 1 :]
+    """Summed log-probabilities of each continuation after the shared context ``ctx``, left-truncated
+    by ``context_overflow`` (as lm-evaluation-harness truncates)."""
+    ctx = ctx[context_overflow(ctx, conts, limit) :]
     logits, cache = forward(torch.tensor([ctx]), last_only=True)
     first = F.log_softmax(logits[0, -1].float(), dim=-1)
     totals = [float(first[c[0]]) for c in conts]
@@ -157,7 +161,7 @@ def score_questions(
                     f"model's {limit} positions: drop the question from the task data"
                 )
             lls = question_loglikelihoods(forward, ctx, conts, limit)
-            cut = len(ctx) + max(len(c) for c in conts) > limit + 1  # as question_loglikelihoods decides
+            cut = context_overflow(ctx, conts, limit) > 0
             out.append(Scored(q.index, q.gold, tuple(lls), *predictions(lls, q.choices), truncated=cut))
             if progress is not None:
                 progress(n + 1, len(questions))
