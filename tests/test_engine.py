@@ -330,6 +330,32 @@ def test_a_worker_built_from_the_recipe_reports_the_task_accuracies(
     assert [e.metrics for e in retried.evaluations] == [e.metrics for e in here.evaluations]
 
 
+def first_logit(backend) -> dict[str, float]:
+    """An extra metric of the user's own (module level, so that plain pickle ships it): a logit
+    of the model as pruned."""
+    with torch.no_grad():
+        return {"first_logit": float(backend.loaded.model(torch.tensor([[1, 2, 3]])).logits[0, -1, 0])}
+
+
+def test_a_worker_built_from_the_recipe_reports_the_users_own_metrics(
+    tmp_path, tiny_model_dir, text_file, worker_executor
+):
+    """Not only task accuracies: any callable in ``backend.extra_metrics`` reaches the workers
+    (Ray's stored rows lacked it, without a word)."""
+    from evoprune.engine.run import prepare_backend
+
+    settings = _settings(evals=4, init=4)
+    runs = {}
+    for name, executor in (("here", "local"), ("there", worker_executor)):
+        backend = prepare_backend(str(tiny_model_dir), str(text_file), settings)
+        backend.extra_metrics.append(first_logit)
+        runs[name] = search(str(tiny_model_dir), str(text_file), str(tmp_path / f"{name}.db"), settings,
+                            backend=backend, executor=executor)  # fmt: skip
+    assert all("first_logit" in e.metrics for e in runs["there"].evaluations)
+    assert len({e.metrics["first_logit"] for e in runs["there"].evaluations}) > 1
+    assert [e.metrics for e in runs["there"].evaluations] == [e.metrics for e in runs["here"].evaluations]
+
+
 def test_a_budget_focuses_acquisition_just_under_it(tmp_path, tiny_model_dir, text_file):
     focused = search(
         str(tiny_model_dir), str(text_file), str(tmp_path / "f.db"), _settings(evals=14, max_params=0.7, min_params=0.0)

@@ -40,20 +40,26 @@ class BackendRecipe:
     settings: BackendSettings
     model_fingerprint: str
     tasks: tuple[TaskSetup, ...] = ()  # the driver's task-accuracy metrics (acc:TASK objectives)
+    # Every other ``extra_metrics`` callable of the driver, shipped as it is: it must pickle (Ray
+    # uses cloudpickle, so a function defined in a notebook does) and take the worker's backend.
+    metrics: tuple[Callable[[PruningBackend], dict[str, float]], ...] = ()
 
     @classmethod
     def of(cls, model: str, data: str, backend: PruningBackend) -> BackendRecipe:
-        """The recipe of the driver's ``backend``, its task evaluators included."""
+        """The recipe of the driver's ``backend``, all of its ``extra_metrics`` included: task
+        evaluators as their ``TaskSetup`` (rebuilt on the worker's backend), others as they are."""
         from evoprune.tasks.evaluator import TaskEvaluator  # only searches with task metrics need it
 
         tasks = tuple(m.setup for m in backend.extra_metrics if isinstance(m, TaskEvaluator))
-        return cls(model, data, backend.settings, backend.loaded.fingerprint, tasks)
+        metrics = tuple(m for m in backend.extra_metrics if not isinstance(m, TaskEvaluator))
+        return cls(model, data, backend.settings, backend.loaded.fingerprint, tasks, metrics)
 
     def load(self) -> PruningBackend:
         backend = load_backend(self.model, self.data, self.settings)
         if backend.loaded.fingerprint != self.model_fingerprint:
             raise EvopruneError(f"worker loaded a different model than the driver for '{self.model}'")
         backend.extra_metrics.extend(task.build(backend) for task in self.tasks)
+        backend.extra_metrics.extend(self.metrics)
         return backend
 
 
