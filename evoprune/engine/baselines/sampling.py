@@ -14,17 +14,17 @@ from evoprune.objectives.spec import quality_value
 
 
 def near_budget(ctx: SearchContext, n: int, seed: int, pool_size: int, maximin: bool = True) -> np.ndarray:
-    """Random feasible configurations, those that spend most of the budget first."""
+    """``n`` random feasible configurations, shape (n, num_genes) (fewer if the pool has fewer).
+
+    Under a budget they are the ``n`` of a random pool of ``pool_size`` that keep the most
+    parameters: a random configuration far under the budget wastes it, so a random baseline that
+    an expert would run samples near it. Without a budget, ``n`` of the pool at random.
+    """
     pool = intensity_sample(ctx.space, pool_size, seed, low=0.02, high=0.6, maximin=maximin)
     pool = pool[ctx.feasible(pool)]
-    if not len(pool):
-        return pool
-    has_budget = bool(ctx.constraint_names)
-    if has_budget:
-        pool = pool[np.argsort(-ctx.space.params_matrix(pool), kind="stable")]
-        pool = pool[: max(n, len(pool) // 4)]
-    rng = np.random.default_rng(seed)
-    return pool[rng.permutation(len(pool))[:n]] if not has_budget else pool[:n]
+    if ctx.constraint_names:
+        return pool[np.argsort(-ctx.space.params_matrix(pool), kind="stable")][:n]
+    return pool[np.random.default_rng(seed).permutation(len(pool))[:n]]
 
 
 @register_strategy
