@@ -196,6 +196,7 @@ def test_compare_runs_the_one_shot_baselines_once_each_on_budget(tmp_path, tiny8
         values = [r["best_value"] for r in listed]
         assert values == sorted(values) and {r["run"] for r in listed} == {r.run_id for r in rows}
         order = [r["method"] for r in listed]
+        assert all(f"│ {m} " in table.stdout for m in order), table.stdout
         assert sorted(order, key=lambda m: table.stdout.index(f"│ {m} ")) == order
 
 

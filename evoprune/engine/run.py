@@ -18,7 +18,7 @@ from evoprune.errors import require_parent_dir
 from evoprune.execution.executors import BackendRecipe, make_executor
 from evoprune.objectives.spec import CostEvaluator, Objectives
 from evoprune.store import Evaluation, Run, Store
-from evoprune.store.lock import check_search_lock, search_lock
+from evoprune.store.lock import search_lock
 
 
 @dataclass
@@ -133,20 +133,22 @@ def search(
     settings = method_settings(settings)
     # Before the model loads: minutes of setup would be spent for nothing.
     require_parent_dir(Path(store).expanduser(), "--store")
-    check_search_lock(store)
-    if backend is None:
-        backend = prepare_backend(model, data, settings, progress)
-    else:
-        settings.validate()
-        backend = backend.with_grid(settings.backend)
-    CostEvaluator(backend.space, backend.loaded.model.config, dtype=settings.backend.dtype).check_feasible(
-        settings.budget
-    )
-    recipe = BackendRecipe.of(model, data, backend)
-    runner = make_executor(executor, backend, recipe, **(executor_options or {}))
-    try:
-        # One searching process per store: a second one would redo the first one's pending rows.
-        with Store(store) as st, search_lock(store):
-            return run_strategy(SearchContext(backend, st, settings, progress, runner), retry_failed)
-    finally:
-        runner.close()
+    # One searching process per store (a second one would redo the first one's pending rows), held
+    # from before the model loads, so that a second search started at the same time is refused
+    # at once instead of after minutes of loading.
+    with search_lock(store):
+        if backend is None:
+            backend = prepare_backend(model, data, settings, progress)
+        else:
+            settings.validate()
+            backend = backend.with_grid(settings.backend)
+        CostEvaluator(backend.space, backend.loaded.model.config, dtype=settings.backend.dtype).check_feasible(
+            settings.budget
+        )
+        recipe = BackendRecipe.of(model, data, backend)
+        runner = make_executor(executor, backend, recipe, **(executor_options or {}))
+        try:
+            with Store(store) as st:
+                return run_strategy(SearchContext(backend, st, settings, progress, runner), retry_failed)
+        finally:
+            runner.close()

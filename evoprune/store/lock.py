@@ -102,18 +102,3 @@ def search_lock(store: str | Path) -> AbstractContextManager[None]:
     written gets no lock: opening the store for writing reports that problem more precisely.
     """
     return path_lock(store, _store_in_use(store))
-
-
-def check_search_lock(store: str | Path) -> None:
-    """Raise ``EvopruneError`` at once when another process holds the store's search lock, so a
-    second search is refused before it spends minutes loading a model. Creates no file; the lock
-    itself is still taken (``search_lock``) when the search writes."""
-    try:
-        fd = os.open(lock_path(store), os.O_RDWR)
-    except (OSError, ValueError):  # no lock file yet (or no such folder): nobody holds it
-        return
-    try:
-        if not _try_lock(fd):
-            raise EvopruneError(_store_in_use(store)(_holder(fd)))
-    finally:
-        os.close(fd)  # releases the probe's lock
