@@ -119,3 +119,19 @@ def test_a_store_that_fails_to_open_does_not_keep_the_file_open(tmp_path, readon
         Store(path, readonly=readonly)
     assert info.value is not None
     assert _open_handles(path) == []
+
+
+def test_reading_a_store_leaves_no_wal_files_beside_it(tmp_path):
+    """SQLite removes a store's -wal and -shm files when its last connection closes, unless that
+    connection was opened read-only: every ``pareto`` left them beside the store."""
+    path = tmp_path / "s.db"
+    with Store(path) as st:
+        st.get_or_create_run("k1", **RUN_FIELDS)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.db"]
+    with Store.open_existing(path, readonly=True) as st:
+        assert st.get_run().run_key == "k1"
+        with pytest.raises(EvopruneError, match="opened read-only"):
+            st.get_or_create_run("k2", **RUN_FIELDS)
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            st._conn.execute("DELETE FROM runs")  # not even a raw statement writes
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.db"]

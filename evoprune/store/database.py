@@ -4,6 +4,7 @@ transaction per write (the tables are described in ``evoprune.store``)."""
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
@@ -21,8 +22,9 @@ class Store(StoreLogs):
 
     ``readonly=True`` opens an existing store without writing anything (no journal mode, no
     schema), so stores on read-only media, or owned by someone else, can be read; any write
-    through such a store raises ``EvopruneError``. A writable open of a store that cannot be
-    written raises ``EvopruneError`` naming the reason.
+    through such a store raises ``EvopruneError``. (Where the file can be written, SQLite still
+    folds its write-ahead log into it when the last connection closes, as it always does.) A
+    writable open of a store that cannot be written raises ``EvopruneError`` naming the reason.
     """
 
     def __init__(self, path: str | Path, *, readonly: bool = False):
@@ -64,6 +66,13 @@ class Store(StoreLogs):
         return conn
 
     def _connect_readonly(self) -> sqlite3.Connection:
+        if self.path.is_file() and os.access(self.path, os.W_OK) and os.access(self.path.parent, os.W_OK):
+            # Where the store could be written, read through a connection that refuses writes:
+            # closing last, it removes the -wal and -shm files, which a mode=ro one leaves behind.
+            conn = self._conn = sqlite3.connect(str(self.path), timeout=30, isolation_level=None)
+            conn.execute("PRAGMA query_only=ON")
+            conn.row_factory = sqlite3.Row
+            return conn
         uri = self.path.resolve().as_uri()
         conn = self._conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=30, isolation_level=None)
         try:
