@@ -186,7 +186,7 @@ def compare_command(
     columns = (
         "method",
         "run",
-        "evaluations",
+        "evals",
         "best ppl",
         "top rung ppl",
         "valid ppl",

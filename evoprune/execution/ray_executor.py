@@ -30,6 +30,7 @@ import contextlib
 import logging
 import math
 import os
+import warnings
 from collections import deque
 from dataclasses import replace
 
@@ -140,13 +141,16 @@ class RayExecutor(Executor):
         try:
             # "local" always starts a private instance: plain ray.init() would join any cluster
             # that `ray start` left running on this machine.
-            ray.init(
-                address=self.address or "local",
-                include_dashboard=False if self.address is None else None,
-                log_to_driver=False,
-                # A private instance's startup notices are noise in the search's progress display.
-                logging_level=logging.ERROR if self.address is None else logging.WARNING,
-            )
+            with warnings.catch_warnings():
+                # Ray Client warns of a timeout before raising it: the error below says it once.
+                warnings.filterwarnings("ignore", message="Ray Client connection timed out")
+                ray.init(
+                    address=self.address or "local",
+                    include_dashboard=False if self.address is None else None,
+                    log_to_driver=False,
+                    # A private instance's startup notices are noise in the search's progress display.
+                    logging_level=logging.ERROR if self.address is None else logging.WARNING,
+                )
         except Exception as exc:  # noqa: BLE001 - Ray raises many kinds here; all mean "no cluster"
             raise EvopruneError(
                 f"could not {where} ({_one_line(exc)}): start a cluster with 'ray start --head' and pass "
