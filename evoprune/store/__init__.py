@@ -1,8 +1,9 @@
 """The pair store: every real evaluation, committed the moment it finishes, in SQLite.
 
-``Store`` (``database``, with its logs in ``logs``), the rows it returns (``records``), the
-schema (``schema``), and the lock that keeps one searching process per store (``lock``, whose
-``path_lock`` also keeps one ``evoprune recover`` per output directory).
+``Store`` (``database``, with its logs in ``logs`` and its read-only connection in ``connection``),
+the rows it returns (``records``), the schema (``schema``), and the lock that keeps one searching
+process per store (``lock``, whose ``path_lock`` also keeps one ``evoprune recover`` per output
+directory).
 
 Tables:
 

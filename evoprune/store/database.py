@@ -4,7 +4,6 @@ transaction per write (the tables are described in ``evoprune.store``)."""
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
@@ -12,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from evoprune.errors import EvopruneError
+from evoprune.store.connection import connect_readonly, open_error
 from evoprune.store.logs import StoreLogs
 from evoprune.store.records import Evaluation, Fidelity, Run, Screening
 from evoprune.store.schema import SCHEMA, SCHEMA_VERSION, utc_now
@@ -42,10 +42,10 @@ class Store(StoreLogs):
 
     def _open(self) -> None:
         try:
-            self._conn = self._connect_readonly() if self.readonly else self._connect_writable()
+            self._conn = connect_readonly(self.path) if self.readonly else self._connect_writable()
             row = self._conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         except sqlite3.DatabaseError as exc:
-            raise self._open_error(exc) from None
+            raise open_error(self.path, exc) from None
         version = int(row[0]) if row else None
         if version != SCHEMA_VERSION:
             raise EvopruneError(
@@ -64,44 +64,6 @@ class Store(StoreLogs):
                     conn.execute(statement)
             conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         return conn
-
-    def _connect_readonly(self) -> sqlite3.Connection:
-        if self.path.is_file() and os.access(self.path, os.W_OK) and os.access(self.path.parent, os.W_OK):
-            # Where the store could be written, read through a connection that refuses writes:
-            # closing last, it removes the -wal and -shm files, which a mode=ro one leaves behind.
-            conn = self._conn = sqlite3.connect(str(self.path), timeout=30, isolation_level=None)
-            conn.execute("PRAGMA query_only=ON")
-            conn.row_factory = sqlite3.Row
-            return conn
-        uri = self.path.resolve().as_uri()
-        conn = self._conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=30, isolation_level=None)
-        try:
-            conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
-        except sqlite3.OperationalError:
-            # A WAL store needs its -shm file, which SQLite cannot create on read-only media; nobody
-            # can write there either, so reading the file as immutable sees the same data.
-            conn.close()
-            conn = self._conn = sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, isolation_level=None)
-        conn.row_factory = sqlite3.Row
-        return conn
-
-    def _open_error(self, exc: sqlite3.DatabaseError) -> EvopruneError:
-        """One accurate line for a store that cannot be opened: not SQLite, not evoprune, or not writable."""
-        text = str(exc)
-        if "file is not a database" in text or "file is encrypted" in text:
-            return EvopruneError(f"'{self.path}' is not an evoprune store (not a SQLite database)")
-        if "no such table" in text:
-            return EvopruneError(f"'{self.path}' is a SQLite database but not an evoprune store (no meta table)")
-        if not self.path.parent.is_dir():
-            return EvopruneError(
-                f"store '{self.path}': directory '{self.path.parent}' does not exist: create it or pass another --store"
-            )
-        if "readonly" in text or "read-only" in text or "unable to open" in text:
-            return EvopruneError(
-                f"store '{self.path}' cannot be written ({text}): the file or its directory is read-only; "
-                "copy the store to a writable location or pass another --store"
-            )
-        return EvopruneError(f"could not open store '{self.path}': {text}")
 
     @classmethod
     def open_existing(cls, path: str | Path, *, readonly: bool = False) -> Store:
@@ -122,7 +84,7 @@ class Store(StoreLogs):
         except sqlite3.OperationalError as exc:
             if "readonly" not in str(exc):
                 raise
-            raise self._open_error(exc) from None
+            raise open_error(self.path, exc) from None
         try:
             yield self._conn
         except BaseException:
@@ -230,18 +192,18 @@ class Store(StoreLogs):
                 ("ok" if ok else "failed", json.dumps(metrics), error, utc_now(), float(duration_s), eval_id),
             )
 
-    def retry_failed(self, run_id: int) -> int:
-        """Turn run ``run_id``'s failed evaluations back into pending rows; return how many.
+    def retry_failed(self, run_id: int, also: Collection[int] = ()) -> int:
+        """Turn run ``run_id``'s failed evaluations, and its evaluations whose ids are in ``also``
+        (e.g. ok rows that lack a metric), back into pending rows; return how many.
 
         Their configurations, origins and rounds stay; the error and metrics go.
         """
+        reset = "SET status='pending', metrics=NULL, error=NULL, finished_at=NULL, duration_s=NULL"
         with self._tx() as c:
-            cur = c.execute(
-                "UPDATE evaluations SET status='pending', metrics=NULL, error=NULL, finished_at=NULL, duration_s=NULL "
-                "WHERE run_id=? AND status='failed'",
-                (run_id,),
-            )
-            return cur.rowcount
+            count = c.execute(f"UPDATE evaluations {reset} WHERE run_id=? AND status='failed'", (run_id,)).rowcount
+            for eval_id in also:
+                count += c.execute(f"UPDATE evaluations {reset} WHERE run_id=? AND id=?", (run_id, eval_id)).rowcount
+            return count
 
     def evaluations(self, run_id: int, status: str | None = None) -> list[Evaluation]:
         """A run's evaluations in order, each with the ladder rungs and validation it reached."""
