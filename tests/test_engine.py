@@ -330,6 +330,27 @@ def test_a_worker_built_from_the_recipe_reports_the_task_accuracies(
     assert [e.metrics for e in retried.evaluations] == [e.metrics for e in here.evaluations]
 
 
+def test_retry_failed_measures_again_the_rows_that_lack_an_objective(tmp_path, tiny_model_dir, text_file):
+    """A store where Ray workers stored acc:TASK runs' rows as ok with ppl and KL only (before
+    2026-12-02): those rows are named, and ``retry_failed`` measures them again."""
+    import sqlite3
+
+    settings = _settings(evals=4, init=4, objectives="acc:arc_easy,params", task_limit=6)
+    store = tmp_path / "s.db"
+    here = search(str(tiny_model_dir), str(text_file), str(store), settings)
+    with sqlite3.connect(store) as conn:  # as those workers stored them
+        for e in here.evaluations[:2]:
+            metrics = {k: v for k, v in e.metrics.items() if not k.startswith("acc")}
+            conn.execute("UPDATE evaluations SET metrics=? WHERE id=?", (json.dumps(metrics), e.id))
+    conn.close()
+    events = []
+    search(str(tiny_model_dir), str(text_file), str(store), settings, lambda event, **info: events.append(info))
+    assert {"name": "2 rows lack an objective of the run: --retry-failed measures them again"} in events
+    retried = search(str(tiny_model_dir), str(text_file), str(store), settings, retry_failed=True)
+    assert retried.new_evaluations == 2
+    assert [e.metrics for e in retried.evaluations] == [e.metrics for e in here.evaluations]
+
+
 def first_logit(backend) -> dict[str, float]:
     """An extra metric of the user's own (module level, so that plain pickle ships it): a logit
     of the model as pruned."""

@@ -23,6 +23,9 @@ from evoprune.objectives.pareto import pareto_front
 from evoprune.store import Store
 
 # Where evaluations run: options of both `search` and `resume` (not part of a run's settings).
+_RETRY_FAILED = typer.Option(
+    False, "--retry-failed", help="Evaluate the run's failed rows, and rows lacking an objective, again first."
+)
 _EXECUTOR = typer.Option(
     "local", "--executor", help="Where real evaluations run: local (this process) or ray (parallel workers)."
 )
@@ -164,9 +167,7 @@ def search_command(
     ray_address: str = _RAY_ADDRESS,
     workers: int = _WORKERS,
     gpus_per_worker: float = _GPUS_PER_WORKER,
-    retry_failed: bool = typer.Option(
-        False, "--retry-failed", help="Evaluate the run's failed rows again before going on (after fixing a fault)."
-    ),
+    retry_failed: bool = _RETRY_FAILED,
     as_json: bool = typer.Option(False, "--json", help="Print the resulting front as JSON instead of a table."),
 ) -> None:
     """Search per-layer pruning levels for --model, spending --evals real evaluations; the same command continues it."""
@@ -209,9 +210,7 @@ def resume_command(
         "--task-data",
         help="Folder of the shipped tasks' data (arc_easy/, mmlu/dev/; default: $EVOPRUNE_TASK_DATA, else the hub).",
     ),
-    retry_failed: bool = typer.Option(
-        False, "--retry-failed", help="Evaluate the run's failed rows again before going on (after fixing a fault)."
-    ),
+    retry_failed: bool = _RETRY_FAILED,
     executor: str = _EXECUTOR,
     ray_address: str = _RAY_ADDRESS,
     workers: int = _WORKERS,

@@ -223,11 +223,15 @@ class SearchContext(FidelityLadder):
         """``m``, or ``m`` as failed when it lacks a quality objective of the run: stored as ok, such a
         row could never be learned from nor evaluated again (a worker built without the run's task
         evaluators gave ppl and KL only); failed, ``--retry-failed`` measures it again."""
-        missing = [name for name in self.objectives.quality if name not in m.metrics]
+        missing = self.lacks_an_objective(m.metrics)
         if not m.ok or not missing:
             return m
-        error = f"the evaluation reported no {missing[0]}, an objective of this run (its evaluator lacked that metric)"
+        error = f"the evaluation reported no {missing}, an objective of this run (its evaluator lacked that metric)"
         return replace(m, ok=False, error=error)
+
+    def lacks_an_objective(self, metrics: dict) -> str | None:
+        """The first quality objective of the run that ``metrics`` lacks, or None."""
+        return next((name for name in self.objectives.quality if name not in metrics), None)
 
     def check_not_all_failed(self, finished: bool = False) -> None:
         """Stop the search when every evaluation of the run failed: at once when they failed with

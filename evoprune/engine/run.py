@@ -41,12 +41,19 @@ class ActiveLearningSearch:
 
 
 def run_strategy(ctx: SearchContext, retry_failed: bool = False) -> SearchResult:
-    """Run ``ctx``'s method to its budget; ``retry_failed`` first evaluates the run's failed rows again."""
+    """Run ``ctx``'s method to its budget; ``retry_failed`` first evaluates again the run's failed
+    rows and its ok rows that lack one of its quality objectives."""
     if ctx.run is None:
         ctx.open_run()
+    # Rows stored ok without one of the run's quality objectives (by Ray workers before their task
+    # metrics travelled with them, 2026-12-02) can be neither learned from nor chosen.
+    lacking = [e.id for e in ctx.evaluations() if e.status == "ok" and ctx.lacks_an_objective(e.metrics)]
     if retry_failed:
-        retried = ctx.store.retry_failed(ctx.run.id)
+        retried = ctx.store.retry_failed(ctx.run.id, also=lacking)
         ctx.progress("phase", name=f"evaluating {retried} failed rows again")
+    elif lacking:
+        note = f"{len(lacking)} rows lack an objective of the run: --retry-failed measures them again"
+        ctx.progress("phase", name=note)
     finished = sum(e.status != "pending" for e in ctx.evaluations())  # pending rows are evaluated below
     ctx.progress("start", run=ctx.run, done=finished, total=ctx.settings.evals)
     ctx.evaluate_pending()  # finish what a killed process left behind
@@ -121,8 +128,9 @@ def search(
 ) -> SearchResult:
     """Run (or continue) a search: everything the ``evoprune search`` command does, as one call.
 
-    ``retry_failed`` evaluates the run's failed rows again (after a transient fault was fixed)
-    before the method goes on; they count against ``evals`` as before.
+    ``retry_failed`` evaluates the run's failed rows again (after a transient fault was fixed),
+    and its ok rows that lack one of its quality objectives, before the method goes on; they
+    count against ``evals`` as before.
 
     The store file is created only after the model, data and budget have been checked, so bad
     input never leaves an empty store behind. ``executor`` names where real evaluations run
