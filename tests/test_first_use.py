@@ -452,3 +452,11 @@ def test_a_search_given_relative_paths_resumes_and_exports_from_another_folder(
     assert exported.returncode == 0, exported.stderr
     plan = json.loads((elsewhere / "e" / "plan.json").read_text())
     assert (plan["source_model"], plan["data"]) == (str(work / "model"), str(work / "calib.txt"))
+    # A run stored before local paths were recorded absolute: resume names its relative path and where to go.
+    import sqlite3
+
+    with sqlite3.connect(store) as conn:
+        conn.execute("UPDATE runs SET data='calib.txt'")
+    conn.close()
+    old = evoprune_in_process("resume", "--store", str(store), "--evals", "6")
+    _one_line_error(old, "data file 'calib.txt' does not exist", "recorded it relative to the folder its search")

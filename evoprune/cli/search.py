@@ -243,10 +243,22 @@ def resume_command(
             result = search(r.model, r.data, str(store), settings, progress=progress, retry_failed=retry_failed,
                             executor=runner, executor_options=runner_options)  # fmt: skip
     except EvopruneError as exc:
-        _fail(str(exc))
+        _fail(_with_relative_path_hint(str(exc), r))
     except KeyboardInterrupt:
         _interrupted(store, "run 'evoprune resume' to continue")
     _print_search_result(result, store, as_json)
+
+
+def _with_relative_path_hint(message: str, run) -> str:
+    """``message``, and where it names a relative ``--model`` / ``--data`` of ``run``, where to
+    resume it from: runs stored before 2026-12-02 kept local paths as given."""
+    for spec in (run.model, run.data):
+        if spec and f"'{spec}'" in message and not Path(spec).expanduser().is_absolute():
+            return (
+                f"{message} (if '{spec}' is a path, run {run.id} recorded it relative to the folder its search "
+                "was started in: run 'evoprune resume' from there)"
+            )
+    return message
 
 
 def _executor_choice(options: dict) -> tuple[str, dict]:
