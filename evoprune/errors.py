@@ -12,6 +12,12 @@ class EvopruneError(Exception):
     """
 
 
+class BudgetUnmet(EvopruneError):
+    """A one-shot method whose recipe cannot answer under the budget (e.g. ``mlp-only`` under a
+    memory budget that the KV cache dominates). ``compare`` reports such a method as skipped and
+    goes on with the others."""
+
+
 def _nearest_existing(path: Path) -> Path | None:
     """``path`` or the nearest of its parents that exists (None only when even ``.`` is gone)."""
     return next((p for p in (path, *path.parents) if p.exists()), None)

@@ -288,3 +288,24 @@ def test_predictor_rank_resumed_after_a_kill_evaluates_what_an_uninterrupted_run
     assert [(e.levels, e.round, e.status) for e in resumed.evaluations] == [
         (e.levels, e.round, e.status) for e in whole.evaluations
     ]
+
+
+def test_compare_skips_a_method_that_cannot_meet_the_budget_and_shows_the_others(tmp_path, tiny_model_dir, text_file):
+    """Under a memory budget that the KV cache dominates, `mlp-only` has no answer: compare stopped
+    with its error and showed nothing, although `uniform` had been evaluated and stored."""
+    from evoprune.errors import BudgetUnmet
+
+    settings = SearchSettings(evals=4, max_memory="1.5MB", min_params=0.1, backend=BACKEND)
+    store = str(tmp_path / "c.db")
+    rows = {r.method: r for r in compare(str(tiny_model_dir), str(text_file), store, settings, "uniform, mlp-only")}
+    assert rows["uniform"].skipped is None and rows["uniform"].best_id is not None
+    assert rows["mlp-only"].best_id is None and "cannot meet the budget" in rows["mlp-only"].skipped
+    with pytest.raises(BudgetUnmet, match="mlp-only cannot meet the budget"):
+        compare(str(tiny_model_dir), str(text_file), store, settings, ["mlp-only"])
+    args = ["compare", "--model", str(tiny_model_dir), "--data", str(text_file), "--store", store, "--evals", "4",
+            "--methods", "uniform,mlp-only", "--max-memory", "1.5MB", "--min-params", "0.1", "--eval-tokens", "256",
+            "--calib-tokens", "256", "--seq-len", "64", "--json"]  # fmt: skip
+    out = CliRunner().invoke(app, args)
+    assert out.exit_code == 0, out.output
+    listed = json.loads(out.stdout)
+    assert [r["method"] for r in listed] == ["uniform", "mlp-only"] and listed[1]["skipped"]

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
 
 from evoprune.engine.run import prepare_backend, search
 from evoprune.engine.settings import ProgressFn, SearchSettings, log_progress
-from evoprune.errors import EvopruneError
+from evoprune.errors import BudgetUnmet, EvopruneError
 from evoprune.objectives.pareto import best_of, fidelity_of, rung_offsets
 from evoprune.objectives.spec import Budget, CostEvaluator
 from evoprune.space import SearchSpace
@@ -21,7 +22,7 @@ DEFAULT_METHODS = ("evoprune", "uniform", "mlp-only", "flap", "owl", "random", "
 @dataclass(frozen=True)
 class CompareRow:
     method: str
-    run_id: int
+    run_id: int | None  # None: the method was skipped before its run was stored
     evaluations: int
     failed: int
     best_id: int | None
@@ -32,6 +33,7 @@ class CompareRow:
     best_se: float | None = None  # standard error of best_value
     best_fidelity: dict | None = None  # {"tokens", "metrics"}: the highest rung the best reached
     best_validation: dict | None = None  # {"tokens", "metrics"} on the validation split, when measured
+    skipped: str | None = None  # why the method has no answer at this budget (see BudgetUnmet)
 
     def to_dict(self) -> dict:
         """The row as JSON: ``run`` is the run id, as in ``pareto``, ``plan`` and ``runs``."""
@@ -83,17 +85,22 @@ def compare(
     data: str,
     store: str,
     settings: SearchSettings,
-    methods=DEFAULT_METHODS,
+    methods: str | Sequence[str] = DEFAULT_METHODS,
     progress: ProgressFn = log_progress,
 ) -> list[CompareRow]:
     """Run every method with ``settings`` (same budget, seed and evaluator) and summarise each.
 
-    Warm start is off for all of them, so no method sees another's evaluations. The model is
-    loaded once; a method on another level grid (``evoprune.engine.baselines.one_shot.method_settings``) gets
-    a second backend on it, and its evaluations are costed in its own run's space.
+    ``methods``: names, or one comma-separated string of them. Warm start is off for all of
+    them, so no method sees another's evaluations. The model is loaded once; a method on another
+    level grid (``evoprune.engine.baselines.one_shot.method_settings``) gets a second backend on
+    it, and its evaluations are costed in its own run's space. A one-shot method whose recipe
+    cannot answer under the budget (``BudgetUnmet``) is a row with ``skipped`` set; raises that
+    error when every method is skipped, and ``EvopruneError`` for an unknown method.
     """
     from evoprune.engine.registry import STRATEGIES
 
+    if isinstance(methods, str):
+        methods = [m.strip() for m in methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in STRATEGIES]
     if unknown:
         raise EvopruneError(f"method {unknown[0]!r} is unknown: use any of {', '.join(STRATEGIES)}")
@@ -103,11 +110,26 @@ def compare(
         progress("phase", name=f"method {method}")
         s = replace(settings, method=method, warm_start=False)
         start = time.perf_counter()
-        result = search(model, data, store, s, progress, backend=backend)
+        try:
+            result = search(model, data, store, s, progress, backend=backend)
+        except BudgetUnmet as exc:
+            progress("phase", name=f"method {method} skipped: {exc}")
+            rows.append(_skipped(store, method, str(exc)))
+            continue
         wall = time.perf_counter() - start if result.new_evaluations else None
         costs = CostEvaluator(
             SearchSpace.from_dict(result.run.space), backend.loaded.model.config, dtype=backend.settings.dtype
         )
         with Store(store) as st:
             rows.append(summarize(st, result.run, s, costs, wall))
+    if all(r.skipped for r in rows):
+        raise BudgetUnmet(rows[0].skipped)
     return rows
+
+
+def _skipped(store: str, method: str, reason: str) -> CompareRow:
+    """The row of a method that has no answer at the budget; its run, stored before the method
+    found that out, is named when there is one."""
+    with Store(store) as st:
+        runs = [r for r in st.runs() if r.settings.get("method") == method and not st.evaluations(r.id)]
+    return CompareRow(method, runs[-1].id if runs else None, 0, 0, None, None, None, 0.0, None, skipped=reason)

@@ -199,7 +199,8 @@ def compare_command(
     for r in rows:
         top = r.best_fidelity or {}
         table.add_row(
-            r.method, str(r.run_id), str(r.evaluations),
+            r.method if not r.skipped else f"{r.method} (skipped)", "-" if r.run_id is None else str(r.run_id),
+            str(r.evaluations),
             "-" if r.best_value is None else f"{r.best_value:.2f}" + (f" ±{r.best_se:.2f}" if r.best_se else ""),
             f"{_figure_text(top.get('metrics'))} ({_tokens_text(top.get('tokens'))})" if top else "-",
             _figure_text((r.best_validation or {}).get("metrics")),
@@ -212,3 +213,6 @@ def compare_command(
         "choice goes by; valid ppl: the validation split, never used to choose",
         style="dim",
     )
+    for r in rows:
+        if r.skipped:
+            out_console.print(f"{r.method} skipped: {r.skipped}")

@@ -19,7 +19,7 @@ from evoprune.backend.settings import BackendSettings
 from evoprune.engine.context import SearchContext
 from evoprune.engine.registry import Strategy
 from evoprune.engine.settings import SearchSettings
-from evoprune.errors import EvopruneError
+from evoprune.errors import BudgetUnmet
 from evoprune.objectives.spec import Objectives
 
 MeetsFn = Callable[[np.ndarray], np.ndarray]  # (n, n_var) configurations -> (n,) bool: every budget met
@@ -94,10 +94,10 @@ class _OneShot(Strategy):
         if ctx.constraint_names:
             x = self.solve(ctx, budget_meets(ctx))
             if x is None:
-                raise EvopruneError(f"{self.name} cannot meet the budget even removing all it may prune: raise it")
+                raise BudgetUnmet(f"{self.name} cannot meet the budget even removing all it may prune: raise it")
             if not ctx.feasible(x[None])[0]:
                 frac = ctx.space.params_fraction(x)
-                raise EvopruneError(
+                raise BudgetUnmet(
                     f"{self.name}'s answer keeps {frac:.3f} of the parameters, under --min-params "
                     f"{ctx.settings.min_params}: lower --min-params"
                 )
