@@ -294,6 +294,18 @@ def test_third_newcomer_bad_input_gets_one_line_and_leaves_nothing(tmp_path, sea
                     f"already has {done} evaluations", f"--evals {done + 2}")  # fmt: skip
 
 
+def test_sixth_newcomer_bad_input_gets_one_line(tmp_path, searched_store, tiny_model_dir):
+    # a device is not a missing file
+    _one_line_error(evoprune_in_process("search", "--model", str(tiny_model_dir), "--data", "/dev/null",
+                                        "--store", str(tmp_path / "s.db"), "--evals", "2"),
+                    "data '/dev/null' is not a regular file")  # fmt: skip
+    # the plot is a PNG: it was written into front.txt
+    plot = tmp_path / "front.txt"
+    _one_line_error(evoprune_in_process("pareto", "--store", str(searched_store), "--plot", str(plot)),
+                    "pass a path ending in .png")  # fmt: skip
+    assert not plot.exists() and not (tmp_path / "s.db").exists()
+
+
 def test_an_export_names_its_store_by_an_absolute_path(searched_store, tmp_path, monkeypatch):
     # recover reads the store plan.json names; a relative path broke from another folder.
     monkeypatch.chdir(searched_store.parent)

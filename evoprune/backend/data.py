@@ -112,6 +112,8 @@ def load_text(spec: str) -> TextSource:
         return TextSource(str(path), text)
     if path.is_dir():
         raise EvopruneError(f"data '{spec}' is a directory: pass a .txt, .jsonl or .parquet file")
+    if path.exists():  # a device, a pipe or a socket: nothing to read a fixed text from
+        raise EvopruneError(f"data '{spec}' is not a regular file: pass a .txt, .jsonl or .parquet file")
     if spec in HUB_SHORTCUTS:
         return TextSource(spec, _read_hub(*HUB_SHORTCUTS[spec]))
     if spec.startswith("hf:"):

@@ -52,6 +52,8 @@ def pareto_command(
             )
         if plot is not None:
             require_parent_dir(plot, "--plot")
+            if plot.suffix.lower() != ".png":
+                raise EvopruneError(f"--plot '{plot}': the plot is a PNG image: pass a path ending in .png")
         with Store.open_existing(store, readonly=True) as st:
             r = st.get_run(run)
             points = pareto_front(st, r)
