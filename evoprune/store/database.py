@@ -20,6 +20,10 @@ from evoprune.store.schema import SCHEMA, SCHEMA_VERSION, utc_now
 class Store(StoreLogs):
     """A SQLite pair store. Every write is its own committed transaction.
 
+    ``Store(path)`` creates the file and its tables when ``path`` does not exist (a search's
+    first write); ``Store.open_existing(path)`` is for a store that must already exist, and
+    raises ``EvopruneError`` for a missing path or a directory.
+
     ``readonly=True`` opens an existing store without writing anything (no journal mode, no
     schema), so stores on read-only media, or owned by someone else, can be read; any write
     through such a store raises ``EvopruneError``. (Where the file can be written, SQLite still
