@@ -102,6 +102,35 @@ def test_uniform_prunes_one_ratio_and_leaves_the_skipped_layers_untouched():
     assert uniform_config(space, _fraction_at_most(space, 0.2), 2, 1) is None  # the skipped layers alone exceed it
 
 
+@pytest.mark.parametrize("budget", [0.8, 0.7, 0.5])
+def test_uniform_takes_the_head_count_whose_ratio_is_nearest_the_channels(budget):
+    """SmolLM2 has 3 attention units per layer: at 50% the head count rounded from the ratio
+    removed every head of 24 layers while the MLP lost 72% (newcomer's report); the head ratio
+    is now the one nearest the channel ratio it leaves, among all head counts."""
+    smollm2 = ArchSpec("llama", 30, 576, 9, 3, 64, 1536, 49152, True, norm_params=576)
+    space = SearchSpace(smollm2, attn_levels=-1, mlp_levels=0)
+    meets = _fraction_at_most(space, budget)
+    x = uniform_config(space, meets, 4, 2)
+    pruned = np.arange(4, 28)
+
+    def gap(y):
+        return abs(y[4] / space.attn_levels - y[30 + pruned].mean() / space.mlp_levels)
+
+    others = []
+    for heads in range(space.attn_levels + 1):
+        fixed = space.lower.copy()
+        fixed[pruned] = heads
+        for mlp in range(space.mlp_levels + 1):  # the least even MLP level that meets it, to within a level
+            y = fixed.copy()
+            y[30 + pruned] = mlp
+            if meets(y)[0]:
+                others.append(y)
+                break
+    assert 0.99 * budget <= space.params_fraction(x) <= budget
+    assert gap(x) <= min(gap(y) for y in others) + 1 / space.mlp_levels
+    assert x[4] < space.attn_levels  # never all heads while channels stay
+
+
 def test_mlp_only_leaves_attention_alone_with_one_ratio():
     space = _fine()
     x = mlp_only_config(space, _fraction_at_most(space, 0.75))

@@ -53,18 +53,15 @@ def _mlp_sweep(space: SearchSpace, base: np.ndarray, layers: list[int]) -> tuple
     return config, P * space.mlp_levels
 
 
-def _half_up(v: float) -> int:
-    return int(np.floor(v + 0.5))
-
-
 def uniform_config(space: SearchSpace, meets: MeetsFn, skip_first: int, skip_last: int) -> np.ndarray | None:
     """LLM-Pruner's allocation: one pruning ratio for heads and MLP channels in the layers
     ``skip_first .. num_layers - skip_last - 1``, the least pruning that ``meets`` the budget.
 
-    The ratio ``r`` is the smallest whose heads (``round(r * attn_levels)``) and channels meet it;
-    heads then round to the attention unit, and the MLP ratio absorbs the rest (never more heads
-    than would overshoot the budget alone). ``None`` when even removing every head and channel of
-    those layers does not meet it.
+    Heads come in a few attention units per layer (3 on SmolLM2), so one ratio cannot hold
+    exactly: for each head count the MLP channels take the least ratio that meets the budget,
+    and the answer is the head count whose ratio is closest to that channel ratio (the fewer
+    heads on a tie). Returns shape ``(2 * num_layers,)`` levels, or ``None`` when even removing
+    every head and channel of those layers does not meet the budget.
 
     Raises EvopruneError when the skipped layers leave nothing to prune.
     """
@@ -75,38 +72,21 @@ def uniform_config(space: SearchSpace, meets: MeetsFn, skip_first: int, skip_las
             f"uniform skips {skip_first} first and {skip_last} last of {L} layers, leaving none to prune: "
             "lower --baseline-skip-first / --baseline-skip-last"
         )
-    idx = np.array(layers)
-    zero = space.lower
-
-    def both(r: float) -> np.ndarray:
-        x = zero.copy()
-        x[idx] = _half_up(r * A)
-        x[L + idx] = _half_up(r * space.mlp_levels)
-        return x
-
-    def attention_only(a: int) -> np.ndarray:
-        x = zero.copy()
-        x[idx] = a
-        return x
-
-    if meets(zero[None])[0]:
-        return zero
-    if not meets(both(1.0)[None])[0]:
-        return None
-    lo, hi = 0.0, 1.0
-    for _ in range(50):  # bisection on the ratio: 1e-15 is far below one channel
-        mid = (lo + hi) / 2
-        lo, hi = (lo, mid) if meets(both(mid)[None])[0] else (mid, hi)
-    heads = _half_up(hi * A)
-    cap = first_meeting(attention_only, A, meets)
-    if cap is not None:
-        heads = min(heads, max(cap - 1, 0))  # heads alone would overshoot: the MLP takes the rest
-    for a in range(heads, A + 1):
-        family, n = _mlp_sweep(space, attention_only(a), layers)
+    if meets(space.lower[None])[0]:
+        return space.lower.copy()
+    best, best_gap = None, np.inf
+    for heads in range(A + 1):
+        base = space.lower.copy()
+        base[layers] = heads
+        family, n = _mlp_sweep(space, base, layers)
         i = first_meeting(family, n, meets)
-        if i is not None:
-            return family(i)
-    return None
+        if i is None:
+            continue
+        x = family(i)
+        gap = abs(heads / max(A, 1) - x[L + np.array(layers)].mean() / max(space.mlp_levels, 1))
+        if gap < best_gap - 1e-12:
+            best, best_gap = x, gap
+    return best
 
 
 def mlp_only_config(space: SearchSpace, meets: MeetsFn) -> np.ndarray | None:
