@@ -18,15 +18,22 @@ Each built-in imports its third-party library (NGBoost, XGBoost, scikit-learn's 
 when it is fitted, so importing this package, and with it the command line, stays cheap.
 
 Third parties register their own through the ``evoprune.surrogates`` entry-point group (see
-``surrogates.registry``); ``tests/test_surrogate_conformance.py`` checks every registered one.
+``surrogates.registry``); ``tests/test_surrogate_conformance.py`` checks every registered one,
+and every search first test-fits a plugin on synthetic data (``surrogates.contract``), so one
+that breaks the contract is refused before anything is evaluated.
 """
 
 from surrogates.base import Surrogate, check_features, check_training_data
+from surrogates.contract import ContractError, check_surrogate, checked_prediction, surrogate_label
 from surrogates.registry import (
     ENTRY_POINT_GROUP,
+    SurrogatePluginWarning,
     available_surrogates,
+    exception_text,
+    first_line,
     make_surrogate,
     parse_surrogate_spec,
+    plugin_entry_point,
     register_surrogate,
 )
 
@@ -41,11 +48,19 @@ from surrogates import ensemble_surrogate as _ensemble  # noqa: E402,F401  isort
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "ContractError",
     "Surrogate",
+    "SurrogatePluginWarning",
     "available_surrogates",
     "check_features",
+    "check_surrogate",
     "check_training_data",
+    "checked_prediction",
+    "exception_text",
+    "first_line",
     "make_surrogate",
     "parse_surrogate_spec",
+    "plugin_entry_point",
     "register_surrogate",
+    "surrogate_label",
 ]

@@ -27,12 +27,22 @@ class Surrogate(RegressorMixin, BaseEstimator):
             raise ValueError(f"{type(self).__name__} is not fitted yet: call fit(X, y) first")
         X = check_features(X, self.n_features_in_)
         if not return_std:
-            return np.asarray(self._predict_mean(X), dtype=float).reshape(-1)
+            return self._finite("mean", np.asarray(self._predict_mean(X), dtype=float).reshape(-1))
         mean, std = self._predict(X)
-        mean = np.asarray(mean, dtype=float).reshape(-1)
-        # A surrogate must never claim certainty: the acquisition step divides by it.
-        std = np.maximum(np.asarray(std, dtype=float).reshape(-1), 1e-9)
+        mean = self._finite("mean", np.asarray(mean, dtype=float).reshape(-1))
+        # A surrogate must never claim certainty: the acquisition step divides by it. (NaN would
+        # pass np.maximum unchanged and end up stored as a prediction: refused instead.)
+        std = np.maximum(self._finite("std", np.asarray(std, dtype=float).reshape(-1)), 1e-9)
         return mean, std
+
+    def _finite(self, what: str, values: np.ndarray) -> np.ndarray:
+        kinds = nonfinite_text(values)
+        if kinds:
+            raise ValueError(
+                f"{type(self).__name__} predicted a {what} with {kinds}: "
+                "a surrogate must return finite means and standard deviations"
+            )
+        return values
 
     def _fit(self, X: np.ndarray, y: np.ndarray) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -42,6 +52,15 @@ class Surrogate(RegressorMixin, BaseEstimator):
 
     def _predict_mean(self, X: np.ndarray) -> np.ndarray:
         return self._predict(X)[0]
+
+
+def nonfinite_text(values: np.ndarray) -> str:
+    """``"NaN values (3 of 5)"`` (or infinite, or both) for an array that holds some, else ``""``."""
+    bad = ~np.isfinite(values)
+    if not bad.any():
+        return ""
+    kinds = " and ".join(sorted({"NaN" if np.isnan(v) else "infinite" for v in values[bad]}))
+    return f"{kinds} values ({int(bad.sum())} of {values.size})"
 
 
 def check_features(X, n_features: int | None = None) -> np.ndarray:

@@ -22,9 +22,17 @@ from surrogates.base import Surrogate
 ENTRY_POINT_GROUP = "evoprune.surrogates"
 
 _REGISTRY: dict[str, type[Surrogate]] = {}
-# Plugins whose entry point could not be loaded, with the reason: reported when asked for by
-# name, so one broken plugin does not take down the search with every other surrogate.
+# Name -> entry point ("module:Class") of every surrogate a plugin provides, loaded or not.
+_PLUGINS: dict[str, str] = {}
+# Plugins whose entry point could not be loaded, with the reason: an error when asked for by
+# name, so one broken plugin does not take down the search with every other surrogate; a
+# ``SurrogatePluginWarning`` (once) when another surrogate is used.
 _BROKEN: dict[str, str] = {}
+_WARNED: set[str] = set()
+
+
+class SurrogatePluginWarning(UserWarning):
+    """An installed surrogate plugin could not be loaded (the others still work)."""
 
 
 def register_surrogate(name: str) -> Callable[[type[Surrogate]], type[Surrogate]]:
@@ -43,23 +51,51 @@ def _load_entry_points() -> None:
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name in _REGISTRY or ep.name in _BROKEN:
             continue
+        _PLUGINS[ep.name] = ep.value
         try:
             cls = ep.load()
         except Exception as exc:  # noqa: BLE001 - any import error of a third-party plugin
-            _BROKEN[ep.name] = f"{type(exc).__name__}: {exc}"
-            warnings.warn(f"surrogate plugin {ep.name!r} ({ep.value}) failed to load: {exc}", stacklevel=3)
+            _BROKEN[ep.name] = exception_text(exc)
             continue
         is_regressor = callable(getattr(cls, "fit", None)) and callable(getattr(cls, "predict", None))
         if not (isinstance(cls, type) and is_regressor):
-            _BROKEN[ep.name] = f"{ep.value} is not a regressor class with fit and predict"
-            warnings.warn(f"surrogate plugin {ep.name!r}: {_BROKEN[ep.name]}", stacklevel=3)
+            _BROKEN[ep.name] = "it is not a regressor class with fit and predict"
             continue
         _REGISTRY[ep.name] = cls
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (a traceback-free, one-line reason)."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else ""
+
+
+def exception_text(exc: BaseException) -> str:
+    """``"TypeError: first line of the message"``: what a third-party failure was, in one line."""
+    return ": ".join(filter(None, (type(exc).__name__, first_line(exc))))
+
+
+def _broken_text(name: str) -> str:
+    return f"surrogate plugin {name!r} failed to load from {_PLUGINS[name]} ({_BROKEN[name]}): fix or uninstall it"
+
+
+def _warn_broken(stacklevel: int = 3) -> None:
+    """One ``SurrogatePluginWarning`` per broken plugin and process, when another surrogate is used."""
+    for name in sorted(set(_BROKEN) - _WARNED):
+        _WARNED.add(name)
+        warnings.warn(_broken_text(name), SurrogatePluginWarning, stacklevel=stacklevel)
+
+
+def plugin_entry_point(name: str) -> str | None:
+    """``module:Class`` of the plugin that provides surrogate ``name``; None for a built-in."""
+    _load_entry_points()
+    return _PLUGINS.get(name)
 
 
 def available_surrogates() -> list[str]:
     """Names of every registered surrogate, built-in and from installed plugins."""
     _load_entry_points()
+    _warn_broken()
     return sorted(_REGISTRY)
 
 
@@ -98,11 +134,12 @@ def make_surrogate(name: str, **params) -> Surrogate:
     params = {**spec_params, **params}
     _load_entry_points()
     if name in _BROKEN:
-        raise ValueError(f"surrogate plugin {name!r} failed to load ({_BROKEN[name]}): fix or uninstall it")
+        raise ValueError(_broken_text(name))
+    _warn_broken()
     try:
         cls = _REGISTRY[name]
     except KeyError:
-        raise ValueError(f"unknown surrogate {name!r}; available: {', '.join(sorted(_REGISTRY))}") from None
+        raise ValueError(f"surrogate {name!r} is unknown: use one of {', '.join(sorted(_REGISTRY))}") from None
     # scikit-learn's own list of constructor parameters: no instance needed to check the options
     accepted = set(cls._get_param_names()) if hasattr(cls, "_get_param_names") else None
     unknown = sorted(set(spec_params) - accepted) if accepted is not None else []

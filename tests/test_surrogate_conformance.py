@@ -14,8 +14,10 @@ from scipy import stats
 from sklearn.base import clone
 from sklearn.pipeline import make_pipeline
 
+from evoprune.engine.checked_surrogate import CheckedSurrogate
 from evoprune.engine.features import LevelFeatures
-from surrogates import Surrogate, available_surrogates, make_surrogate
+from evoprune.errors import EvopruneError
+from surrogates import ContractError, Surrogate, available_surrogates, check_surrogate, make_surrogate, registry
 
 
 def _data(n=40, d=6, seed=0, noise=0.1):
@@ -244,3 +246,61 @@ def test_additive_extrapolation_stays_finite_and_silent():
     far = model.predict(np.array([[4.0] * 4, [8.0] * 4, [12.0] * 4]))
     assert far[0] < far[1] < far[2]
     assert far[2] - far[1] == pytest.approx(far[1] - far[0], rel=1e-6)
+
+
+class _NanStd(Surrogate):
+    def __init__(self, random_state=None):
+        self.random_state = random_state
+
+    def _fit(self, X, y):
+        self.mean_ = float(np.mean(y))
+
+    def _predict(self, X):
+        return np.full(len(X), self.mean_), np.full(len(X), np.nan)
+
+
+def test_a_nan_std_is_refused_not_passed_on_as_a_prediction(monkeypatch):
+    """np.maximum(std, 1e-9) kept NaN, which the search stored and `plan --json` printed."""
+    X, y = _data()
+    with pytest.raises(ValueError, match="_NanStd predicted a std with NaN values \\(3 of 3\\)"):
+        _NanStd().fit(X, y).predict(X[:3], return_std=True)
+    monkeypatch.setitem(registry._REGISTRY, "nan-std-test", _NanStd)
+    with pytest.raises(ContractError, match="surrogate 'nan-std-test' failed in predict.*NaN"):
+        check_surrogate("nan-std-test", random_state=0)
+
+
+class _FitNone:
+    def __init__(self, random_state=None):
+        self.random_state = random_state
+
+    def fit(self, X, y):
+        self.n_ = X.shape[1]
+
+    def predict(self, X, return_std=False):
+        return (np.zeros(len(X)), np.ones(len(X))) if return_std else np.zeros(len(X))
+
+
+class _NanWhenWide(_FitNone):
+    """Keeps the contract on the up-front check's synthetic features, not on the search's wider ones."""
+
+    def fit(self, X, y):
+        super().fit(X, y)
+        return self
+
+    def predict(self, X, return_std=False):
+        mean, std = super().predict(X, return_std=True)
+        std = std * np.nan if X.shape[1] > 11 else std
+        return (mean, std) if return_std else mean
+
+
+def test_the_search_checks_its_surrogate_again_on_the_real_features(monkeypatch):
+    X, y = _data(n=20, d=19)  # a 4-layer model's features
+    monkeypatch.setitem(registry._REGISTRY, "fit-none-test", _FitNone)
+    monkeypatch.setitem(registry._REGISTRY, "nan-wide-test", _NanWhenWide)
+    with pytest.raises(EvopruneError, match="'fit-none-test' breaks the surrogate contract: fit\\(X, y\\) did not"):
+        CheckedSurrogate.fit("fit-none-test", 0, X, y)
+    check_surrogate("nan-wide-test", random_state=0)  # fine on 11 features
+    model = CheckedSurrogate.fit("nan-wide-test", 0, X, y)
+    assert model.predict(X[:4]).shape == (4,)
+    with pytest.raises(EvopruneError, match="returned a std with NaN values \\(4 of 4\\).*evoprune resume"):
+        model.predict(X[:4], return_std=True)

@@ -102,6 +102,117 @@ def test_the_conformance_suite_checks_a_plugin_without_changes():
     assert passed and int(passed.group(1)) >= 7, result.stdout[-3000:]
 
 
+CONTRACT_PLUGINS = """
+import numpy as np
+from sklearn.linear_model import BayesianRidge
+
+
+class Good:
+    def __init__(self, random_state=None):
+        self.random_state = random_state
+
+    def fit(self, X, y):
+        self.model_ = BayesianRidge().fit(X, y)
+        return self
+
+    def predict(self, X, return_std=False):
+        return self.model_.predict(X, return_std=return_std)
+
+
+class FitNone(Good):
+    def fit(self, X, y):
+        super().fit(X, y)
+
+
+class NoRandomState(Good):
+    def __init__(self):
+        pass
+
+
+class MeanOnly(Good):
+    def predict(self, X, return_std=False):
+        return self.model_.predict(X)
+
+
+class WrongRows(Good):
+    def predict(self, X, return_std=False):
+        mean, std = self.model_.predict(X, return_std=True)
+        return (mean[:1], std[:1]) if return_std else mean[:1]
+
+
+class NanStd(Good):
+    def predict(self, X, return_std=False):
+        mean, std = self.model_.predict(X, return_std=True)
+        return (mean, std * np.nan) if return_std else mean
+"""
+
+
+def write_plugin(root: Path, package: str, entry_points: dict[str, str], source: str = "") -> Path:
+    """A plugin package as ``pip install`` would leave it: the module and its dist-info."""
+    (root / package).mkdir(parents=True)
+    (root / package / "__init__.py").write_text(source)
+    dist = root / f"{package}-0.1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {package}\nVersion: 0.1.0\n")
+    lines = "".join(f"{name} = {package}:{target}\n" for name, target in entry_points.items())
+    (dist / "entry_points.txt").write_text("[evoprune.surrogates]\n" + lines)
+    return root
+
+
+def search_with(surrogate: str, store: Path, model: Path, data: Path, paths: list[Path], *extra: str):
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    env["PYTHONPATH"] = os.pathsep.join([*map(str, paths), env.get("PYTHONPATH", "")])
+    return evoprune("search", "--model", str(model), "--data", str(data), "--store", str(store), "--evals", "12",
+                    "--surrogate", surrogate, *SEARCH_ARGS, *extra, env=env)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("surrogate", "broken"),
+    [
+        ("fit-none", "fit(X, y) returned None instead of the model itself: end fit with `return self`"),
+        ("no-random-state", "its constructor does not take random_state"),
+        ("mean-only", "predict(X, return_std=True) returned one array of shape (5,) instead of a (mean, std) pair"),
+        ("wrong-rows", "predict(X, return_std=True) returned a mean of shape (1,) for 5 rows of X"),
+        ("nan-std", "predict(X, return_std=True) returned a std with NaN values (5 of 5): return finite values"),
+    ],
+)
+def test_a_plugin_that_breaks_the_contract_is_refused_before_any_evaluation(
+    tmp_path, tiny_model_dir, text_file, surrogate, broken
+):
+    """A plugin is test-fitted on synthetic features, built as the search builds it (random_state
+    included), before the model loads: it used to crash with a traceback after the initial design
+    had been evaluated."""
+    targets = {"fit-none": "FitNone", "no-random-state": "NoRandomState", "mean-only": "MeanOnly",
+               "wrong-rows": "WrongRows", "nan-std": "NanStd"}  # fmt: skip
+    plugins = write_plugin(tmp_path / "plugins", "contract_demo", targets, CONTRACT_PLUGINS)
+    store = tmp_path / "s.db"
+    result = search_with(surrogate, store, tiny_model_dir, text_file, [plugins])
+    assert result.returncode == 2, result.stderr
+    plugin = f"surrogate plugin '{surrogate}' (contract_demo:{targets[surrogate]})"
+    expected = f"error: {plugin} breaks the surrogate contract: "
+    assert result.stderr.startswith(expected) and broken in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not store.exists()
+
+
+def test_a_plugin_that_fails_to_load_is_named_and_spares_the_other_surrogates(tmp_path, tiny_model_dir, text_file):
+    plugins = write_plugin(tmp_path / "plugins", "half_done", {"broken": "does_not_exist"})
+    store = tmp_path / "s.db"
+    asked = search_with("broken", store, tiny_model_dir, text_file, [plugins])
+    assert asked.returncode == 2 and not store.exists()
+    assert asked.stderr.strip() == (
+        "error: surrogate plugin 'broken' failed to load from half_done:does_not_exist (AttributeError: module "
+        "'half_done' has no attribute 'does_not_exist'): fix or uninstall it"
+    )
+    # Another surrogate: one note on the broken plugin at most, no Python warning with a source line.
+    # (--acquisition nope stops the search right after the surrogate was checked.)
+    other = search_with(PLUGIN, store, tiny_model_dir, text_file, [plugins, PLUGIN_DIR], "--acquisition", "nope")
+    lines = other.stderr.strip().splitlines()
+    assert other.returncode == 2 and lines[-1].startswith("error: acquisition 'nope' is unknown"), other.stderr
+    assert len(lines) <= 2 and "Warning" not in other.stderr, other.stderr
+    assert all(line.startswith("note: surrogate plugin 'broken' failed to load") for line in lines[:-1])
+
+
 # -- metrics -------------------------------------------------------------------------------------
 def test_within_cost_tau_ranks_inside_bins_only():
     """Predictions that get the size effect right but every equal-size ranking backwards score

@@ -17,10 +17,12 @@ per-layer allocation). The command modules import nothing from this one.
 from __future__ import annotations
 
 import sys
+import warnings
 
 import typer
 
 from evoprune.cli import cache, choice, export, recover, report, search
+from surrogates import SurrogatePluginWarning
 
 
 def _flags_without_a_type(params: list) -> list:
@@ -94,11 +96,21 @@ def _command_path(argv: list[str]) -> str:
     return " ".join(path)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None, _python=warnings.showwarning) -> None:
+    """An installed surrogate plugin that failed to load (while another surrogate is used): one
+    ``note:`` line, not Python's warning with a line of source code. Other warnings unchanged."""
+    if issubclass(category, SurrogatePluginWarning):
+        typer.echo(f"note: {message}", err=True)
+    else:
+        _python(message, category, filename, lineno, file, line)
+
+
 def main() -> None:
     """The ``evoprune`` script: the app, with click's usage errors (an unknown option, a value of the
     wrong type, a missing one) as one ``error:`` line and exit code 2, like evoprune's own."""
     errors = _click_exceptions()
     no_args_is_help = getattr(errors, "NoArgsIsHelpError", ())
+    warnings.showwarning = _show_warning
     try:
         code = app(standalone_mode=False)
     except BrokenPipeError:  # outside a command; inside one, typer (like click) exits 1 without a word

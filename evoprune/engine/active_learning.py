@@ -25,6 +25,7 @@ from pymoo.util.ref_dirs import get_reference_directions
 from scipy.stats import kendalltau
 
 from evoprune.engine.acquisition import expected_hv_improvement, select_batch
+from evoprune.engine.checked_surrogate import CheckedSurrogate
 from evoprune.engine.context import SearchContext
 from evoprune.engine.design import feasible_design, intensity_sample
 from evoprune.engine.features import FeatureMap
@@ -34,7 +35,6 @@ from evoprune.errors import EvopruneError
 from evoprune.objectives.spec import quality_value
 from evoprune.store import Evaluation
 from problems import SurrogatePruningProblem
-from surrogates import make_surrogate
 
 
 def initial_design_phase(ctx: SearchContext, n: int, origin: str = "design") -> None:
@@ -90,7 +90,7 @@ class ActiveLearning(Strategy):
                     f"fewer than 2 successful evaluations with {name} to train the surrogate on: "
                     "lower the pruning intensity or check the model and data"
                 )
-            models[name] = make_surrogate(s.surrogate, random_state=s.seed).fit(featurize(X[finite]), y[finite])
+            models[name] = CheckedSurrogate.fit(s.surrogate, s.seed, featurize(X[finite]), y[finite])
         return models
 
     def _objective_fn(self, ctx: SearchContext, models, featurize):
