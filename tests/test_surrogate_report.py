@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 from dataclasses import fields
@@ -211,6 +212,18 @@ def test_a_plugin_that_fails_to_load_is_named_and_spares_the_other_surrogates(tm
     assert other.returncode == 2 and lines[-1].startswith("error: acquisition 'nope' is unknown"), other.stderr
     assert len(lines) <= 2 and "Warning" not in other.stderr, other.stderr
     assert all(line.startswith("note: surrogate plugin 'broken' failed to load") for line in lines[:-1])
+
+
+def test_json_output_has_no_nan_where_a_stored_prediction_is_nan(searched_store, tmp_path):
+    """Stores written before NaN predictions were refused hold some: --json writes them as null."""
+    store = tmp_path / "nan.db"
+    store.write_bytes(searched_store.read_bytes())
+    with sqlite3.connect(store) as db:
+        db.execute("""UPDATE evaluations SET predicted = '{"ppl": NaN, "std": NaN}' WHERE predicted IS NOT NULL""")
+    for args in (["plan", "--max-params", "0.9"], ["pareto"]):
+        out = evoprune(*args, "--store", str(store), "--json")
+        assert out.returncode == 0, out.stderr
+        json.loads(out.stdout, parse_constant=lambda word, cmd=args[0]: pytest.fail(f"{cmd} --json wrote {word}"))
 
 
 # -- metrics -------------------------------------------------------------------------------------

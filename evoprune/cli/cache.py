@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import time
 
 import typer
 from rich.filesize import decimal
 
 from evoprune.cache import KINDS, CacheEntry, cache_entries, cache_root, clear_cache
-from evoprune.cli.common import FoldingTable, _fail, err_console, out_console
+from evoprune.cli.common import FoldingTable, _echo_json, _fail, err_console, out_console
 from evoprune.errors import EvopruneError
 
 _KIND_HELP = f"Only these kinds, comma-separated: {', '.join(KINDS)} (default: all)."
@@ -62,7 +61,7 @@ def cache_list_command(
     total = sum(e.size for e in entries)
     if as_json:
         payload = {"root": str(cache_root()), "total_bytes": total, "entries": [e.to_dict() for e in entries]}
-        typer.echo(json.dumps(payload, indent=2))
+        _echo_json(payload)
         return
     if not entries:
         out_console.print(f"the cache at {cache_root()} is empty")
@@ -97,7 +96,7 @@ def cache_clear_command(
             "in_use": [e.to_dict() for e in in_use],
             "bytes": freed,
         }
-        typer.echo(json.dumps(payload, indent=2))
+        _echo_json(payload)
         return
     verb = "would remove" if dry_run else "removed"
     if removed:

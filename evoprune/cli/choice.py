@@ -3,7 +3,6 @@ and ``compare`` (evoprune and the baselines at one budget)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
@@ -13,6 +12,7 @@ from evoprune.choice.compare import DEFAULT_METHODS
 from evoprune.cli.common import (
     _BACKEND,
     FoldingTable,
+    _echo_json,
     _fail,
     _figure_text,
     _kl_text,
@@ -65,7 +65,7 @@ def pareto_command(
     except EvopruneError as exc:
         _fail(str(exc))
     if as_json:
-        typer.echo(json.dumps(_front_json(r, points), indent=2))
+        _echo_json(_front_json(r, points))
     else:
         out_console.print(_front_view(r, points, out_console.width))
 
@@ -95,7 +95,7 @@ def plan_command(
     except EvopruneError as exc:
         _fail(str(exc))
     if as_json:
-        typer.echo(json.dumps(result.to_dict(), indent=2))
+        _echo_json(result.to_dict())
         return
     e = result.evaluation
     pred = prediction_on_metric_scale(e.predicted) or {}
@@ -180,7 +180,7 @@ def compare_command(
     # Best first, methods without a pick under the budget last: the table and --json share this order.
     rows = sorted(rows, key=lambda r: (r.best_value is None, r.best_value or 0.0))
     if as_json:
-        typer.echo(json.dumps([r.to_dict() for r in rows], indent=2))
+        _echo_json([r.to_dict() for r in rows])
         return
     table = FoldingTable(
         title=f"methods at {evals} real evaluations (budget: {max_params or 'none'})", title_justify="left"

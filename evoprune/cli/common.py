@@ -4,6 +4,7 @@ stderr (``_SearchProgress``)."""
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -14,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.table import Table
 
 from evoprune.backend.settings import BackendSettings
+from evoprune.reporting.prediction_metrics import nan_to_none
 
 err_console = Console(stderr=True)
 out_console = Console()
@@ -24,6 +26,12 @@ def _fail(message: str, code: int = 2) -> None:
     # Plain echo, not rich: a rich console would wrap a long message over several lines.
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
+
+
+def _echo_json(obj) -> None:
+    """Print ``obj`` as the JSON of a ``--json`` option: NaN and infinities (a figure the data left
+    undefined, a surrogate's prediction) are null, since JSON has neither."""
+    typer.echo(json.dumps(nan_to_none(obj), indent=2, allow_nan=False))
 
 
 def _use_task_data(task_data: str | None) -> None:

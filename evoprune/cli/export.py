@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import typer
 from evoprune.cli.common import (
     _BACKEND,
     FoldingTable,
+    _echo_json,
     _fail,
     _figure_text,
     _SearchProgress,
@@ -122,7 +122,7 @@ def export_command(
         "validation": result.validation,
     }
     if as_json:
-        typer.echo(json.dumps(summary, indent=2))
+        _echo_json(summary)
     else:
         ppl = _export_figures(result)
         out_console.print(
@@ -165,7 +165,7 @@ def measure_command(
     except EvopruneError as exc:
         _fail(str(exc))
     if as_json:
-        typer.echo(json.dumps(report, indent=2))
+        _echo_json(report)
         return
     table = FoldingTable(title=f"{model}: forward of {batch} x {seq_len} tokens", title_justify="left")
     table.add_column("figure")
@@ -268,7 +268,7 @@ def _print_evaluate(report, as_json: bool, store: Path | None) -> None:
                 soft_wrap=True,
             )
     if as_json:
-        typer.echo(json.dumps(report.to_dict(), indent=2))
+        _echo_json(report.to_dict())
         return
     t = report.target
     kept = f", {100 * t.params_fraction:.1f}% kept" if t.params_fraction is not None else ""

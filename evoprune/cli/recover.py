@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,6 +11,7 @@ from rich.console import Console
 
 from evoprune.cli.common import (
     FoldingTable,
+    _echo_json,
     _fail,
     _figure_text,
     _kl_text,
@@ -151,7 +151,7 @@ def recover_command(
     for note in (n for n in result.notes if n not in progress.shown):
         err_console.print(f"note: {note}", soft_wrap=True)
     if as_json:
-        typer.echo(json.dumps(result.to_dict(), indent=2))
+        _echo_json(result.to_dict())
         return
     b, a, t = result.heldout_before, result.heldout_after, result.teacher_heldout
     table = FoldingTable(
@@ -210,7 +210,7 @@ def _recover_finalists(k: int, store: str, max_params: float, run: int | None, d
     for note in (n for n in result.notes if n not in progress.shown):
         err_console.print(f"note: {note}", soft_wrap=True)
     if as_json:
-        typer.echo(json.dumps(result.to_dict(), indent=2))
+        _echo_json(result.to_dict())
         return
     table = FoldingTable(
         title=f"the {len(result.finalists)} best configurations of run {result.run_id} under {max_params:g}, "

@@ -3,13 +3,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 
 from evoprune.cli.common import (
     FoldingTable,
+    _echo_json,
     _fail,
     err_console,
     out_console,
@@ -53,7 +53,7 @@ def runs_command(
     except EvopruneError as exc:
         _fail(str(exc))
     if as_json:
-        typer.echo(json.dumps(rows, indent=2))
+        _echo_json(rows)
         return
     table = FoldingTable(title=f"runs in {store}", title_justify="left")
     for col in ("run", "model", "data", "ok", "failed", "pending", "created"):
@@ -97,7 +97,7 @@ def surrogate_report_command(
     except EvopruneError as exc:
         _fail(str(exc))
     if as_json:
-        typer.echo(json.dumps(report.to_dict(), indent=2))
+        _echo_json(report.to_dict())
         return
     table = FoldingTable(
         title=f"Surrogates on run {report.run_id} ({report.model}): {report.n_pairs} pairs, {report.folds}-fold CV",

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 
 from evoprune.cli.common import (
     _BACKEND,
+    _echo_json,
     _fail,
     _SearchProgress,
     _use_task_data,
@@ -288,7 +288,7 @@ def _print_search_result(result, store: Path, as_json: bool) -> None:
         points = pareto_front(st, result.run)
     if as_json:
         extra = {"stop_reason": result.stop_reason, "notes": list(result.notes)}
-        typer.echo(json.dumps({**_front_json(result.run, points), **extra}, indent=2))
+        _echo_json({**_front_json(result.run, points), **extra})
         return
     ok = sum(e.status == "ok" for e in result.evaluations)
     failed = sum(e.status == "failed" for e in result.evaluations)

@@ -177,12 +177,12 @@ def pooled_figures(actual, mean, std, level: float = COVERAGE_LEVEL, resamples: 
 
 
 def nan_to_none(obj):
-    """``obj`` with every non-finite float (in dicts and lists too) as None, for JSON."""
+    """``obj`` with every non-finite float (in dicts, lists and tuples too) as None, for JSON."""
     if isinstance(obj, float) and not np.isfinite(obj):
         return None
     if isinstance(obj, dict):
         return {k: nan_to_none(v) for k, v in obj.items()}
-    if isinstance(obj, list):
+    if isinstance(obj, list | tuple):
         return [nan_to_none(v) for v in obj]
     return obj
 
