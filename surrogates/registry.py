@@ -139,7 +139,7 @@ def make_surrogate(name: str, **params) -> Surrogate:
     try:
         cls = _REGISTRY[name]
     except KeyError:
-        raise ValueError(f"surrogate {name!r} is unknown: use one of {', '.join(sorted(_REGISTRY))}") from None
+        raise ValueError(f"unknown surrogate {name!r}; available: {', '.join(sorted(_REGISTRY))}") from None
     # scikit-learn's own list of constructor parameters: no instance needed to check the options
     accepted = set(cls._get_param_names()) if hasattr(cls, "_get_param_names") else None
     unknown = sorted(set(spec_params) - accepted) if accepted is not None else []
