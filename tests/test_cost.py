@@ -55,3 +55,13 @@ def test_measure_model_weighs_the_real_parameters():
     m = measure_model(model, seq_len=16, repeats=2)
     assert m.params == space.params(space.lower) == sum(p.numel() for p in model.parameters())
     assert m.weight_bytes == 4 * m.params and m.latency_ms > 0
+
+
+def test_sizes_are_shown_to_three_digits_in_the_unit_that_fits():
+    from evoprune.objectives.spec import parse_size, size_text
+
+    # plan printed a 0.88 MB model as "memory 0 MB"
+    assert [size_text(b) for b in (877_568, 999_999, 1.2e6, 123e6, 2.5e9, 512)] == [
+        "878 kB", "1 MB", "1.2 MB", "123 MB", "2.5 GB", "512 B"
+    ]  # fmt: skip
+    assert parse_size(size_text(877_568).replace(" ", "")) == 878_000

@@ -25,7 +25,7 @@ from evoprune.cli.views import _front_json, _front_view
 from evoprune.engine.settings import SearchSettings
 from evoprune.errors import EvopruneError, require_parent_dir
 from evoprune.objectives.pareto import first_rung_tokens, pareto_front, top_rung
-from evoprune.objectives.spec import params_fraction, prediction_on_metric_scale
+from evoprune.objectives.spec import params_fraction, prediction_on_metric_scale, size_text
 from evoprune.store import Store
 
 
@@ -107,7 +107,7 @@ def plan_command(
     out_console.print(
         f"evaluation #{e.id}: {e.params / 1e6:.2f}M parameters ({e.params_fraction:.1%} kept), "
         f"{measured} (predicted before evaluation: {predicted_ppl}), "
-        f"memory {result.cost['memory_bytes'] / 1e6:.0f} MB at 2048 tokens of KV cache"
+        f"memory {size_text(result.cost['memory_bytes'])} at 2048 tokens of KV cache"
         + (f", latency {result.cost['latency_ms']:.0f} ms (predicted)" if "latency_ms" in result.cost else "")
         + "; "
         f"best of {result.candidates} evaluated configurations under the budget"

@@ -123,6 +123,15 @@ def parse_size(text: str) -> int:
     return size
 
 
+def size_text(size: float) -> str:
+    """Bytes as ``parse_size`` reads them, to three significant digits: ``877 kB``, ``1.23 MB``, ``2.1 GB``."""
+    size = float(f"{size:.3g}")  # rounded first: 999,999 bytes is 1 MB, not 1e+03 kB
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(size) >= scale:
+            return f"{size / scale:.3g} {unit}"
+    return f"{size:.0f} B"
+
+
 _SMALLEST_COUNT = 1000  # a parameter count below this is a typo for a fraction (1.5, 70), not a model
 
 
@@ -245,12 +254,13 @@ class CostEvaluator:
         """Refuse a budget that even the smallest configuration of the space exceeds."""
         names, limits = self.constraints(budget)
         smallest = self.matrix(self.space.upper[None], names)[0] if names else []
-        labels = {"params": "kept parameter fraction", "memory": "memory (bytes)", "latency": "latency (ms)"}
+        labels = {"params": "kept parameter fraction", "memory": "memory", "latency": "latency (ms)"}
         for name, limit, least in zip(names, limits, smallest, strict=True):
             if least > limit:
+                text = (lambda v: f"{size_text(v)} ({v:.0f} bytes)") if name == "memory" else (lambda v: f"{v:.4g}")
                 raise EvopruneError(
                     f"the budget is impossible: the smallest configuration of the space has {labels[name]} "
-                    f"{least:.4g}, above the limit {limit:.4g}; raise the budget"
+                    f"{text(least)}, above the limit {text(limit)}; raise the budget"
                 )
         if budget.min_params and frac_above(budget, self.dense_params):
             raise EvopruneError(f"--min-params {budget.min_params} is above the parameter budget: lower --min-params")
