@@ -133,6 +133,8 @@ def test_plan_pareto_plot_report_and_export_from_a_pick(tmp_path, tiny_model_dir
     assert out.exit_code == 0, out.output
     chosen = json.loads(out.stdout)
     assert chosen["cost"]["params_fraction"] <= 0.8 and len(chosen["layers"]) == 4
+    # its FLOPs and memory count the cost model's context, and say so (measure counts its --seq-len)
+    assert chosen["cost"]["flops_context_tokens"] == chosen["cost"]["memory_context_tokens"] == 2048
     with Store(store) as st:
         measured = [e for e in st.evaluations(st.get_run().id) if e.status == "ok"]
     under = [e for e in measured if e.params_fraction <= 0.8]

@@ -516,6 +516,7 @@ def test_a_bfloat16_run_counts_two_bytes_and_loads_its_model_and_export_in_bfloa
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     report = measure(str(out), seq_len=16, repeats=1)
     assert report["weight_bytes"] == report["predicted"]["weight_bytes"]
+    assert report["predicted"]["flops_context_tokens"] == 16  # its FLOPs count a token attending to --seq-len
 
 
 def test_latency_of_a_bfloat16_run_is_timed_in_bfloat16(tmp_path):

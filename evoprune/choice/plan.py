@@ -113,7 +113,8 @@ def plan(
               for i, w in enumerate(widths)]  # fmt: skip
     c = cost_model.cost(best.levels)
     cost = {"params": c.params, "params_fraction": c.params_fraction, "flops_per_token": c.flops_per_token,
-            "memory_bytes": c.memory_bytes,
+            "flops_context_tokens": cost_model.context, "memory_bytes": c.memory_bytes,
+            "memory_context_tokens": cost_model.context,
             **({"latency_ms": latency[best.id]} if best.id in latency
                else {k: v for k, v in best.cost.items() if k == "latency_ms"})}  # fmt: skip
     with Store.open_existing(store_path, readonly=True) as st:

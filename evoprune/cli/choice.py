@@ -107,7 +107,7 @@ def plan_command(
     out_console.print(
         f"evaluation #{e.id}: {e.params / 1e6:.2f}M parameters ({e.params_fraction:.1%} kept), "
         f"{measured} (predicted before evaluation: {predicted_ppl}), "
-        f"memory {size_text(result.cost['memory_bytes'])} at 2048 tokens of KV cache"
+        f"memory {size_text(result.cost['memory_bytes'])} at {result.cost['memory_context_tokens']} tokens of KV cache"
         + (f", latency {result.cost['latency_ms']:.0f} ms (predicted)" if "latency_ms" in result.cost else "")
         + "; "
         f"best of {result.candidates} evaluated configurations under the budget"

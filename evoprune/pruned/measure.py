@@ -55,6 +55,7 @@ def measure(spec: str, seq_len: int = 256, batch: int = 1, repeats: int = 15, dt
             "params": cost.params,
             "weight_bytes": cost.weight_bytes,
             "flops_per_token": cost.flops_per_token,
+            "flops_context_tokens": seq_len,  # FLOPs of a token attending to the seq_len measured
             "latency_ms": table.predict_ms(space, x),
             "dense_latency_ms": table.predict_ms(space, space.lower),
         }
