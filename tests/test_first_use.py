@@ -17,7 +17,7 @@ from rich.console import Console
 from evoprune.cli.common import _SearchProgress
 from evoprune.engine.run import search
 from evoprune.errors import EvopruneError
-from evoprune.objectives.pareto import pick_evaluation
+from evoprune.objectives.budget import pick_evaluation
 from evoprune.objectives.spec import check_max_params, params_fraction
 from evoprune.store import Store
 from tests.test_user_reports import SEARCH_ARGS, _one_line_error, _settings, evoprune, evoprune_in_process

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 
-import numpy as np
-
 from evoprune.engine.run import search
 from evoprune.engine.settings import ProgressFn, log_progress
 from evoprune.errors import EvopruneError
-from evoprune.objectives.pareto import best_of, first_rung_tokens, rung_offsets, top_rung
-from evoprune.objectives.spec import Budget, CostModel, parse_size, prediction_on_metric_scale
+from evoprune.objectives.budget import best_under_budget, has_limit
+from evoprune.objectives.pareto import first_rung_tokens, top_rung
+from evoprune.objectives.spec import Budget, CostModel, prediction_on_metric_scale
 from evoprune.space import SearchSpace
 from evoprune.store import Evaluation, RecoveryRecord, Run, Store
 
@@ -55,7 +54,7 @@ def plan(
     ``spend`` more evaluations of a search focused on that budget (it reuses the stored pairs)."""
     from evoprune.engine.config import settings_from_run
 
-    if all(v is None for v in (budget.max_params, budget.max_memory, budget.max_latency_ms)):
+    if not has_limit(budget):
         raise EvopruneError("plan needs a budget: pass --max-params, --max-memory or --max-latency-ms")
     budget.check()
     with Store.open_existing(store_path, readonly=True) as st:
@@ -89,25 +88,7 @@ def plan(
         # Every run of the problem, whatever its method: a plan takes the best answer in the store,
         # the baselines' of ``compare`` included.
         evals = st.problem_evaluations(run, status="ok")
-    limit_params = budget.params_fraction_limit(run.dense_params)
-    limit_memory = parse_size(budget.max_memory) if budget.max_memory else None
-    latency = _latencies(run, space, evals) if budget.max_latency_ms is not None else {}
-    under = []
-    for e in evals:
-        if metric not in e.metrics:
-            continue
-        if limit_params is not None and e.params_fraction > limit_params:
-            continue
-        if limit_memory is not None and cost_model.cost(e.levels).memory_bytes > limit_memory:
-            continue
-        if budget.max_latency_ms is not None and latency[e.id] > budget.max_latency_ms:
-            continue
-        under.append(e)
-    if not under:
-        raise EvopruneError(
-            "no evaluated configuration meets the budget: run 'evoprune plan' with --spend N to search for one"
-        )
-    best = best_of(under, metric, rung_offsets(evals, metric))
+    best, under, latency = best_under_budget(run, evals, budget, metric)
     widths = space.widths(best.levels)
     layers = [{"layer": i, "q_heads": w.q_heads, "kv_heads": w.kv_heads, "mlp": w.mlp_channels}
               for i, w in enumerate(widths)]  # fmt: skip
@@ -120,18 +101,3 @@ def plan(
     with Store.open_existing(store_path, readonly=True) as st:
         recoveries = st.recoveries(eval_id=best.id)
     return PlanResult(run, best, layers, cost, len(under), spent, recoveries)
-
-
-def _latencies(run: Run, space: SearchSpace, evals: list[Evaluation]) -> dict[int, float]:
-    """Predicted forward latency (ms, the cached latency table of this machine) of each evaluation,
-    by id: a store records latency only for runs that searched under a latency budget, so every
-    configuration is priced by the same table here."""
-    from evoprune.backend.loading import load_config, resolve_model
-    from evoprune.objectives.spec import CostEvaluator
-
-    if not evals:
-        return {}
-    config = load_config(resolve_model(run.model))
-    costs = CostEvaluator(space, config, dtype=run.settings["backend"].get("dtype", "float32"))
-    X = np.array([e.levels for e in evals], dtype=int)
-    return {e.id: float(ms) for e, ms in zip(evals, costs.matrix(X, ["latency"])[:, 0], strict=True)}

@@ -3,6 +3,7 @@ and ``compare`` (evoprune and the baselines at one budget)."""
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import typer
@@ -11,6 +12,9 @@ from evoprune.backend.settings import BackendSettings
 from evoprune.choice.compare import DEFAULT_METHODS
 from evoprune.cli.common import (
     _BACKEND,
+    MAX_LATENCY_MS_OPTION,
+    MAX_MEMORY_OPTION,
+    MAX_PARAMS_OPTION,
     FoldingTable,
     _echo_json,
     _fail,
@@ -72,13 +76,9 @@ def pareto_command(
 
 def plan_command(
     store: Path = typer.Option(..., "--store", "-s", help="SQLite pair store written by 'evoprune search'."),
-    max_params: float = typer.Option(None, "--max-params", help="Parameter budget (kept fraction or count)."),
-    max_memory: str = typer.Option(None, "--max-memory", help="Memory budget (weights + KV cache), e.g. 2GB."),
-    max_latency_ms: float = typer.Option(
-        None,
-        "--max-latency-ms",
-        help="Latency budget (ms): a forward pass of 256 tokens, batch 1, on this machine (its latency table).",
-    ),
+    max_params: float | None = MAX_PARAMS_OPTION,
+    max_memory: str | None = MAX_MEMORY_OPTION,
+    max_latency_ms: float | None = MAX_LATENCY_MS_OPTION,
     spend: int = typer.Option(0, "--spend", help="First spend this many more evaluations focused on the budget."),
     run: int | None = typer.Option(None, "--run", help="Run id (default: the latest run)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
@@ -132,6 +132,10 @@ def plan_command(
     for layer in result.layers:
         table.add_row(*(str(layer[k]) for k in ("layer", "q_heads", "kv_heads", "mlp")))
     out_console.print(table)
+    out_console.print(
+        f"export it: evoprune export --store {shlex.quote(str(store))} --run {e.run_id} --pick {e.id} --out DIR",
+        soft_wrap=True,
+    )
 
 
 def compare_command(
@@ -140,13 +144,9 @@ def compare_command(
     store: Path = typer.Option(..., "--store", "-s", help="SQLite pair store (one run per method)."),
     evals: int = typer.Option(..., "--evals", "-n", help="Real evaluations per method."),
     methods: str = typer.Option(",".join(DEFAULT_METHODS), "--methods", help="Comma-separated methods to run."),
-    max_params: float = typer.Option(None, "--max-params", help="Parameter budget (kept fraction or count)."),
-    max_memory: str = typer.Option(None, "--max-memory", help="Memory budget, e.g. 2GB."),
-    max_latency_ms: float = typer.Option(
-        None,
-        "--max-latency-ms",
-        help="Latency budget (ms): a forward pass of 256 tokens, batch 1, on this machine (its latency table).",
-    ),
+    max_params: float | None = MAX_PARAMS_OPTION,
+    max_memory: str | None = MAX_MEMORY_OPTION,
+    max_latency_ms: float | None = MAX_LATENCY_MS_OPTION,
     min_params: float = typer.Option(0.5, "--min-params", help="Smallest kept parameter fraction to search."),
     seed: int = typer.Option(0, "--seed", help="Random seed shared by every method."),
     baseline_skip_first: int = typer.Option(

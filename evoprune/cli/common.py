@@ -1,5 +1,5 @@
 """What every command shares: the two consoles, ``_fail`` (an error message and an exit code),
-the figure and token texts, ``FoldingTable`` (wraps, never cuts) and the progress display on
+the budget options, the figure and token texts, ``FoldingTable`` (wraps, never cuts) and the progress display on
 stderr (``_SearchProgress``)."""
 
 from __future__ import annotations
@@ -20,6 +20,17 @@ from evoprune.reporting.prediction_metrics import nan_to_none
 err_console = Console(stderr=True)
 out_console = Console()
 _BACKEND = BackendSettings()  # the defaults the options show
+
+# The budget options, one definition for every command that takes a budget (plan, export, compare).
+MAX_PARAMS_OPTION = typer.Option(None, "--max-params", help="Parameter budget (kept fraction or count).")
+MAX_MEMORY_OPTION = typer.Option(
+    None, "--max-memory", help="Memory budget (weights + KV cache at 2048 tokens), e.g. 2GB, 400MB or 1.5GiB."
+)
+MAX_LATENCY_MS_OPTION = typer.Option(
+    None,
+    "--max-latency-ms",
+    help="Latency budget (ms): a forward pass of 256 tokens, batch 1, on this machine (its latency table).",
+)
 
 
 def _fail(message: str, code: int = 2) -> None:

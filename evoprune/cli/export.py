@@ -10,6 +10,9 @@ import typer
 
 from evoprune.cli.common import (
     _BACKEND,
+    MAX_LATENCY_MS_OPTION,
+    MAX_MEMORY_OPTION,
+    MAX_PARAMS_OPTION,
     FoldingTable,
     _echo_json,
     _fail,
@@ -38,14 +41,13 @@ def export_command(
     pick: str | None = typer.Option(
         None,
         "--pick",
-        help="Evaluation id, knee (default; of the front under --max-params when given), or best (under --max-params).",
+        help="Evaluation id, knee (default: the knee of the front under the budget) or best (what 'evoprune plan' "
+        "answers for the budget). The budget: --max-params, --max-memory, --max-latency-ms when given (an id must "
+        "meet it), else the run's own.",
     ),
-    max_params: float | None = typer.Option(
-        None,
-        "--max-params",
-        help="Budget for --pick (kept fraction or count): best and knee choose under it, an id must meet it "
-        "(best defaults to the run's own budget).",
-    ),
+    max_params: float | None = MAX_PARAMS_OPTION,
+    max_memory: str | None = MAX_MEMORY_OPTION,
+    max_latency_ms: float | None = MAX_LATENCY_MS_OPTION,
     run: int | None = typer.Option(None, "--run", help="Run id for --pick (default: the latest run)."),
     model: str | None = typer.Option(None, "--model", "-m", help="Base model --config prunes (as for 'search')."),
     config: str | None = typer.Option(
@@ -81,10 +83,10 @@ def export_command(
                 raise EvopruneError(
                     "--model and --config go together: the base model and the configuration to cut out of it"
                 )
-            if pick is not None or max_params is not None or run is not None:
+            if any(v is not None for v in (pick, max_params, max_memory, max_latency_ms, run)):
                 raise EvopruneError(
-                    "--pick, --max-params and --run choose from a store's run; --config names the configuration "
-                    "itself: pass one or the other"
+                    "--pick, the budget options (--max-params, --max-memory, --max-latency-ms) and --run choose from "
+                    "a store's run; --config names the configuration itself: pass one or the other"
                 )
             settings = replace(_BACKEND, **given) if given else None
             with _SearchProgress(err_console) as progress:
@@ -106,8 +108,9 @@ def export_command(
                 )
             with _SearchProgress(err_console) as progress:
                 result = export_from_store(
-                    store, out, pick or "knee", max_params=max_params, run=run, force=force, progress=progress
-                )
+                    store, out, pick or "knee", max_params=max_params, max_memory=max_memory,
+                    max_latency_ms=max_latency_ms, run=run, force=force, progress=progress,
+                )  # fmt: skip
             what = f"evaluation {result.evaluation}"
     except EvopruneError as exc:
         _fail(str(exc))

@@ -152,25 +152,33 @@ def export_from_store(
     pick: str = "knee",
     *,
     max_params: float | None = None,
+    max_memory: str | None = None,
+    max_latency_ms: float | None = None,
     run: int | None = None,
     force: bool = False,
     progress=None,
 ) -> ExportResult:
     """Export an evaluated configuration of a stored run (``pick``: an evaluation id, ``knee`` or
-    ``best``; with ``max_params``, a kept fraction or a count, ``best`` and ``knee`` choose under it
-    and an id must meet it), with the model, text and importance the run searched with.
+    ``best``), with the model, text and importance the run searched with.
+
+    The budget (``max_params``, a kept fraction or a count; ``max_memory``, e.g. ``"400MB"``;
+    ``max_latency_ms``), as ``plan`` takes it: ``best`` is ``plan``'s answer for it and ``knee``
+    the knee of the front under it, an id must meet it. Without one, ``best`` and ``knee`` choose
+    under the budget the run searched under (``evoprune.objectives.budget.pick_evaluation``).
 
     Raises EvopruneError on bad input (a non-empty ``out`` or one that cannot be created, an
     unknown pick, a pick over the budget, a changed model).
     """
-    from evoprune.objectives.pareto import fidelity_of, pick_evaluation
+    from evoprune.objectives.budget import pick_evaluation
+    from evoprune.objectives.pareto import fidelity_of
+    from evoprune.objectives.spec import Budget
     from evoprune.store import Store
 
     out = Path(out)
     check_target(out, force)
     with Store.open_existing(store, readonly=True) as st:
         r = st.get_run(run)
-        chosen = pick_evaluation(st, r, pick, max_params)
+        chosen = pick_evaluation(st, r, pick, Budget(max_params, max_memory, max_latency_ms))
     backend = backend_for_run(r, progress)
     if progress:
         progress("phase", name=f"writing {out}")
