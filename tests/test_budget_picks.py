@@ -20,7 +20,7 @@ from evoprune.objectives.cost import CostModel
 from evoprune.objectives.spec import Budget
 from evoprune.space import SearchSpace
 from evoprune.store import Store
-from tests.test_user_reports import _settings, evoprune_in_process
+from tests.test_user_reports import _one_line_error, _settings, evoprune_in_process
 
 LIMIT = "1.2MB"  # the tiny Llama: 2.7 MB dense with its KV cache at 2048 tokens in float32, 0.1 MB at the smallest
 
@@ -67,6 +67,22 @@ def test_export_pick_best_is_plans_answer_under_the_runs_memory_budget_or_a_give
         heaviest = max(evals, key=lambda e: _memory(run, e))
         with pytest.raises(EvopruneError, match=f"evaluation {heaviest.id} needs .* over --max-memory 100kB"):
             pick_evaluation(st, run, str(heaviest.id), Budget(max_memory="100kB"))
+
+
+def test_an_impossible_budget_says_so_instead_of_advising_spend(memory_store, tmp_path):
+    out = tmp_path / "x"
+    for args in (
+        ["plan", "--store", str(memory_store), "--max-memory", "0.1MB"],
+        ["export", "--store", str(memory_store), "--pick", "best", "--max-memory", "0.1MB", "--out", str(out)],
+    ):  # fmt: skip
+        result = evoprune_in_process(*args)
+        _one_line_error(result, "the budget is impossible", "above the limit 100 kB")
+        assert "--spend" not in result.stderr
+    assert not out.exists()
+    # A possible budget nothing evaluated meets still points to --spend.
+    result = evoprune_in_process("plan", "--store", str(memory_store), "--max-memory", "110kB")
+    if "impossible" not in result.stderr:
+        _one_line_error(result, "no evaluated configuration meets the budget (--max-memory 110kB)", "--spend N")
 
 
 def test_plan_shows_memory_under_a_megabyte_says_how_to_export_and_what_context_its_flops_count(memory_store):

@@ -91,8 +91,9 @@ def under_budget(
     """(the successful ``evals`` that meet ``budget`` and measured ``metric`` when given, their
     predicted latency by id when ``budget`` bounds latency, else ``{}``).
 
-    When none meets it, raises EvopruneError: no evaluated configuration meets it, and how to search
-    for one.
+    When none meets it, raises EvopruneError: ``the budget is impossible`` when even the smallest
+    configuration of the space exceeds it (``CostEvaluator.check_feasible``, the check a search
+    runs first), else that no evaluated configuration meets it and how to search for one.
     """
     budget.check()
     evals = [e for e in evals if e.status == "ok" and (metric is None or metric in e.metrics)]
@@ -101,6 +102,10 @@ def under_budget(
     under = [e for e in evals if e.id not in over]
     if under:
         return under, latency
+    # An impossible budget says so: no search could find a configuration under it.
+    (costs or cost_evaluator(run, latency=False)).check_feasible(
+        Budget(budget.max_params, budget.max_memory, budget.max_latency_ms)
+    )
     text = budget_text(budget)
     if evals and budget.max_memory is None and budget.max_latency_ms is None:  # a parameter budget alone
         raise EvopruneError(
