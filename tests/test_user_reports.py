@@ -937,6 +937,11 @@ def test_a_given_allocation_exports_exactly_as_the_masks_apply_it(tmp_path, tiny
     assert written["params"] == space.params(chosen.levels) == sum(p.numel() for p in exported.parameters())
     with torch.inference_mode():
         assert torch.equal(exported(input_ids=tokens).logits, want)
+    # Without --json it says which text and importance chose the channels (levels: alone does not say).
+    told = evoprune("export", "--model", model, "--config", config, "--data", str(text_file), *GRID_ARGS,
+                    "--out", str(tmp_path / "told"))  # fmt: skip
+    assert told.returncode == 0, told.stderr
+    assert f"by flap importance on 256 tokens of {text_file}" in " ".join(told.stdout.split()), told.stdout
     # Its plan.json alone exports it again (it records the text), bit for bit.
     again = export_config(model, str(out / "plan.json"), tmp_path / "again")
     assert again.params == written["params"]

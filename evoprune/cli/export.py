@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -134,6 +135,21 @@ def export_command(
             f"load it with AutoModelForCausalLM.from_pretrained('{out}', trust_remote_code=True) "
             f"or evoprune.load_pruned('{out}')"
         )
+        if config is not None and config.startswith(("levels:", "uniform:")) and store is None:
+            out_console.print(_importance_note(result.path), style="dim", soft_wrap=True)
+
+
+def _importance_note(path) -> str:
+    """Which channels a ``levels:`` / ``uniform:R`` export kept depends on the importance scores:
+    say which text and criterion chose them (the export's plan.json), and how to match a search."""
+    plan = json.loads((Path(path) / "plan.json").read_text())
+    b = plan.get("backend") or {}
+    text = b.get("calib_data") or plan.get("data") or "builtin"
+    return (
+        f"the kept heads and channels were chosen by {b.get('criterion')} importance on {b.get('calib_tokens')} "
+        f"tokens of {text}, with {b.get('compensation')} compensation: to cut the model a search measured, "
+        "export from its --store, or pass the search's --data and importance options"
+    )
 
 
 def _export_figures(result) -> str:
