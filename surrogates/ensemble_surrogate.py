@@ -16,6 +16,9 @@ class EnsembleSurrogate(Surrogate):
     mixture has mean ``sum w_i m_i`` and variance ``sum w_i (s_i^2 + m_i^2) - mean^2``: where
     members disagree, the ensemble is less sure than any of them. Members get this estimator's
     ``random_state``.
+
+    ``members`` and ``weights`` are sequences, or (as ``--surrogate`` options, where ``,``
+    separates options) strings joined by ``+``: ``ensemble:members=additive+gbdt,weights=3+1``.
     """
 
     def __init__(
@@ -29,12 +32,13 @@ class EnsembleSurrogate(Surrogate):
         self.random_state = random_state
 
     def _fit(self, X: np.ndarray, y: np.ndarray) -> None:
-        names = list(self.members)
+        names = self.members.split("+") if isinstance(self.members, str) else list(self.members)
+        names = [n.strip() for n in names if n.strip()]
         if not names:
             raise ValueError("an ensemble needs at least one member surrogate")
         if "ensemble" in names:
             raise ValueError("an ensemble cannot contain itself: list other surrogates as members")
-        w = np.ones(len(names)) if self.weights is None else np.asarray(self.weights, dtype=float)
+        w = np.ones(len(names)) if self.weights is None else _numbers(self.weights)
         if w.shape != (len(names),) or np.any(w < 0) or w.sum() <= 0:
             raise ValueError(
                 f"weights must be {len(names)} non-negative numbers with a positive sum, got {self.weights}"
@@ -50,3 +54,13 @@ class EnsembleSurrogate(Surrogate):
         mean = (w * means).sum(axis=0)
         var = (w * (stds**2 + means**2)).sum(axis=0) - mean**2
         return mean, np.sqrt(np.maximum(var, 0.0))
+
+
+def _numbers(weights) -> np.ndarray:
+    """Weights as given in Python (a sequence) or as a spec option (``3+1``, or one number)."""
+    if isinstance(weights, str):
+        try:
+            return np.array([float(v) for v in weights.split("+")])
+        except ValueError:
+            return np.array([np.nan])  # refused below with the weights as given
+    return np.atleast_1d(np.asarray(weights, dtype=float))

@@ -142,6 +142,11 @@ def test_ensemble_is_the_mixture_of_its_members():
     np.testing.assert_allclose(std**2, 0.75 * (s1**2 + m1**2) + 0.25 * (s2**2 + m2**2) - mean**2)
     with pytest.raises(ValueError, match="cannot contain itself"):
         make_surrogate("ensemble", members=("forest", "ensemble")).fit(X, y)
+    # As --surrogate options, where ',' separates options: members and weights joined by '+'.
+    spec = make_surrogate("ensemble:members=forest+gbdt,weights=3+1", random_state=2).fit(X, y)
+    np.testing.assert_allclose(spec.predict(X[:6]), mean)
+    with pytest.raises(ValueError, match="weights must be 2 non-negative numbers"):
+        make_surrogate("ensemble:members=forest+gbdt,weights=3", random_state=2).fit(X, y)
 
 
 def test_forest_is_unsure_away_from_its_data():
