@@ -353,6 +353,26 @@ def test_retry_failed_measures_again_the_rows_that_lack_an_objective(tmp_path, t
     assert [e.metrics for e in retried.evaluations] == [e.metrics for e in here.evaluations]
 
 
+def test_plan_answers_by_the_runs_objective_as_export_does(tmp_path, tiny_model_dir, text_file):
+    """plan chose by perplexity whatever the run optimised, while export --pick best chose by the
+    run's first quality objective: for an acc:TASK run the two answered differently."""
+    from evoprune.choice.plan import plan
+    from evoprune.objectives.budget import pick_evaluation
+    from evoprune.objectives.spec import Budget
+
+    store = tmp_path / "s.db"
+    search(str(tiny_model_dir), str(text_file), str(store),
+           _settings(evals=6, init=6, objectives="acc:arc_easy,params", task_limit=12))  # fmt: skip
+    budget = Budget(max_params=0.99)
+    answer = plan(str(store), budget).evaluation
+    with Store.open_existing(store, readonly=True) as st:
+        run = st.get_run()
+        picked = pick_evaluation(st, run, "best", budget)
+        under = [e for e in st.evaluations(run.id) if e.status == "ok" and e.params_fraction <= 0.99]
+    assert answer.id == picked.id
+    assert answer.metrics["acc:arc_easy"] == max(e.metrics["acc:arc_easy"] for e in under)
+
+
 def first_logit(backend) -> dict[str, float]:
     """An extra metric of the user's own (module level, so that plain pickle ships it): a logit
     of the model as pruned."""

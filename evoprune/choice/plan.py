@@ -8,8 +8,8 @@ from evoprune.engine.run import search
 from evoprune.engine.settings import ProgressFn, log_progress
 from evoprune.errors import EvopruneError
 from evoprune.objectives.budget import best_under_budget, has_limit
-from evoprune.objectives.pareto import first_rung_tokens, top_rung
-from evoprune.objectives.spec import Budget, CostModel, prediction_on_metric_scale
+from evoprune.objectives.pareto import first_rung_tokens, run_objectives, top_rung
+from evoprune.objectives.spec import Budget, CostModel, is_quality, prediction_on_metric_scale
 from evoprune.space import SearchSpace
 from evoprune.store import Evaluation, RecoveryRecord, Run, Store
 
@@ -48,10 +48,12 @@ def plan(
     spend: int = 0,
     run_id: int | None = None,
     progress: ProgressFn = log_progress,
-    metric: str = "ppl",
+    metric: str | None = None,
 ) -> PlanResult:
-    """Pick the lowest-``metric`` configuration meeting ``budget``; with ``spend`` > 0, first run
-    ``spend`` more evaluations of a search focused on that budget (it reuses the stored pairs)."""
+    """Pick the best configuration meeting ``budget`` by ``metric`` (default: the run's first
+    quality objective, as ``export --pick best`` does, e.g. ``ppl`` or ``acc:arc_easy``); with
+    ``spend`` > 0, first run ``spend`` more evaluations of a search focused on that budget (it
+    reuses the stored pairs)."""
     from evoprune.engine.config import settings_from_run
 
     if not has_limit(budget):
@@ -88,6 +90,7 @@ def plan(
         # Every run of the problem, whatever its method: a plan takes the best answer in the store,
         # the baselines' of ``compare`` included.
         evals = st.problem_evaluations(run, status="ok")
+    metric = metric or next(n for n in run_objectives(run) if is_quality(n))
     best, under, latency = best_under_budget(run, evals, budget, metric)
     widths = space.widths(best.levels)
     layers = [{"layer": i, "q_heads": w.q_heads, "kv_heads": w.kv_heads, "mlp": w.mlp_channels}
