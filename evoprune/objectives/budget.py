@@ -53,11 +53,13 @@ def cost_evaluator(run: Run, latency: bool = True) -> CostEvaluator:
 
 
 def latencies(run: Run, evals: list[Evaluation], costs: CostEvaluator | None = None) -> dict[int, float]:
-    """Predicted forward latency (ms, the cached latency table of this machine) of each evaluation,
-    by id: a store records latency only for runs that searched under a latency budget, so every
-    configuration is priced by the same table here."""
+    """Predicted forward latency (ms) of each evaluation, by id. Where every one recorded it (a
+    run searched under a latency budget), those figures, which the search chose by; else every
+    configuration is priced by the same table, this machine's cached one (timed when missing)."""
     if not evals:
         return {}
+    if all("latency_ms" in (e.cost or {}) for e in evals):
+        return {e.id: float(e.cost["latency_ms"]) for e in evals}
     costs = costs or cost_evaluator(run)
     X = np.array([e.levels for e in evals], dtype=int)
     return {e.id: float(ms) for e, ms in zip(evals, costs.matrix(X, ["latency"])[:, 0], strict=True)}
@@ -97,13 +99,12 @@ def under_budget(
     """
     budget.check()
     evals = [e for e in evals if e.status == "ok" and (metric is None or metric in e.metrics)]
-    costs = cost_evaluator(run) if budget.max_latency_ms is not None else None
-    over, latency = breaches(run, evals, budget, costs)
+    over, latency = breaches(run, evals, budget)
     under = [e for e in evals if e.id not in over]
     if under:
         return under, latency
     # An impossible budget says so: no search could find a configuration under it.
-    (costs or cost_evaluator(run, latency=False)).check_feasible(
+    cost_evaluator(run, latency=budget.max_latency_ms is not None).check_feasible(
         Budget(budget.max_params, budget.max_memory, budget.max_latency_ms)
     )
     text = budget_text(budget)
@@ -165,7 +166,12 @@ def pick_evaluation(store: Store, run: Run, pick: str, budget: Budget | float | 
         return best_under_budget(run, store.problem_evaluations(run, status="ok"), limits, metric)[0]
     if pick == "knee":
         if has_limit(limits):
-            front = front_of(under_budget(run, evals, limits)[0], names)
+            front = front_of(under_budget(run, evals, limits, metric)[0], names)
+        if not front:  # rows under the budget that lack a cost objective of the run
+            raise EvopruneError(
+                f"run {run.id} has no configuration under the budget ({budget_text(limits)}) with every objective "
+                "measured: pass --pick ID, or --pick best"
+            )
         return front[knee_index(objectives(front, (metric, "params")))]
     try:
         eval_id = int(pick)

@@ -182,7 +182,13 @@ def export_from_store(
     backend = backend_for_run(r, progress)
     if progress:
         progress("phase", name=f"writing {out}")
-    metadata = {"store": str(Path(store).resolve()), "run": r.id, "evaluation": chosen.id, "metrics": chosen.metrics}
+    # The run that measured it: ``best`` chooses among every run of the problem.
+    metadata = {
+        "store": str(Path(store).resolve()),
+        "run": chosen.run_id,
+        "evaluation": chosen.id,
+        "metrics": chosen.metrics,
+    }
     result = export_pruned(backend, chosen.levels, out, force=force, metadata=metadata)
     return replace(
         result,
