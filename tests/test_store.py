@@ -135,3 +135,28 @@ def test_reading_a_store_leaves_no_wal_files_beside_it(tmp_path):
         with pytest.raises(sqlite3.OperationalError, match="readonly"):
             st._conn.execute("DELETE FROM runs")  # not even a raw statement writes
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.db"]
+
+
+def test_a_read_only_open_of_a_file_that_is_not_a_store_keeps_no_handle(tmp_path, monkeypatch):
+    """On read-only media (no write access), opening a non-SQLite file left its connection open."""
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"this is not sqlite" * 100)
+    monkeypatch.setattr(os, "access", lambda *args, **kwargs: False)  # as on read-only media
+    with pytest.raises(EvopruneError, match="not an evoprune store"):
+        Store(junk, readonly=True)
+    assert _open_handles(junk) == []
+
+
+def test_an_interrupted_search_leaves_no_lock_file_beside_a_store_it_never_made(tmp_path):
+    """Ctrl-C while the model loads (the lock is taken before) left runs.db.lock with no store."""
+    from evoprune.store.lock import lock_path, search_lock
+
+    store = tmp_path / "runs.db"
+    with pytest.raises(KeyboardInterrupt), search_lock(store):
+        raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == []
+    with Store(store) as st:  # once the store exists, its lock file stays, as SQLite's files do
+        st.runs()
+    with pytest.raises(KeyboardInterrupt), search_lock(store):
+        raise KeyboardInterrupt
+    assert lock_path(store).exists()

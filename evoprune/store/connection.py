@@ -19,7 +19,11 @@ def connect_readonly(path: Path) -> sqlite3.Connection:
     """
     if path.is_file() and os.access(path, os.W_OK) and os.access(path.parent, os.W_OK):
         conn = sqlite3.connect(str(path), timeout=30, isolation_level=None)
-        conn.execute("PRAGMA query_only=ON")
+        try:
+            conn.execute("PRAGMA query_only=ON")
+        except BaseException:
+            conn.close()
+            raise
     else:
         uri = path.resolve().as_uri()
         conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=30, isolation_level=None)
@@ -29,6 +33,9 @@ def connect_readonly(path: Path) -> sqlite3.Connection:
             # Nobody can write there either, so reading the file as immutable sees the same data.
             conn.close()
             conn = sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, isolation_level=None)
+        except BaseException:  # not a database: the caller reports it, and no handle stays open
+            conn.close()
+            raise
     conn.row_factory = sqlite3.Row
     return conn
 

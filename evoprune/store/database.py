@@ -207,6 +207,8 @@ class Store(StoreLogs):
             count = c.execute(f"UPDATE evaluations {reset} WHERE run_id=? AND status='failed'", (run_id,)).rowcount
             for eval_id in also:
                 count += c.execute(f"UPDATE evaluations {reset} WHERE run_id=? AND id=?", (run_id, eval_id)).rowcount
+                # Its higher rungs lack the metric too: measured again when it climbs again.
+                c.execute("DELETE FROM fidelities WHERE eval_id=? AND split='search'", (eval_id,))
             return count
 
     def evaluations(self, run_id: int, status: str | None = None) -> list[Evaluation]:

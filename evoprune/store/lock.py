@@ -8,8 +8,9 @@ whole but not the search consistent), and ``evoprune recover``, one recovery per
 directory (two would overwrite each other's checkpoint). The lock is the operating system's
 (``flock`` / ``msvcrt.locking``), so it goes away with its process, even after SIGKILL; the
 ``.lock`` file stays, like SQLite's ``-wal`` file (deleting it could let two processes lock two
-different files). One exception: a block that fails with ``EvopruneError`` (bad input) removes a
-lock file it created, while still holding it, so that bad input leaves nothing behind.
+different files). One exception: a block that fails with ``EvopruneError`` (bad input), or fails in
+any way before the guarded path exists, removes a lock file it created, while still holding it, so
+that bad input or an early Ctrl-C leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -79,8 +80,10 @@ def path_lock(path: str | Path, refusal: Callable[[str], str]) -> Iterator[None]
         os.write(fd, f"pid {os.getpid()}".encode())
         try:
             yield
-        except EvopruneError:
-            if created:  # bad input leaves nothing behind: the file goes while this process holds its lock
+        except BaseException as exc:
+            # Bad input, or an interruption before the guarded path was made (Ctrl-C while a model
+            # loads), leaves nothing behind: the file goes while this process holds its lock.
+            if created and (isinstance(exc, EvopruneError) or not Path(path).exists()):
                 with suppress(OSError):
                     lock.unlink()
             raise
