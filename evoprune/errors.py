@@ -15,7 +15,11 @@ class EvopruneError(Exception):
 class BudgetUnmet(EvopruneError):
     """A one-shot method whose recipe cannot answer under the budget (e.g. ``mlp-only`` under a
     memory budget that the KV cache dominates). ``compare`` reports such a method as skipped and
-    goes on with the others."""
+    goes on with the others. ``run_id``: the run the method had opened, when known."""
+
+    def __init__(self, message: str, run_id: int | None = None):
+        super().__init__(message)
+        self.run_id = run_id
 
 
 def _nearest_existing(path: Path) -> Path | None:

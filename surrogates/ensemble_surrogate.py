@@ -39,7 +39,7 @@ class EnsembleSurrogate(Surrogate):
         if "ensemble" in names:
             raise ValueError("an ensemble cannot contain itself: list other surrogates as members")
         w = np.ones(len(names)) if self.weights is None else _numbers(self.weights)
-        if w.shape != (len(names),) or np.any(w < 0) or w.sum() <= 0:
+        if w.shape != (len(names),) or not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
             raise ValueError(
                 f"weights must be {len(names)} non-negative numbers with a positive sum, got {self.weights}"
             )

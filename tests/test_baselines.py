@@ -329,8 +329,11 @@ def test_compare_skips_a_method_that_cannot_meet_the_budget_and_shows_the_others
     rows = {r.method: r for r in compare(str(tiny_model_dir), str(text_file), store, settings, "uniform, mlp-only")}
     assert rows["uniform"].skipped is None and rows["uniform"].best_id is not None
     assert rows["mlp-only"].best_id is None and "cannot meet the budget" in rows["mlp-only"].skipped
+    assert rows["mlp-only"].run_id is not None and rows["mlp-only"].run_id != rows["uniform"].run_id
     with pytest.raises(BudgetUnmet, match="mlp-only cannot meet the budget"):
         compare(str(tiny_model_dir), str(text_file), store, settings, ["mlp-only"])
+    with pytest.raises(EvopruneError, match="no method to compare"):
+        compare(str(tiny_model_dir), str(text_file), store, settings, " , ")
     args = ["compare", "--model", str(tiny_model_dir), "--data", str(text_file), "--store", store, "--evals", "4",
             "--methods", "uniform,mlp-only", "--max-memory", "1.5MB", "--min-params", "0.1", "--eval-tokens", "256",
             "--calib-tokens", "256", "--seq-len", "64", "--json"]  # fmt: skip

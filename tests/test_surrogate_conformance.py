@@ -147,6 +147,8 @@ def test_ensemble_is_the_mixture_of_its_members():
     np.testing.assert_allclose(spec.predict(X[:6]), mean)
     with pytest.raises(ValueError, match="weights must be 2 non-negative numbers"):
         make_surrogate("ensemble:members=forest+gbdt,weights=3", random_state=2).fit(X, y)
+    with pytest.raises(ValueError, match="weights must be 1 non-negative numbers"):
+        make_surrogate("ensemble:members=forest,weights=inf", random_state=2).fit(X, y)
 
 
 def test_forest_is_unsure_away_from_its_data():

@@ -43,7 +43,9 @@ class CompareRow:
 
 
 def best_under_budget(evals: list[Evaluation], metric: str, budget: Budget, costs: CostEvaluator) -> Evaluation | None:
-    """The best measured configuration that meets every budget (and the parameter floor)."""
+    """The best measured configuration of one run that meets every bound of ``budget`` (None if
+    none does). Unlike ``objectives.budget.best_under_budget`` (plan, export), it does not raise
+    and prices configurations in the run's own space with ``costs``."""
     ok = [e for e in evals if e.status == "ok" and metric in e.metrics]
     if not ok:
         return None
@@ -101,6 +103,8 @@ def compare(
 
     if isinstance(methods, str):
         methods = [m.strip() for m in methods.split(",") if m.strip()]
+    if not methods:
+        raise EvopruneError(f"no method to compare: name one or more of {', '.join(STRATEGIES)}")
     unknown = [m for m in methods if m not in STRATEGIES]
     if unknown:
         raise EvopruneError(f"method {unknown[0]!r} is unknown: use any of {', '.join(STRATEGIES)}")
@@ -114,7 +118,7 @@ def compare(
             result = search(model, data, store, s, progress, backend=backend)
         except BudgetUnmet as exc:
             progress("phase", name=f"method {method} skipped: {exc}")
-            rows.append(_skipped(store, method, str(exc)))
+            rows.append(CompareRow(method, exc.run_id, 0, 0, None, None, None, 0.0, None, skipped=str(exc)))
             continue
         wall = time.perf_counter() - start if result.new_evaluations else None
         costs = CostEvaluator(
@@ -125,11 +129,3 @@ def compare(
     if all(r.skipped for r in rows):
         raise BudgetUnmet(rows[0].skipped)
     return rows
-
-
-def _skipped(store: str, method: str, reason: str) -> CompareRow:
-    """The row of a method that has no answer at the budget; its run, stored before the method
-    found that out, is named when there is one."""
-    with Store(store) as st:
-        runs = [r for r in st.runs() if r.settings.get("method") == method and not st.evaluations(r.id)]
-    return CompareRow(method, runs[-1].id if runs else None, 0, 0, None, None, None, 0.0, None, skipped=reason)

@@ -94,12 +94,15 @@ class _OneShot(Strategy):
         if ctx.constraint_names:
             x = self.solve(ctx, budget_meets(ctx))
             if x is None:
-                raise BudgetUnmet(f"{self.name} cannot meet the budget even removing all it may prune: raise it")
+                raise BudgetUnmet(
+                    f"{self.name} cannot meet the budget even removing all it may prune: raise it", ctx.run.id
+                )
             if not ctx.feasible(x[None])[0]:
                 frac = ctx.space.params_fraction(x)
                 raise BudgetUnmet(
                     f"{self.name}'s answer keeps {frac:.3f} of the parameters, under --min-params "
-                    f"{ctx.settings.min_params}: lower --min-params"
+                    f"{ctx.settings.min_params}: lower --min-params",
+                    ctx.run.id,
                 )
             configs = [x]
         else:
