@@ -132,9 +132,10 @@ def plan_command(
     for layer in result.layers:
         table.add_row(*(str(layer[k]) for k in ("layer", "q_heads", "kv_heads", "mlp")))
     out_console.print(table)
+    # The command alone on its line, unwrapped, so that it copies whole (the terminal folds it).
+    out_console.print("export it with:")
     out_console.print(
-        f"export it: evoprune export --store {shlex.quote(str(store))} --run {e.run_id} --pick {e.id} --out DIR",
-        soft_wrap=True,
+        f"evoprune export --store {shlex.quote(str(store))} --run {e.run_id} --pick {e.id} --out DIR", soft_wrap=True
     )
 
 
