@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from evoprune.backend.adapters import adapter_for
@@ -65,3 +67,22 @@ def test_sizes_are_shown_to_three_digits_in_the_unit_that_fits():
         "878 kB", "1 MB", "1.2 MB", "123 MB", "2.5 GB", "512 B"
     ]  # fmt: skip
     assert parse_size(size_text(877_568).replace(" ", "")) == 878_000
+
+
+def test_a_budget_is_written_as_the_options_that_would_state_it():
+    from evoprune.objectives.budget import budget_text
+    from evoprune.objectives.spec import Budget
+
+    # a parameter count came out as "--max-params 9e+07", which reads as a different number
+    assert budget_text(Budget(max_params=90e6, max_memory="400MB")) == "--max-params 90000000 --max-memory 400MB"
+    assert budget_text(Budget(max_params=0.7, max_latency_ms=12.5)) == "--max-params 0.7 --max-latency-ms 12.5"
+
+
+def test_measure_shows_memory_in_the_units_plan_and_max_memory_use(tiny_model_dir):
+    from tests.test_user_reports import evoprune_in_process
+
+    # measure printed MiB to one decimal (a tiny model's "0.3 MiB"), plan and --max-memory MB
+    result = evoprune_in_process("measure", "--model", str(tiny_model_dir), "--seq-len", "16", "--repeats", "1")
+    assert result.returncode == 0, result.stderr
+    (row,) = [line for line in result.stdout.splitlines() if "weight memory" in line]
+    assert "MiB" not in row and re.search(r"\d kB|\d MB", row), row

@@ -173,6 +173,7 @@ def measure_command(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Time a real model's forward pass and weigh it; for exports, next to the cost model's prediction."""
+    from evoprune.objectives.spec import size_text
     from evoprune.pruned.measure import measure
 
     if min(seq_len, batch, repeats) < 1:
@@ -192,8 +193,9 @@ def measure_command(
     table.add_column("predicted", justify="right")
     pred = report.get("predicted", {})
     table.add_row("parameters", f"{report['params'] / 1e6:.2f}M", _fmt_scaled(pred.get("params"), 1e6, "M"))
-    table.add_row("weight memory", f"{report['weight_bytes'] / 2**20:.1f} MiB",
-                  _fmt_scaled(pred.get("weight_bytes"), 2**20, " MiB", 1))  # fmt: skip
+    # In the units --max-memory reads and plan prints (MB, decimal), to three significant digits.
+    table.add_row("weight memory", size_text(report["weight_bytes"]),
+                  "-" if pred.get("weight_bytes") is None else size_text(pred["weight_bytes"]))  # fmt: skip
     table.add_row("latency", f"{report['latency_ms']:.1f} ms", _fmt_scaled(pred.get("latency_ms"), 1, " ms", 1))
     out_console.print(table)
 

@@ -37,8 +37,15 @@ def budget_text(budget: Budget) -> str:
     for field, option in BUDGET_OPTIONS:
         value = getattr(budget, field)
         if value is not None:
-            parts.append(f"{option} {value}" if isinstance(value, str) else f"{option} {value:g}")
+            parts.append(f"{option} {_option_value(value)}")
     return " ".join(parts)
+
+
+def _option_value(value: str | float) -> str:
+    """A budget value as it would be typed: a parameter count in full (``90000000``, not ``9e+07``)."""
+    if isinstance(value, str):
+        return value
+    return str(int(value)) if value > 1 and value == int(value) else f"{value:g}"
 
 
 def cost_evaluator(run: Run, latency: bool = True) -> CostEvaluator:
