@@ -96,3 +96,20 @@ def test_plan_shows_memory_under_a_megabyte_says_how_to_export_and_what_context_
     assert command in result.stdout.splitlines()  # one line, to copy whole
     cost = answer.to_dict()["cost"]
     assert cost["flops_context_tokens"] == cost["memory_context_tokens"] == 2048
+
+
+def test_recover_finalists_are_plans_order_under_the_runs_memory_budget_or_a_given_one(memory_store):
+    from evoprune.recovery.finalists import finalists_of
+
+    # recover --finalists read --max-params only: a memory-budget run needed a parameter budget made up
+    with Store.open_existing(memory_store, readonly=True) as st:
+        run = st.get_run()
+    _, own, budget = finalists_of(memory_store, None, 3)
+    assert budget.max_memory == LIMIT and own[0].id == plan(str(memory_store), Budget(max_memory=LIMIT)).evaluation.id
+    assert len(own) == 3 and all(_memory(run, e) <= 1.2e6 for e in own)
+    tighter = f"{_memory(run, own[0]) - 1}B"
+    _, given, _ = finalists_of(memory_store, Budget(max_memory=tighter), 2)
+    assert given[0].id == plan(str(memory_store), Budget(max_memory=tighter)).evaluation.id != own[0].id
+    _one_line_error(evoprune_in_process("recover", "--finalists", "1", "--store", str(memory_store), "--data",
+                                        "builtin", "--out", "unused", "--max-memory", "10B"),
+                    "the budget is impossible")  # fmt: skip

@@ -433,7 +433,7 @@ def test_finalists_are_recovered_with_one_recipe_ranked_after_recovery_and_resum
         str(store),
         SearchSettings(evals=6, init=6, min_params=0.3, backend=backend),
     )
-    _, ranked = finalists_of(store, 0.95, 2)
+    _, ranked, _ = finalists_of(store, 0.95, 2)
     assert len(ranked) == 2 and ranked[0].id == plan(str(store), Budget(max_params=0.95)).evaluation.id
     out = tmp_path / "finalists"
     result = recover_finalists(store, str(text_file), out, max_params=0.95, k=2, settings=RecoverySettings(**TINY))

@@ -10,6 +10,9 @@ import typer
 from rich.console import Console
 
 from evoprune.cli.common import (
+    MAX_LATENCY_MS_OPTION,
+    MAX_MEMORY_OPTION,
+    MAX_PARAMS_OPTION,
     FoldingTable,
     _echo_json,
     _fail,
@@ -111,19 +114,20 @@ def recover_command(
     finalists: int | None = typer.Option(
         None,
         "--finalists",
-        help="Instead of --model: export and recover the K best configurations of --store under --max-params, "
-        "and rank them after recovery (training-aware selection, as DarwinLM).",
+        help="Instead of --model: export and recover the K best configurations of --store under the budget "
+        "(--max-params, --max-memory, --max-latency-ms; default: the one the run searched under), and rank them "
+        "after recovery (training-aware selection, as DarwinLM).",
     ),
-    max_params: float | None = typer.Option(
-        None, "--max-params", help="With --finalists: the budget (kept fraction or count)."
-    ),
+    max_params: float | None = MAX_PARAMS_OPTION,
+    max_memory: str | None = MAX_MEMORY_OPTION,
+    max_latency_ms: float | None = MAX_LATENCY_MS_OPTION,
     run: int | None = typer.Option(None, "--run", help="With --finalists: the run (default: the latest)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Distill an export from its dense model (KL, optionally mixed with the LM loss); write an export again.
 
-    With --finalists K (and --store, --max-params) instead of --model: recover the search's K best
-    configurations under the budget with the same recipe, into OUT/eval-N/, and rank them by held-out
+    With --finalists K (and --store, and a budget unless the run's own) instead of --model: recover the
+    search's K best configurations under the budget with the same recipe, into OUT/eval-N/, and rank them by held-out
     perplexity after recovery. Rerun with the same arguments to continue after a crash or kill.
     """
     from evoprune.recovery.run import recover
@@ -135,14 +139,15 @@ def recover_command(
         amp=amp, device=device, checkpoint_every=checkpoint_every,
     )  # fmt: skip
     if (model is None) == (finalists is None):
-        _fail("pass either --model EXPORT_DIR (one export) or --finalists K with --store and --max-params")
+        _fail("pass either --model EXPORT_DIR (one export) or --finalists K with --store")
+    budget = {"max_params": max_params, "max_memory": max_memory, "max_latency_ms": max_latency_ms}
     if finalists is not None:
-        if store.lower() in ("auto", "none") or max_params is None:
-            _fail("--finalists needs the search's store and a budget: add --store STORE.db --max-params FRACTION")
-        _recover_finalists(finalists, store, max_params, run, data, out, settings, as_json)
+        if store.lower() in ("auto", "none"):
+            _fail("--finalists needs the search's store: add --store STORE.db")
+        _recover_finalists(finalists, store, budget, run, data, out, settings, as_json)
         return
-    if max_params is not None or run is not None:
-        _fail("--max-params and --run choose finalists: use them with --finalists K")
+    if any(v is not None for v in budget.values()) or run is not None:
+        _fail("--max-params, --max-memory, --max-latency-ms and --run choose finalists: use them with --finalists K")
     with _failing_in_one_line(out), _RecoveryProgress(err_console) as progress:
         result = recover(
             model, data, out, settings, progress, force=force, restart=restart,
@@ -192,8 +197,10 @@ def _failing_in_one_line(out: Path) -> Iterator[None]:
         )
 
 
-def _recover_finalists(k: int, store: str, max_params: float, run: int | None, data: str, out: Path,
+def _recover_finalists(k: int, store: str, budget: dict, run: int | None, data: str, out: Path,
                        settings: _RecoverySettings, as_json: bool) -> None:  # fmt: skip
+    from evoprune.objectives.budget import budget_text
+    from evoprune.objectives.spec import Budget
     from evoprune.recovery.finalists import recover_finalists
 
     with _failing_in_one_line(out), _RecoveryProgress(err_console) as progress:
@@ -204,16 +211,15 @@ def _recover_finalists(k: int, store: str, max_params: float, run: int | None, d
             else:
                 progress(event, **info)
 
-        result = recover_finalists(
-            store, data, out, max_params=max_params, k=k, settings=settings, run=run, progress=report
-        )
+        result = recover_finalists(store, data, out, **budget, k=k, settings=settings, run=run, progress=report)
     for note in (n for n in result.notes if n not in progress.shown):
         err_console.print(f"note: {note}", soft_wrap=True)
     if as_json:
         _echo_json(result.to_dict())
         return
     table = FoldingTable(
-        title=f"the {len(result.finalists)} best configurations of run {result.run_id} under {max_params:g}, "
+        title=f"the {len(result.finalists)} best configurations of run {result.run_id} under "
+        f"{budget_text(Budget(result.max_params, result.max_memory, result.max_latency_ms))}, "
         f"best after recovery ({settings.method}, {settings.steps} steps) first; held-out: the first "
         f"{settings.heldout_tokens} tokens of {data}",
         title_justify="left",

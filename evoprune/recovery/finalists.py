@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from evoprune.errors import EvopruneError
-from evoprune.objectives.spec import check_max_params, params_fraction
+from evoprune.objectives.spec import Budget
 from evoprune.recovery.settings import CHECKPOINT_DIR, RecoverySettings
 
 # The settings a finished recovery in ``out`` must share with this call to be reused.
@@ -53,7 +53,8 @@ class Finalist:
 
 @dataclass(frozen=True)
 class FinalistsResult:
-    """The finalists of run ``run_id`` under ``max_params``, best after recovery first.
+    """The finalists of run ``run_id`` under a budget (``max_params``, ``max_memory``,
+    ``max_latency_ms``: the one given, else the run's own), best after recovery first.
 
     ``search_pick``: the evaluation the search itself picks (the best before recovery);
     ``chosen``: the best after recovery (lowest held-out NLL); ``changed``: whether they differ.
@@ -62,11 +63,13 @@ class FinalistsResult:
 
     store: str
     run_id: int
-    max_params: float
+    max_params: float | None
     settings: dict
     finalists: list[Finalist]
     search_pick: int
     notes: list[str] = field(default_factory=list)
+    max_memory: str | None = None
+    max_latency_ms: float | None = None
 
     @property
     def chosen(self) -> Finalist:
@@ -91,36 +94,39 @@ class FinalistsResult:
         return d
 
 
-def finalists_of(store: str | Path, max_params: float, k: int, run: int | None = None):
-    """``(run, evaluations)``: the ``k`` best successful configurations keeping at most
-    ``max_params`` (a fraction, or a count above 1), best first by the highest fidelity each
-    reached, among the evaluations of ``run`` (default: the latest) and of every run of the same
-    problem: the configurations ``evoprune plan --max-params`` chooses from, in its order.
+def finalists_of(store: str | Path, budget: Budget | float | None, k: int, run: int | None = None):
+    """``(run, evaluations, budget)``: the ``k`` best successful configurations under ``budget``
+    (a ``Budget``, or a ``--max-params`` value: a kept fraction or a count above 1; without one,
+    the budget ``run`` searched under), best first by the highest fidelity each reached, among
+    the evaluations of ``run`` (default: the latest) and of every run of the same problem: the
+    configurations ``evoprune plan`` chooses from for that budget, in its order
+    (``evoprune.objectives.budget.under_budget``); the budget used is the third item.
 
-    Raises EvopruneError when ``k`` < 1 or no evaluated configuration fits the budget.
+    Raises EvopruneError when ``k`` < 1, when there is no budget (none given, and the run searched
+    without one), for a bad budget, or when no evaluated configuration meets it.
     """
+    from evoprune.objectives.budget import has_limit, recorded_budget, under_budget
     from evoprune.objectives.pareto import run_objectives, rung_offsets, selection_value
     from evoprune.objectives.spec import is_quality
     from evoprune.store import Store
 
     if k < 1:
         raise EvopruneError(f"--finalists must be at least 1, got {k}")
-    check_max_params(max_params)
+    given = Budget(max_params=budget) if isinstance(budget, (int, float)) else budget
     with Store.open_existing(store, readonly=True) as st:
         r = st.get_run(run)
         evals = st.problem_evaluations(r, status="ok")
-    metric = next(n for n in run_objectives(r) if is_quality(n))
-    limit = params_fraction(max_params, r.dense_params)
-    ok = [e for e in evals if metric in e.metrics]
-    under = [e for e in ok if e.params_fraction <= limit]
-    if not under:
+    budget = given if has_limit(given) else recorded_budget(r)
+    if not has_limit(budget):
         raise EvopruneError(
-            f"no evaluated configuration of run {r.id} keeps at most {limit:.3f} of the parameters: "
-            "raise --max-params or search further"
+            f"--finalists needs a budget and run {r.id} searched without one: add --max-params FRACTION "
+            "(e.g. 0.7), --max-memory SIZE or --max-latency-ms MS"
         )
-    offsets = rung_offsets(ok, metric)
+    metric = next(n for n in run_objectives(r) if is_quality(n))
+    under, _ = under_budget(r, evals, budget, metric)
+    offsets = rung_offsets([e for e in evals if metric in e.metrics], metric)
     ranked = sorted(under, key=lambda e: (selection_value(e, metric, offsets), -e.params_fraction, e.id))
-    return r, ranked[:k]
+    return r, ranked[:k], budget
 
 
 def _finished_recovery(out: Path, settings: RecoverySettings) -> dict | None:
@@ -150,14 +156,20 @@ def recover_finalists(
     data: str,
     out: str | Path,
     *,
-    max_params: float,
+    max_params: float | None = None,
+    max_memory: str | None = None,
+    max_latency_ms: float | None = None,
     k: int = 3,
     settings: RecoverySettings | None = None,
     run: int | None = None,
     progress: Callable[..., None] | None = None,
 ) -> FinalistsResult:
-    """Export and recover the ``k`` best configurations of a stored run under ``max_params``
+    """Export and recover the ``k`` best configurations of a stored run under a budget
     (``finalists_of``) with one recipe; rank them by held-out perplexity after recovery.
+
+    The budget, as ``plan`` and ``export`` take it: ``max_params`` (a kept fraction or a count),
+    ``max_memory`` (e.g. ``"400MB"``), ``max_latency_ms``; without one, the budget the run
+    searched under.
 
     ``data``: the training text (``recover``'s ``data``; its first ``settings.heldout_tokens``
     tokens are the held-out split the ranking uses). ``out``: finalist ``N`` goes to
@@ -174,7 +186,7 @@ def recover_finalists(
 
     settings = settings or RecoverySettings()
     settings.validate()
-    r, chosen = finalists_of(store, max_params, k, run)
+    r, chosen, budget = finalists_of(store, Budget(max_params, max_memory, max_latency_ms), k, run)
     out = Path(out)
     rows: list[Finalist] = []
     notes: list[str] = []
@@ -208,9 +220,11 @@ def recover_finalists(
     return FinalistsResult(
         store=str(store),
         run_id=r.id,
-        max_params=max_params,
+        max_params=budget.max_params,
         settings={**asdict(settings), "lr": settings.learning_rate},
         finalists=rows,
         search_pick=chosen[0].id,
         notes=notes,
+        max_memory=budget.max_memory,
+        max_latency_ms=budget.max_latency_ms,
     )
