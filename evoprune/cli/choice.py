@@ -166,6 +166,7 @@ def compare_command(
 ) -> None:
     """Run evoprune and the baselines at the same budget of real evaluations; print one table."""
     from evoprune.choice.compare import compare
+    from evoprune.objectives.budget import budget_text
 
     settings = SearchSettings(
         evals=evals, seed=seed, max_params=max_params, max_memory=max_memory, max_latency_ms=max_latency_ms,
@@ -184,7 +185,8 @@ def compare_command(
         _echo_json([r.to_dict() for r in rows])
         return
     table = FoldingTable(
-        title=f"methods at {evals} real evaluations (budget: {max_params or 'none'})", title_justify="left"
+        title=f"methods at {evals} real evaluations (budget: {budget_text(settings.budget) or 'none'})",
+        title_justify="left",
     )
     columns = (
         "method",

@@ -12,9 +12,9 @@ import time
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from evoprune.backend.settings import BackendSettings
+from evoprune.cli.folding import FoldingTable  # noqa: F401  (every command's tables)
 from evoprune.reporting.prediction_metrics import nan_to_none
 
 err_console = Console(stderr=True)
@@ -69,14 +69,6 @@ def _tokens_text(tokens: int | None) -> str:
     if tokens is None:
         return "-"
     return f"{tokens / 1024:g}k" if tokens % 256 == 0 and tokens >= 1024 else str(tokens)
-
-
-class FoldingTable(Table):
-    """A rich table whose cells and headers wrap onto more lines instead of being cut with an
-    ellipsis: a narrow terminal must never hide a figure or a level."""
-
-    def add_column(self, *args, overflow: str = "fold", **kwargs) -> None:
-        super().add_column(*args, overflow=overflow, **kwargs)
 
 
 def _kl_text(metrics: dict) -> str:
