@@ -16,6 +16,11 @@ modules) and higher means more important:
   (population) variance of input feature ``j`` over the calibration tokens; heads sum it over their
   ``o`` input features. FLAP additionally squares the per-feature ``o`` scores and standardises each
   module's scores before its global ranking; that belongs to the FLAP baseline, not to this score.
+- ``obs``: greedy structured Optimal Brain Surgeon (ZipLM, SlimGPT; ``greedy_obs.py``): per
+  layer, the order in which removing units from the ``down`` (channels) and ``o`` (heads)
+  projections, each followed by the least-squares update of the rest, raises the output's error
+  least; a unit's score is the cumulative error when it is removed. The selection that matches
+  ``refit`` compensation. It reads the inputs' covariance (``NEEDS_COVARIANCE``).
 - ``taylor``: first-order Taylor of LLM-Pruner (Ma et al. 2023), the element-wise ``|W * dL/dW|``
   summed over each coupled group, with the gradient of the language-modelling loss accumulated over
   the calibration windows. An MLP channel's group is its rows of ``gate`` and ``up`` and its column
@@ -51,6 +56,7 @@ from safetensors.numpy import load_file, save_file
 
 from evoprune.backend.activation_stats import ActivationStats
 from evoprune.backend.adapters import LayerParts
+from evoprune.backend.greedy_obs import greedy_obs_scores
 from evoprune.cache import ABOUT_KEY, cache_dir
 from evoprune.errors import EvopruneError
 
@@ -139,6 +145,15 @@ def _flap(model, layers: list[LayerParts], windows, head_dim: int, stats: Activa
     return _stack(heads, channels)
 
 
+def _obs(model, layers: list[LayerParts], windows, head_dim: int, stats: ActivationStats) -> Importance:
+    stats.collect(model, windows)
+    heads, channels = [], []
+    for i, p in enumerate(layers):
+        heads.append(torch.from_numpy(greedy_obs_scores(p.o.weight, stats.covariance_matrix(i, "o_in"), head_dim)))
+        channels.append(torch.from_numpy(greedy_obs_scores(p.down.weight, stats.covariance_matrix(i, "down_in"))))
+    return _stack(heads, channels)
+
+
 def _taylor(model, layers: list[LayerParts], windows, head_dim: int, stats: ActivationStats) -> Importance:
     modules = [m for p in layers for m in (p.q, p.k, p.v, p.o, p.gate, p.up, p.down) if m is not None]
     previous = {id(m): m.weight.requires_grad for m in modules}
@@ -192,7 +207,10 @@ CRITERIA: dict[str, Callable] = {
     "wanda-sp": _wanda_sp,
     "flap": _flap,
     "taylor": _taylor,
+    "obs": _obs,
 }
+# Criteria that read the covariance of the o and down inputs (collected with the statistics).
+NEEDS_COVARIANCE = frozenset({"obs"})
 # Bumped when a criterion's definition changes, so stale cached scores are not reused.
 _VERSIONS = {"taylor": 2}
 
@@ -336,7 +354,7 @@ def _compute(
     new_covs = with_covariance and covs is None
     was_training = model.training
     model.eval()
-    stats = ActivationStats(layers, covariance=new_covs)
+    stats = ActivationStats(layers, covariance=new_covs or (arrays is None and criterion in NEEDS_COVARIANCE))
     try:
         if arrays is None:
             scores = CRITERIA[criterion](model, layers, windows, head_dim, stats)

@@ -1,0 +1,82 @@
+"""Greedy Optimal Brain Surgeon order of a projection's input units, for the ``obs`` criterion.
+
+Structured OBS as ZipLM (Kurtic et al. 2023, arXiv 2302.04089) and SlimGPT (Ling et al. 2024,
+arXiv 2412.18110) prune: remove from a projection ``W`` (out, in) the input unit (an MLP channel,
+or the ``head_dim`` features of a head) whose removal, followed by the least-squares update of the
+remaining columns, raises the output's squared error least; update; repeat. With ``H`` the
+(dampened) covariance of the input over the calibration tokens and a unit's features ``U``, that
+error is ``tr(W[:, U] (H^-1[U, U])^-1 W[:, U]^T)``, and the update is
+``W -= W[:, U] (H^-1[U, U])^-1 H^-1[U, :]``, ``H^-1 -= H^-1[:, U] (H^-1[U, U])^-1 H^-1[U, :]``.
+
+It is the selection that matches ``refit`` compensation (``compensation.py``), which solves the
+same least-squares problem for the kept set at the end: an importance score that ranks units by
+their own weights and activations alone ignores what the kept units can take over after a re-fit.
+The centred covariance is used (``refit`` also re-fits the bias, which absorbs the mean).
+
+Removing one unit per step costs a rank-``|U|`` update of ``H^-1`` each; for many small units
+(MLP channels) ``block`` units are removed per step, as SlimGPT's batched greedy does, each
+scored by its own error at that step.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+# Relative dampening of the covariance, as the re-fit's (SparseGPT's ``percdamp`` default).
+DAMPING = 0.01
+# Steps of the batched greedy for channels: about this many, whatever the intermediate size.
+CHANNEL_STEPS = 64
+
+
+def greedy_obs_scores(
+    weight: torch.Tensor, cov: torch.Tensor, unit_size: int = 1, block: int | None = None
+) -> np.ndarray:
+    """Importance of each input unit of ``weight``: the cumulative output error when greedy OBS removes it.
+
+    ``weight``: (out, in); ``cov``: (in, in), the covariance of the projection's input over the
+    calibration tokens; ``unit_size``: consecutive input features per unit (1 for MLP channels,
+    ``head_dim`` for heads); ``block``: units removed per step (default: 1 for heads, about
+    ``in / CHANNEL_STEPS`` for channels). Returns (in // unit_size,) float64 scores, strictly
+    increasing in the order greedy OBS removes the units (higher: more important; removing the
+    units with the lowest scores is greedy OBS's choice), in units of squared output error per token.
+    """
+    w = weight.detach().double().cpu().clone()
+    c = torch.as_tensor(cov, dtype=torch.float64).cpu()
+    n = w.shape[1] // unit_size
+    if block is None:
+        block = 1 if unit_size > 1 else max(1, n // CHANNEL_STEPS)
+    damp = DAMPING * c.diagonal().mean().clamp_min(1e-12)
+    hinv = torch.cholesky_inverse(torch.linalg.cholesky(c + damp * torch.eye(len(c), dtype=torch.float64)))
+    units = torch.arange(n)  # the units still there, in the order of their columns in w and hinv
+    scores = np.zeros(n)
+    total = 0.0
+    while len(units):
+        cols = torch.arange(len(units) * unit_size).reshape(len(units), unit_size)
+        costs = _removal_errors(w, hinv, cols)
+        order = torch.argsort(costs)[:block]
+        for u, cost in zip(units[order].tolist(), costs[order].tolist(), strict=True):
+            # Strictly increasing, so the ranking is greedy OBS's order even where errors are 0.
+            total = max(total + max(cost, 0.0), float(np.nextafter(total, np.inf)))
+            scores[u] = total
+        idx = cols[order].flatten()
+        keep = torch.ones(len(units), dtype=torch.bool)
+        keep[order] = False
+        rest = cols[keep].flatten()
+        # The update restricted to the features that stay (the removed ones are dropped): the
+        # matrices shrink as units go, so the whole order costs about a third of fixed-size updates.
+        step = torch.linalg.solve(hinv[idx][:, idx], hinv[idx][:, rest])  # (|idx|, |rest|)
+        w = w[:, rest] - w[:, idx] @ step
+        hinv = hinv[rest][:, rest] - hinv[rest][:, idx] @ step
+        units = units[keep]
+    return scores
+
+
+def _removal_errors(w: torch.Tensor, hinv: torch.Tensor, unit_cols: torch.Tensor) -> torch.Tensor:
+    """Output error of removing each unit alone (rows of ``unit_cols``) with the OBS update: (units,)."""
+    if unit_cols.shape[1] == 1:
+        idx = unit_cols[:, 0]
+        return (w[:, idx] ** 2).sum(dim=0) / hinv.diagonal()[idx]
+    blocks = hinv[unit_cols[:, :, None], unit_cols[:, None, :]]  # (units, size, size)
+    wu = w[:, unit_cols].permute(1, 0, 2)  # (units, out, size)
+    return (wu * torch.linalg.solve(blocks, wu.transpose(1, 2)).transpose(1, 2)).sum(dim=(1, 2))
