@@ -89,6 +89,34 @@ def test_taylor_sums_weight_times_gradient_over_each_coupled_group():
     model.zero_grad(set_to_none=True)
 
 
+@pytest.mark.parametrize("unit_size", [1, 3])
+def test_obs_order_is_greedy_and_each_score_is_the_refit_error_of_removing_everything_up_to_it(unit_size):
+    from evoprune.backend.greedy_obs import DAMPING, greedy_obs_scores
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 12, dtype=torch.float64, generator=g) @ torch.randn(12, 12, dtype=torch.float64, generator=g)
+    w = torch.randn(5, 12, dtype=torch.float64, generator=g)
+    cov = torch.cov(x.T, correction=0)
+    scores = greedy_obs_scores(w, cov, unit_size, block=1)
+    hinv = torch.linalg.inv(cov + DAMPING * cov.diagonal().mean() * torch.eye(12, dtype=torch.float64))
+    n = 12 // unit_size
+
+    def error(units) -> float:
+        """Squared output error after removing ``units`` and re-fitting the rest (least squares, dampened)."""
+        r = torch.tensor([u * unit_size + j for u in units for j in range(unit_size)])
+        return float(torch.trace(w[:, r] @ torch.linalg.inv(hinv[r][:, r]) @ w[:, r].T))
+
+    order = list(np.argsort(scores))
+    assert len(set(scores)) == n and sorted(order) == list(range(n))
+    for k in range(1, n):
+        assert scores[order[k - 1]] == pytest.approx(error(order[:k]), rel=1e-8)
+        # each step removes the unit that raises the error least
+        best = min(error(order[: k - 1] + [u]) for u in order[k - 1 :])
+        assert error(order[:k]) == pytest.approx(best, rel=1e-8)
+    # batched removal (SlimGPT) takes a block per step; the ranking stays a strict order
+    assert len(set(greedy_obs_scores(w, cov, unit_size, block=2))) == n
+
+
 def test_an_unknown_criterion_or_compensation_is_one_clear_line():
     with pytest.raises(EvopruneError, match="wanda-sp"):
         BackendSettings(criterion="wandasp").validate()

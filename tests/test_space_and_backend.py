@@ -161,7 +161,7 @@ def test_search_space_round_trips_through_a_dict():
 @pytest.mark.parametrize(
     "criterion, compensation",
     [(c, "none") for c in ("magnitude", "wanda", "wanda-sp", "flap", "taylor")]
-    + [("wanda", "bias"), ("taylor", "bias"), ("flap", "refit"), ("taylor", "refit")],
+    + [("wanda", "bias"), ("taylor", "bias"), ("flap", "refit"), ("taylor", "refit"), ("obs", "refit")],
 )
 def test_backend_masked_perplexity_equals_the_sliced_model(criterion, compensation, tiny_tokenizer, text_file):
     model = build_tiny_model("llama", seed=3)

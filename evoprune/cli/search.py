@@ -127,7 +127,9 @@ def search_command(
         None, "--baseline-skip-last", help="uniform: last layers left dense (default: 2 of 32, scaled to depth)."
     ),
     criterion: str = typer.Option(
-        _BACKEND.criterion, "--importance", help="Importance criterion: wanda, wanda-sp, flap, magnitude or taylor."
+        _BACKEND.criterion,
+        "--importance",
+        help="Importance criterion: wanda, wanda-sp, flap, magnitude, taylor or obs.",
     ),
     compensation: str = typer.Option(
         _BACKEND.compensation,
