@@ -115,6 +115,10 @@ def test_obs_order_is_greedy_and_each_score_is_the_refit_error_of_removing_every
         assert error(order[:k]) == pytest.approx(best, rel=1e-8)
     # batched removal (SlimGPT) takes a block per step; the ranking stays a strict order
     assert len(set(greedy_obs_scores(w, cov, unit_size, block=2))) == n
+    # a broken unit is removed first and leaves the others' scores finite
+    w[:, unit_size : 2 * unit_size] = float("nan")
+    broken = greedy_obs_scores(w, cov, unit_size, block=1)
+    assert np.isfinite(broken).all() and np.argmin(broken) == 1
 
 
 def test_an_unknown_criterion_or_compensation_is_one_clear_line():

@@ -41,8 +41,10 @@ def greedy_obs_scores(
     increasing in the order greedy OBS removes the units (higher: more important; removing the
     units with the lowest scores is greedy OBS's choice), in units of squared output error per token.
     """
-    w = weight.detach().double().cpu().clone()
-    c = torch.as_tensor(cov, dtype=torch.float64).cpu()
+    # A broken unit (weights or inputs not finite) counts as carrying nothing: it goes first,
+    # and its NaNs do not spread through the updates to every other unit's score.
+    w = torch.nan_to_num(weight.detach().double().cpu(), nan=0.0, posinf=0.0, neginf=0.0)
+    c = torch.nan_to_num(torch.as_tensor(cov, dtype=torch.float64).cpu(), nan=0.0, posinf=0.0, neginf=0.0)
     n = w.shape[1] // unit_size
     if block is None:
         block = 1 if unit_size > 1 else max(1, n // CHANNEL_STEPS)
