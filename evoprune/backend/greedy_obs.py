@@ -43,18 +43,24 @@ def greedy_obs_scores(
     """
     # A broken unit (weights or inputs not finite) counts as carrying nothing: it goes first,
     # and its NaNs do not spread through the updates to every other unit's score.
-    w = torch.nan_to_num(weight.detach().double().cpu(), nan=0.0, posinf=0.0, neginf=0.0)
-    c = torch.nan_to_num(torch.as_tensor(cov, dtype=torch.float64).cpu(), nan=0.0, posinf=0.0, neginf=0.0)
+    # On a CUDA weight's device: a GPU orders a 7B model's 11,008 channels in seconds, a CPU in
+    # minutes (MPS has no float64, so it orders on the CPU).
+    device = weight.device if weight.device.type == "cuda" else torch.device("cpu")
+    w = torch.nan_to_num(weight.detach().to(device=device, dtype=torch.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    c = torch.as_tensor(cov).to(device=w.device, dtype=torch.float64)
+    c = torch.nan_to_num(c, nan=0.0, posinf=0.0, neginf=0.0)
     n = w.shape[1] // unit_size
     if block is None:
         block = 1 if unit_size > 1 else max(1, n // CHANNEL_STEPS)
     damp = DAMPING * c.diagonal().mean().clamp_min(1e-12)
-    hinv = torch.cholesky_inverse(torch.linalg.cholesky(c + damp * torch.eye(len(c), dtype=torch.float64)))
-    units = torch.arange(n)  # the units still there, in the order of their columns in w and hinv
+    hinv = torch.cholesky_inverse(
+        torch.linalg.cholesky(c + damp * torch.eye(len(c), dtype=torch.float64, device=c.device))
+    )
+    units = torch.arange(n, device=w.device)  # the units still there, in the order of their columns in w and hinv
     scores = np.zeros(n)
     total = 0.0
     while len(units):
-        cols = torch.arange(len(units) * unit_size).reshape(len(units), unit_size)
+        cols = torch.arange(len(units) * unit_size, device=w.device).reshape(len(units), unit_size)
         costs = _removal_errors(w, hinv, cols)
         order = torch.argsort(costs)[:block]
         for u, cost in zip(units[order].tolist(), costs[order].tolist(), strict=True):
@@ -62,7 +68,7 @@ def greedy_obs_scores(
             total = max(total + max(cost, 0.0), float(np.nextafter(total, np.inf)))
             scores[u] = total
         idx = cols[order].flatten()
-        keep = torch.ones(len(units), dtype=torch.bool)
+        keep = torch.ones(len(units), dtype=torch.bool, device=w.device)
         keep[order] = False
         rest = cols[keep].flatten()
         # The update restricted to the features that stay (the removed ones are dropped): the
