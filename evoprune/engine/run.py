@@ -137,6 +137,11 @@ def search(
     (``local`` in this process; see ``evoprune.execution.executors``). Pass ``backend`` to reuse a loaded
     model across searches (``compare`` does); a method that needs another level grid (the one-shot
     baselines, see ``evoprune.engine.baselines.one_shot.method_settings``) gets it on the same loaded model.
+
+    Raises EvopruneError for bad input (settings, model, data, budget, a store in use or of
+    another problem), each with one line that names the fix; ``BudgetUnmet`` (an EvopruneError)
+    when a one-shot baseline's recipe cannot meet the budget. Every finished evaluation is in the
+    store before any error leaves, so ``resume`` continues from there.
     """
     settings = method_settings(settings)
     # Before the model loads: minutes of setup would be spent for nothing.

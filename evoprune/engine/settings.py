@@ -23,7 +23,29 @@ ALGORITHMS = ("nsga2", "nsga3", "agemoea", "smsemoa")
 
 @dataclass(frozen=True)
 class SearchSettings:
-    """Everything that decides which configurations a search evaluates (``evals`` only bounds it)."""
+    """Everything that decides which configurations a search evaluates (``evals`` only bounds it).
+
+    The fields are the ``evoprune search`` options of the same names (``--help`` gives each):
+
+    - ``evals``: real evaluations in all, the initial design included; ``seed``: every random choice.
+    - ``method``: ``evoprune`` or a baseline (``evoprune.engine.registry.STRATEGIES``).
+    - ``objectives``: comma-separated, a quality (``ppl``, ``kl``, ``acc:TASK``) then costs
+      (``params``, ``flops``, ``memory``, ``latency``).
+    - Budget (``budget``): ``max_params``, a kept fraction in (0, 1] or a parameter count (an
+      integer of at least 1000); ``max_memory``, a size string (``"400MB"``, ``"1.5GiB"``: weights
+      and the KV cache at 2048 tokens); ``max_latency_ms``, milliseconds of a 256-token forward on
+      this machine. ``min_params``: the smallest kept fraction searched, in [0, 1).
+    - Search: ``init`` (initial design size), ``batch`` (evaluations per round), ``surrogate``
+      (``NAME`` or ``NAME:key=value,...``), ``acquisition``, ``algorithm`` (pymoo), ``pop_size`` and
+      ``generations`` (of the inner search on the surrogate), ``refine``, ``focus`` (the band under
+      the budget, a fraction of the dense parameters), ``local_share``, ``screen_tokens`` and
+      ``screen_factor`` (multi-fidelity screening), ``warm_start``, ``max_ppl_ratio``, ``task_limit``
+      (questions per task for ``acc:`` objectives).
+    - ``backend``: what a real evaluation is (``BackendSettings``: tokens, criterion, compensation,
+      level grid, device).
+
+    ``validate()`` raises EvopruneError naming the option for a value that cannot be meant.
+    """
 
     evals: int
     seed: int = 0

@@ -87,7 +87,15 @@ def _declare_export(out: Path, base_model_type: str) -> None:
 def export_pruned(
     backend: PruningBackend, x, out: str | Path, *, force: bool = False, metadata: dict | None = None
 ) -> ExportResult:
-    """Slice configuration ``x`` out of the backend's model and write it to ``out``."""
+    """Slice configuration ``x`` out of the backend's model and write it to ``out``.
+
+    ``x``: the configuration's levels, ``2 * num_layers`` integers, the attention level of every
+    layer first, then the MLP level of every layer (0: dense; the space's ``upper``: the sub-layer
+    removed), as ``Evaluation.levels`` and ``SearchSpace`` hold them. ``out``: a directory, created;
+    it must be empty unless ``force``. ``metadata``: extra keys for the export's ``plan.json``.
+    Returns what was written (``ExportResult``). Raises EvopruneError for levels outside the
+    space or a non-empty ``out``.
+    """
     out = Path(out)
     space = backend.space
     x = space.validate(np.asarray(x))
