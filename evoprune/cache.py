@@ -8,6 +8,7 @@ never results.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -40,14 +41,23 @@ def cache_dir(*parts: str) -> Path:
     return path
 
 
+def mark_used(path: Path) -> None:
+    """Set ``path``'s access time to now (its modification time kept) when evoprune reuses it:
+    ``relatime`` mounts refresh access times about once a day, so `cache list` and `clear
+    --older-than` would otherwise see an entry reused a minute ago as unused since it was made.
+    Never raises (a read-only cache is still usable)."""
+    with contextlib.suppress(OSError):
+        os.utime(path, ns=(time.time_ns(), path.stat().st_mtime_ns))
+
+
 @dataclass(frozen=True)
 class CacheEntry:
     """One thing in the cache: a model folder, an importance or covariance file, a latency table,
     or the leftover of a process stopped while writing one.
 
     ``size``: bytes on disk; ``last_used``: seconds since the epoch, the newest access or
-    modification time of its files (access times are as fresh as the file system keeps them:
-    ``relatime`` mounts update them about once a day); ``about``: what it holds, in words, where
+    modification time of its files (evoprune sets the access time when it reuses an entry,
+    :func:`mark_used`); ``about``: what it holds, in words, where
     the entry records it (importance files record their criterion, model and calibration text, those written
     before evoprune recorded it excepted; latency tables their shape and threads).
     """

@@ -134,3 +134,22 @@ def test_bad_input_is_one_line_and_exit_2(cache, args, needle):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], result.stderr
     assert (cache / "models" / "tiny-llama").exists()
+
+
+def test_scores_reused_by_a_search_count_as_used_even_where_access_times_lag(
+    cache, tiny_tokenizer, text_file, tmp_path
+):
+    # relatime mounts refresh access times about once a day: scores a search had just reused were
+    # listed as unused since they were made, and `clear --older-than` would have removed them
+    for entry in cache_entries(["importance"]):
+        _age(entry.path, 3)
+    model = build_tiny_model("llama", seed=3)
+    model.save_pretrained(tmp_path / "again")  # as the fixture did (saving changes what the fingerprint reads)
+    loaded = LoadedModel(ModelSource("tiny-llama", "dir", "tiny"), model, tiny_tokenizer, model_fingerprint(model))
+    settings = BackendSettings(
+        criterion="wanda-sp", compensation="refit", eval_tokens=128, calib_tokens=256, seq_len=64
+    )
+    backend = PruningBackend(loaded, TextSource(str(text_file), text_file.read_text()), settings)
+    backend.score()
+    assert backend.importance_cached  # read back, not computed again
+    assert all(time.time() - e.last_used < DAY for e in cache_entries(["importance"]))

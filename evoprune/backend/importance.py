@@ -57,7 +57,7 @@ from safetensors.numpy import load_file, save_file
 from evoprune.backend.activation_stats import ActivationStats
 from evoprune.backend.adapters import LayerParts
 from evoprune.backend.greedy_obs import greedy_obs_scores
-from evoprune.cache import ABOUT_KEY, cache_dir
+from evoprune.cache import ABOUT_KEY, cache_dir, mark_used
 from evoprune.errors import EvopruneError
 
 
@@ -252,7 +252,10 @@ def _load(path: Path | None, required: tuple[str, ...]) -> dict[str, np.ndarray]
     except Exception:  # noqa: BLE001 - a damaged cache entry is recomputed, not fatal
         path.unlink(missing_ok=True)
         return None
-    return arrays if all(k in arrays for k in required) else None
+    if not all(k in arrays for k in required):
+        return None
+    mark_used(path)
+    return arrays
 
 
 def _save(path: Path | None, arrays: dict[str, np.ndarray], about: str | None = None) -> None:

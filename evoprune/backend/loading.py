@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from evoprune.backend.adapters import adapter_for
-from evoprune.cache import cache_dir
+from evoprune.cache import cache_dir, mark_used
 from evoprune.errors import EvopruneError
 from evoprune.hub import offline_unless_reachable
 
@@ -88,6 +88,8 @@ def fetch_zoo_model(name: str) -> Path:
     entry = ZOO[name]
     target = cache_dir("models") / name
     if (target / "config.json").exists():
+        for file in target.iterdir():
+            mark_used(file)
         return target
     with tempfile.TemporaryDirectory(prefix="evoprune-") as tmp:
         gguf = _download_gguf(entry, Path(tmp))

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from evoprune.cache import cache_dir
+from evoprune.cache import cache_dir, mark_used
 from evoprune.space import SearchSpace
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
@@ -175,6 +175,7 @@ class LatencyTable:
         key_src = json.dumps(key)
         path = cache_dir("latency") / f"{hashlib.sha1(key_src.encode()).hexdigest()[:20]}.json"
         if path.exists():
+            mark_used(path)
             return cls(**json.loads(path.read_text()))
         table = cls.measure(config, space, seq_len, batch, dtype=dtype)
         path.write_text(json.dumps(asdict(table)))
