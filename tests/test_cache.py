@@ -140,7 +140,7 @@ def test_scores_reused_by_a_search_count_as_used_even_where_access_times_lag(
     cache, tiny_tokenizer, text_file, tmp_path
 ):
     # relatime mounts refresh access times about once a day: scores a search had just reused were
-    # listed as unused since they were made, and `clear --older-than` would have removed them
+    # listed as last used when first read (up to a day earlier, which `clear --older-than 1` goes by)
     for entry in cache_entries(["importance"]):
         entry.path.read_bytes()  # read once after it was written: relatime refreshes no more until a day passes
     time.sleep(1.1)
