@@ -158,6 +158,13 @@ def front_of(evals: list[Evaluation], names=("ppl", "params"), by_fidelity: bool
     return sorted((ok[i] for i in idx), key=lambda e: -e.params_fraction)
 
 
+def front_evaluations(store: Store, run: Run, names: tuple[str, ...] | None = None) -> list[Evaluation]:
+    """The evaluations of the run's front (by ``names``, default the run's objectives), over its
+    own evaluations and those it shares (``Store.shared_evaluations``): the table of ``pareto``
+    and the figures of ``pareto --plot`` and ``report`` choose among the same pairs."""
+    return front_of(store.shared_evaluations(run), names or run_objectives(run))
+
+
 def pareto_front(store: Store, run: Run) -> list[ParetoPoint]:
     """The run's front, over its evaluations and, for a warm-started run, the pairs it shares with
     other runs of the same problem (``Store.shared_evaluations``). Levels read as what they keep
@@ -177,7 +184,7 @@ def pareto_front(store: Store, run: Run) -> list[ParetoPoint]:
             validation=e.validation,
             run=e.run_id,
         )
-        for e in front_of(store.shared_evaluations(run), run_objectives(run))
+        for e in front_evaluations(store, run)
     ]
 
 

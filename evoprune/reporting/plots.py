@@ -21,7 +21,15 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import LogFormatter, MaxNLocator  # noqa: E402
 from scipy.stats import norm  # noqa: E402
 
-from evoprune.objectives.pareto import front_of, knee_index, objectives, run_objectives, rung_offsets, selection_value
+from evoprune.objectives.pareto import (  # noqa: E402
+    front_evaluations,
+    front_of,
+    knee_index,
+    objectives,
+    run_objectives,
+    rung_offsets,
+    selection_value,
+)
 from evoprune.reporting.prediction_metrics import number_text as _fmt  # noqa: E402
 from evoprune.space import SearchSpace  # noqa: E402
 from evoprune.store import Run, Store  # noqa: E402
@@ -42,8 +50,9 @@ def render_png(fig: Figure, path: str | Path | None = None) -> bytes:
 
 # -- the front ----------------------------------------------------------------------------------
 def front_figure(store: Store, run: Run, budget_lines: list[float] | None = None) -> Figure:
-    """Every successful evaluation (grey), the front (line), budget lines and the knee."""
-    evals = store.evaluations(run.id)
+    """Every successful evaluation (grey), the front (line), budget lines and the knee, over the
+    pairs ``pareto`` chooses among (the run's and, warm-started, those it shares)."""
+    evals = store.shared_evaluations(run)
     ok = [e for e in evals if e.status == "ok" and "ppl" in e.metrics]
     names = run_objectives(run)
     front = front_of(evals, ("ppl", "params")) if "ppl" in names else front_of(evals, names)
@@ -102,7 +111,7 @@ def plot_rounds(rounds: list[dict], path=None) -> bytes:
 def levels_figure(store: Store, run: Run) -> Figure:
     """Heat maps of the per-layer levels of the front's configurations, attention and MLP side
     by side with the front members' labels once on the left, each with its own discrete colour bar."""
-    front = front_of(store.evaluations(run.id), run_objectives(run))
+    front = front_evaluations(store, run)  # the members pareto lists
     space = SearchSpace.from_dict(run.space)
     # As pareto_front shows them: a level that keeps the full width reads as 0 (untouched).
     levels = [space.canonical(e.levels) for e in front]

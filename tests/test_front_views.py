@@ -1,0 +1,58 @@
+"""What a newcomer found in how fronts and picks are shown (2026-12-02), each fixed and kept fixed:
+`pareto --plot` and `report` drew a warm-started run's front from its own evaluations while the
+`pareto` table chose among the pairs it shares; a `kl,params` run was shown as if by perplexity
+(table column, plot axis and knee, plan's text); `compare` sorted by the noisy first rung while
+saying the top rung decides; `plan --json` named an evaluation of another run without saying
+which; and `pareto --json`'s help left out each point's `run`."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from evoprune.choice.plan import plan
+from evoprune.engine.run import search
+from evoprune.objectives.pareto import knee_index, objectives, pareto_front, rung_offsets, selection_value
+from evoprune.objectives.spec import Budget, quality_from_value
+from evoprune.reporting.plots import front_figure
+from evoprune.store import Store
+from tests.test_user_reports import _settings
+
+
+@pytest.fixture(scope="module")
+def warm_store(tmp_path_factory, tiny_model_dir, text_file) -> Path:
+    """A search under 0.8 of the parameters, then `plan --spend 2` under 0.7: run 2 shares run 1's pairs."""
+    path = tmp_path_factory.mktemp("warm") / "w.db"
+    search(str(tiny_model_dir), str(text_file), str(path), _settings(evals=6, max_params=0.8))
+    assert plan(str(path), Budget(max_params=0.7), spend=2).spent == 2
+    return path
+
+
+def _drawn_front(fig) -> tuple[list[float], list[float], int]:
+    """(x, y) of the front line of a ``front_figure`` and the id its knee is labelled with."""
+    ax = fig.axes[0]
+    line = next(x for x in ax.get_lines() if x.get_label().startswith("Pareto front"))
+    knee = next(t.get_text() for t in ax.get_legend().get_texts() if t.get_text().startswith("knee"))
+    return list(line.get_xdata()), list(line.get_ydata()), int(re.search(r"#(\d+)", knee).group(1))
+
+
+def test_the_plot_of_a_warm_started_run_draws_the_front_pareto_lists(warm_store):
+    with Store.open_existing(warm_store, readonly=True) as st:
+        run = st.get_run()
+        points = pareto_front(st, run)
+        shared = st.shared_evaluations(run)
+        x, y, knee = _drawn_front(front_figure(st, run))
+        ids = [p.id for p in points]
+        front = [next(e for e in shared if e.id == i) for i in ids]
+    assert run.id == 2 and {p.run for p in points} >= {1}  # the table's front holds run 1's pairs
+    assert x == [p.params_fraction for p in points]
+    offsets = rung_offsets(shared, "ppl")
+    assert y == pytest.approx([quality_from_value("ppl", selection_value(e, "ppl", offsets)) for e in front])
+    assert knee == ids[knee_index(objectives(front, ("ppl", "params")))]
+    # the report's front figure is the same one
+    from evoprune.reporting.report import report_figures
+
+    with Store.open_existing(warm_store, readonly=True) as st:
+        assert _drawn_front(report_figures(st, run, None)["front"])[0] == x
