@@ -18,7 +18,7 @@ from evoprune.objectives.pareto import knee_index, objectives, pareto_front, run
 from evoprune.objectives.spec import Budget, quality_from_value
 from evoprune.reporting.plots import front_figure
 from evoprune.store import Store
-from tests.test_user_reports import _settings
+from tests.test_user_reports import _settings, evoprune_in_process
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +27,14 @@ def warm_store(tmp_path_factory, tiny_model_dir, text_file) -> Path:
     path = tmp_path_factory.mktemp("warm") / "w.db"
     search(str(tiny_model_dir), str(text_file), str(path), _settings(evals=6, max_params=0.8))
     assert plan(str(path), Budget(max_params=0.7), spend=2).spent == 2
+    return path
+
+
+@pytest.fixture(scope="module")
+def kl_store(tmp_path_factory, tiny_model_dir, text_file) -> Path:
+    """One finished search with objectives kl,params."""
+    path = tmp_path_factory.mktemp("kl") / "kl.db"
+    search(str(tiny_model_dir), str(text_file), str(path), _settings(evals=6, objectives="kl,params"))
     return path
 
 
@@ -56,3 +64,30 @@ def test_the_plot_of_a_warm_started_run_draws_the_front_pareto_lists(warm_store)
 
     with Store.open_existing(warm_store, readonly=True) as st:
         assert _drawn_front(report_figures(st, run, None)["front"])[0] == x
+
+
+def test_a_kl_run_is_shown_by_kl_in_the_table_the_plot_its_knee_and_plan(kl_store):
+    with Store.open_existing(kl_store, readonly=True) as st:
+        run = st.get_run()
+        points = pareto_front(st, run)
+        shared = st.shared_evaluations(run)
+        fig = front_figure(st, run)
+        x, y, knee = _drawn_front(fig)
+        front = [next(e for e in shared if e.id == p.id) for p in points]
+    assert fig.axes[0].get_ylabel().startswith("KL to the dense model")
+    assert x == [p.params_fraction for p in points]
+    offsets = rung_offsets(shared, "kl")
+    assert y == pytest.approx([quality_from_value("kl", selection_value(e, "kl", offsets)) for e in front])
+    assert knee == points[knee_index(objectives(front, ("kl", "params")))].id
+    # the table: a kl column (and valid kl), no ppl column
+    result = evoprune_in_process("pareto", "--store", str(kl_store))
+    assert result.returncode == 0, result.stderr
+    header = next(line for line in result.stdout.splitlines() if " id " in line and "tokens" in line)
+    assert re.search(r"\bkl\b", header) and "valid kl" in header and "ppl" not in header, header
+    row = next(line for line in result.stdout.splitlines() if re.match(rf"\W*{points[0].id}\s", line))
+    assert f"{points[0].fidelity['metrics']['kl']:.4f}" in row, row
+    # plan says what it chose by
+    budget = str(max(p.params_fraction for p in points))
+    result = evoprune_in_process("plan", "--store", str(kl_store), "--max-params", budget)
+    assert result.returncode == 0, result.stderr
+    assert "measured kl " in result.stdout and "measured ppl" not in result.stdout

@@ -23,6 +23,7 @@ class PlanResult:
     candidates: int
     spent: int
     recoveries: list[RecoveryRecord] = field(default_factory=list)  # recovery trainings of its export
+    metric: str = "ppl"  # the quality the pick was chosen by (the run's first quality objective by default)
 
     def to_dict(self) -> dict:
         e = self.evaluation
@@ -103,4 +104,4 @@ def plan(
                else {k: v for k, v in best.cost.items() if k == "latency_ms"})}  # fmt: skip
     with Store.open_existing(store_path, readonly=True) as st:
         recoveries = st.recoveries(eval_id=best.id)
-    return PlanResult(run, best, layers, cost, len(under), spent, recoveries)
+    return PlanResult(run, best, layers, cost, len(under), spent, recoveries, metric)

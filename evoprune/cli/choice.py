@@ -25,7 +25,7 @@ from evoprune.cli.common import (
     err_console,
     out_console,
 )
-from evoprune.cli.views import _front_json, _front_view
+from evoprune.cli.views import _front_json, _front_view, _quality_text
 from evoprune.engine.settings import SearchSettings
 from evoprune.errors import EvopruneError, require_parent_dir
 from evoprune.objectives.pareto import first_rung_tokens, pareto_front, top_rung
@@ -47,7 +47,7 @@ def pareto_command(
         None, "--max-params", help="With --plot: draw a budget line there (kept fraction or count)."
     ),
 ) -> None:
-    """Show the non-dominated, really evaluated configurations (perplexity vs parameters)."""
+    """Show the non-dominated, really evaluated configurations (first quality objective, e.g. ppl, vs parameters)."""
     try:
         if budget is not None and plot is None:
             raise EvopruneError(
@@ -98,15 +98,19 @@ def plan_command(
         _echo_json(result.to_dict())
         return
     e = result.evaluation
+    metric = result.metric
     pred = prediction_on_metric_scale(e.predicted) or {}
-    predicted_ppl = f"{pred['ppl']:.2f}" if "ppl" in pred else "-"
+    predicted = _quality_text(pred, metric)
     tokens, top = top_rung(e)
-    measured = f"measured ppl {_figure_text(top)} on {_tokens_text(tokens or first_rung_tokens(result.run))} tokens"
+    measured = (
+        f"measured {metric} {_quality_text(top, metric)} on {_tokens_text(tokens or first_rung_tokens(result.run))} "
+        "tokens"
+    )
     if e.validation:
-        measured += f", {_figure_text(e.validation['metrics'])} on the validation split"
+        measured += f", {_quality_text(e.validation['metrics'], metric)} on the validation split"
     out_console.print(
         f"evaluation #{e.id}: {e.params / 1e6:.2f}M parameters ({e.params_fraction:.1%} kept), "
-        f"{measured} (predicted before evaluation: {predicted_ppl}), "
+        f"{measured} (predicted before evaluation: {predicted}), "
         f"memory {size_text(result.cost['memory_bytes'])} at {result.cost['memory_context_tokens']} tokens of KV cache"
         + (f", latency {result.cost['latency_ms']:.0f} ms (predicted)" if "latency_ms" in result.cost else "")
         + "; "

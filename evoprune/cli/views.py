@@ -11,6 +11,7 @@ from rich.text import Text
 
 from evoprune.cli.common import FoldingTable, _figure_text, _tokens_text
 from evoprune.objectives.pareto import ParetoPoint
+from evoprune.objectives.spec import is_quality
 
 LAYERS_PER_BLOCK = 10
 _LEVEL_SYMBOLS = "0123456789abcdefghijklmnopqrstuvwxyz"
@@ -78,21 +79,41 @@ def _allocation_table(points: list[ParetoPoint], width: int, space: dict | None 
     return table
 
 
+def _quality_name(objectives: str) -> str:
+    """The first quality objective of ``objectives`` (e.g. ``kl,params``), the one the front and
+    its figures go by; ``ppl`` when none is named."""
+    return next((n.strip() for n in objectives.split(",") if is_quality(n.strip())), "ppl")
+
+
+def _quality_text(metrics: dict | None, name: str) -> str:
+    """A figure of quality ``name`` with its standard error: KL in four decimals, accuracy in three."""
+    if name == "ppl":
+        return _figure_text(metrics, name)
+    if not metrics or name not in metrics:
+        return "-"
+    digits = 4 if name == "kl" else 3
+    se = metrics.get(f"{name}_se")
+    return f"{metrics[name]:.{digits}f}" + (f" ±{se:.{digits}f}" if se is not None else "")
+
+
 def _pareto_table(points: list[ParetoPoint], title: str, run_id: int | None = None, objectives: str = "") -> Table:
-    """The front's figures, one row per member (its allocation is :func:`_allocation_table`);
-    ``objectives`` (the run's, e.g. ``acc:arc_easy,params``) adds a column per task accuracy."""
+    """The front's figures, one row per member (its allocation is :func:`_allocation_table`), by
+    the first quality objective of ``objectives`` (the run's, e.g. ``kl,params``; default ppl),
+    which an ``acc:TASK`` objective also adds a column per task accuracy to."""
+    quality = _quality_name(objectives)
+    label = quality.replace(":", " ")  # "acc arc_easy" folds between the words
     table = FoldingTable(title=title, title_justify="left")
     for col, justify in (
         ("id", "right"),
         ("params", "right"),
         ("kept", "right"),
-        ("ppl", "right"),
+        (label, "right"),
         ("tokens", "right"),
-        ("valid ppl", "right"),
+        (f"valid {label}", "right"),
     ):
         table.add_column(col, justify=justify)
-    # The run's task accuracies (acc:TASK objectives), measured with the first rung.
-    tasks = [n for n in objectives.split(",") if n.startswith(("acc:", "acc_norm:"))]
+    # The run's other task accuracies (acc:TASK objectives), measured with the first rung.
+    tasks = [n for n in objectives.split(",") if n.startswith(("acc:", "acc_norm:")) and n != quality]
     for name in tasks:
         table.add_column(name.replace(":", " "), justify="right")  # "acc arc_easy" folds between the words
     table.add_column("found", justify="left")
@@ -102,17 +123,17 @@ def _pareto_table(points: list[ParetoPoint], title: str, run_id: int | None = No
             str(p.id),
             f"{p.params / 1e6:.2f}M",
             f"{100 * p.params_fraction:.1f}%",
-            _figure_text(fidelity["metrics"]),
+            _quality_text(fidelity["metrics"], quality),
             _tokens_text(fidelity["tokens"]),
-            _figure_text(p.validation["metrics"]) if p.validation else "-",
+            _quality_text(p.validation["metrics"], quality) if p.validation else "-",
             *(f"{p.metrics[t]:.3f}" if t in p.metrics else "-" for t in tasks),
             p.found(run_id),
         )
     table.caption = (
-        "ppl: on the highest rung of the fidelity ladder each configuration reached (tokens), ± standard error; "
+        f"{label}: on the highest rung of the fidelity ladder each configuration reached (tokens), ± standard error; "
         "the front compares these on the first rung's scale (each less the run's mean gap between its rung and "
         "the first, as the text of a larger rung is not equally hard), so a figure on more tokens can stand "
-        "beside a lower one on fewer; valid ppl: on the validation split, never used to choose"
+        f"beside a lower one on fewer; valid {label}: on the validation split, never used to choose"
         + ("; acc TASK: accuracy on the run's questions of that task" if tasks else "")
     )
     table.caption_justify = "left"

@@ -146,6 +146,14 @@ def run_objectives(run: Run) -> tuple[str, ...]:
     return tuple(n.strip() for n in run.settings.get("objectives", "ppl,params").split(","))
 
 
+def quality_objective(run: Run) -> str:
+    """The run's first quality objective (``ppl``, ``kl``, ``acc:TASK``): what its front, plot,
+    knee and picks are shown by."""
+    from evoprune.objectives.spec import is_quality
+
+    return next((n for n in run_objectives(run) if is_quality(n)), "ppl")
+
+
 def front_of(evals: list[Evaluation], names=("ppl", "params"), by_fidelity: bool = True) -> list[Evaluation]:
     """The non-dominated successful evaluations, most parameters first (qualities by fidelity)."""
     ok = [e for e in evals if e.status == "ok"]

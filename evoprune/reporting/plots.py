@@ -26,13 +26,14 @@ from evoprune.objectives.pareto import (  # noqa: E402
     front_of,
     knee_index,
     objectives,
-    run_objectives,
+    quality_objective,
     rung_offsets,
     selection_value,
 )
+from evoprune.objectives.spec import quality_from_value  # noqa: E402
 from evoprune.reporting.prediction_metrics import number_text as _fmt  # noqa: E402
 from evoprune.space import SearchSpace  # noqa: E402
-from evoprune.store import Run, Store  # noqa: E402
+from evoprune.store import Evaluation, Run, Store  # noqa: E402
 
 DPI = 110
 
@@ -49,33 +50,52 @@ def render_png(fig: Figure, path: str | Path | None = None) -> bytes:
 
 
 # -- the front ----------------------------------------------------------------------------------
-def front_figure(store: Store, run: Run, budget_lines: list[float] | None = None) -> Figure:
-    """Every successful evaluation (grey), the front (line), budget lines and the knee, over the
-    pairs ``pareto`` chooses among (the run's and, warm-started, those it shares)."""
+def _quality_label(name: str) -> str:
+    if name == "ppl":
+        return "perplexity"
+    if name == "kl":
+        return "KL to the dense model"
+    kind, _, task = name.partition(":")
+    return f"{'normalised accuracy' if kind == 'acc_norm' else 'accuracy'} on {task}"
+
+
+def plotted_front(store: Store, run: Run) -> tuple[list[Evaluation], list[Evaluation], str]:
+    """(every evaluation the run chooses among, the front drawn, its quality objective): the pairs
+    ``pareto`` chooses among (the run's and, warm-started, those it shares), the front in the
+    plane of the run's first quality objective and the kept fraction of parameters, most
+    parameters first. For a run of that quality and ``params`` it is ``pareto``'s front."""
     evals = store.shared_evaluations(run)
-    ok = [e for e in evals if e.status == "ok" and "ppl" in e.metrics]
-    names = run_objectives(run)
-    front = front_of(evals, ("ppl", "params")) if "ppl" in names else front_of(evals, names)
+    quality = quality_objective(run)
+    return evals, front_of(evals, (quality, "params")), quality
+
+
+def front_figure(store: Store, run: Run, budget_lines: list[float] | None = None) -> Figure:
+    """Every successful evaluation (grey), the front (line), budget lines and the knee, by the
+    run's first quality objective (:func:`plotted_front`)."""
+    evals, front, quality = plotted_front(store, run)
+    ok = [e for e in evals if e.status == "ok" and quality in e.metrics]
     fig, ax = plt.subplots(figsize=(7, 4.5), layout="constrained")
-    ax.scatter([e.params_fraction for e in ok], [e.metrics["ppl"] for e in ok], s=14, c="#bbbbbb",
+    ax.scatter([e.params_fraction for e in ok], [float(e.metrics[quality]) for e in ok], s=14, c="#bbbbbb",
                label="evaluated")  # fmt: skip
     if front:
         # The front is chosen on the highest rung each member reached (on the first rung's
         # scale); drawn at those values, it is what was chosen and never above an evaluated point.
-        offsets = rung_offsets(evals, "ppl")
+        offsets = rung_offsets(evals, quality)
         fx = [e.params_fraction for e in front]
-        fy = [float(np.exp(selection_value(e, "ppl", offsets))) for e in front]
+        fy = [quality_from_value(quality, selection_value(e, quality, offsets)) for e in front]
         ax.plot(fx, fy, "-o", c="#1f77b4", ms=5, label="Pareto front (highest rung)")
-        k = knee_index(objectives(front, ("ppl", "params")))
+        k = knee_index(objectives(front, (quality, "params")))
         ax.scatter([fx[k]], [fy[k]], s=140, facecolors="none", edgecolors="#d62728", linewidths=2,
                    label=f"knee (#{front[k].id})")  # fmt: skip
     for b in budget_lines or []:
         ax.axvline(b, ls="--", c="#2ca02c", label=f"budget {b:.0%}")
-    ax.set_yscale("log")
-    ax.yaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))
-    ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+    logarithmic = quality in ("ppl", "kl")
+    if logarithmic:
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))
+        ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
     ax.set_xlabel("kept fraction of parameters")
-    ax.set_ylabel("perplexity (log scale; grey: first rung)")
+    ax.set_ylabel(f"{_quality_label(quality)} ({'log scale; ' if logarithmic else ''}grey: first rung)")
     ax.set_title(f"run {run.id}: {run.model}")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper right")
