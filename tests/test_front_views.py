@@ -7,11 +7,13 @@ which; and `pareto --json`'s help left out each point's `run`."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import pytest
 
+from evoprune.choice.compare import CompareRow
 from evoprune.choice.plan import plan
 from evoprune.engine.run import search
 from evoprune.objectives.pareto import knee_index, objectives, pareto_front, rung_offsets, selection_value
@@ -91,3 +93,21 @@ def test_a_kl_run_is_shown_by_kl_in_the_table_the_plot_its_knee_and_plan(kl_stor
     result = evoprune_in_process("plan", "--store", str(kl_store), "--max-params", budget)
     assert result.returncode == 0, result.stderr
     assert "measured kl " in result.stdout and "measured ppl" not in result.stdout
+
+
+def test_compare_lists_methods_best_first_by_the_top_rung_in_the_table_and_json(monkeypatch, tmp_path):
+    def row(method, first, top):
+        fidelity = {"tokens": 1024, "metrics": {"ppl": top}} if top is not None else None
+        return CompareRow(method, 1, 6, 0, 3, first, 0.7, 1.0, 1.0, best_fidelity=fidelity)
+
+    rows = [row("noisy", 10.0, 14.0), row("steady", 12.0, 11.0), row("first-only", 11.5, None),
+            CompareRow("owl", None, 0, 0, None, None, None, 0.0, None, skipped="no answer")]  # fmt: skip
+    monkeypatch.setattr("evoprune.choice.compare.compare", lambda *a, **k: rows)
+    args = ["compare", "--model", "m", "--store", str(tmp_path / "c.db"), "--evals", "6"]
+    result = evoprune_in_process(*args, "--json")
+    assert result.returncode == 0, result.stderr
+    assert [r["method"] for r in json.loads(result.stdout)] == ["steady", "first-only", "noisy", "owl"]
+    result = evoprune_in_process(*args)
+    assert result.returncode == 0, result.stderr
+    order = [m for line in result.stdout.splitlines() for m in re.findall(r"^\W*(steady|first-only|noisy)\b", line)]
+    assert order == ["steady", "first-only", "noisy"], result.stdout

@@ -42,6 +42,19 @@ class CompareRow:
         return d
 
 
+def choice_order(rows: Sequence[CompareRow], metric: str = "ppl") -> list[CompareRow]:
+    """``rows`` best first by ``metric`` on the highest rung each method's pick reached (the figure
+    its choice goes by), else by its first-rung ``best_value``; rows without a pick last."""
+    from evoprune.objectives.spec import quality_value
+
+    def value(r: CompareRow) -> float:
+        top = (r.best_fidelity or {}).get("metrics") or {}
+        v = quality_value(metric, top)
+        return v if np.isfinite(v) else quality_value(metric, {metric: r.best_value})
+
+    return sorted(rows, key=lambda r: (r.best_value is None, 0.0 if r.best_value is None else value(r)))
+
+
 def best_under_budget(evals: list[Evaluation], metric: str, budget: Budget, costs: CostEvaluator) -> Evaluation | None:
     """The best measured configuration of one run that meets every bound of ``budget`` (None if
     none does). Unlike ``objectives.budget.best_under_budget`` (plan, export), it does not raise

@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 
 from evoprune.backend.settings import BackendSettings
-from evoprune.choice.compare import DEFAULT_METHODS
+from evoprune.choice.compare import DEFAULT_METHODS, choice_order
 from evoprune.cli.common import (
     _BACKEND,
     MAX_LATENCY_MS_OPTION,
@@ -183,8 +183,9 @@ def compare_command(
             rows = compare(model, data, str(store), settings, [m.strip() for m in methods.split(",")], progress)
     except EvopruneError as exc:
         _fail(str(exc))
-    # Best first, methods without a pick under the budget last: the table and --json share this order.
-    rows = sorted(rows, key=lambda r: (r.best_value is None, r.best_value or 0.0))
+    # Best first by the top rung (what the choice goes by), methods without a pick under the budget last:
+    # the table and --json share this order.
+    rows = choice_order(rows)
     if as_json:
         _echo_json([r.to_dict() for r in rows])
         return
@@ -219,7 +220,7 @@ def compare_command(
     out_console.print(table)
     out_console.print(
         "best ppl: the first rung (± standard error); top rung ppl: the highest rung it reached (tokens), which the "
-        "choice goes by; valid ppl: the validation split, never used to choose",
+        "choice goes by and the rows are sorted by; valid ppl: the validation split, never used to choose",
         style="dim",
     )
     for r in rows:
