@@ -111,3 +111,18 @@ def test_compare_lists_methods_best_first_by_the_top_rung_in_the_table_and_json(
     assert result.returncode == 0, result.stderr
     order = [m for line in result.stdout.splitlines() for m in re.findall(r"^\W*(steady|first-only|noisy)\b", line)]
     assert order == ["steady", "first-only", "noisy"], result.stdout
+
+
+def test_plan_json_names_the_run_of_the_evaluation_it_chose(warm_store):
+    with Store.open_existing(warm_store, readonly=True) as st:
+        firsts = sorted({e.params_fraction for e in st.evaluations(1, "ok")})
+    # a budget whose answer run 1 measured, planned from run 2 (the latest)
+    budget = next(f for f in firsts if plan(str(warm_store), Budget(max_params=f)).evaluation.run_id == 1)
+    result = evoprune_in_process("plan", "--store", str(warm_store), "--max-params", str(budget), "--json")
+    assert result.returncode == 0, result.stderr
+    chosen = json.loads(result.stdout)
+    assert chosen["run"] == 2 and chosen["evaluation_run"] == 1
+    with Store.open_existing(warm_store, readonly=True) as st:
+        assert chosen["evaluation"] in {e.id for e in st.evaluations(1)}
+    result = evoprune_in_process("plan", "--store", str(warm_store), "--max-params", str(budget))
+    assert f"--run 1 --pick {chosen['evaluation']} " in result.stdout

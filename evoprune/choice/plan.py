@@ -30,6 +30,7 @@ class PlanResult:
         return {
             "run": self.run.id,
             "evaluation": e.id,
+            "evaluation_run": e.run_id,
             "levels": {"attn": e.levels[: len(e.levels) // 2], "mlp": e.levels[len(e.levels) // 2 :]},
             "measured": e.metrics,
             "fidelity": {"tokens": top_rung(e)[0] or first_rung_tokens(self.run), "metrics": top_rung(e)[1]},

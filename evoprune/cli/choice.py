@@ -81,7 +81,13 @@ def plan_command(
     max_latency_ms: float | None = MAX_LATENCY_MS_OPTION,
     spend: int = typer.Option(0, "--spend", help="First spend this many more evaluations focused on the budget."),
     run: int | None = typer.Option(None, "--run", help="Run id (default: the latest run)."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    as_json: bool = typer.Option(
+        False,
+        "--json",
+        help="Print JSON: {run, evaluation, evaluation_run, levels, measured, fidelity, validation, predicted, cost, "
+        "layers, ...}; run is the run planned from (or the run --spend searched), evaluation_run the run that "
+        "measured the chosen evaluation (export it with --run EVALUATION_RUN --pick EVALUATION).",
+    ),
 ) -> None:
     """The best really evaluated configuration under a budget, with its per-layer allocation."""
     from evoprune.choice.plan import plan
