@@ -7,6 +7,7 @@ which; and `pareto --json`'s help left out each point's `run`."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 from pathlib import Path
@@ -126,3 +127,11 @@ def test_plan_json_names_the_run_of_the_evaluation_it_chose(warm_store):
         assert chosen["evaluation"] in {e.id for e in st.evaluations(1)}
     result = evoprune_in_process("plan", "--store", str(warm_store), "--max-params", str(budget))
     assert f"--run 1 --pick {chosen['evaluation']} " in result.stdout
+
+
+def test_the_json_help_of_pareto_and_plan_names_each_points_run():
+    from evoprune.cli.choice import pareto_command, plan_command
+
+    pareto_help = inspect.signature(pareto_command).parameters["as_json"].default.help
+    assert "points: [{id, run, params" in pareto_help
+    assert "evaluation_run" in inspect.signature(plan_command).parameters["as_json"].default.help

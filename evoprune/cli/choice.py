@@ -39,8 +39,8 @@ def pareto_command(
     as_json: bool = typer.Option(
         False,
         "--json",
-        help="Print JSON: {run, model, data, dense_params, points: [{id, params, params_fraction, metrics, "
-        "fidelity, validation, levels, origin, round}]}.",
+        help="Print JSON: {run, model, data, dense_params, points: [{id, run, params, params_fraction, metrics, "
+        "fidelity, validation, levels, origin, round}]}; a point's run is the run that measured it.",
     ),
     plot: Path | None = typer.Option(None, "--plot", help="Also draw the front (PNG): evaluated points, knee, budget."),
     budget: float | None = typer.Option(
