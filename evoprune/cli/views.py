@@ -93,7 +93,8 @@ def _quality_text(metrics: dict | None, name: str) -> str:
         return "-"
     digits = 4 if name == "kl" else 3
     se = metrics.get(f"{name}_se")
-    return f"{metrics[name]:.{digits}f}" + (f" ±{se:.{digits}f}" if se is not None else "")
+    value = max(float(metrics[name]), 0.0) if name == "kl" else metrics[name]  # no "-0.0000" for rounding noise
+    return f"{value:.{digits}f}" + (f" ±{se:.{digits}f}" if se is not None else "")
 
 
 def _pareto_table(points: list[ParetoPoint], title: str, run_id: int | None = None, objectives: str = "") -> Table:
