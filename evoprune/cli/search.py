@@ -112,7 +112,10 @@ def search_command(
         True, "--warm-start/--no-warm-start", help="Reuse pairs of earlier runs of the same problem in the store."
     ),
     max_ppl_ratio: float = typer.Option(
-        20.0, "--max-ppl-ratio", help="Only spend evaluations on candidates predicted within this factor of the best."
+        20.0,
+        "--max-ppl-ratio",
+        help="Only spend evaluations on candidates predicted within this factor of the best perplexity; for kl, "
+        "within log(factor) nats/token of the best KL (the same cross-entropy increase); acc objectives: no filter.",
     ),
     task_limit: int = typer.Option(100, "--task-limit", help="Questions per task for acc:TASK objectives."),
     task_data: str | None = typer.Option(

@@ -32,7 +32,7 @@ from evoprune.engine.features import FeatureMap
 from evoprune.engine.local_moves import moves_around_incumbents
 from evoprune.engine.registry import Strategy, register_strategy
 from evoprune.errors import EvopruneError
-from evoprune.objectives.spec import quality_value
+from evoprune.objectives.spec import quality_limit, quality_value
 from evoprune.store import Evaluation
 from problems import SurrogatePruningProblem
 
@@ -352,15 +352,19 @@ class ActiveLearning(Strategy):
 
     def _region_of_interest(self, ctx: SearchContext, pool, mean, std, k):
         """Drop candidates predicted far worse than the best evaluated one (collapsed models teach
-        the user nothing); keep at least the ``k`` best predicted."""
+        the user nothing); keep at least the ``k`` best predicted. "Far worse" is
+        ``--max-ppl-ratio`` times the best perplexity; for KL (where the dense model's 0 makes any
+        ratio meaningless) the same limit as a cross-entropy increase (``quality_limit``);
+        accuracies are not filtered."""
         primary = ctx.objectives.quality[0]
         best = min(
             (quality_value(primary, e.metrics) for e in ctx.shared_evaluations() if e.status == "ok"),
             default=None,
         )
-        if best is None or primary not in ("ppl", "kl"):
+        limit = None if best is None else quality_limit(primary, best, ctx.settings.max_ppl_ratio)
+        if limit is None:
             return pool, mean, std
-        keep = mean <= best + math.log(ctx.settings.max_ppl_ratio)
+        keep = mean <= limit
         if keep.sum() < k:
             keep = np.zeros(len(pool), dtype=bool)
             keep[np.argsort(mean, kind="stable")[:k]] = True

@@ -47,6 +47,22 @@ def quality_from_value(name: str, value: float) -> float:
     return -value
 
 
+def quality_limit(name: str, best: float, ratio: float) -> float | None:
+    """The worst value, on the minimised scale, still within ``ratio`` (``--max-ppl-ratio``) of
+    ``best`` (also on that scale), or None where no such limit applies.
+
+    Perplexity is a ratio scale: ``ratio`` times the best. KL is not: the dense model's KL is 0
+    (floored to 1e-8), so a ratio of it would confine a search to near-dense configurations.
+    A perplexity ratio ``r`` is a cross-entropy increase of ``log r`` nats/token, and KL to the
+    teacher is the cross-entropy increase over the teacher's (exactly so on text drawn from it),
+    so KL may exceed the best by ``log ratio`` nats. Accuracies have no such equivalent: None."""
+    if name == "ppl":
+        return best + math.log(ratio)
+    if name == "kl":
+        return math.log(math.exp(best) + math.log(ratio))
+    return None
+
+
 _LOG_SCALE = {"ppl": "log_ppl", "kl": "log_kl"}
 
 
