@@ -3,11 +3,32 @@
 from __future__ import annotations
 
 import math
+import shutil
+import sqlite3
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
+import torch
 
 from evoprune.engine.active_learning import ActiveLearning
+from evoprune.engine.run import search
+from evoprune.store import Store
+from tests.test_user_reports import _one_line_error, _settings, evoprune_in_process
+
+
+@pytest.fixture(scope="module")
+def store6(tmp_path_factory, tiny_model_dir, text_file) -> Path:
+    """A store holding one finished 6-evaluation search on the tiny Llama (copy it before writing)."""
+    path = tmp_path_factory.mktemp("store6") / "s.db"
+    search(str(tiny_model_dir), str(text_file), str(path), _settings())
+    return path
+
+
+def _copy(store: Path, tmp_path: Path) -> Path:
+    shutil.copy2(store, tmp_path / "s.db")
+    return tmp_path / "s.db"
 
 
 def _roi(primary: str, best_metrics: dict, predicted: list[float], k: int = 1) -> list[float]:
@@ -36,3 +57,21 @@ def test_max_ppl_ratio_still_bounds_perplexity_by_a_factor_and_leaves_accuracy_a
         math.log(150.0),
     ]
     assert _roi("acc:arc_easy", {"acc:arc_easy": 0.6}, [-0.6, -0.1, 0.0]) == [-0.6, -0.1, 0.0]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_resume_continues_a_cuda_run_on_the_cpu(tmp_path, store6):
+    path = _copy(store6, tmp_path)
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE runs SET settings = json_set(settings, '$.backend.device', 'cuda')")
+    with Store.open_existing(path, readonly=True) as st:
+        before = st.get_run(None)
+    _one_line_error(evoprune_in_process("resume", "--store", str(path), "--evals", "7"), "use --device cpu")
+    result = evoprune_in_process("resume", "--store", str(path), "--evals", "7", "--device", "cpu", "--json")
+    assert result.returncode == 0, result.stderr
+    with Store.open_existing(path, readonly=True) as st:
+        runs = st.runs()
+        assert [r.id for r in runs] == [before.id]  # the same run, not a new one
+        assert len(st.evaluations(before.id)) == 7
+        after = st.get_run(None)
+        assert (after.run_key, after.settings) == (before.run_key, before.settings)  # the record is unchanged

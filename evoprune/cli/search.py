@@ -210,6 +210,11 @@ def resume_command(
     store: Path = typer.Option(..., "--store", "-s", help="SQLite pair store written by 'evoprune search'."),
     run: int | None = typer.Option(None, "--run", help="Run id (default: the latest run)."),
     evals: int | None = typer.Option(None, "--evals", "-n", help="New total budget (default: the run's own)."),
+    device: str | None = typer.Option(
+        None,
+        "--device",
+        help="Where evaluations run now: cpu, cuda, cuda:N or mps (default: the run's; not part of what it measures).",
+    ),
     task_data: str | None = typer.Option(
         None,
         "--task-data",
@@ -223,7 +228,8 @@ def resume_command(
     as_json: bool = typer.Option(False, "--json", help="Print the resulting front as JSON."),
 ) -> None:
     """Continue a stored run with its recorded settings; nothing but the store is needed (where its
-    evaluations run is not a setting of the run: pass --executor ray to continue on Ray)."""
+    evaluations run is not a setting of the run: pass --device to continue on another device,
+    --executor ray to continue on Ray)."""
     from dataclasses import replace
 
     from evoprune.engine.config import settings_from_run
@@ -240,6 +246,8 @@ def resume_command(
                     f"pass a larger total to continue it (e.g. --evals {done + evals} for {evals} more)"
                 )
             settings = replace(settings, evals=evals)
+        if device is not None:  # excluded from identity(): the same run, measured the same way
+            settings = replace(settings, backend=replace(settings.backend, device=device))
         runner, runner_options = _executor_choice(
             dict(executor=executor, ray_address=ray_address, workers=workers, gpus_per_worker=gpus_per_worker)
         )
