@@ -113,3 +113,15 @@ def test_recover_finalists_are_plans_order_under_the_runs_memory_budget_or_a_giv
     _one_line_error(evoprune_in_process("recover", "--finalists", "1", "--store", str(memory_store), "--data",
                                         "builtin", "--out", "unused", "--max-memory", "10B"),
                     "the budget is impossible")  # fmt: skip
+
+
+def test_plan_without_a_budget_option_answers_under_the_runs_own_as_export_does(memory_store):
+    result = evoprune_in_process("plan", "--store", str(memory_store), "--json")
+    assert result.returncode == 0, result.stderr
+    with Store.open_existing(memory_store, readonly=True) as st:
+        best = pick_evaluation(st, st.get_run(), "best")  # export --pick best without a budget option
+    assert (
+        json.loads(result.stdout)["evaluation"]
+        == best.id
+        == plan(str(memory_store), Budget(max_memory=LIMIT)).evaluation.id
+    )

@@ -75,3 +75,12 @@ def test_resume_continues_a_cuda_run_on_the_cpu(tmp_path, store6):
         assert len(st.evaluations(before.id)) == 7
         after = st.get_run(None)
         assert (after.run_key, after.settings) == (before.run_key, before.settings)  # the record is unchanged
+
+
+def test_plan_without_a_budget_on_a_run_without_one_says_so(store6):
+    _one_line_error(
+        evoprune_in_process("plan", "--store", str(store6)),
+        "plan needs a budget",
+        "searched without one",
+        "--max-params",
+    )

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field, replace
 from evoprune.engine.run import search
 from evoprune.engine.settings import ProgressFn, log_progress
 from evoprune.errors import EvopruneError
-from evoprune.objectives.budget import best_under_budget, has_limit
+from evoprune.objectives.budget import best_under_budget, has_limit, recorded_budget
 from evoprune.objectives.pareto import first_rung_tokens, run_objectives, top_rung
 from evoprune.objectives.spec import Budget, CostModel, is_quality, prediction_on_metric_scale
 from evoprune.space import SearchSpace
@@ -55,14 +55,20 @@ def plan(
     """Pick the best configuration meeting ``budget`` by ``metric`` (default: the run's first
     quality objective, as ``export --pick best`` does, e.g. ``ppl`` or ``acc:arc_easy``); with
     ``spend`` > 0, first run ``spend`` more evaluations of a search focused on that budget (it
-    reuses the stored pairs)."""
+    reuses the stored pairs). A ``budget`` without a limit is the run's own (``recorded_budget``),
+    as for ``export --pick best``."""
     from evoprune.engine.config import settings_from_run
 
-    if not has_limit(budget):
-        raise EvopruneError("plan needs a budget: pass --max-params, --max-memory or --max-latency-ms")
-    budget.check()
     with Store.open_existing(store_path, readonly=True) as st:
         run = st.get_run(run_id)
+    if not has_limit(budget):
+        budget = recorded_budget(run)
+    if not has_limit(budget):
+        raise EvopruneError(
+            f"plan needs a budget and run {run.id} searched without one: pass --max-params, --max-memory or "
+            "--max-latency-ms"
+        )
+    budget.check()
     spent = 0
     if spend > 0:
         base = settings_from_run(run.settings)
