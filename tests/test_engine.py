@@ -217,8 +217,8 @@ def test_plan_spend_starts_from_the_stored_pairs_and_pareto_shows_them(tmp_path,
                               "--out", str(tmp_path / "export"), "--json"])  # fmt: skip
     assert out.exit_code == 0, out.output
     assert json.loads(out.stdout)["evaluation"] == theirs["id"]
-    # --spend counts this call's evaluations only: at the first run's own budget (a new focused
-    # run, since it searches from no floor) and again on the focused budget (which continues it)
+    # --spend counts this call's evaluations only: at the first run's own budget (the focused
+    # search inherits its --min-params) and again on the focused budget (which continues it)
     again = plan(str(store), Budget(max_params=0.8), spend=3)
     assert again.spent == 3
     more = plan(str(store), Budget(max_params=0.7), spend=2)

@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 import torch
 
+from evoprune.choice.plan import focused_min_params, plan
 from evoprune.engine.active_learning import ActiveLearning
 from evoprune.engine.run import search
+from evoprune.objectives.spec import Budget
 from evoprune.store import Store
 from tests.test_user_reports import _one_line_error, _settings, evoprune_in_process
 
@@ -84,3 +86,19 @@ def test_plan_without_a_budget_on_a_run_without_one_says_so(store6):
         "searched without one",
         "--max-params",
     )
+
+
+def test_plan_spend_keeps_the_runs_min_params_unless_the_budget_needs_lower(tmp_path, store6):
+    path = _copy(store6, tmp_path)
+    with Store.open_existing(path, readonly=True) as st:
+        parent = st.get_run()
+    assert parent.settings["min_params"] == 0.5
+    assert focused_min_params(parent, 0.5, Budget(max_params=0.4)) == 0.0  # nothing above 0.5 meets 0.4
+    assert focused_min_params(parent, 0.5, Budget(max_memory="2MB")) == 0.5
+    assert focused_min_params(parent, 0.5, Budget(max_memory="0.3MB")) == 0.0  # under half the weights alone
+    result = plan(str(path), Budget(max_params=0.8), spend=2)
+    with Store.open_existing(path, readonly=True) as st:
+        focused = st.get_run()
+        own = st.evaluations(focused.id)
+    assert result.spent == 2 and focused.settings["min_params"] == 0.5
+    assert all(e.params_fraction >= 0.5 for e in own)

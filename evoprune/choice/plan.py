@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 
+import numpy as np
+
+from evoprune.engine.design import intensity_sample, structured_families
 from evoprune.engine.run import search
 from evoprune.engine.settings import ProgressFn, log_progress
 from evoprune.errors import EvopruneError
-from evoprune.objectives.budget import best_under_budget, has_limit, recorded_budget
+from evoprune.objectives.budget import best_under_budget, cost_evaluator, has_limit, recorded_budget
 from evoprune.objectives.pareto import first_rung_tokens, run_objectives, top_rung
-from evoprune.objectives.spec import Budget, CostModel, is_quality, prediction_on_metric_scale
+from evoprune.objectives.spec import Budget, CostModel, frac_above, is_quality, prediction_on_metric_scale
 from evoprune.space import SearchSpace
 from evoprune.store import Evaluation, RecoveryRecord, Run, Store
 
@@ -77,7 +80,7 @@ def plan(
             max_params=budget.max_params,
             max_memory=budget.max_memory,
             max_latency_ms=budget.max_latency_ms,
-            min_params=0.0,
+            min_params=focused_min_params(run, base.min_params, budget),
             warm_start=True,
             method="evoprune",
         )
@@ -112,3 +115,27 @@ def plan(
     with Store.open_existing(store_path, readonly=True) as st:
         recoveries = st.recoveries(eval_id=best.id)
     return PlanResult(run, best, layers, cost, len(under), spent, recoveries, metric)
+
+
+def focused_min_params(run: Run, min_params: float, budget: Budget) -> float:
+    """The ``--min-params`` of the search that ``plan --spend`` focuses on ``budget``: the parent
+    run's ``min_params``, unless the budget needs lower; then 0.
+
+    The parent's floor is the user's statement of which configurations are worth evaluating at
+    all (below it models collapse), and the best model under a budget spends all of it, so the
+    floor removes nothing the answer needs, except where no configuration above it meets the
+    budget: a parameter limit at or below the floor, or a memory or latency limit that none of
+    the structured families and a hypercube of the space meets above it (memory and latency are
+    not functions of the parameter count alone)."""
+    space = SearchSpace.from_dict(run.space)
+    if not min_params or frac_above(replace(budget, min_params=min_params), space.arch.dense_params()):
+        return 0.0
+    costs = cost_evaluator(run, latency=budget.max_latency_ms is not None)
+    names, limits = costs.constraints(budget)
+    others = [i for i, name in enumerate(names) if name != "params"]
+    if not others:
+        return min_params
+    X = np.vstack([*(np.array(c) for c in structured_families(space).values()), intensity_sample(space, 512, 0)])
+    X = X[space.params_matrix(X) / space.arch.dense_params() >= min_params]
+    meets = np.all(costs.matrix(X, [names[i] for i in others]) <= limits[others], axis=1)
+    return min_params if meets.any() else 0.0

@@ -79,7 +79,12 @@ def plan_command(
     max_params: float | None = MAX_PARAMS_OPTION,
     max_memory: str | None = MAX_MEMORY_OPTION,
     max_latency_ms: float | None = MAX_LATENCY_MS_OPTION,
-    spend: int = typer.Option(0, "--spend", help="First spend this many more evaluations focused on the budget."),
+    spend: int = typer.Option(
+        0,
+        "--spend",
+        help="First spend this many more evaluations focused on the budget (above the run's --min-params, "
+        "unless the budget needs lower).",
+    ),
     run: int | None = typer.Option(None, "--run", help="Run id (default: the latest run)."),
     as_json: bool = typer.Option(
         False,
