@@ -30,7 +30,9 @@ EXPORT_HELP = (
     "evaluated (--store, --pick), or one you give (--model, --config).\n\n"
     "--config is an evaluation id of --store, a plan.json (or the export directory holding it), "
     "levels:ATTN/MLP (one attention and one MLP level per layer, e.g. levels:0,1,1,0/2,2,3,0, or one digit "
-    "per layer as 'evoprune pareto' prints them: levels:0110/2230) or uniform:R. An evaluation or a plan "
+    "per layer as 'evoprune pareto' prints them: levels:0110/2230) or uniform:R (the share R, 0 to 1, of every "
+    "attention and MLP sub-layer removed, rounded to the nearest level: the kept parameter fraction is not 1 - R, "
+    "embeddings stay whole). An evaluation or a plan "
     "brings the importance settings it was found with; levels: and uniform:R take them from the options "
     "below, else from the latest run of the model in --store, else the defaults on --data."
 )
@@ -222,7 +224,8 @@ def evaluate_command(
         "--config",
         "-c",
         help="With a model (not an export): an evaluation id in --store, an export's plan.json, levels:ATTN/MLP "
-        "(e.g. levels:0,1,1,0/2,2,3,0) or uniform:R.",
+        "(e.g. levels:0,1,1,0/2,2,3,0) or uniform:R (the share R, 0 to 1, of every attention and MLP sub-layer "
+        "removed, rounded to the nearest level).",
     ),
     store: Path | None = typer.Option(
         None, "--store", "-s", help="Pair store: resolves evaluation ids and keeps the results with the configuration."
