@@ -502,3 +502,16 @@ def test_amp_a_device_cannot_run_natively_is_noted_once_before_training(
     )
     assert cli.exit_code == 0, cli.output
     assert sum("no native bfloat16 matrix products" in line for line in cli.stderr.splitlines()) == (0 if native else 1)
+
+
+def test_recover_labels_its_held_out_kl_as_a_top_32_lower_bound(llama_export, text_file, tmp_path):
+    from typer.testing import CliRunner
+
+    from evoprune.cli import app
+
+    args = ["recover", "--model", str(llama_export), "--data", str(text_file), "--out", str(tmp_path / "out"),
+            "--steps", "1", "--seq-len", "64", "--heldout-tokens", "256", "--train-tokens", "256"]  # fmt: skip
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "KL to the teacher, top-32 (nats/token, a lower bound)" in result.stdout
+    assert "KL to the teacher (nats/token)" not in result.stdout

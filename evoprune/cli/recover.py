@@ -122,7 +122,12 @@ def recover_command(
     max_memory: str | None = MAX_MEMORY_OPTION,
     max_latency_ms: float | None = MAX_LATENCY_MS_OPTION,
     run: int | None = typer.Option(None, "--run", help="With --finalists: the run (default: the latest)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    as_json: bool = typer.Option(
+        False,
+        "--json",
+        help="Print the result as JSON (held-out kl: to the teacher's top 32 tokens per position, a lower bound "
+        "of the full-vocabulary KL that training minimises and the per-step kl is).",
+    ),
 ) -> None:
     """Distill an export from its dense model (KL, optionally mixed with the LM loss); write an export again.
 
@@ -167,7 +172,7 @@ def recover_command(
     for col in ("figure", "before", "after", "teacher"):
         table.add_column(col, justify="left" if col == "figure" else "right")
     table.add_row("perplexity", _figure_text(b), _figure_text(a), _figure_text(t))
-    table.add_row("KL to the teacher (nats/token)", _kl_text(b), _kl_text(a), "0")
+    table.add_row("KL to the teacher, top-32 (nats/token, a lower bound)", _kl_text(b), _kl_text(a), "0")
     out_console.print(table)
     resumed = f", continued from step {', '.join(map(str, result.resumed_from))}" if result.resumed_from else ""
     out_console.print(
@@ -224,7 +229,7 @@ def _recover_finalists(k: int, store: str, budget: dict, run: int | None, data: 
         f"{settings.heldout_tokens} tokens of {data}",
         title_justify="left",
     )
-    for col in ("evaluation", "kept", "searched ppl", "before", "after", "KL after", "recovered export"):
+    for col in ("evaluation", "kept", "searched ppl", "before", "after", "KL after (top-32)", "recovered export"):
         table.add_column(col, justify="left" if col == "recovered export" else "right")
     for f in result.finalists:
         mark = " (search's pick)" if f.eval_id == result.search_pick else ""

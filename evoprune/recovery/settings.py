@@ -119,9 +119,11 @@ class RecoverySettings:
 class RecoveryResult:
     """What ``recover`` wrote and measured.
 
-    ``losses``/``kl``/``ce``: per training step (nats per token); ``heldout_before`` /
-    ``heldout_after``: the export before and the result after, on the held-out windows (``ppl``,
-    ``ppl_se``, ``nll``, ``nll_se``, ``tokens``, and ``kl``/``kl_se`` to the teacher's top-k);
+    ``losses``/``kl``/``ce``: per training step (nats per token; ``kl`` over the full vocabulary);
+    ``heldout_before`` / ``heldout_after``: the export before and the result after, on the held-out
+    windows (``ppl``, ``ppl_se``, ``nll``, ``nll_se``, ``tokens``, and ``kl``/``kl_se`` to the
+    teacher's top 32 tokens per position plus one bucket for the rest: a lower bound of the
+    full-vocabulary KL, ``backend.evaluate``);
     ``teacher_heldout``: the teacher there. ``resumed_from``: the step each continuation
     started at (empty for an uninterrupted run). ``stored``: where the recovery was recorded
     (``store``, ``run``, ``evaluation``, ``id``), or None; ``notes``: what the caller should know
