@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import sqlite3
@@ -102,3 +103,16 @@ def test_plan_spend_keeps_the_runs_min_params_unless_the_budget_needs_lower(tmp_
         own = st.evaluations(focused.id)
     assert result.spent == 2 and focused.settings["min_params"] == 0.5
     assert all(e.params_fraction >= 0.5 for e in own)
+
+
+def test_runs_shows_each_runs_method_and_budget(tmp_path, store6, tiny_model_dir, text_file, monkeypatch):
+    path = _copy(store6, tmp_path)
+    search(str(tiny_model_dir), str(text_file), str(path), _settings(evals=1, method="uniform", max_params=0.9))
+    result = evoprune_in_process("runs", "--store", str(path), "--json")
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    assert [(r["method"], r["budget"]) for r in rows] == [("evoprune", "none"), ("uniform", "--max-params 0.9")]
+    monkeypatch.setenv("COLUMNS", "80")
+    table = evoprune_in_process("runs", "--store", str(path)).stdout
+    assert "method" in table and "uniform" in table and "…" not in table
+    assert max(map(len, table.splitlines())) <= 80, table

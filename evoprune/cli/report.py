@@ -39,27 +39,36 @@ def report_command(
 def runs_command(
     store: Path = typer.Option(..., "--store", "-s", help="SQLite pair store."),
     as_json: bool = typer.Option(
-        False, "--json", help="Print JSON: [{run, model, data, ok, failed, pending, created}]."
+        False,
+        "--json",
+        help="Print JSON: [{run, method, budget, model, data, ok, failed, pending, created}] "
+        "(budget: the options it searched under, e.g. '--max-params 0.7', or 'none').",
     ),
 ) -> None:
-    """List the runs in a store with their evaluation counts."""
+    """List the runs in a store with their method, budget and evaluation counts."""
+    from evoprune.objectives.budget import budget_text, recorded_budget
+
     rows = []
     try:
         with Store.open_existing(store, readonly=True) as st:
             for r in st.runs():
                 evs = st.evaluations(r.id)
                 counts = {s: sum(e.status == s for e in evs) for s in ("ok", "failed", "pending")}
-                rows.append({"run": r.id, "model": r.model, "data": r.data, **counts, "created": r.created_at})
+                rows.append({"run": r.id, "method": r.settings.get("method", "evoprune"),
+                             "budget": budget_text(recorded_budget(r)) or "none", "model": r.model, "data": r.data,
+                             **counts, "created": r.created_at})  # fmt: skip
     except EvopruneError as exc:
         _fail(str(exc))
     if as_json:
         _echo_json(rows)
         return
     table = FoldingTable(title=f"runs in {store}", title_justify="left")
-    for col in ("run", "model", "data", "ok", "failed", "pending", "created"):
+    # The evaluation counts share a column, so that method and budget fit 80 columns beside the paths.
+    for col in ("run", "method", "budget", "model", "data", "ok/failed/pending", "created"):
         table.add_column(col)
     for row in rows:
-        table.add_row(*(str(v) for v in row.values()))
+        counts = "/".join(str(row[k]) for k in ("ok", "failed", "pending"))
+        table.add_row(*(str(row[k]) for k in ("run", "method", "budget", "model", "data")), counts, row["created"])
     out_console.print(table)
 
 
