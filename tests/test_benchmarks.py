@@ -94,7 +94,7 @@ def test_criteria_render_pairs_against_the_default(tmp_path):
     from benchmarks.criteria import render
     from evoprune.backend.settings import BackendSettings
 
-    default_tokens = BackendSettings.calib_tokens
+    default_tokens, d = BackendSettings.calib_tokens, BackendSettings.criterion
 
     def row(criterion, compensation, budget, shift, calib=default_tokens):
         nll = [3.0 + 0.1 * (i % 4) + shift for i in range(8)]  # same windows, a constant shift apart
@@ -103,16 +103,16 @@ def test_criteria_render_pairs_against_the_default(tmp_path):
                 "mlp_channels": 1017, "calib_tokens": calib, "calib_seq_len": 512, "window_nll": nll}  # fmt: skip
 
     path = tmp_path / "r.jsonl"
-    rows = [row("flap", "refit", "80%", 0.0), row("wanda-sp", "none", "80%", -0.05)]
-    rows += [row("flap", "refit", "80%", 0.3, 512)]
+    rows = [row(d, "refit", "80%", 0.0), row("wanda-sp", "none", "80%", -0.05)]
+    rows += [row(d, "refit", "80%", 0.3, 512)]
     # Picks are scored with their own search's calibration, whatever the default is now.
-    rows += [row("flap", "refit", "pick s:1:2", 0.0, 512), row("flap", "none", "pick s:1:2", 0.2, 512)]
+    rows += [row(d, "refit", "pick s:1:2", 0.0, 512), row(d, "none", "pick s:1:2", 0.2, 512)]
     path.write_text("\n".join(json.dumps(r) for r in rows))
     text = render([path])
     assert f"{default_tokens:,} calibration tokens in 512-token windows" in text
-    assert "| flap (512 calib tokens) | refit |" in text
+    assert f"| {d} (512 calib tokens) | refit |" in text
     assert "best `wanda-sp` + `none`" in text and "-0.050 ± 0.000 nats" in text
-    assert "| s:1:2 | 0.800 | flap | none |" in text and "+0.200 ± 0.000" in text
+    assert f"| s:1:2 | 0.800 | {d} | none |" in text and "+0.200 ± 0.000" in text
 
 
 def test_amp_benchmark_times_both_precisions_and_says_what_recover_notes():
