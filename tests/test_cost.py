@@ -76,6 +76,7 @@ def test_a_budget_is_written_as_the_options_that_would_state_it():
     # a parameter count came out as "--max-params 9e+07", which reads as a different number
     assert budget_text(Budget(max_params=90e6, max_memory="400MB")) == "--max-params 90000000 --max-memory 400MB"
     assert budget_text(Budget(max_params=0.7, max_latency_ms=12.5)) == "--max-params 0.7 --max-latency-ms 12.5"
+    assert budget_text(Budget(max_latency_ms=float("inf"))) == "--max-latency-ms inf"  # accepted by check()
 
 
 def test_measure_shows_memory_in_the_units_plan_and_max_memory_use(tiny_model_dir):

@@ -90,7 +90,7 @@ def test_taylor_sums_weight_times_gradient_over_each_coupled_group():
 
 
 @pytest.mark.parametrize("unit_size", [1, 3])
-def test_obs_order_is_greedy_and_each_score_is_the_refit_error_of_removing_everything_up_to_it(unit_size):
+def test_obs_order_is_greedy_and_each_score_is_the_refit_error_its_removal_adds(unit_size):
     from evoprune.backend.greedy_obs import DAMPING, greedy_obs_scores
 
     g = torch.Generator().manual_seed(0)
@@ -103,13 +103,17 @@ def test_obs_order_is_greedy_and_each_score_is_the_refit_error_of_removing_every
 
     def error(units) -> float:
         """Squared output error after removing ``units`` and re-fitting the rest (least squares, dampened)."""
+        if not units:
+            return 0.0
         r = torch.tensor([u * unit_size + j for u in units for j in range(unit_size)])
         return float(torch.trace(w[:, r] @ torch.linalg.inv(hinv[r][:, r]) @ w[:, r].T))
 
     order = list(np.argsort(scores))
     assert len(set(scores)) == n and sorted(order) == list(range(n))
+    added = [error(order[:k]) - error(order[: k - 1]) for k in range(1, n + 1)]
     for k in range(1, n):
-        assert scores[order[k - 1]] == pytest.approx(error(order[:k]), rel=1e-8)
+        # the error its removal adds, raised to the running maximum so the order is the ranking
+        assert scores[order[k - 1]] == pytest.approx(max(added[:k]), rel=1e-8)
         # each step removes the unit that raises the error least
         best = min(error(order[: k - 1] + [u]) for u in order[k - 1 :])
         assert error(order[:k]) == pytest.approx(best, rel=1e-8)
@@ -119,6 +123,9 @@ def test_obs_order_is_greedy_and_each_score_is_the_refit_error_of_removing_every
     w[:, unit_size : 2 * unit_size] = float("nan")
     broken = greedy_obs_scores(w, cov, unit_size, block=1)
     assert np.isfinite(broken).all() and np.argmin(broken) == 1
+    # a covariance too indefinite for the dampened Cholesky still gives an order (more damping)
+    assert len(set(greedy_obs_scores(w, cov - 2 * cov.diagonal().mean() * torch.eye(12, dtype=torch.float64),
+                                     unit_size))) == n  # fmt: skip
 
 
 def test_an_unknown_criterion_or_compensation_is_one_clear_line():

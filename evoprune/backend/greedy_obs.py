@@ -32,14 +32,19 @@ CHANNEL_STEPS = 64
 def greedy_obs_scores(
     weight: torch.Tensor, cov: torch.Tensor, unit_size: int = 1, block: int | None = None
 ) -> np.ndarray:
-    """Importance of each input unit of ``weight``: the cumulative output error when greedy OBS removes it.
+    """Importance of each input unit of ``weight``: the output error its removal adds when greedy OBS removes it.
 
     ``weight``: (out, in); ``cov``: (in, in), the covariance of the projection's input over the
     calibration tokens; ``unit_size``: consecutive input features per unit (1 for MLP channels,
     ``head_dim`` for heads); ``block``: units removed per step (default: 1 for heads, about
-    ``in / CHANNEL_STEPS`` for channels). Returns (in // unit_size,) float64 scores, strictly
-    increasing in the order greedy OBS removes the units (higher: more important; removing the
-    units with the lowest scores is greedy OBS's choice), in units of squared output error per token.
+    ``in / CHANNEL_STEPS`` for channels). Returns (in // unit_size,) float64 scores in units of
+    squared output error per token: a unit's score is the error its removal adds at the step
+    greedy OBS removes it (with the update of the rest), raised where needed to just above the
+    score of the unit removed before it, so the scores increase strictly in the order greedy OBS
+    removes the units (higher: more important; removing the lowest scores is greedy OBS's choice).
+    A unit's own added error, not the cumulative error, so scores can be summed over a group
+    (a KV group's heads) and compared across layers as the other criteria's are (FLAP's global
+    ranking, OWL). With ``block`` > 1 each unit of a block is scored by its own error at that step.
     """
     # A broken unit (weights or inputs not finite) counts as carrying nothing: it goes first,
     # and its NaNs do not spread through the updates to every other unit's score.
@@ -52,21 +57,19 @@ def greedy_obs_scores(
     n = w.shape[1] // unit_size
     if block is None:
         block = 1 if unit_size > 1 else max(1, n // CHANNEL_STEPS)
-    damp = DAMPING * c.diagonal().mean().clamp_min(1e-12)
-    hinv = torch.cholesky_inverse(
-        torch.linalg.cholesky(c + damp * torch.eye(len(c), dtype=torch.float64, device=c.device))
-    )
+    hinv = _dampened_inverse(c)
     units = torch.arange(n, device=w.device)  # the units still there, in the order of their columns in w and hinv
     scores = np.zeros(n)
-    total = 0.0
+    level = 0.0
     while len(units):
         cols = torch.arange(len(units) * unit_size, device=w.device).reshape(len(units), unit_size)
         costs = _removal_errors(w, hinv, cols)
         order = torch.argsort(costs)[:block]
         for u, cost in zip(units[order].tolist(), costs[order].tolist(), strict=True):
-            # Strictly increasing, so the ranking is greedy OBS's order even where errors are 0.
-            total = max(total + max(cost, 0.0), float(np.nextafter(total, np.inf)))
-            scores[u] = total
+            # Strictly increasing, so the ranking is greedy OBS's order even where a later unit
+            # adds less error than an earlier one or errors are 0.
+            level = max(cost, float(np.nextafter(level, np.inf)))
+            scores[u] = level
         idx = cols[order].flatten()
         keep = torch.ones(len(units), dtype=torch.bool, device=w.device)
         keep[order] = False
@@ -78,6 +81,19 @@ def greedy_obs_scores(
         hinv = hinv[rest][:, rest] - hinv[rest][:, idx] @ step
         units = units[keep]
     return scores
+
+
+def _dampened_inverse(c: torch.Tensor) -> torch.Tensor:
+    """``(c + lambda I)^-1`` with ``lambda`` = ``DAMPING`` x the mean of ``diag c``, raised tenfold
+    until the Cholesky factorisation succeeds (a covariance computed as ``E[x x^T] - m m^T`` in
+    floating point can be slightly indefinite, e.g. with near-constant features)."""
+    eye = torch.eye(len(c), dtype=torch.float64, device=c.device)
+    scale = c.diagonal().mean().clamp_min(1e-12)
+    for tries in range(8):
+        chol, info = torch.linalg.cholesky_ex(c + DAMPING * 10**tries * scale * eye)
+        if int(info) == 0:
+            return torch.cholesky_inverse(chol)
+    return torch.diag(1.0 / (c.diagonal().clamp_min(0.0) + DAMPING * scale))  # no usable correlations: diagonal
 
 
 def _removal_errors(w: torch.Tensor, hinv: torch.Tensor, unit_cols: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,8 @@ modules) and higher means more important:
 - ``obs``: greedy structured Optimal Brain Surgeon (ZipLM, SlimGPT; ``greedy_obs.py``): per
   layer, the order in which removing units from the ``down`` (channels) and ``o`` (heads)
   projections, each followed by the least-squares update of the rest, raises the output's error
-  least; a unit's score is the cumulative error when it is removed. The selection that matches
+  least; a unit's score is the error its removal adds then (raised so the scores increase in that
+  order, so they rank as greedy OBS removes and sum over a group). The selection that matches
   ``refit`` compensation. It reads the inputs' covariance (``NEEDS_COVARIANCE``).
 - ``taylor``: first-order Taylor of LLM-Pruner (Ma et al. 2023), the element-wise ``|W * dL/dW|``
   summed over each coupled group, with the gradient of the language-modelling loss accumulated over
@@ -212,7 +213,7 @@ CRITERIA: dict[str, Callable] = {
 # Criteria that read the covariance of the o and down inputs (collected with the statistics).
 NEEDS_COVARIANCE = frozenset({"obs"})
 # Bumped when a criterion's definition changes, so stale cached scores are not reused.
-_VERSIONS = {"taylor": 2}
+_VERSIONS = {"taylor": 2, "obs": 2}  # obs 2: a unit's own added error, not the cumulative error
 
 
 def importance_cache_key(model_fingerprint: str, data_fingerprint: str, criterion: str, n_tokens: int) -> str:

@@ -45,7 +45,7 @@ def _option_value(value: str | float) -> str:
     """A budget value as it would be typed: a parameter count in full (``90000000``, not ``9e+07``)."""
     if isinstance(value, str):
         return value
-    return str(int(value)) if value > 1 and value == int(value) else f"{value:g}"
+    return str(int(value)) if 1 < value < float("inf") and value == int(value) else f"{value:g}"
 
 
 def cost_evaluator(run: Run, latency: bool = True) -> CostEvaluator:
