@@ -116,3 +116,13 @@ def test_runs_shows_each_runs_method_and_budget(tmp_path, store6, tiny_model_dir
     table = evoprune_in_process("runs", "--store", str(path)).stdout
     assert "method" in table and "uniform" in table and "…" not in table
     assert max(map(len, table.splitlines())) <= 80, table
+
+
+def test_a_kl_search_records_a_hypervolume_and_refines_by_the_same_limit(tmp_path, tiny_model_dir, text_file):
+    # The reference point and the level cuts also took KL as a ratio of the dense model's ~0:
+    # the reference sat near 2e-7 nats, so every round's hypervolume was 0.
+    path = tmp_path / "kl.db"
+    search(str(tiny_model_dir), str(text_file), str(path), _settings(evals=12, objectives="kl,params"))
+    with sqlite3.connect(path) as db:
+        volumes = [v for (v,) in db.execute("SELECT hypervolume FROM rounds WHERE hypervolume IS NOT NULL")]
+    assert volumes and max(volumes) > 1e-3, volumes

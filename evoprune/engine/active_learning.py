@@ -138,13 +138,15 @@ class ActiveLearning(Strategy):
         As the paper narrows its space with the predictor's feature importance, we use partial
         dependence: for each variable, set it to each level in every evaluated configuration and
         average the predicted quality. A level is cut when its predicted loss exceeds level 0's
-        by more than log(max_ppl_ratio) and at least two evaluated configurations reached it.
+        by more than ``max_ppl_ratio`` allows (``objectives.spec.quality_limit``: a factor of
+        perplexity, the same increase in nats for KL, no cut for accuracy) and at least two
+        evaluated configurations reached it.
         """
         upper = ctx.space.upper.copy()
         if not ctx.settings.refine or len(X) < 8:
             return upper
-        model = models[ctx.objectives.quality[0]]
-        limit = math.log(ctx.settings.max_ppl_ratio)
+        name = ctx.objectives.quality[0]
+        model = models[name]
         # One prediction over every (variable, level) substitution: per-call overhead dominates.
         blocks, index = [], []
         for i in range(ctx.space.n_var):
@@ -158,9 +160,12 @@ class ActiveLearning(Strategy):
         pred = model.predict(featurize(np.vstack(blocks))).reshape(len(blocks), len(X)).mean(axis=1)
         pd = {key: float(v) for key, v in zip(index, pred, strict=True)}
         for i in range(ctx.space.n_var):
+            limit = quality_limit(name, pd[(i, 0)], ctx.settings.max_ppl_ratio)
+            if limit is None:
+                continue
             for level in range(1, upper[i] + 1):
                 reached = int(np.sum(X[:, i] >= level))
-                if pd[(i, level)] - pd[(i, 0)] > limit and reached >= 2:
+                if pd[(i, level)] > limit and reached >= 2:
                     upper[i] = level - 1
                     break
         return upper

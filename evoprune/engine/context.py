@@ -25,7 +25,7 @@ from evoprune.engine.settings import ProgressFn, SearchSettings, log_progress
 from evoprune.errors import EvopruneError
 from evoprune.execution.executors import Executor, Job, LocalExecutor, WorkerFailure
 from evoprune.objectives.pareto import hypervolume_of
-from evoprune.objectives.spec import CostEvaluator, Objectives, quality_value
+from evoprune.objectives.spec import CostEvaluator, Objectives, quality_limit, quality_value
 from evoprune.store import Evaluation, Run, Screening, Store
 
 
@@ -300,7 +300,8 @@ class SearchContext(FidelityLadder):
 
     # -- tracking ---------------------------------------------------------------------------
     def reference_point(self) -> np.ndarray | None:
-        """A fixed reference for hypervolume: ``max_ppl_ratio`` times the best quality of the design."""
+        """A fixed reference for hypervolume: the quality ``max_ppl_ratio`` allows from the best of
+        the design (``objectives.spec.quality_limit``), and the design's highest cost."""
         design = [e for e in self.evaluations() if e.status == "ok" and e.origin == "design"]
         if not design:
             return None
@@ -309,8 +310,10 @@ class SearchContext(FidelityLadder):
         for j, name in enumerate(self.objectives.names):
             if name in self.objectives.costs:
                 ref.append(np.max(F[:, j]) * 1.0001 if name != "params" else 1.0 + 1e-9)
-            else:
-                ref.append(np.nanmin(F[:, j]) + math.log(self.settings.max_ppl_ratio))
+            else:  # as far from the best as --max-ppl-ratio allows (for KL: in nats, not a ratio of ~0)
+                best = float(np.nanmin(F[:, j]))
+                limit = quality_limit(name, best, self.settings.max_ppl_ratio)
+                ref.append(best + math.log(self.settings.max_ppl_ratio) if limit is None else limit)
         return np.array(ref)
 
     def hypervolume(self) -> float | None:
