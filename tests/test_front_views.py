@@ -17,7 +17,7 @@ import pytest
 from evoprune.choice.compare import CompareRow
 from evoprune.choice.plan import plan
 from evoprune.engine.run import search
-from evoprune.objectives.pareto import knee_index, objectives, pareto_front, rung_offsets, selection_value
+from evoprune.objectives.pareto import knee_index, knee_of, objectives, pareto_front, rung_offsets, selection_value
 from evoprune.objectives.spec import Budget, quality_from_value
 from evoprune.reporting.plots import front_figure
 from evoprune.store import Store
@@ -81,7 +81,7 @@ def test_a_kl_run_is_shown_by_kl_in_the_table_the_plot_its_knee_and_plan(kl_stor
     assert x == [p.params_fraction for p in points]
     offsets = rung_offsets(shared, "kl")
     assert y == pytest.approx([quality_from_value("kl", selection_value(e, "kl", offsets)) for e in front])
-    assert knee == points[knee_index(objectives(front, ("kl", "params")))].id
+    assert knee == points[knee_of(front, "kl")].id
     # the table: a kl column (and valid kl), no ppl column
     result = evoprune_in_process("pareto", "--store", str(kl_store))
     assert result.returncode == 0, result.stderr
@@ -136,3 +136,17 @@ def test_the_json_help_of_pareto_and_plan_names_each_points_run():
     pareto_help = inspect.signature(pareto_command).parameters["as_json"].default.help
     assert "points: [{id, run, params" in pareto_help
     assert "evaluation_run" in inspect.signature(plan_command).parameters["as_json"].default.help
+
+
+def test_the_knee_of_a_kl_front_is_not_pulled_to_the_dense_model():
+    from evoprune.store import Evaluation
+
+    # The dense model's KL of ~0 (floored to 1e-8) on a log axis made the knee 95% kept.
+    kept = [1, 0.95, 0.9, 0.8, 0.7, 0.6, 0.5]
+    kl = [0, 0.02, 0.05, 0.15, 0.4, 1, 2.5]
+    front = [
+        Evaluation(i, 1, str(i), [], "ok", "design", 0, 0, kept[i], {"kl": kl[i]}, {}, None, None, "", None, None)
+        for i in range(len(kept))
+    ]
+    assert knee_index(objectives(front, ("kl", "params"))) == 1  # what it was
+    assert front[knee_of(front, "kl")].params_fraction in (0.8, 0.7)

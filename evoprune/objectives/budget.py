@@ -8,7 +8,7 @@ import numpy as np
 
 from evoprune.errors import EvopruneError
 from evoprune.objectives.cost import CostModel
-from evoprune.objectives.pareto import best_of, front_of, knee_index, objectives, run_objectives, rung_offsets
+from evoprune.objectives.pareto import best_of, front_of, knee_of, run_objectives, rung_offsets
 from evoprune.objectives.spec import Budget, CostEvaluator, is_quality, parse_size, size_text
 from evoprune.space import SearchSpace
 from evoprune.store import Evaluation, Run, Store
@@ -179,7 +179,7 @@ def pick_evaluation(store: Store, run: Run, pick: str, budget: Budget | float | 
                 f"run {run.id} has no configuration under the budget ({budget_text(limits)}) with every objective "
                 "measured: pass --pick ID, or --pick best"
             )
-        return front[knee_index(objectives(front, (metric, "params")))]
+        return front[knee_of(front, metric)]
     try:
         eval_id = int(pick)
     except ValueError:

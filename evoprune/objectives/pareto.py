@@ -215,6 +215,17 @@ def hypervolume_of(F: np.ndarray, ref: np.ndarray) -> float:
     return float(HV(ref_point=ref)(F)) if len(F) else 0.0
 
 
+def knee_of(front: list[Evaluation], metric: str) -> int:
+    """Index in ``front`` of its knee by ``metric`` against the kept parameter fraction, with the
+    quality in nats per token where it has them: log perplexity (a cross-entropy), KL itself, not
+    its log (the dense model's KL of about 0, floored to 1e-8, stretched a log axis so far that
+    the knee fell on near-dense configurations), and minus an accuracy."""
+    F = objectives(front, (metric, "params"))
+    if metric == "kl":
+        F[:, 0] = np.exp(F[:, 0])
+    return knee_index(F)
+
+
 def knee_index(F: np.ndarray) -> int:
     """The front point farthest from the straight line through its two extremes (normalised).
 

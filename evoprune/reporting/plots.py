@@ -24,8 +24,7 @@ from scipy.stats import norm  # noqa: E402
 from evoprune.objectives.pareto import (  # noqa: E402
     front_evaluations,
     front_of,
-    knee_index,
-    objectives,
+    knee_of,
     quality_objective,
     rung_offsets,
     selection_value,
@@ -84,7 +83,7 @@ def front_figure(store: Store, run: Run, budget_lines: list[float] | None = None
         fx = [e.params_fraction for e in front]
         fy = [quality_from_value(quality, selection_value(e, quality, offsets)) for e in front]
         ax.plot(fx, fy, "-o", c="#1f77b4", ms=5, label="Pareto front (highest rung)")
-        k = knee_index(objectives(front, (quality, "params")))
+        k = knee_of(front, quality)
         ax.scatter([fx[k]], [fy[k]], s=140, facecolors="none", edgecolors="#d62728", linewidths=2,
                    label=f"knee (#{front[k].id})")  # fmt: skip
     for b in budget_lines or []:
