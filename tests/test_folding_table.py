@@ -51,3 +51,16 @@ def test_a_table_that_fits_is_rendered_as_rich_renders_it():
     ours.print(table)
     assert [c.width for c in table.columns] == [None] * 3  # the widths it lent rich are given back
     assert "predictor-rank (skipped)" in ours.export_text()
+
+
+def test_headers_given_to_the_constructor_markup_and_extra_cells_are_measured_as_shown():
+    from rich.text import Text
+
+    table = FoldingTable("method", "run")  # rich adds these through add_column before __init__ ends
+    table.add_row(Text("[bold]predictor-rank[/bold]"), "[bold]12[/bold]", "extra cell")  # a third column appears
+    console = Console(width=30, record=True, color_system=None)
+    console.print(table)
+    text = console.export_text()
+    assert "[bold]pr" in text  # a Text cell is shown as it is, not read as markup
+    assert "12" in text and "[bold]12" not in text and max(len(line.rstrip()) for line in text.splitlines()) <= 30
+    assert all(line.count("│") == 4 for line in text.splitlines() if line.startswith("│"))  # three columns

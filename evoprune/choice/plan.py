@@ -132,10 +132,9 @@ def focused_min_params(run: Run, min_params: float, budget: Budget) -> float:
         return 0.0
     costs = cost_evaluator(run, latency=budget.max_latency_ms is not None)
     names, limits = costs.constraints(budget)
-    others = [i for i, name in enumerate(names) if name != "params"]
-    if not others:
+    if all(name == "params" for name in names):
         return min_params
     X = np.vstack([*(np.array(c) for c in structured_families(space).values()), intensity_sample(space, 512, 0)])
     X = X[space.params_matrix(X) / space.arch.dense_params() >= min_params]
-    meets = np.all(costs.matrix(X, [names[i] for i in others]) <= limits[others], axis=1)
+    meets = np.all(costs.matrix(X, names) <= limits, axis=1)  # every bound at once, the parameter limit too
     return min_params if meets.any() else 0.0

@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich.cells import cell_len
 from rich.console import Console, ConsoleOptions, RenderResult
 from rich.table import Table
+from rich.text import Text
 
 
 class FoldingTable(Table):
@@ -18,20 +19,23 @@ class FoldingTable(Table):
     words stay whole and only lines wrap. Cells are plain strings (rich markup allowed)."""
 
     def __init__(self, *args, **kwargs) -> None:
+        # Before rich's constructor, which adds the columns given as headers through add_column.
+        self._texts: list[list[str | None]] = []  # per column: header, then each cell, as plain text
         super().__init__(*args, **kwargs)
-        self._texts: list[list[str]] = []  # per column: header, then each cell, as plain text
 
     def add_column(self, header: str = "", *args, overflow: str = "fold", **kwargs) -> None:
         super().add_column(header, *args, overflow=overflow, **kwargs)
-        self._texts.append([str(header)])
+        self._texts.append([_plain(header)])
 
     def add_row(self, *cells, **kwargs) -> None:
-        super().add_row(*cells, **kwargs)
+        super().add_row(*cells, **kwargs)  # rich adds a column for each cell beyond the last
+        while len(self._texts) < len(self.columns):
+            self._texts.append([""])
         for texts, cell in zip(self._texts, cells, strict=False):
-            texts.append("" if cell is None else str(cell))
+            texts.append(_plain(cell))
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        widths = self._whole_word_widths(console, options.max_width)
+        widths = self._whole_word_widths(options.max_width)
         saved = [c.width for c in self.columns]
         if widths is not None:
             for column, width in zip(self.columns, widths, strict=True):
@@ -42,12 +46,14 @@ class FoldingTable(Table):
             for column, width in zip(self.columns, saved, strict=True):
                 column.width = width
 
-    def _whole_word_widths(self, console: Console, max_width: int) -> list[int] | None:
+    def _whole_word_widths(self, max_width: int) -> list[int] | None:
         """Column widths (without padding) that keep words whole in ``max_width`` cells, or None
         where rich's own widths do: the table fits, a width is set, or the words cannot fit."""
-        if not self.columns or any(c.width is not None for c in self.columns) or self.expand:
+        if not self.columns or any(c.width is not None for c in self.columns) or self.expand or self.width:
             return None
-        plain = [[console.render_str(t).plain for t in texts] for texts in self._texts]
+        if any(t is None for texts in self._texts for t in texts):  # a renderable this table cannot measure
+            return None
+        plain = self._texts
         natural = [max(cell_len(line) for t in col for line in t.splitlines() or [""]) for col in plain]
         word = [max([cell_len(w) for t in col for w in t.split()] or [1]) for col in plain]
         _, right, _, left = self.padding
@@ -63,3 +69,17 @@ class FoldingTable(Table):
         for i in sorted(range(n), key=lambda i: extra[i] - lacking[i])[: spare - sum(extra)]:
             extra[i] += 1
         return [w + e for w, e in zip(word, extra, strict=True)]
+
+
+def _plain(cell) -> str | None:
+    """What a cell shows, as plain text (markup resolved); None for a renderable other than text."""
+    if cell is None:
+        return ""
+    if isinstance(cell, Text):
+        return cell.plain
+    if isinstance(cell, str):
+        try:
+            return Text.from_markup(cell).plain
+        except Exception:  # noqa: BLE001 - text that is not valid markup is measured as it is
+            return cell
+    return None
