@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -403,15 +404,21 @@ def test_a_worker_built_from_the_recipe_reports_the_users_own_metrics(
     assert [e.metrics for e in runs["there"].evaluations] == [e.metrics for e in runs["here"].evaluations]
 
 
-def test_a_budget_focuses_acquisition_just_under_it(tmp_path, tiny_model_dir, text_file):
+@pytest.mark.parametrize("criterion", ["flap", "obs"])
+def test_a_budget_focuses_acquisition_just_under_it(tmp_path, tiny_model_dir, text_file, criterion):
+    # under obs the fills of the band converged on evaluated configurations and acquisition left the band
+    backend = replace(BACKEND, criterion=criterion)
     focused = search(
-        str(tiny_model_dir), str(text_file), str(tmp_path / "f.db"), _settings(evals=14, max_params=0.7, min_params=0.0)
+        str(tiny_model_dir),
+        str(text_file),
+        str(tmp_path / "f.db"),
+        _settings(evals=14, max_params=0.7, min_params=0.0, backend=backend),
     )
     spread = search(
         str(tiny_model_dir),
         str(text_file),
         str(tmp_path / "s.db"),
-        _settings(evals=14, max_params=0.7, min_params=0.0, focus=0.0),
+        _settings(evals=14, max_params=0.7, min_params=0.0, focus=0.0, backend=backend),
     )
     near = [e.params_fraction for e in focused.evaluations if e.origin == "acquired"]
     wide = [e.params_fraction for e in spread.evaluations if e.origin == "acquired"]

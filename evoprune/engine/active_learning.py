@@ -20,7 +20,6 @@ from pymoo.operators.crossover.sbx import SBX
 from pymoo.operators.mutation.pm import PM
 from pymoo.operators.repair.rounding import RoundingRepair
 from pymoo.optimize import minimize
-from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 from pymoo.util.ref_dirs import get_reference_directions
 from scipy.stats import kendalltau
 
@@ -29,6 +28,7 @@ from evoprune.engine.checked_surrogate import CheckedSurrogate
 from evoprune.engine.context import SearchContext
 from evoprune.engine.design import feasible_design, intensity_sample
 from evoprune.engine.features import FeatureMap
+from evoprune.engine.focus_band import band_candidates
 from evoprune.engine.local_moves import moves_around_incumbents
 from evoprune.engine.registry import Strategy, register_strategy
 from evoprune.errors import EvopruneError
@@ -195,7 +195,7 @@ class ActiveLearning(Strategy):
         )
         res = minimize(problem, self._algorithm(ctx, seeds[: s.pop_size]), ("n_gen", s.generations), seed=seed)
         pool, rank = self._candidates(ctx, res)
-        pool, rank = self._band(ctx, pool, rank, self._objective_fn(ctx, models, featurize))
+        pool, rank = band_candidates(ctx, pool, rank, self._objective_fn(ctx, models, featurize), upper)
         k = min(s.batch, ctx.budget_left())
         n_local = math.floor(k * s.local_share)
         local = moves_around_incumbents(ctx, models[ctx.objectives.quality[0]], featurize, upper, n_local)
@@ -299,50 +299,6 @@ class ActiveLearning(Strategy):
                 out.append(x)
                 ranks.append(rank[i])
         return np.array(out, dtype=int).reshape(-1, ctx.space.n_var), np.array(ranks)
-
-    def _band(self, ctx: SearchContext, pool, rank, objective_fn):
-        """Under a budget with ``focus``, candidates inside the band just under it, ranked by
-        non-dominated sorting among themselves. The final population's front spreads over every
-        cost and may hold few of them, while the band is where the answer lies: when it holds
-        fewer than a batch, the best-ranked candidates below it are filled up to the budget
-        (``_fill``) first. Unchanged without a budget or focus."""
-        slack = ctx.focus_slack(pool) if len(pool) else None
-        k = max(1, min(ctx.settings.batch, ctx.budget_left()))
-        if slack is None:
-            return pool, rank
-        band = pool[slack <= 0]
-        if len(band) < k:
-            known = ctx.known_keys() | {ctx.space.key(x) for x in band}
-            filled = []
-            for x in pool[np.argsort(rank, kind="stable")][: 4 * k]:
-                y = self._fill(ctx, x, objective_fn)
-                key = ctx.space.key(y)
-                if key not in known and ctx.focus_slack(y[None])[0] <= 0:
-                    known.add(key)
-                    filled.append(y)
-            band = np.array(list(band) + filled, dtype=int).reshape(-1, ctx.space.n_var)
-        if len(band) < k:
-            return pool, rank
-        fronts = NonDominatedSorting().do(objective_fn(band))
-        band_rank = np.empty(len(band))
-        for r, members in enumerate(fronts):
-            band_rank[members] = r
-        return band, band_rank
-
-    @staticmethod
-    def _fill(ctx: SearchContext, x: np.ndarray, objective_fn) -> np.ndarray:
-        """``x`` with pruning taken back one level at a time, each step the one the surrogate
-        predicts best, until no step stays within the budget: a candidate that spends it."""
-        q = ctx.objectives.names.index(ctx.objectives.quality[0])
-        x = x.copy()
-        while True:
-            steps = np.flatnonzero(x > 0)
-            trials = np.repeat(x[None], len(steps), axis=0)
-            trials[np.arange(len(steps)), steps] -= 1
-            trials = trials[ctx.feasible(trials)] if len(trials) else trials
-            if not len(trials):
-                return x
-            x = trials[int(np.argmin(objective_fn(trials)[:, q]))]
 
     def _focus(self, ctx: SearchContext, pool, mean, std, k):
         """Keep the candidates inside the focus band under the budget, or the ``k`` closest to it."""

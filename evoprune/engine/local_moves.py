@@ -91,7 +91,7 @@ def moves_around_incumbents(ctx: SearchContext, model, featurize, upper: np.ndar
         return none
     X = np.array([e.levels for e in ok], dtype=int)
     values = np.array([quality_value(ctx.objectives.quality[0], e.metrics) for e in ok])
-    inside = _admissible(ctx, X, known=set()) & np.isfinite(values)
+    inside = admissible(ctx, X, known=set()) & np.isfinite(values)
     order = [i for i in np.argsort(values, kind="stable") if inside[i]][:n]
     if not order:
         return none
@@ -100,14 +100,15 @@ def moves_around_incumbents(ctx: SearchContext, model, featurize, upper: np.ndar
         X[order],
         ctx.space.lower,
         upper,
-        lambda Z: _admissible(ctx, Z, known),
+        lambda Z: admissible(ctx, Z, known),
         lambda Z: model.predict(featurize(Z)),
         n,
     )
 
 
-def _admissible(ctx: SearchContext, X: np.ndarray, known: set[str]) -> np.ndarray:
-    """Feasible, inside the focus band (when there is one) and not in ``known``."""
+def admissible(ctx: SearchContext, X: np.ndarray, known: set[str]) -> np.ndarray:
+    """Mask (m,) of the configurations ``X`` (m, n_var) that are feasible,
+    inside the focus band (when there is one) and not in ``known``."""
     ok = ctx.feasible(X)
     slack = ctx.focus_slack(X)
     if slack is not None:
