@@ -943,7 +943,7 @@ def test_a_given_allocation_exports_exactly_as_the_masks_apply_it(tmp_path, tiny
     told = evoprune("export", "--model", model, "--config", config, "--data", str(text_file), *GRID_ARGS,
                     "--out", str(tmp_path / "told"))  # fmt: skip
     assert told.returncode == 0, told.stderr
-    assert f"by flap importance on 256 tokens of {text_file}" in " ".join(told.stdout.split()), told.stdout
+    assert f"by obs importance on 256 tokens of {text_file}" in " ".join(told.stdout.split()), told.stdout
     # Its plan.json alone exports it again (it records the text), bit for bit.
     again = export_config(model, str(out / "plan.json"), tmp_path / "again")
     assert again.params == written["params"]

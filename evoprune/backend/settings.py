@@ -32,7 +32,7 @@ class BackendSettings:
     calibration windows, so the figure a pick is reported with was never selected on.
     """
 
-    criterion: str = "flap"  # obs is better on held-out text; why not the default: BENCHMARKS.md, "At the obs default"
+    criterion: str = "obs"  # best on held-out text with refit (BENCHMARKS.md, "Importance criteria and compensation")
     compensation: str = "refit"
     eval_tokens: int = 2048
     calib_tokens: int = 16384
