@@ -155,3 +155,35 @@ def test_scores_reused_by_a_search_count_as_used_even_where_access_times_lag(
     backend.score()
     assert backend.importance_cached  # read back, not computed again
     assert all(e.last_used >= reused_at for e in cache_entries(["importance"]))
+
+
+def test_processes_converting_one_model_at_once_each_get_the_whole_directory(tmp_path):
+    # Two benchmark parts that converted the zoo model at once failed: each wrote and deleted the
+    # same ``*.partial`` directory. Each writer now has its own; the first rename wins.
+    import threading
+
+    from evoprune.backend.loading import publish_dir
+
+    target = tmp_path / "models" / "m"
+    started = threading.Barrier(2)
+    results, errors = [], []
+
+    def write(tmp: Path) -> None:
+        (tmp / "weights.bin").write_bytes(b"x" * 1000)
+        started.wait(timeout=10)  # both are writing before either renames
+        (tmp / "config.json").write_text("{}")
+
+    def convert() -> None:
+        try:
+            results.append(publish_dir(write, target))
+        except Exception as exc:  # noqa: BLE001 - the test reports any failure of either writer
+            errors.append(exc)
+
+    threads = [threading.Thread(target=convert) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and results == [target, target]
+    assert sorted(p.name for p in target.iterdir()) == ["config.json", "weights.bin"]
+    assert [p.name for p in target.parent.iterdir()] == ["m"]  # no partial directory left

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,26 +75,54 @@ def dequantize_gguf(gguf_path: Path, out_dir: Path) -> Path:
     config.dtype = torch.float32
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(loaded.state_dict())
-    tmp = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    plain.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)
+
+    def write(tmp: Path) -> None:
+        plain.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+
+    return publish_dir(write, out_dir)
+
+
+def publish_dir(write: Callable[[Path], None], out_dir: Path, marker: str = "config.json") -> Path:
+    """``out_dir``, written by ``write`` into a directory of its own and then renamed into place.
+
+    Processes that convert the same model at once (parallel benchmark parts, Ray workers) each
+    write their own ``*.partial`` directory; the first rename wins and the others keep its
+    result, so no process reads or deletes a directory another one is writing. ``marker``: the
+    file whose presence says ``out_dir`` is complete.
+    """
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", suffix=".partial", dir=out_dir.parent))
+    try:
+        write(tmp)
+        if out_dir.exists() and not (out_dir / marker).exists():
+            shutil.rmtree(out_dir, ignore_errors=True)  # an incomplete one from an older version
+        try:
+            tmp.rename(out_dir)
+        except OSError:
+            if not (out_dir / marker).exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 
 def fetch_zoo_model(name: str) -> Path:
     """Local directory of a named model, downloading and converting it on first use."""
+    from filelock import FileLock
+
     entry = ZOO[name]
     target = cache_dir("models") / name
-    if (target / "config.json").exists():
-        for file in target.iterdir():
-            mark_used(file)
-        return target
-    with tempfile.TemporaryDirectory(prefix="evoprune-") as tmp:
-        gguf = _download_gguf(entry, Path(tmp))
-        return dequantize_gguf(gguf, target)
+    # One process converts; the others wait for it and reuse its result (the lock file is the one
+    # ``evoprune cache clear`` looks for, so it leaves an entry that is being written).
+    with FileLock(str(target.with_name(f"{target.name}.lock"))):
+        if (target / "config.json").exists():
+            for file in target.iterdir():
+                mark_used(file)
+            return target
+        with tempfile.TemporaryDirectory(prefix="evoprune-") as tmp:
+            gguf = _download_gguf(entry, Path(tmp))
+            return dequantize_gguf(gguf, target)
 
 
 # -- resolving and loading ------------------------------------------------------------------------
