@@ -95,6 +95,14 @@ def test_a_kl_run_is_shown_by_kl_in_the_table_the_plot_its_knee_and_plan(kl_stor
     result = evoprune_in_process("plan", "--store", str(kl_store), "--max-params", budget)
     assert result.returncode == 0, result.stderr
     assert "measured kl " in result.stdout and "measured ppl" not in result.stdout
+    # the report's front table too: KL columns with the front's KL figures
+    from evoprune.reporting.report import write_report
+
+    with Store.open_existing(kl_store, readonly=True) as st:
+        page = write_report(st, kl_store.parent / "report").read_text()
+    front_table = page.split("<h2>Pareto front</h2>")[1].split("</table>")[0]
+    assert "<th>KL</th>" in front_table and "<th>ppl</th>" not in front_table, front_table[:400]
+    assert f"<td>{points[0].fidelity['metrics']['kl']:.4f}" in front_table
 
 
 def test_compare_lists_methods_best_first_by_the_top_rung_in_the_table_and_json(monkeypatch, tmp_path):

@@ -10,7 +10,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from evoprune.errors import make_output_dir
-from evoprune.objectives.pareto import best_of, pareto_front, top_rung
+from evoprune.objectives.pareto import best_of, pareto_front, quality_objective, top_rung
 from evoprune.reporting.plots import front_figure, levels_figure, predictions_figure, render_png, rounds_figure
 from evoprune.reporting.prediction_metrics import MIN_TAU_POINTS
 from evoprune.reporting.prediction_metrics import number_text as _fmt
@@ -181,10 +181,14 @@ def write_report(store: Store, out_dir: str | Path, run_id: int | None = None) -
     predictions = search_predictions(store, run)
     images = {name: _img(render_png(fig), name) for name, fig in report_figures(store, run, predictions).items()}
     points = pareto_front(store, run)
+    quality = quality_objective(run)  # the front's, as pareto shows it: ppl, kl or acc:TASK
+    spec = {"ppl": ".2f", "kl": ".4f"}.get(quality, ".3f")
+    label = {"ppl": "ppl", "kl": "KL"}.get(quality, quality)
     front_rows = [[p.id, f"{p.params / 1e6:.2f}M", f"{p.params_fraction:.1%}",
-                   _figure(p.fidelity["metrics"], "ppl") if p.fidelity else "-",
-                   (p.fidelity or {}).get("tokens") or "-", _figure(p.metrics, "ppl"), _figure(p.metrics, "kl", ".4f"),
-                   _figure(p.validation["metrics"], "ppl") if p.validation else "-",
+                   _figure(p.fidelity["metrics"], quality, spec) if p.fidelity else "-",
+                   (p.fidelity or {}).get("tokens") or "-", _figure(p.metrics, quality, spec),
+                   _figure(p.metrics, "kl", ".4f"),
+                   _figure(p.validation["metrics"], quality, spec) if p.validation else "-",
                    p.found(run.id)] for p in points]  # fmt: skip
     L = run.space["arch"]["num_layers"]
 
@@ -205,12 +209,23 @@ def write_report(store: Store, out_dir: str | Path, run_id: int | None = None) -
         f"{len(store.evaluations(run.id))} evaluations.</p>",
         "<h2>Pareto front</h2>",
         images["front"],
-        "<p>ppl: on the highest rung of the fidelity ladder the configuration reached (its tokens), the figure "
-        "choices use, as <code>evoprune pareto</code> shows it; first rung: its first measurement, and KL to the "
-        "dense model on the same tokens; validation: the disjoint validation split, never used to choose; ± one "
-        "standard error.</p>",
+        f"<p>{html.escape(label)}: on the highest rung of the fidelity ladder the configuration reached (its "
+        "tokens), the figure choices use, as <code>evoprune pareto</code> shows it; first rung: its first "
+        "measurement, and KL to the dense model on the same tokens; validation: the disjoint validation split, "
+        "never used to choose; ± one standard error.</p>",
         _table(
-            ["id", "params", "kept", "ppl", "tokens", "first rung", "first-rung KL", "validation", "found"], front_rows
+            [
+                "id",
+                "params",
+                "kept",
+                label,
+                "tokens",
+                f"first rung {label}",
+                "first-rung KL",
+                f"validation {label}",
+                "found",
+            ],
+            front_rows,
         ),  # fmt: skip
         "<h2>Per-layer levels on the front</h2>",
         images["levels"],
