@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
@@ -87,3 +88,9 @@ def test_measure_shows_memory_in_the_units_plan_and_max_memory_use(tiny_model_di
     assert result.returncode == 0, result.stderr
     (row,) = [line for line in result.stdout.splitlines() if "weight memory" in line]
     assert "MiB" not in row and re.search(r"\d kB|\d MB", row), row
+    # where it ran is an option, and the JSON says it (a newcomer could not time a GPU)
+    result = evoprune_in_process(
+        "measure", "--model", str(tiny_model_dir), "--seq-len", "16", "--repeats", "1", "--device", "cpu", "--json"
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["device"] == "cpu"

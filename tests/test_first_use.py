@@ -283,6 +283,8 @@ def test_third_newcomer_bad_input_gets_one_line_and_leaves_nothing(tmp_path, sea
     # timed a length the model cannot take (a long one ran for minutes)
     _one_line_error(evoprune_in_process("measure", "--model", str(tiny_model_dir), "--seq-len", "1024"),
                     "--seq-len 1024 is longer than the model's context of 512 tokens")  # fmt: skip
+    _one_line_error(evoprune_in_process("measure", "--model", str(tiny_model_dir), "--device", "tpu"),
+                    "--device 'tpu' is not a device")  # fmt: skip
     _one_line_error(evoprune_in_process("pareto", "--store", str(tmp_path)), "is a directory")
     out = tmp_path / "report"
     _one_line_error(evoprune_in_process("report", "--store", str(searched_store), "--out", str(out), "--run", "99"),

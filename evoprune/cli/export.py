@@ -172,6 +172,9 @@ def measure_command(
     dtype: str | None = typer.Option(
         None, "--dtype", help="float32, bfloat16 or float16 (default: the export's own, else float32)."
     ),
+    device: str = typer.Option(
+        "cpu", "--device", help="Where the forward passes run: cpu, cuda, cuda:N or mps (predicted latency: cpu only)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Time a real model's forward pass and weigh it; for exports, next to the cost model's prediction."""
@@ -183,13 +186,13 @@ def measure_command(
     try:
         with _SearchProgress(err_console) as progress:
             progress("phase", name=f"measuring {model}")
-            report = measure(model, seq_len=seq_len, batch=batch, repeats=repeats, dtype=dtype)
+            report = measure(model, seq_len=seq_len, batch=batch, repeats=repeats, dtype=dtype, device=device)
     except EvopruneError as exc:
         _fail(str(exc))
     if as_json:
         _echo_json(report)
         return
-    table = FoldingTable(title=f"{model}: forward of {batch} x {seq_len} tokens", title_justify="left")
+    table = FoldingTable(title=f"{model}: forward of {batch} x {seq_len} tokens on {device}", title_justify="left")
     table.add_column("figure")
     table.add_column("measured", justify="right")
     table.add_column("predicted", justify="right")

@@ -7,6 +7,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from evoprune.errors import EvopruneError
 from evoprune.objectives.cost import CostModel, LatencyTable, measure_model
@@ -16,8 +17,6 @@ from evoprune.space import SearchSpace
 
 
 def _load_any(spec: str, dtype: str | None):
-    import torch
-
     path = Path(spec)
     if (path / PLAN_FILE).is_file():
         model, _ = load_pruned(path, dtype)  # None: the export's own dtype
@@ -29,34 +28,41 @@ def _load_any(spec: str, dtype: str | None):
     return load_model(source, getattr(torch, dtype or "float32"), tokenizer=False).model, None
 
 
-def measure(spec: str, seq_len: int = 256, batch: int = 1, repeats: int = 15, dtype: str | None = None) -> dict:
-    """Measured latency and weight memory of ``spec``; for exports also the cost model's prediction.
+def measure(
+    spec: str, seq_len: int = 256, batch: int = 1, repeats: int = 15, dtype: str | None = None, device: str = "cpu"
+) -> dict:
+    """Measured latency (ms, median of ``repeats`` forward passes of ``batch`` x ``seq_len``
+    tokens) and weight memory (bytes) of ``spec`` on ``device``; for exports also the cost
+    model's prediction (its latency only on the CPU, where its latency table is measured).
 
     ``dtype`` (float32, bfloat16, float16) defaults to the export's own, else float32; the
-    prediction counts the bytes of the dtype measured. Raises EvopruneError for an unknown dtype
-    or a ``seq_len`` beyond the model's context.
+    prediction counts the bytes of the dtype measured. Raises EvopruneError for an unknown dtype,
+    a device this torch cannot use, or a ``seq_len`` beyond the model's context.
     """
     from evoprune.backend.loading import require_context
-    from evoprune.backend.settings import DTYPES
+    from evoprune.backend.settings import DTYPES, check_device
 
     if dtype is not None and dtype not in DTYPES:
         raise EvopruneError(f"--dtype {dtype!r} is unknown: use one of {', '.join(DTYPES)}")
+    check_device(device)
     model, plan = _load_any(spec, dtype)
     require_context(model.config, seq_len)
+    model.to(device)
     measured = measure_model(model, seq_len=seq_len, batch=batch, repeats=repeats)
-    report = asdict(measured)
+    report = asdict(measured) | {"device": device}
     if plan is not None:
         space = SearchSpace.from_dict(plan["space"])
         x = np.array(plan["levels"]["attn"] + plan["levels"]["mlp"])
         measured_dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
         cost = CostModel(space, dtype=measured_dtype, context=seq_len, batch=batch).cost(x)
+        on_cpu = torch.device(device).type == "cpu"  # the latency table times layers on the CPU
         table = LatencyTable.cached(model.config, space, seq_len=seq_len, batch=batch, dtype=measured_dtype)
         report["predicted"] = {
             "params": cost.params,
             "weight_bytes": cost.weight_bytes,
             "flops_per_token": cost.flops_per_token,
             "flops_context_tokens": seq_len,  # FLOPs of a token attending to the seq_len measured
-            "latency_ms": table.predict_ms(space, x),
-            "dense_latency_ms": table.predict_ms(space, space.lower),
+            "latency_ms": table.predict_ms(space, x) if on_cpu else None,
+            "dense_latency_ms": table.predict_ms(space, space.lower) if on_cpu else None,
         }
     return report
