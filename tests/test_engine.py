@@ -114,6 +114,11 @@ def test_config_file_flags_override_and_resume_needs_only_the_store(tmp_path, ti
     assert result.exit_code == 0, result.output
     with Store(store) as st:
         assert len(st.runs()) == 1 and len(st.evaluations(st.get_run().id)) == 8
+    # json = true in the file is --json (a newcomer's file was refused)
+    config.write_text(config.read_text().replace("evals = 6", "evals = 8") + "json = true\n")
+    result = runner.invoke(app, ["search", "--config", str(config), "--seed", "5"])
+    assert result.exit_code == 0, result.output
+    assert len(json.loads(result.stdout)["points"]) >= 1
     bad = tmp_path / "bad.toml"
     bad.write_text("evalz = 3\n")
     result = runner.invoke(app, ["search", "--config", str(bad)])

@@ -64,7 +64,13 @@ def search_command(
         "-n",
         help="Total real evaluations for this search, initial design included (required, here or in --config).",
     ),
-    config: Path = typer.Option(None, "--config", help="TOML file with any of these options; flags override it."),
+    config: Path = typer.Option(
+        None,
+        "--config",
+        help="TOML file with any of these options (json = true for --json), and the settings without a flag: "
+        "pop_size and generations (the inner search), batch_size (windows per forward pass), attn_levels (0: "
+        "one per head), kl_top_k (KL's top tokens); flags override it.",
+    ),
     seed: int = typer.Option(0, "--seed", help="Random seed: same seed and store contents give the same search."),
     method: str = typer.Option(
         "evoprune",
@@ -203,7 +209,7 @@ def search_command(
         _fail(str(exc))
     except KeyboardInterrupt:
         _interrupted(store, "run the same command to continue")
-    _print_search_result(result, store, as_json)
+    _print_search_result(result, store, bool(options.get("as_json")))
 
 
 def resume_command(

@@ -29,9 +29,10 @@ RUN_FIELDS = {
     "gpus_per_worker",
     "task_data",
     "retry_failed",
+    "as_json",
 }
-# CLI names that differ from the settings' field names.
-ALIASES = {"importance": "criterion"}
+# CLI names that differ from the settings' field names (or, for json, the command's parameter).
+ALIASES = {"importance": "criterion", "json": "as_json"}
 
 
 def _field_types() -> dict[str, set[str]]:
