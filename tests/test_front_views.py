@@ -158,3 +158,17 @@ def test_the_knee_of_a_kl_front_is_not_pulled_to_the_dense_model():
     ]
     assert knee_index(objectives(front, ("kl", "params"))) == 1  # what it was
     assert front[knee_of(front, "kl")].params_fraction in (0.8, 0.7)
+
+
+def test_the_front_plot_marks_the_runs_own_budget_unless_told_another(warm_store):
+    from evoprune.reporting.plots import budget_lines_of
+    from evoprune.reporting.report import report_figures
+
+    with Store.open_existing(warm_store, readonly=True) as st:
+        run = st.get_run()  # plan --spend's search under 0.7
+        assert budget_lines_of(run) == [0.7]
+        assert budget_lines_of(run, 0.6) == [0.6]
+        assert budget_lines_of(run, 0.5 * run.dense_params) == [0.5]  # a count, as --max-params takes it
+        figure = report_figures(st, run, None)["front"]
+    drawn = [x for x in figure.axes[0].get_lines() if x.get_label().startswith("budget")]
+    assert [line.get_xdata()[0] for line in drawn] == [0.7]

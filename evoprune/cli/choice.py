@@ -29,7 +29,7 @@ from evoprune.cli.views import _front_json, _front_view, _quality_text
 from evoprune.engine.settings import SearchSettings
 from evoprune.errors import EvopruneError, require_parent_dir
 from evoprune.objectives.pareto import first_rung_tokens, pareto_front, top_rung
-from evoprune.objectives.spec import params_fraction, prediction_on_metric_scale, size_text
+from evoprune.objectives.spec import prediction_on_metric_scale, size_text
 from evoprune.store import Store
 
 
@@ -44,7 +44,9 @@ def pareto_command(
     ),
     plot: Path | None = typer.Option(None, "--plot", help="Also draw the front (PNG): evaluated points, knee, budget."),
     budget: float | None = typer.Option(
-        None, "--max-params", help="With --plot: draw a budget line there (kept fraction or count)."
+        None,
+        "--max-params",
+        help="With --plot: draw the budget line there (kept fraction or count; default: the run's own).",
     ),
 ) -> None:
     """Show the non-dominated, really evaluated configurations (first quality objective, e.g. ppl, vs parameters)."""
@@ -62,10 +64,9 @@ def pareto_command(
             r = st.get_run(run)
             points = pareto_front(st, r)
             if plot is not None:
-                from evoprune.reporting.plots import plot_front
+                from evoprune.reporting.plots import budget_lines_of, plot_front
 
-                lines = [params_fraction(budget, r.dense_params)] if budget is not None else None
-                plot_front(st, r, plot, budget_lines=lines)
+                plot_front(st, r, plot, budget_lines=budget_lines_of(r, budget))
     except EvopruneError as exc:
         _fail(str(exc))
     if as_json:

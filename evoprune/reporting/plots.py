@@ -29,7 +29,7 @@ from evoprune.objectives.pareto import (  # noqa: E402
     rung_offsets,
     selection_value,
 )
-from evoprune.objectives.spec import quality_from_value  # noqa: E402
+from evoprune.objectives.spec import params_fraction, quality_from_value  # noqa: E402
 from evoprune.reporting.prediction_metrics import number_text as _fmt  # noqa: E402
 from evoprune.space import SearchSpace  # noqa: E402
 from evoprune.store import Evaluation, Run, Store  # noqa: E402
@@ -99,6 +99,14 @@ def front_figure(store: Store, run: Run, budget_lines: list[float] | None = None
     ax.grid(alpha=0.3)
     ax.legend(loc="upper right")
     return fig
+
+
+def budget_lines_of(run: Run, max_params: float | None = None) -> list[float] | None:
+    """The kept fractions a front plot marks: ``max_params`` (a fraction or a count) when given,
+    else the run's own ``--max-params``; ``None`` when neither is set. Raises EvopruneError for a
+    count above the dense model's."""
+    value = max_params if max_params is not None else run.settings.get("max_params")
+    return None if value is None else [params_fraction(value, run.dense_params)]
 
 
 def plot_front(store: Store, run: Run, path=None, budget_lines: list[float] | None = None) -> bytes:

@@ -11,7 +11,14 @@ from matplotlib.figure import Figure
 
 from evoprune.errors import make_output_dir
 from evoprune.objectives.pareto import best_of, pareto_front, quality_objective, top_rung
-from evoprune.reporting.plots import front_figure, levels_figure, predictions_figure, render_png, rounds_figure
+from evoprune.reporting.plots import (
+    budget_lines_of,
+    front_figure,
+    levels_figure,
+    predictions_figure,
+    render_png,
+    rounds_figure,
+)
 from evoprune.reporting.prediction_metrics import MIN_TAU_POINTS
 from evoprune.reporting.prediction_metrics import number_text as _fmt
 from evoprune.reporting.search_predictions import SearchPredictions, search_predictions
@@ -124,9 +131,8 @@ def _recoveries_section(store: Store, run: Run) -> str:
 def report_figures(store: Store, run: Run, predictions: SearchPredictions | None = None) -> dict[str, Figure]:
     """Every figure of the report of ``run``, by name, in page order (``front``, ``levels``, and
     ``predictions`` and ``rounds`` when the run has them)."""
-    budget = run.settings.get("max_params")
     figures = {
-        "front": front_figure(store, run, budget_lines=[budget] if budget and budget <= 1 else None),
+        "front": front_figure(store, run, budget_lines=budget_lines_of(run)),
         "levels": levels_figure(store, run),
     }
     if predictions is not None:
