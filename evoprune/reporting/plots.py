@@ -89,16 +89,31 @@ def front_figure(store: Store, run: Run, budget_lines: list[float] | None = None
     for b in budget_lines or []:
         ax.axvline(b, ls="--", c="#2ca02c", label=f"budget {b:.0%}")
     logarithmic = quality in ("ppl", "kl")
-    if logarithmic:
+    if quality == "kl":
+        # The dense model's KL is 0 (stored as ~1e-8): on a log axis it stretched the plot over
+        # eight decades. Linear near 0, logarithmic above the smallest KL that is not ~0.
+        values = np.array([float(e.metrics[quality]) for e in ok])
+        ax.set_yscale("symlog", linthresh=_kl_linear_range(values))
+    elif logarithmic:
         ax.set_yscale("log")
         ax.yaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))
         ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
     ax.set_xlabel("kept fraction of parameters")
-    ax.set_ylabel(f"{_quality_label(quality)} ({'log scale; ' if logarithmic else ''}grey: first rung)")
+    scale = "log scale, linear near 0; " if quality == "kl" else "log scale; " if logarithmic else ""
+    ax.set_ylabel(f"{_quality_label(quality)} ({scale}grey: first rung)")
     ax.set_title(f"run {run.id}: {run.model}")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper right")
     return fig
+
+
+def _kl_linear_range(kl: np.ndarray) -> float:
+    """Where a KL axis turns from linear to logarithmic: the smallest KL above a thousandth of the
+    largest (nats), so the near-dense configurations keep their own decade."""
+    kl = kl[np.isfinite(kl)]
+    top = float(kl.max()) if len(kl) else 1.0
+    above = kl[kl > 1e-3 * top]
+    return float(above.min()) if len(above) and top > 0 else 1e-3
 
 
 def budget_lines_of(run: Run, max_params: float | None = None) -> list[float] | None:
