@@ -229,10 +229,10 @@ def main() -> None:
         pairs = run_pairs(store, run)
     print("\n".join(report_table(report)), flush=True)
     X = featurize(pairs.levels)
-    curve = learning_curve(X, pairs.log_ppl, pairs.cost, names, sizes, args.holdout, args.repeats, args.seed)
+    curve = learning_curve(X, pairs.target, pairs.cost, names, sizes, args.holdout, args.repeats, args.seed)
     # The same surrogates off the shelf on raw levels (and the kept fraction), at the largest size.
     raw = LevelsAndFraction(backend.space)(pairs.levels)
-    raw_curve = learning_curve(raw, pairs.log_ppl, pairs.cost, names, sizes[-1:], args.holdout, args.repeats, args.seed)
+    raw_curve = learning_curve(raw, pairs.target, pairs.cost, names, sizes[-1:], args.holdout, args.repeats, args.seed)
 
     # What each prior of the additive surrogate is worth, at the largest size.
     ablations = {
@@ -242,12 +242,12 @@ def main() -> None:
         "neither": ("additive", {"link": "identity", "smoothness": 0.0}),
     }
     ablation = learning_curve(
-        X, pairs.log_ppl, pairs.cost, ablations, sizes[-1:], args.holdout, args.repeats, args.seed
+        X, pairs.target, pairs.cost, ablations, sizes[-1:], args.holdout, args.repeats, args.seed
     )
 
     at_last = {r["name"]: r for r in curve if r["train"] == sizes[-1]}
     best = max(at_last.values(), key=lambda r: np.nan_to_num(r["within_cost_tau"], nan=-2))
-    ppl = np.exp(pairs.log_ppl)
+    ppl = np.exp(pairs.target)
     lines = [
         "## Surrogates",
         "",

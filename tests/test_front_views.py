@@ -12,6 +12,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from evoprune.choice.compare import CompareRow
@@ -174,3 +175,25 @@ def test_the_front_plot_marks_the_runs_own_budget_unless_told_another(warm_store
         figure = report_figures(st, run, None)["front"]
     drawn = [x for x in figure.axes[0].get_lines() if x.get_label().startswith("budget")]
     assert [line.get_xdata()[0] for line in drawn] == [0.7]
+
+
+def test_the_surrogate_report_of_a_kl_run_scores_predictions_of_log_kl(kl_store):
+    # it read perplexity whatever the run's objective, so it scored a kl run's surrogate against ppl
+    from evoprune.reporting.surrogate_report import run_pairs, surrogate_report
+
+    with Store.open_existing(kl_store, readonly=True) as st:
+        run = st.get_run()
+        pairs = run_pairs(st, run)
+        report = surrogate_report(st, run, ["forest"], folds=2)
+    ok = [e for e in st_evaluations(kl_store) if e.status == "ok"]
+    assert pairs.objective == "kl" and len(pairs.target) == len(ok) >= 6
+    assert pairs.target == pytest.approx([np.log(max(e.metrics["kl"], 1e-8)) for e in pairs.evaluations])
+    assert report.target == "log KL divergence" and report.scores[0].error is None
+    result = evoprune_in_process("surrogate", "report", "--store", str(kl_store), "--surrogates", "forest")
+    assert result.returncode == 0, result.stderr
+    assert "target: log KL divergence" in " ".join(result.stdout.split())
+
+
+def st_evaluations(path: Path) -> list:
+    with Store.open_existing(path, readonly=True) as st:
+        return st.evaluations(st.get_run().id)

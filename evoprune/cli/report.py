@@ -73,7 +73,8 @@ def runs_command(
 
 
 SURROGATE_REPORT_HELP = (
-    "Cross-validate every surrogate on a run's successful evaluations (target: log perplexity).\n\n"
+    "Cross-validate every surrogate on a run's successful evaluations (target: the run's first quality "
+    "objective on the search's scale: log perplexity, log KL, or minus an accuracy).\n\n"
     "Per surrogate: Kendall tau over all pairs and within equal-cost groups (pairs binned by kept parameter "
     "fraction, bins 5% wide; the mean over bins with at least 3 pairs, weighted by their pairs), Spearman rho, "
     "RMSE, Gaussian negative log-likelihood, coverage of the 90% interval and seconds per fit. The last row "
@@ -111,7 +112,7 @@ def surrogate_report_command(
     table = FoldingTable(
         title=f"Surrogates on run {report.run_id} ({report.model}): {report.n_pairs} pairs, {report.folds}-fold CV",
         title_justify="left",
-        caption=f"features: {report.features}",
+        caption=f"target: {report.target}; features: {report.features}",
         caption_justify="left",
     )
     for col in ("surrogate", "tau", "tau in cost bins", "bins", "rho", "RMSE", "NLL", "90% cover", "fit s"):

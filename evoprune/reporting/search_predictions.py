@@ -16,7 +16,8 @@ from evoprune.reporting.prediction_metrics import COVERAGE_LEVEL, nan_to_none, p
 from evoprune.store import Run, Store
 
 
-def _target_label(objective: str) -> str:
+def target_label(objective: str) -> str:
+    """What a surrogate of ``objective`` predicts: the objective on the minimised scale."""
     return {"ppl": "log perplexity", "kl": "log KL divergence"}.get(objective, f"negative {objective}")
 
 
@@ -106,7 +107,7 @@ def search_predictions(
     return SearchPredictions(
         run_id=run.id,
         objective=objective,
-        target=_target_label(objective),
+        target=target_label(objective),
         level=level,
         surrogate=run.settings.get("surrogate"),
         points=points,

@@ -35,8 +35,10 @@ from sklearn.model_selection import KFold
 from evoprune.backend.importance import Importance, importance_cache_file, importance_cache_key
 from evoprune.engine.features import FeatureMap, LevelsAndFraction
 from evoprune.errors import EvopruneError
+from evoprune.objectives.pareto import quality_objective
+from evoprune.objectives.spec import quality_value
 from evoprune.reporting.prediction_metrics import MIN_BIN_PAIRS, cost_bins, nan_to_none, prediction_scores
-from evoprune.reporting.search_predictions import search_predictions
+from evoprune.reporting.search_predictions import search_predictions, target_label
 from evoprune.space import SearchSpace
 from evoprune.store import Evaluation, Run, Store
 from surrogates import available_surrogates, make_surrogate
@@ -49,23 +51,29 @@ Featurize = Callable[[np.ndarray], np.ndarray]
 # -- data ----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class RunPairs:
-    """A run's successful evaluations as arrays: levels, log-perplexity, kept parameter fraction."""
+    """A run's successful evaluations as arrays: levels (n, n_var), ``target`` (n,), the run's
+    first quality ``objective`` on the scale its surrogate learns (``quality_value``: log
+    perplexity for ``ppl``, log KL for ``kl``, minus the accuracy for ``acc:TASK``), and the kept
+    parameter fraction ``cost`` (n,)."""
 
     evaluations: list[Evaluation]
     levels: np.ndarray
-    log_ppl: np.ndarray
+    target: np.ndarray
     cost: np.ndarray
+    objective: str = "ppl"
 
 
 def run_pairs(store: Store, run: Run) -> RunPairs:
     """The pairs ``run``'s search learns from (``Store.shared_evaluations``: with warm start, those
-    of the other evoprune runs of its problem too) that measured a perplexity."""
-    shared = store.shared_evaluations(run)
-    ok = [e for e in shared if e.status == "ok" and np.isfinite(e.metrics.get("ppl", np.nan))]
+    of the other evoprune runs of its problem too) that measured its first quality objective."""
+    objective = quality_objective(run)
+    shared = [e for e in store.shared_evaluations(run) if e.status == "ok"]
+    values = [quality_value(objective, e.metrics) for e in shared]
+    ok = [e for e, v in zip(shared, values, strict=True) if np.isfinite(v)]
     levels = np.array([e.levels for e in ok], dtype=int).reshape(len(ok), -1)
-    log_ppl = np.log(np.array([e.metrics["ppl"] for e in ok], dtype=float))
+    target = np.array([v for v in values if np.isfinite(v)], dtype=float)
     cost = np.array([e.params_fraction for e in ok], dtype=float)
-    return RunPairs(ok, levels, log_ppl, cost)
+    return RunPairs(ok, levels, target, cost, objective)
 
 
 def cached_feature_map(run: Run) -> FeatureMap | None:
@@ -146,6 +154,8 @@ class SurrogateReport:
     seed: int
     features: str
     scores: list[SurrogateScore]
+    # What the surrogates predict: the run's first quality objective on the search's scale.
+    target: str = "log perplexity"
     # Figures of the predictions the search recorded before evaluating each candidate.
     recorded: dict | None = None
     recorded_surrogate: str | None = None
@@ -160,12 +170,12 @@ class SurrogateReport:
         return nan_to_none(d)
 
 
-def _predicted_log_ppl(predicted: dict | None) -> tuple[float, float] | None:
-    """(log-ppl, std) from a stored prediction. The search stores its primary quality on the
-    minimised scale (``{"ppl": log ppl, "std": ...}``); ``log_ppl`` is accepted as well."""
+def _predicted_target(predicted: dict | None, objective: str) -> tuple[float, float] | None:
+    """(mean, std) on the minimised scale from a stored prediction. The search stores its primary
+    quality on that scale (``{"ppl": log ppl, "std": ...}``); ``log_ppl`` is accepted as well."""
     if not predicted or "std" not in predicted:
         return None
-    for key in ("log_ppl", "ppl"):
+    for key in (f"log_{objective}", objective):
         if key in predicted:
             return float(predicted[key]), float(predicted["std"])
     return None
@@ -175,7 +185,7 @@ def recorded_predictions(pairs: RunPairs, run_id: int | None = None) -> dict | N
     """Scores of the predictions the search stored with each candidate before evaluating it; with
     ``run_id``, that run's candidates only (a shared pair's prediction was another run's)."""
     rows = [
-        (i, _predicted_log_ppl(e.predicted))
+        (i, _predicted_target(e.predicted, pairs.objective))
         for i, e in enumerate(pairs.evaluations)
         if run_id is None or e.run_id == run_id
     ]
@@ -185,7 +195,7 @@ def recorded_predictions(pairs: RunPairs, run_id: int | None = None) -> dict | N
     idx = np.array([i for i, _ in rows])
     mean = np.array([p[0] for _, p in rows], dtype=float)
     std = np.array([p[1] for _, p in rows], dtype=float)
-    return prediction_scores(pairs.log_ppl[idx], mean, std, pairs.cost[idx])
+    return prediction_scores(pairs.target[idx], mean, std, pairs.cost[idx])
 
 
 def _resolve_run(store: Store, run: Run | int | None) -> Run:
@@ -216,7 +226,7 @@ def surrogate_report(
     if folds < 2:
         raise EvopruneError(f"--folds must be at least 2, got {folds}")
     pairs = run_pairs(store, run)
-    n = len(pairs.log_ppl)
+    n = len(pairs.target)
     if n < max(MIN_PAIRS, folds):
         raise EvopruneError(
             f"run {run.id} has {n} successful pairs (its own and those it shares), too few for {folds}-fold "
@@ -226,7 +236,7 @@ def surrogate_report(
     if featurize is None:
         featurize = LevelsAndFraction(SearchSpace.from_dict(run.space))
     X = np.asarray(featurize(pairs.levels), dtype=float)
-    scores = [score_surrogate(name, X, pairs.log_ppl, pairs.cost, folds, seed) for name in names]
+    scores = [score_surrogate(name, X, pairs.target, pairs.cost, folds, seed) for name in names]
     notes = []
     if np.bincount(cost_bins(pairs.cost)).max() < MIN_BIN_PAIRS:
         notes.append(f"no equal-cost bin holds {MIN_BIN_PAIRS} pairs: within-cost tau is undefined")
@@ -238,6 +248,7 @@ def surrogate_report(
         seed=seed,
         features=featurize_label(featurize),
         scores=scores,
+        target=target_label(pairs.objective),
         recorded=recorded_predictions(pairs, run.id),
         recorded_surrogate=run.settings.get("surrogate"),
         search_predictions=own.to_dict() if (own := search_predictions(store, run, seed=seed)) else None,
