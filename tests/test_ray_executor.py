@@ -98,15 +98,19 @@ def test_ray_search_equals_the_in_process_search(
     ray_session, recorded_executors, local_result, tmp_path, tiny_model_dir, text_file
 ):
     store = tmp_path / "ray.db"
+    phases = []
     result = evoprune.search(
         str(tiny_model_dir),
         str(text_file),
         str(store),
         SETTINGS,
+        progress=lambda kind, **kw: phases.append(kw.get("name")) if kind == "phase" else None,
         executor="ray-recorded",
         executor_options={"workers": 2},
     )
     assert _keys_and_metrics(result) == _keys_and_metrics(local_result)
+    # the pool's start, silent for tens of seconds before, is a phase of the progress display
+    assert any(p and p.startswith("starting the ray-recorded workers") for p in phases), phases
     assert all(e.status == "ok" for e in result.evaluations)
     (executor,) = recorded_executors
     assert len(executor.loaded) == 2 and len({w["pid"] for w in executor.loaded}) == 2

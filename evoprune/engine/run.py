@@ -159,6 +159,8 @@ def search(
             settings.budget
         )
         recipe = BackendRecipe.of(model, data, backend)
+        if executor != "local":  # a Ray pool starts and loads the model in each worker: tens of seconds, silent
+            progress("phase", name=f"starting the {executor} workers (each loads the model before the first result)")
         runner = make_executor(executor, backend, recipe, **(executor_options or {}))
         try:
             with Store(store) as st:
