@@ -241,9 +241,7 @@ def main() -> None:
         "no depth smoothness (smoothness=0)": ("additive", {"smoothness": 0.0}),
         "neither": ("additive", {"link": "identity", "smoothness": 0.0}),
     }
-    ablation = learning_curve(
-        X, pairs.target, pairs.cost, ablations, sizes[-1:], args.holdout, args.repeats, args.seed
-    )
+    ablation = learning_curve(X, pairs.target, pairs.cost, ablations, sizes[-1:], args.holdout, args.repeats, args.seed)
 
     at_last = {r["name"]: r for r in curve if r["train"] == sizes[-1]}
     best = max(at_last.values(), key=lambda r: np.nan_to_num(r["within_cost_tau"], nan=-2))

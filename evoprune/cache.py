@@ -152,7 +152,8 @@ def cache_entries(kinds: list[str] | None = None) -> list[CacheEntry]:
 
 
 def _lock_path(entry: CacheEntry) -> Path:
-    # The lock ``evoprune.backend.importance`` takes while it writes an entry.
+    # The lock ``evoprune.backend.importance`` takes while it writes an entry, and
+    # ``evoprune.backend.loading`` while it converts a model.
     return entry.path.with_name(f"{entry.path.name}.lock")
 
 
@@ -190,7 +191,7 @@ def clear_cache(
                 continue
         elif older_than_days is not None and age_days < older_than_days:
             continue
-        locked = entry.kind == "importance" and not entry.leftover  # a leftover has no writer left
+        locked = entry.kind in ("importance", "models") and not entry.leftover  # a leftover has no writer left
         had_lock_file = locked and _lock_path(entry).exists()
         lock = _try_lock(entry) if locked else None
         if locked and lock is None:

@@ -187,3 +187,6 @@ def test_processes_converting_one_model_at_once_each_get_the_whole_directory(tmp
     assert errors == [] and results == [target, target]
     assert sorted(p.name for p in target.iterdir()) == ["config.json", "weights.bin"]
     assert [p.name for p in target.parent.iterdir()] == ["m"]  # no partial directory left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o777 & ~umask  # as mkdir makes it, not mkdtemp's private 0700

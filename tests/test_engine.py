@@ -115,7 +115,7 @@ def test_config_file_flags_override_and_resume_needs_only_the_store(tmp_path, ti
     with Store(store) as st:
         assert len(st.runs()) == 1 and len(st.evaluations(st.get_run().id)) == 8
     # json = true in the file is --json (a newcomer's file was refused)
-    config.write_text(config.read_text().replace("evals = 6", "evals = 8") + "json = true\n")
+    config.write_text(config.read_text().replace("evals = 6", "evals = 8\njson = true"))
     result = runner.invoke(app, ["search", "--config", str(config), "--seed", "5"])
     assert result.exit_code == 0, result.output
     assert len(json.loads(result.stdout)["points"]) >= 1
@@ -125,7 +125,8 @@ def test_config_file_flags_override_and_resume_needs_only_the_store(tmp_path, ti
     assert result.exit_code == 2 and "unknown option 'evalz'" in result.output
     for line, fragment in (('evals = "ten"', "'evals' must be an integer"),
                            ("evals = 4\n[backend]\nseq_len = 6.5", "'seq_len' must be an integer"),
-                           ('evals = 4\nrefine = "yes"', "'refine' must be true/false")):  # fmt: skip
+                           ('evals = 4\nrefine = "yes"', "'refine' must be true/false"),
+                           ('evals = 4\njson = "false"', "'json' must be true/false")):  # fmt: skip
         bad.write_text(line + "\n")
         result = runner.invoke(app, ["search", "--config", str(bad)])
         assert result.exit_code == 2 and fragment in result.output and "Traceback" not in result.output

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -93,6 +94,9 @@ def publish_dir(write: Callable[[Path], None], out_dir: Path, marker: str = "con
     """
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", suffix=".partial", dir=out_dir.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would make a shared cache's model private to its owner
     try:
         write(tmp)
         if out_dir.exists() and not (out_dir / marker).exists():
@@ -113,16 +117,25 @@ def fetch_zoo_model(name: str) -> Path:
 
     entry = ZOO[name]
     target = cache_dir("models") / name
-    # One process converts; the others wait for it and reuse its result (the lock file is the one
-    # ``evoprune cache clear`` looks for, so it leaves an entry that is being written).
+    if _converted(target):  # no lock to read it: a read-only cache stays usable
+        return target
+    # One process converts; the others wait for it and reuse its result. ``evoprune cache clear``
+    # takes the same lock, so it does not remove a model while it is being converted.
     with FileLock(str(target.with_name(f"{target.name}.lock"))):
-        if (target / "config.json").exists():
-            for file in target.iterdir():
-                mark_used(file)
+        if _converted(target):
             return target
         with tempfile.TemporaryDirectory(prefix="evoprune-") as tmp:
             gguf = _download_gguf(entry, Path(tmp))
             return dequantize_gguf(gguf, target)
+
+
+def _converted(target: Path) -> bool:
+    """Whether ``target`` holds a finished conversion (then marked used)."""
+    if not (target / "config.json").exists():
+        return False
+    for file in target.iterdir():
+        mark_used(file)
+    return True
 
 
 # -- resolving and loading ------------------------------------------------------------------------

@@ -36,8 +36,9 @@ ALIASES = {"importance": "criterion", "json": "as_json"}
 
 
 def _field_types() -> dict[str, set[str]]:
-    """Option -> the type names its settings field admits (``float | None`` -> {float, None})."""
-    out = {}
+    """Option -> the type names its settings field admits (``float | None`` -> {float, None});
+    the run's switches too, so that ``json = "false"`` is refused rather than read as true."""
+    out = {"as_json": {"bool"}, "retry_failed": {"bool"}}
     for cls in (SearchSettings, BackendSettings):
         for f in fields(cls):
             out[f.name] = {t.strip() for t in str(f.type).split("|")}
@@ -83,7 +84,8 @@ def read_config(path: str | Path) -> dict:
     if unknown:
         raise EvopruneError(f"config file '{path}' has unknown option {unknown[0]!r}: see 'evoprune search --help'")
     types = _field_types()
-    return {k: _typed(path, k, v, types[k]) if k in types else v for k, v in flat.items()}
+    typed_as = {field: option for option, field in ALIASES.items()}  # errors name the key as written
+    return {k: _typed(path, typed_as.get(k, k), v, types[k]) if k in types else v for k, v in flat.items()}
 
 
 def merge_options(cli: dict, explicit: set[str], config: dict) -> dict:

@@ -51,14 +51,16 @@ def band_candidates(
                 band.append(y)
         if len(band) < k and ends:
             q = ctx.objectives.names.index(ctx.objectives.quality[0])
+            ends_array = np.array(ends)
+            _, first = np.unique(ends_array, axis=0, return_index=True)
             band += list(
                 best_neighbours(
-                    np.unique(np.array(ends), axis=0),
+                    ends_array[np.sort(first)],  # without repeats, in the rank order of the candidates filled
                     ctx.space.lower,
                     upper,
                     lambda Z: admissible(ctx, Z, known),
                     lambda Z: objective_fn(Z)[:, q],
-                    k - len(band),
+                    2 * k - len(band),  # more than a batch: the acquisition still chooses among them
                 )
             )
     if len(band) < k:

@@ -217,6 +217,8 @@ def measure_model(model, seq_len: int = 256, batch: int = 1, repeats: int = 15) 
             model(input_ids=ids, use_cache=False)
         if ids.is_cuda:  # kernels run asynchronously: time them, not their launch
             torch.cuda.synchronize(ids.device)
+        elif ids.device.type == "mps":
+            torch.mps.synchronize()
 
     run()
     times = []

@@ -55,14 +55,16 @@ def measure(
         x = np.array(plan["levels"]["attn"] + plan["levels"]["mlp"])
         measured_dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
         cost = CostModel(space, dtype=measured_dtype, context=seq_len, batch=batch).cost(x)
-        on_cpu = torch.device(device).type == "cpu"  # the latency table times layers on the CPU
-        table = LatencyTable.cached(model.config, space, seq_len=seq_len, batch=batch, dtype=measured_dtype)
+        # The latency table times layers on the CPU: elsewhere it would be built for nothing.
+        table = None
+        if torch.device(device).type == "cpu":
+            table = LatencyTable.cached(model.config, space, seq_len=seq_len, batch=batch, dtype=measured_dtype)
         report["predicted"] = {
             "params": cost.params,
             "weight_bytes": cost.weight_bytes,
             "flops_per_token": cost.flops_per_token,
             "flops_context_tokens": seq_len,  # FLOPs of a token attending to the seq_len measured
-            "latency_ms": table.predict_ms(space, x) if on_cpu else None,
-            "dense_latency_ms": table.predict_ms(space, space.lower) if on_cpu else None,
+            "latency_ms": table.predict_ms(space, x) if table else None,
+            "dense_latency_ms": table.predict_ms(space, space.lower) if table else None,
         }
     return report

@@ -190,10 +190,12 @@ def write_report(store: Store, out_dir: str | Path, run_id: int | None = None) -
     quality = quality_objective(run)  # the front's, as pareto shows it: ppl, kl or acc:TASK
     spec = {"ppl": ".2f", "kl": ".4f"}.get(quality, ".3f")
     label = {"ppl": "ppl", "kl": "KL"}.get(quality, quality)
+    other = "ppl" if quality == "kl" else "kl"  # the first rung's other figure beside it
+    other_spec, other_label = (".2f", "ppl") if other == "ppl" else (".4f", "KL")
     front_rows = [[p.id, f"{p.params / 1e6:.2f}M", f"{p.params_fraction:.1%}",
                    _figure(p.fidelity["metrics"], quality, spec) if p.fidelity else "-",
                    (p.fidelity or {}).get("tokens") or "-", _figure(p.metrics, quality, spec),
-                   _figure(p.metrics, "kl", ".4f"),
+                   _figure(p.metrics, other, other_spec),
                    _figure(p.validation["metrics"], quality, spec) if p.validation else "-",
                    p.found(run.id)] for p in points]  # fmt: skip
     L = run.space["arch"]["num_layers"]
@@ -217,7 +219,8 @@ def write_report(store: Store, out_dir: str | Path, run_id: int | None = None) -
         images["front"],
         f"<p>{html.escape(label)}: on the highest rung of the fidelity ladder the configuration reached (its "
         "tokens), the figure choices use, as <code>evoprune pareto</code> shows it; first rung: its first "
-        "measurement, and KL to the dense model on the same tokens; validation: the disjoint validation split, "
+        f"measurement, and its {'KL to the dense model' if other == 'kl' else 'perplexity'} on the same tokens; "
+        "validation: the disjoint validation split, "
         "never used to choose; ± one standard error.</p>",
         _table(
             [
@@ -227,7 +230,7 @@ def write_report(store: Store, out_dir: str | Path, run_id: int | None = None) -
                 label,
                 "tokens",
                 f"first rung {label}",
-                "first-rung KL",
+                f"first-rung {other_label}",
                 f"validation {label}",
                 "found",
             ],
