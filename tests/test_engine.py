@@ -126,7 +126,10 @@ def test_config_file_flags_override_and_resume_needs_only_the_store(tmp_path, ti
     for line, fragment in (('evals = "ten"', "'evals' must be an integer"),
                            ("evals = 4\n[backend]\nseq_len = 6.5", "'seq_len' must be an integer"),
                            ('evals = 4\nrefine = "yes"', "'refine' must be true/false"),
-                           ('evals = 4\njson = "false"', "'json' must be true/false")):  # fmt: skip
+                           ('evals = 4\njson = "false"', "'json' must be true/false"),
+                           ("evals = 4\ncriterion = true", "'criterion' must be a string"),
+                           ("evals = 4\nimportance = [1]", "'importance' must be a string"),
+                           ("evals = 4\n[backend]\neval-tokenz = 3", "unknown option 'eval-tokenz'")):  # fmt: skip
         bad.write_text(line + "\n")
         result = runner.invoke(app, ["search", "--config", str(bad)])
         assert result.exit_code == 2 and fragment in result.output and "Traceback" not in result.output

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from evoprune.choice.compare import CompareRow
+from evoprune.choice.compare import CompareRow, choice_order
 from evoprune.choice.plan import plan
 from evoprune.engine.run import search
 from evoprune.objectives.pareto import knee_index, knee_of, objectives, pareto_front, rung_offsets, selection_value
@@ -108,12 +108,15 @@ def test_a_kl_run_is_shown_by_kl_in_the_table_the_plot_its_knee_and_plan(kl_stor
     assert f"<td>{points[0].fidelity['metrics']['kl']:.4f}" in front_table
 
 
-def test_compare_lists_methods_best_first_by_the_top_rung_in_the_table_and_json(monkeypatch, tmp_path):
-    def row(method, first, top):
-        fidelity = {"tokens": 1024, "metrics": {"ppl": top}} if top is not None else None
-        return CompareRow(method, 1, 6, 0, 3, first, 0.7, 1.0, 1.0, best_fidelity=fidelity)
+def _compare_row(method, first, top=None, valid=None):
+    fidelity = {"tokens": 1024, "metrics": {"ppl": top}} if top is not None else None
+    validation = {"tokens": 512, "metrics": {"ppl": valid}} if valid is not None else None
+    return CompareRow(method, 1, 6, 0, 3, first, 0.7, 1.0, 1.0, best_fidelity=fidelity, best_validation=validation)
 
-    rows = [row("noisy", 10.0, 14.0), row("steady", 12.0, 11.0), row("first-only", 11.5, None),
+
+def test_compare_lists_methods_best_first_on_the_validation_split_in_the_table_and_json(monkeypatch, tmp_path):
+    rows = [_compare_row("noisy", 10.0, 14.0, 13.0), _compare_row("steady", 12.0, 11.0, 11.5),
+            _compare_row("first-only", 11.5, None, 12.0),
             CompareRow("owl", None, 0, 0, None, None, None, 0.0, None, skipped="no answer")]  # fmt: skip
     monkeypatch.setattr("evoprune.choice.compare.compare", lambda *a, **k: rows)
     args = ["compare", "--model", "m", "--store", str(tmp_path / "c.db"), "--evals", "6"]
@@ -124,6 +127,16 @@ def test_compare_lists_methods_best_first_by_the_top_rung_in_the_table_and_json(
     assert result.returncode == 0, result.stderr
     order = [m for line in result.stdout.splitlines() for m in re.findall(r"^\W*(steady|first-only|noisy)\b", line)]
     assert order == ["steady", "first-only", "noisy"], result.stdout
+
+
+def test_compare_order_never_sets_figures_of_different_rungs_against_each_other():
+    # without validation: the top rung when every pick reached the same one, else the first rung
+    same_rung = [_compare_row("a", 10.0, 14.0), _compare_row("b", 12.0, 11.0)]
+    assert [r.method for r in choice_order(same_rung)] == ["b", "a"]
+    mixed = [_compare_row("a", 10.0, 14.0), _compare_row("b", 12.0, 11.0), _compare_row("c", 11.5)]
+    assert [r.method for r in choice_order(mixed)] == ["a", "c", "b"]
+    partly_validated = [_compare_row("a", 10.0, 14.0, 20.0), _compare_row("b", 12.0, 11.0)]
+    assert [r.method for r in choice_order(partly_validated)] == ["b", "a"]
 
 
 def test_plan_json_names_the_run_of_the_evaluation_it_chose(warm_store):

@@ -43,13 +43,24 @@ class CompareRow:
 
 
 def choice_order(rows: Sequence[CompareRow], metric: str = "ppl") -> list[CompareRow]:
-    """``rows`` best first by ``metric`` on the highest rung each method's pick reached (the figure
-    its choice goes by), else by its first-rung ``best_value``; rows without a pick last."""
+    """``rows`` best first by ``metric`` on the largest text every pick was measured on, rows
+    without a pick last. The same windows judge every method: the validation split (never chosen
+    by) when every pick has it, else the top rung when every pick reached the same one, else the
+    first rung. Figures on different rungs are not compared: a larger rung's text is not equally hard."""
     from evoprune.objectives.spec import quality_value
 
+    picked = [r for r in rows if r.best_value is not None]
+    tops = {(r.best_fidelity or {}).get("tokens") for r in picked}
+
+    def figure(r: CompareRow) -> dict | None:
+        if all(p.best_validation for p in picked):
+            return r.best_validation["metrics"]
+        if len(tops) == 1 and None not in tops:
+            return r.best_fidelity["metrics"]
+        return None
+
     def value(r: CompareRow) -> float:
-        top = (r.best_fidelity or {}).get("metrics") or {}
-        v = quality_value(metric, top)
+        v = quality_value(metric, figure(r) or {})
         return v if np.isfinite(v) else quality_value(metric, {metric: r.best_value})
 
     return sorted(rows, key=lambda r: (r.best_value is None, 0.0 if r.best_value is None else value(r)))

@@ -196,8 +196,8 @@ def compare_command(
             rows = compare(model, data, str(store), settings, [m.strip() for m in methods.split(",")], progress)
     except EvopruneError as exc:
         _fail(str(exc))
-    # Best first by the top rung (what the choice goes by), methods without a pick under the budget last:
-    # the table and --json share this order.
+    # Best first on windows that judge every method alike (choice_order), methods without a pick under the
+    # budget last: the table and --json share this order.
     rows = choice_order(rows)
     if as_json:
         _echo_json([r.to_dict() for r in rows])
@@ -232,8 +232,9 @@ def compare_command(
         )  # fmt: skip
     out_console.print(table)
     out_console.print(
-        "best ppl: the first rung (± standard error); top rung ppl: the highest rung it reached (tokens), which the "
-        "choice goes by and the rows are sorted by; valid ppl: the validation split, never used to choose",
+        "best ppl: the first rung (± standard error); top rung ppl: the highest rung it reached (tokens), which each "
+        "method's choice goes by; valid ppl: the validation split, never used to choose. Rows are sorted by valid ppl "
+        "(else the top rung when every pick reached the same one, else the first rung)",
         style="dim",
     )
     for r in rows:

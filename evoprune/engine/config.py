@@ -75,17 +75,19 @@ def read_config(path: str | Path) -> dict:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise EvopruneError(f"config file '{path}' is not valid TOML ({exc}): fix the syntax") from None
     flat: dict = {}
+    written: dict[str, str] = {}  # errors name the key as the file spells it (``importance`` or ``criterion``)
     for key, value in raw.items():
-        if isinstance(value, dict) and key in ("search", "backend", "run"):
-            flat.update({_normalise(k): v for k, v in value.items()})
-        else:
-            flat[_normalise(key)] = value
+        items = value.items() if isinstance(value, dict) and key in ("search", "backend", "run") else [(key, value)]
+        for k, v in items:
+            flat[_normalise(k)] = v
+            written[_normalise(k)] = k
     unknown = sorted(set(flat) - SEARCH_FIELDS - BACKEND_FIELDS - RUN_FIELDS)
     if unknown:
-        raise EvopruneError(f"config file '{path}' has unknown option {unknown[0]!r}: see 'evoprune search --help'")
+        raise EvopruneError(
+            f"config file '{path}' has unknown option {written[unknown[0]]!r}: see 'evoprune search --help'"
+        )
     types = _field_types()
-    typed_as = {field: option for option, field in ALIASES.items()}  # errors name the key as written
-    return {k: _typed(path, typed_as.get(k, k), v, types[k]) if k in types else v for k, v in flat.items()}
+    return {k: _typed(path, written[k], v, types[k]) if k in types else v for k, v in flat.items()}
 
 
 def merge_options(cli: dict, explicit: set[str], config: dict) -> dict:
