@@ -111,12 +111,11 @@ def tokens_spent(store: Store, run, evals) -> dict:
     }
 
 
-def held_out_window_nll(backend, held: HeldOut, levels, name: str = "wikitext2_test") -> np.ndarray:
-    """Mean next-token NLL (nats) of configuration ``levels`` on each held-out window of ``name``:
-    (windows,). Their mean is the held-out log-perplexity, as ``held.perplexity`` measures it."""
-    model = backend.loaded.model
+def levels_window_nll(backend, levels, windows: torch.Tensor) -> np.ndarray:
+    """Mean next-token NLL (nats) of configuration ``levels`` on each of ``windows``: (windows,).
+    Their mean is the log-perplexity, as ``HeldOut.perplexity`` measures it."""
     with backend.applied(np.asarray(levels)):
-        return window_nll(model, held.windows[name]).numpy()
+        return window_nll(backend.loaded.model, windows).numpy()
 
 
 def split_half_tau(window_nll: np.ndarray, splits: int = 200, seed: int = 0) -> float:
@@ -133,19 +132,41 @@ def split_half_tau(window_nll: np.ndarray, splits: int = 200, seed: int = 0) -> 
     return float(np.nanmean(taus))
 
 
-def rank_agreement(backend, held: HeldOut, evals, budget: float, n: int) -> dict:
+def fresh_windows(backend, tokens: int) -> torch.Tensor:
+    """``tokens`` tokens of the search text after every window the search read (rungs, calibration,
+    validation): (windows, seq_len) token ids that judged nothing, so they carry none of the luck
+    the search selected its best configurations by."""
+    s = backend.settings
+    skip = backend.validation_skip + s.validation_token_count
+    return token_windows(backend.loaded.tokenizer, backend.text.text, tokens, s.seq_len, skip_tokens=skip)
+
+
+def subset_tau(window_nll: np.ndarray, target, windows: int, draws: int = 200, seed: int = 0) -> float:
+    """Mean Kendall tau between ``target`` and the mean of ``windows`` random windows of ``window_nll``
+    ((configurations, windows) NLL): how well a figure of that many tokens orders them."""
+    n = window_nll.shape[1]
+    if windows >= n:
+        return float(kendalltau(window_nll.mean(1), target)[0])
+    rng = np.random.default_rng(seed)
+    return float(np.nanmean([kendalltau(window_nll[:, rng.permutation(n)[:windows]].mean(1), target)[0]
+                             for _ in range(draws)]))  # fmt: skip
+
+
+def rank_agreement(backend, held: HeldOut, evals, budget: float, n: int, fresh: torch.Tensor | None = None) -> dict:
     """Kendall tau over the ``n`` best configurations within 5% under ``budget``: the figure the
     search chose by (highest rung reached) and the first-rung figure, each against held-out
-    WikiText-2 test, and held-out text against itself (random halves of its windows)."""
+    WikiText-2 test, and held-out text against itself (random halves of its windows). With
+    ``fresh`` windows of the search text (``fresh_windows``), also what a new measurement of
+    2,048 tokens and more of them, unbiased by the selection, would reach (``tau_fresh``)."""
     near = [e for e in evals if e.status == "ok" and budget - 0.05 <= e.params_fraction <= budget]
     offsets = rung_offsets(near, "ppl")
     near.sort(key=lambda e: selection_value(e, "ppl", offsets))
     near = near[:n]
-    window_nll = np.array([held_out_window_nll(backend, held, e.levels) for e in near])
+    window_nll = np.array([levels_window_nll(backend, e.levels, held.windows["wikitext2_test"]) for e in near])
     held_ppl = [math.exp(v) for v in window_nll.mean(1)] if len(near) else []
     chosen_by = [selection_value(e, "ppl", offsets) for e in near]
     first = [math.log(e.metrics["ppl"]) for e in near]
-    return {
+    out = {
         "n": len(near),
         "tau_chosen_by": float(kendalltau(chosen_by, held_ppl)[0]) if len(near) > 2 else None,
         "tau_first_rung": float(kendalltau(first, held_ppl)[0]) if len(near) > 2 else None,
@@ -155,6 +176,13 @@ def rank_agreement(backend, held: HeldOut, evals, budget: float, n: int) -> dict
             [e.id, e.params_fraction, v, h, bool(e.ladder)] for e, v, h in zip(near, chosen_by, held_ppl, strict=True)
         ],
     }
+    if fresh is not None and len(near) > 2:
+        fresh_nll = np.array([levels_window_nll(backend, e.levels, fresh) for e in near])
+        windows, seq = fresh.shape
+        sizes = sorted({max(1, t // seq) for t in (2048, 4096, 8192) if t < windows * seq} | {windows})
+        out["tau_fresh"] = {str(w * seq): subset_tau(fresh_nll, held_ppl, w) for w in sizes}
+        out["fresh_best_heldout"] = held_ppl[int(fresh_nll.mean(1).argmin())]
+    return out
 
 
 def run_method(backend, held: HeldOut, s: SearchSettings, store: str, args) -> dict:
@@ -185,7 +213,8 @@ def run_method(backend, held: HeldOut, s: SearchSettings, store: str, args) -> d
     row["heldout"] = held.measure(grid, best.levels)
     tau_budgets = [float(b) for b in args.tau_budgets.split(",")] if args.tau_budgets else None
     if args.tau and s.method == "evoprune" and (tau_budgets is None or s.max_params in tau_budgets):
-        row["tau"] = rank_agreement(grid, held, evals, s.max_params, args.tau)
+        fresh = fresh_windows(grid, args.tau_fresh) if args.tau_fresh else None
+        row["tau"] = rank_agreement(grid, held, evals, s.max_params, args.tau, fresh)
     return row
 
 
@@ -200,6 +229,12 @@ def main() -> None:
     p.add_argument("--heldout-tokens", type=int, default=16384)
     p.add_argument("--arc-limit", type=int, default=570, help="ARC-Easy dev questions (570: all)")
     p.add_argument("--tau", type=int, default=0, help="measure the N best near each evoprune budget on held-out text")
+    p.add_argument(
+        "--tau-fresh",
+        type=int,
+        default=0,
+        help="with --tau: also measure those N on this many unread tokens of the search text",
+    )
     p.add_argument("--tau-budgets", default=None, help="only at these budgets (comma-separated; default: all)")
     p.add_argument("--no-dense", action="store_true", help="skip the dense model's held-out figures")
     p.add_argument("--store", default=str(ROOT / "benchmarks" / "results" / "smollm2_compare.db"))
@@ -404,16 +439,24 @@ def render(results: dict) -> str:
     if taus:
         lines += ["", "### Does the figure the search chooses by rank like held-out text?", "",
                   "Kendall τ over the best evaluated configurations within 5% under the budget (ranked by the figure "
-                  "the search chooses by), against their WikiText-2 test perplexity on the held-out tokens above; last "
-                  "column: held-out text against itself, the mean τ between the orders two random halves of its "
-                  "windows give (how far any figure of half its size could agree with it).", "",
+                  "the search chooses by), against their WikiText-2 test perplexity on the held-out tokens above. "
+                  "`half against half`: held-out text against itself, the mean τ between the orders two random halves "
+                  "of its windows give (how far any figure of half its size could agree with it). `unread search "
+                  "text`: the same configurations measured anew on tokens of the search text that no rung, "
+                  "calibration or validation window read (`--tau-fresh`; mean τ over random subsets of that many "
+                  "tokens), free of the luck they were selected by. Held-out WikiText-2 test of the pick, of the best "
+                  "by the unread text and of the best of them.", "",
                   "| budget | seed | configurations | of which climbed the ladder | τ, figure chosen by | τ, first rung only "
-                  "| τ, held-out half against half |",
-                  "|---|---|---|---|---|---|---|"]  # fmt: skip
+                  "| τ, held-out half against half | τ, unread search text (tokens: τ) | held-out: pick / best by "
+                  "unread / best |",
+                  "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for r in taus:
             t = r["tau"]
+            fresh = ", ".join(f"{int(k):,}: {v:.2f}" for k, v in t.get("tau_fresh", {}).items()) or "-"
+            held = [p[3] for p in t["points"]]
+            picks = f"{held[0]:.2f} / {_fmt(t.get('fresh_best_heldout'), '.2f')} / {min(held):.2f}" if held else "-"
             lines.append(f"| {r['budget']:.0%} | {r['seed']} | {t['n']} | {t['climbed']} | {_fmt(t['tau_chosen_by'], '.2f')} | "
-                         f"{_fmt(t['tau_first_rung'], '.2f')} | {_fmt(t.get('tau_split_half'), '.2f')} |")  # fmt: skip
+                         f"{_fmt(t['tau_first_rung'], '.2f')} | {_fmt(t.get('tau_split_half'), '.2f')} | {fresh} | {picks} |")  # fmt: skip
     lines += ["", "### Every run", "",
               "Overhead: surrogate fits + inner search as a share of fits + inner search + real evaluation (first "
               "rungs, ladder); `wall s` is the search call's wall time when this part ran the whole search (a "

@@ -16,8 +16,9 @@ def test_compare_benchmark_runs_on_a_tiny_model(tmp_path, tiny_model_dir, text_f
     # Two parts, as parallel processes would run them: seeds 0 and 1 in their own stores.
     for seed in ("0", "1"):
         store = tmp_path / f"bench{seed}.db"
+        fresh = ["--tau-fresh", "256"] if seed == "0" else []
         result = subprocess.run(
-            [sys.executable, script, *common, "--store", str(store), "--seeds", seed, "--tau", "4"],
+            [sys.executable, script, *common, "--store", str(store), "--seeds", seed, "--tau", "4", *fresh],
             capture_output=True, text=True, timeout=600,
         )  # fmt: skip
         assert result.returncode == 0, result.stderr[-3000:]
@@ -31,6 +32,9 @@ def test_compare_benchmark_runs_on_a_tiny_model(tmp_path, tiny_model_dir, text_f
     ours = next(r for r in part0["rows"] if r["method"] == "evoprune")
     assert ours["tau"]["n"] >= 3 and -1 <= ours["tau"]["tau_chosen_by"] <= 1
     assert -1 <= ours["tau"]["tau_split_half"] <= 1  # held-out text against itself
+    # a new measurement on text the search never read: 4 windows of 64 tokens, the whole of them last
+    assert list(ours["tau"]["tau_fresh"]) == ["256"] and -1 <= ours["tau"]["tau_fresh"]["256"] <= 1
+    assert ours["tau"]["fresh_best_heldout"] in {p[3] for p in ours["tau"]["points"]}
     # the per-window held-out figures the taus use are the held-out perplexity the pick is reported with
     held_by_id = {p[0]: p[3] for p in ours["tau"]["points"]}
     assert ours["best_id"] in held_by_id
@@ -47,6 +51,7 @@ def test_compare_benchmark_runs_on_a_tiny_model(tmp_path, tiny_model_dir, text_f
     assert rendered.returncode == 0, rendered.stderr[-3000:]
     section = (tmp_path / "BENCHMARKS.md").read_text()
     assert "### Targets" in section and "| 80% | evoprune | 2 |" in section and "Kendall" in section
+    assert "| 256: " in section  # the unread-text tau of seed 0
     assert (tmp_path / "docs" / "images" / "smollm2_fronts.png").stat().st_size > 1000
 
 
