@@ -303,3 +303,40 @@ def test_bias_compensation_needs_the_calibration_means(tiny_tokenizer, text_file
     assert scores.o_mean is None
     with pytest.raises(EvopruneError, match="calibration means"):
         bias_compensation(layers, plans, scores, 16)
+
+
+def test_covariances_the_machine_cannot_hold_are_refused_before_the_calibration_pass(
+    tiny_tokenizer, text_file, tmp_path, monkeypatch, tiny_model_dir
+):
+    import collections
+
+    import psutil
+
+    from tests.test_user_reports import evoprune_in_process
+
+    backend = _backend("llama", tiny_tokenizer, text_file, "refit", criterion="obs")
+    model, layers = backend.loaded.model, backend.adapter.layers(backend.loaded.model)
+    stats = ActivationStats(layers, covariance=True)
+    n = sum(p.o.in_features**2 + p.down.in_features**2 for p in layers)
+    assert stats.covariance_elements() == n
+    memory = collections.namedtuple("memory", "available")
+    # Sums (float64) and the cached copy (float32) at once: 12 bytes a value; one byte short is refused.
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: memory(12 * n - 1))
+    calls = []
+    monkeypatch.setattr(model, "forward", lambda *a, **k: calls.append(1))
+    refused = r"covariances of 4 layers.*639.0 kB of cpu.*--importance flap.*--compensation bias"
+    with pytest.raises(EvopruneError, match=refused):
+        compute_importance(model, layers, backend.calib_windows, 16, "obs", with_covariance=True)
+    assert calls == []  # refused before the pass, not after it
+    monkeypatch.undo()
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: memory(12 * n))
+    scores, _ = compute_importance(model, layers, backend.calib_windows, 16, "obs", with_covariance=True)
+    assert scores.down_cov.shape[0] == len(layers)
+    # and from the command line: one line, exit 2, nothing else
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: memory(1000))
+    store = tmp_path / "s.db"
+    result = evoprune_in_process("search", "--model", str(tiny_model_dir), "--data", str(text_file), "--store",
+                                 str(store), "--evals", "4", "--eval-tokens", "128", "--calib-tokens", "256",
+                                 "--seq-len", "64")  # fmt: skip
+    assert result.returncode == 2 and "covariances" in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr

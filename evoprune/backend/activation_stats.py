@@ -8,6 +8,11 @@ from __future__ import annotations
 import torch
 
 from evoprune.backend.adapters import LayerParts
+from evoprune.backend.memory_headroom import require_memory
+
+# Held per element of the covariances at the peak of scoring: the float64 sums, then the float32
+# copy cached and read by the re-fit (``importance._covariances`` frees each sum as it copies it).
+ACCUMULATOR_BYTES, COPY_BYTES = 8, 4
 
 
 class ActivationStats:
@@ -54,10 +59,34 @@ class ActivationStats:
                 handles.append(module.register_forward_pre_hook(hook((i, key))))
         return handles
 
+    def covariance_elements(self) -> int:
+        """Values of the covariances of every layer's ``o`` and ``down`` inputs:
+        ``sum(o.in_features**2 + down.in_features**2)`` (80.7M for SmolLM2-135M, 4.41G for Llama-2-7B)."""
+        return sum(p.o.in_features**2 + p.down.in_features**2 for p in self.layers)
+
+    def check_memory(self, device: torch.device) -> None:
+        """Refuse (EvopruneError) covariances the machine cannot hold, before the pass that sums them:
+        float64 sums on ``device`` and a float32 copy on the host, at once."""
+        if not self.covariance:
+            return
+        n = self.covariance_elements()
+        instead = (
+            "score with --importance flap and compensate with --compensation bias, which need no covariances, "
+            "or use a machine with more memory"
+        )
+        what = f"the calibration covariances of {len(self.layers)} layers' o and down inputs ({n:,} values)"
+        if torch.device(device).type == "cuda":
+            require_memory(ACCUMULATOR_BYTES * n, device, what, instead)
+            require_memory(COPY_BYTES * n, "cpu", what, instead)
+        else:
+            require_memory((ACCUMULATOR_BYTES + COPY_BYTES) * n, "cpu", what, instead)
+
     def collect(self, model, windows: torch.Tensor) -> None:
-        """One inference pass over ``windows`` (n_windows, seq_len), unless already collected."""
+        """One inference pass over ``windows`` (n_windows, seq_len), unless already collected.
+        Raises EvopruneError when the covariances asked for would not fit in memory."""
         if self.collected:
             return
+        self.check_memory(model.device)
         handles = self.attach()
         try:
             with torch.inference_mode():

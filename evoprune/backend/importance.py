@@ -238,10 +238,17 @@ def _with_means(scores: Importance, stats: ActivationStats, layers: list[LayerPa
 
 
 def _covariances(stats: ActivationStats, layers: list[LayerParts]) -> dict[str, np.ndarray]:
-    return {
-        name: torch.stack([stats.covariance_matrix(i, key).float().cpu() for i in range(len(layers))]).numpy()
-        for name, key in (("o_cov", "o_in"), ("down_cov", "down_in"))
-    }
+    """The float32 covariances, (layers, in, in) per key; each float64 sum is freed once copied, so
+    the peak is the sums and one copy (``ActivationStats.check_memory``), not two copies."""
+    out = {}
+    for name, key in (("o_cov", "o_in"), ("down_cov", "down_in")):
+        for i in range(len(layers)):
+            cov = stats.covariance_matrix(i, key).float().cpu().numpy()
+            if i == 0:
+                out[name] = np.empty((len(layers), *cov.shape), dtype=np.float32)
+            out[name][i] = cov
+            del stats.outer[(i, key)]
+    return out
 
 
 def _load(path: Path | None, required: tuple[str, ...]) -> dict[str, np.ndarray] | None:

@@ -1,0 +1,36 @@
+"""Memory a step is about to take, checked against what the machine has before it starts.
+
+A step that outgrows memory is killed by the operating system (or fails deep inside torch on a
+GPU) with nothing a user can act on; refusing it first, with what it needs and what to do
+instead, costs one reading of the free memory.
+"""
+
+from __future__ import annotations
+
+import psutil
+import torch
+from rich.filesize import decimal
+
+from evoprune.errors import EvopruneError
+
+
+def available_bytes(device: torch.device | str) -> int:
+    """Memory free for new allocations on ``device``: the host's available memory (``psutil``,
+    which counts reclaimable page cache) for ``cpu`` and ``mps`` (unified memory), the CUDA
+    driver's free memory for ``cuda``."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    return int(psutil.virtual_memory().available)
+
+
+def require_memory(need: int, device: torch.device | str, what: str, instead: str) -> None:
+    """Raise EvopruneError naming ``what`` needs ``need`` bytes on ``device`` and ``instead`` (the
+    way around it) when the device has less available."""
+    device = torch.device(device)
+    have = available_bytes(device)
+    if need > have:
+        raise EvopruneError(
+            f"{what} need {decimal(need)} of {device.type} memory and {decimal(have)} is available: {instead}"
+        )
