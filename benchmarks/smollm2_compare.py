@@ -358,7 +358,9 @@ def render(results: dict) -> str:
     )
     lines = [
         f"Command: `python benchmarks/smollm2_compare.py --evals {a.get('evals')} --seeds {','.join(map(str, seeds))} "
-        f"--budgets {','.join(str(b) for b in budgets)} --tau {a.get('tau')}` (parts in parallel processes, merged "
+        f"--budgets {','.join(str(b) for b in budgets)} --tau {a.get('tau')}"
+        + (f" --tau-fresh {a['tau_fresh']}" if a.get("tau_fresh") else "")
+        + "` (parts in parallel processes, merged "
         "with `--render`). Every method searched or pruned with evoprune's defaults: "
         f"`{st['criterion']}` importance, `{st['compensation']}` compensation on {st['calib_tokens']} calibration "
         f"tokens, {st['seq_len']}-token windows; evoprune's first rung {st['eval_tokens']} tokens, ladder "
@@ -499,7 +501,10 @@ def merge(paths: list[str]) -> dict:
     for part in parts:
         if "dense" in part:
             merged["dense"] = part["dense"]
-    merged["args"] = {**parts[0]["args"], "tau": max(p["args"].get("tau", 0) for p in parts)}
+    merged["args"] = {
+        **parts[0]["args"],
+        **{k: max(p["args"].get(k) or 0 for p in parts) for k in ("tau", "tau_fresh")},
+    }
     return merged
 
 
