@@ -358,9 +358,11 @@ def render(results: dict) -> str:
     )
     lines = [
         f"Command: `python benchmarks/smollm2_compare.py --evals {a.get('evals')} --seeds {','.join(map(str, seeds))} "
-        f"--budgets {','.join(str(b) for b in budgets)} --tau {a.get('tau')}"
+        f"--budgets {','.join(str(b) for b in budgets)}`"
+        + (f", with `--tau {a['tau']}" if a.get("tau") else "")
         + (f" --tau-fresh {a['tau_fresh']}" if a.get("tau_fresh") else "")
-        + "` (parts in parallel processes, merged "
+        + ("` for the runs the τ table lists" if a.get("tau") else "")
+        + " (parts in parallel processes, merged "
         "with `--render`). Every method searched or pruned with evoprune's defaults: "
         f"`{st['criterion']}` importance, `{st['compensation']}` compensation on {st['calib_tokens']} calibration "
         f"tokens, {st['seq_len']}-token windows; evoprune's first rung {st['eval_tokens']} tokens, ladder "
@@ -456,7 +458,10 @@ def render(results: dict) -> str:
             t = r["tau"]
             fresh = ", ".join(f"{int(k):,}: {v:.2f}" for k, v in t.get("tau_fresh", {}).items()) or "-"
             held = [p[3] for p in t["points"]]
-            picks = f"{held[0]:.2f} / {_fmt(t.get('fresh_best_heldout'), '.2f')} / {min(held):.2f}" if held else "-"
+            pick = next((p[3] for p in t["points"] if p[0] == r.get("best_id")), None)  # the run's own pick
+            picks = (
+                f"{_fmt(pick, '.2f')} / {_fmt(t.get('fresh_best_heldout'), '.2f')} / {min(held):.2f}" if held else "-"
+            )
             lines.append(f"| {r['budget']:.0%} | {r['seed']} | {t['n']} | {t['climbed']} | {_fmt(t['tau_chosen_by'], '.2f')} | "
                          f"{_fmt(t['tau_first_rung'], '.2f')} | {_fmt(t.get('tau_split_half'), '.2f')} | {fresh} | {picks} |")  # fmt: skip
     lines += ["", "### Every run", "",

@@ -312,7 +312,7 @@ def test_covariances_the_machine_cannot_hold_are_refused_before_the_calibration_
 
     import psutil
 
-    from tests.test_user_reports import evoprune_in_process
+    from tests.test_user_reports import _one_line_error, evoprune_in_process
 
     backend = _backend("llama", tiny_tokenizer, text_file, "refit", criterion="obs")
     model, layers = backend.loaded.model, backend.adapter.layers(backend.loaded.model)
@@ -332,11 +332,29 @@ def test_covariances_the_machine_cannot_hold_are_refused_before_the_calibration_
     monkeypatch.setattr(psutil, "virtual_memory", lambda: memory(12 * n))
     scores, _ = compute_importance(model, layers, backend.calib_windows, 16, "obs", with_covariance=True)
     assert scores.down_cov.shape[0] == len(layers)
+    # obs scoring without the re-fit keeps no copy: the float64 sums alone, 8 bytes a value
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: memory(8 * n))
+    compute_importance(model, layers, backend.calib_windows, 16, "obs")
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: memory(8 * n - 1))
+    with pytest.raises(EvopruneError, match="covariances"):
+        compute_importance(model, layers, backend.calib_windows, 16, "obs")
     # and from the command line: one line, exit 2, nothing else
     monkeypatch.setattr(psutil, "virtual_memory", lambda: memory(1000))
     store = tmp_path / "s.db"
     result = evoprune_in_process("search", "--model", str(tiny_model_dir), "--data", str(text_file), "--store",
                                  str(store), "--evals", "4", "--eval-tokens", "128", "--calib-tokens", "256",
                                  "--seq-len", "64")  # fmt: skip
-    assert result.returncode == 2 and "covariances" in result.stderr and "Traceback" not in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    _one_line_error(result, "covariances", "--compensation bias")
+
+
+def test_available_memory_is_what_is_left_of_a_container_limit(tmp_path):
+    from evoprune.backend.memory_headroom import _cgroup_left
+
+    assert _cgroup_left(tmp_path) is None  # no cgroup v2 files: no limit
+    (tmp_path / "memory.max").write_text("max\n")
+    (tmp_path / "memory.current").write_text("1000\n")
+    assert _cgroup_left(tmp_path) is None
+    (tmp_path / "memory.max").write_text("4096\n")
+    assert _cgroup_left(tmp_path) == 3096
+    (tmp_path / "memory.current").write_text("5000\n")
+    assert _cgroup_left(tmp_path) == 0

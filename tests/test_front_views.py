@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import re
 from pathlib import Path
 
@@ -137,6 +138,10 @@ def test_compare_order_never_sets_figures_of_different_rungs_against_each_other(
     assert [r.method for r in choice_order(mixed)] == ["a", "c", "b"]
     partly_validated = [_compare_row("a", 10.0, 14.0, 20.0), _compare_row("b", 12.0, 11.0)]
     assert [r.method for r in choice_order(partly_validated)] == ["b", "a"]
+    # a collapsed pick's validation figure sends every row to the next common figure, and it sorts last there
+    collapsed = [_compare_row("a", 10.0, 14.0, 12.0), _compare_row("b", 12.0, 11.0, 13.0),
+                 _compare_row("c", math.inf, math.inf, math.inf)]  # fmt: skip
+    assert [r.method for r in choice_order(collapsed)] == ["a", "b", "c"]
 
 
 def test_plan_json_names_the_run_of_the_evaluation_it_chose(warm_store):

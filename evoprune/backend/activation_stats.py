@@ -19,15 +19,18 @@ class ActivationStats:
     """Per-feature sums and sums of squares (float64) of projection inputs over calibration tokens.
 
     Keys: ``attn_in`` (input of q, k and v), ``o_in``, ``mlp_in`` (input of gate and up), ``down_in``.
-    With ``covariance``, also the sums of outer products ``x x^T`` of the ``o`` and ``down`` inputs.
+    With ``covariance``, also the sums of outer products ``x x^T`` of the ``o`` and ``down`` inputs;
+    ``copied``: a float32 copy of them will be made on the host (cached for the re-fit), which the
+    memory check counts too.
     """
 
     KEYS = ("attn_in", "o_in", "mlp_in", "down_in")
     COVARIANCE_KEYS = ("o_in", "down_in")
 
-    def __init__(self, layers: list[LayerParts], covariance: bool = False):
+    def __init__(self, layers: list[LayerParts], covariance: bool = False, copied: bool = False):
         self.layers = layers
         self.covariance = covariance
+        self.copied = covariance and copied
         self.sums: dict[tuple[int, str], torch.Tensor] = {}
         self.sumsq: dict[tuple[int, str], torch.Tensor] = {}
         self.outer: dict[tuple[int, str], torch.Tensor] = {}
@@ -66,7 +69,7 @@ class ActivationStats:
 
     def check_memory(self, device: torch.device) -> None:
         """Refuse (EvopruneError) covariances the machine cannot hold, before the pass that sums them:
-        float64 sums on ``device`` and a float32 copy on the host, at once."""
+        the float64 sums on ``device``, and with ``copied`` their float32 copy on the host, at once."""
         if not self.covariance:
             return
         n = self.covariance_elements()
@@ -75,11 +78,13 @@ class ActivationStats:
             "or use a machine with more memory"
         )
         what = f"the calibration covariances of {len(self.layers)} layers' o and down inputs ({n:,} values)"
+        copy = COPY_BYTES * n if self.copied else 0
         if torch.device(device).type == "cuda":
             require_memory(ACCUMULATOR_BYTES * n, device, what, instead)
-            require_memory(COPY_BYTES * n, "cpu", what, instead)
+            if copy:
+                require_memory(copy, "cpu", what, instead)
         else:
-            require_memory((ACCUMULATOR_BYTES + COPY_BYTES) * n, "cpu", what, instead)
+            require_memory(ACCUMULATOR_BYTES * n + copy, "cpu", what, instead)
 
     def collect(self, model, windows: torch.Tensor) -> None:
         """One inference pass over ``windows`` (n_windows, seq_len), unless already collected.

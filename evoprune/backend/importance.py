@@ -365,7 +365,8 @@ def _compute(
     new_covs = with_covariance and covs is None
     was_training = model.training
     model.eval()
-    stats = ActivationStats(layers, covariance=new_covs or (arrays is None and criterion in NEEDS_COVARIANCE))
+    needs_covariance = new_covs or (arrays is None and criterion in NEEDS_COVARIANCE)
+    stats = ActivationStats(layers, covariance=needs_covariance, copied=new_covs)
     try:
         if arrays is None:
             scores = CRITERIA[criterion](model, layers, windows, head_dim, stats)

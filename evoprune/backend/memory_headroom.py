@@ -7,6 +7,8 @@ instead, costs one reading of the free memory.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import psutil
 import torch
 from rich.filesize import decimal
@@ -15,14 +17,27 @@ from evoprune.errors import EvopruneError
 
 
 def available_bytes(device: torch.device | str) -> int:
-    """Memory free for new allocations on ``device``: the host's available memory (``psutil``,
-    which counts reclaimable page cache) for ``cpu`` and ``mps`` (unified memory), the CUDA
-    driver's free memory for ``cuda``."""
+    """Memory free for new allocations on ``device``: for ``cpu`` and ``mps`` (unified memory) the
+    host's available memory (``psutil``, which counts reclaimable page cache), or what is left of
+    this process's cgroup v2 limit when that is less (a container's ``memory.max``); for ``cuda``
+    the driver's free memory."""
     device = torch.device(device)
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
         return int(free)
-    return int(psutil.virtual_memory().available)
+    available = int(psutil.virtual_memory().available)
+    left = _cgroup_left()
+    return available if left is None else min(available, left)
+
+
+def _cgroup_left(root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """``memory.max - memory.current`` of the cgroup v2 this process runs in (None: no limit, or no cgroup v2)."""
+    try:
+        limit = (root / "memory.max").read_text().strip()
+        current = int((root / "memory.current").read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return None if limit == "max" else max(0, int(limit) - current)
 
 
 def require_memory(need: int, device: torch.device | str, what: str, instead: str) -> None:

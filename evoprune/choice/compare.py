@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -43,27 +44,30 @@ class CompareRow:
 
 
 def choice_order(rows: Sequence[CompareRow], metric: str = "ppl") -> list[CompareRow]:
-    """``rows`` best first by ``metric`` on the largest text every pick was measured on, rows
-    without a pick last. The same windows judge every method: the validation split (never chosen
-    by) when every pick has it, else the top rung when every pick reached the same one, else the
-    first rung. Figures on different rungs are not compared: a larger rung's text is not equally hard."""
+    """``rows`` best first by ``metric`` on windows that judge every pick alike, rows without a pick
+    last: the validation split (never chosen by) when every pick has a finite figure there, else
+    the top rung when every pick reached the same one with a finite figure, else the first rung.
+    Figures of different splits or rungs are never set against each other: a larger rung's text is
+    not equally hard. A pick whose figure is not finite (a collapsed model) sorts after the others."""
     from evoprune.objectives.spec import quality_value
 
     picked = [r for r in rows if r.best_value is not None]
-    tops = {(r.best_fidelity or {}).get("tokens") for r in picked}
+    figures = (
+        lambda r: (r.best_validation or {}).get("metrics") or {},
+        lambda r: (r.best_fidelity or {}).get("metrics") or {},
+        lambda r: {metric: r.best_value},
+    )
+    for i, figure in enumerate(figures):
+        values = {id(r): quality_value(metric, figure(r)) for r in picked}
+        same_rung = i != 1 or len({(r.best_fidelity or {}).get("tokens") for r in picked}) == 1
+        if same_rung and all(np.isfinite(v) for v in values.values()):
+            break
 
-    def figure(r: CompareRow) -> dict | None:
-        if all(p.best_validation for p in picked):
-            return r.best_validation["metrics"]
-        if len(tops) == 1 and None not in tops:
-            return r.best_fidelity["metrics"]
-        return None
+    def key(r: CompareRow) -> tuple:
+        v = values.get(id(r), math.nan)
+        return (r.best_value is None, not np.isfinite(v), v if np.isfinite(v) else 0.0)
 
-    def value(r: CompareRow) -> float:
-        v = quality_value(metric, figure(r) or {})
-        return v if np.isfinite(v) else quality_value(metric, {metric: r.best_value})
-
-    return sorted(rows, key=lambda r: (r.best_value is None, 0.0 if r.best_value is None else value(r)))
+    return sorted(rows, key=key)
 
 
 def best_under_budget(evals: list[Evaluation], metric: str, budget: Budget, costs: CostEvaluator) -> Evaluation | None:
