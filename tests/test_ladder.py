@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,12 +22,17 @@ from evoprune.engine.active_learning import ActiveLearning
 from evoprune.engine.context import SearchContext
 from evoprune.engine.run import prepare_backend, search
 from evoprune.engine.settings import SearchSettings
+from evoprune.errors import EvopruneError
 from evoprune.objectives.pareto import best_of, rung_offsets, selection_value
 from evoprune.store import Evaluation, Store
 from tests.test_cli import _assert_clean_usage_error, evoprune, small_inner_search
 
 BACKEND = BackendSettings(eval_tokens=256, calib_tokens=256, seq_len=64, mlp_levels=4, ladder="1024")
 OLD_STORE = Path(__file__).parent / "data" / "store_v1.db"
+
+
+def _layout(layout: str) -> BackendSettings:
+    return replace(BACKEND, ladder_windows=layout)
 
 
 def _settings(**kw) -> SearchSettings:
@@ -75,15 +81,46 @@ def test_a_promoted_configuration_keeps_one_row_per_fidelity(tmp_path, tiny_mode
     assert validated[0].validation["tokens"] == 512 and validated[0].validation["metrics"]["ppl_se"] > 0
 
 
-def test_validation_windows_are_disjoint_from_rungs_and_calibration(tiny_model_dir, text_file):
-    backend = prepare_backend(str(tiny_model_dir), str(text_file), _settings())
+@pytest.mark.parametrize("layout", ["disjoint", "nested"])
+def test_validation_windows_are_disjoint_from_rungs_and_calibration(tiny_model_dir, text_file, layout):
+    backend = prepare_backend(str(tiny_model_dir), str(text_file), _settings(backend=_layout(layout)))
     s = backend.settings
-    assert backend.search_windows.numel() == 1024 and backend.eval_windows.numel() == 256
+    rung = backend.search_windows[backend.rung_span(1024)]
+    assert backend.eval_windows.numel() == 256 and rung.numel() == 1024
+    assert backend.search_windows.numel() == (1280 if layout == "disjoint" else 1024)
     assert backend.validation_skip == s.search_tokens + s.calib_tokens
     assert backend.validation_windows().numel() == s.validation_token_count == 512
-    # Rung windows extend the first rung's: a configuration's first rung is a prefix of its next.
     assert backend.search_windows[: len(backend.eval_windows)].equal(backend.eval_windows)
+    if layout == "disjoint":  # the rung reads none of the windows that promoted a configuration to it
+        assert rung.equal(backend.search_windows[4:])
+    else:  # the rung extends the first rung: how runs recorded before disjoint rungs measured
+        assert rung[:4].equal(backend.eval_windows)
     assert not backend.validation_windows()[0].equal(backend.search_windows[0])
+
+
+def test_a_disjoint_rung_is_measured_on_its_own_windows_against_their_dense_reference(tiny_model_dir, text_file):
+    backend = prepare_backend(str(tiny_model_dir), str(text_file), _settings())
+    rung = backend.search_windows[backend.rung_span(1024)]
+    x = np.array(backend.space.lower)
+    x[len(x) // 2 :] = 2  # MLP channels pruned: a figure that depends on the windows
+    m = backend.evaluate(x, 1024)
+    assert m.metrics["ppl"] == backend.evaluate_on(x, rung).metrics["ppl"]
+    assert m.metrics["ppl"] != backend.evaluate(x).metrics["ppl"]
+    # The dense model against a reference of other windows would have a large KL.
+    dense = backend.evaluate(np.array(backend.space.lower), 1024)
+    assert dense.metrics["kl"] < 1e-5
+    with pytest.raises(EvopruneError, match="no rung of this run's ladder"):
+        backend.rung_span(512)
+
+
+def test_runs_recorded_before_disjoint_rungs_keep_their_windows_and_identity():
+    record = BACKEND.identity()
+    record.pop("ladder_windows")  # what a store of the previous main recorded
+    old = BackendSettings.from_record(record)
+    assert old.ladder_windows == "nested" and old.identity() == record and old.search_tokens == 1024
+    assert BackendSettings.from_record(BACKEND.identity()) == BACKEND
+    with pytest.raises(EvopruneError, match="ladder_windows 'overlap' is unknown"):
+        replace(BACKEND, ladder_windows="overlap").validate()
 
 
 def test_the_surrogate_learns_from_the_first_rung_only(tmp_path, tiny_model_dir, text_file):

@@ -79,12 +79,13 @@ class PruningBackend:
         self.space = space
         require_context(model.config, settings.seq_len)
         tok = loaded.tokenizer
-        # One stretch of the evaluation text, in this order: the rungs' windows (each rung reads
-        # a prefix of the largest), the calibration windows (when scored on the same text), the
-        # validation windows. No token judges a result that it helped to choose or to score.
+        # One stretch of the evaluation text, in this order: the rungs' windows (disjoint: each
+        # rung after the lower ones; nested: each rung a prefix of the largest), the calibration
+        # windows (when scored on the same text), the validation windows. No token judges a
+        # result that it helped to choose or to score.
         search = settings.search_tokens
         self.search_windows = token_windows(tok, text.text, search, settings.seq_len)
-        self.eval_windows = self.search_windows[: self.windows_for(settings.eval_tokens)]
+        self.eval_windows = self.search_windows[self.rung_span(settings.eval_tokens)]
         used = search
         if calib_text is None:
             self.calib_windows = token_windows(
@@ -111,7 +112,9 @@ class PruningBackend:
         s = self.settings
         calib = self.calib_text.fingerprint if self.calib_text else "same"
         rungs = ",".join(str(t) for t in s.ladder_tokens)
-        return f"{self.text.fingerprint}:{calib}:{s.eval_tokens}:{s.calib_tokens}:{s.seq_len}:{rungs}"
+        # Disjoint rungs move the calibration windows; nested ones keep the key they always had.
+        layout = "" if s.ladder_windows == "nested" else f":{s.ladder_windows}"
+        return f"{self.text.fingerprint}:{calib}:{s.eval_tokens}:{s.calib_tokens}:{s.seq_len}:{rungs}{layout}"
 
     def score(self) -> Importance:
         """Compute (or load from the cache) the importance of every head and channel."""
@@ -179,7 +182,7 @@ class PruningBackend:
         )
 
     def reference(self, n_windows: int | None = None) -> DenseReference | None:
-        """The dense model's top-k log-probabilities on the first ``n_windows`` rung windows
+        """The dense model's top-k log-probabilities on the first ``n_windows`` search windows
         (default: the first rung's), computed once and extended when a higher rung needs more.
 
         ``None`` when the dense model itself produces non-finite values: KL to it means nothing,
@@ -220,6 +223,24 @@ class PruningBackend:
         """How many rung windows ``tokens`` tokens take (at least one, at most all)."""
         return max(1, min(len(self.search_windows), -(-tokens // self.settings.seq_len)))
 
+    def rung_span(self, tokens: int) -> slice:
+        """The search windows a measurement of ``tokens`` tokens reads. Up to the first rung
+        (``eval_tokens``; fewer screen), a prefix of its windows. A higher rung: under disjoint
+        ladder windows (the default), its own windows after every lower rung's; under nested ones,
+        a prefix of the search windows. Raises EvopruneError for a count that is no rung of a
+        disjoint ladder."""
+        s = self.settings
+        if s.ladder_windows == "nested" or tokens <= s.eval_tokens:
+            return slice(0, self.windows_for(tokens))
+        rungs = (s.eval_tokens, *s.ladder_tokens)
+        if tokens not in rungs:
+            raise EvopruneError(
+                f"{tokens} tokens is no rung of this run's ladder ({', '.join(map(str, rungs))}): use one of them"
+            )
+        counts = s.rung_window_counts
+        start = sum(counts[: rungs.index(tokens)])
+        return slice(start, start + counts[rungs.index(tokens)])
+
     def validation_windows(self) -> torch.Tensor:
         """The validation split: windows after the rungs and the calibration (tokenized on first use)."""
         if self._validation_windows is None:
@@ -247,10 +268,10 @@ class PruningBackend:
     def evaluate(self, x, tokens: int | None = None, split: str = "search") -> Measurement:
         """Perplexity and KL (with standard errors) of configuration ``x``, through masks.
 
-        ``split="search"``: on the first ``tokens`` tokens of the rung windows (``None``: the
-        first rung, ``eval_tokens``, which alone also runs the extra metrics such as task
-        accuracies); a smaller count screens (multi-fidelity), a larger one is a higher rung of
-        the ladder. ``split="validation"``: on the validation windows, disjoint from every rung
+        ``split="search"``: on the windows of the rung of ``tokens`` tokens (``rung_span``;
+        ``None``: the first rung, ``eval_tokens``, which alone also runs the extra metrics such as
+        task accuracies); a smaller count screens (multi-fidelity), a larger one is a higher rung
+        of the ladder. ``split="validation"``: on the validation windows, disjoint from every rung
         and from calibration. Raises EvopruneError for an unknown split.
         """
         # Everything a real evaluation costs counts in its duration: the plan, the dense reference
@@ -260,8 +281,11 @@ class PruningBackend:
         if split == "validation":
             windows, reference = self.validation_windows(), self._validation_ref()
         elif split == "search":
-            windows = self.search_windows[: self.windows_for(self.settings.eval_tokens if tokens is None else tokens)]
-            reference = self.reference(len(windows))
+            span = self.rung_span(self.settings.eval_tokens if tokens is None else tokens)
+            windows = self.search_windows[span]
+            reference = self.reference(span.stop)
+            if reference is not None:
+                reference = DenseReference(reference.indices[span], reference.logprobs[span])
         else:
             raise EvopruneError(f"split {split!r} is unknown: use search or validation")
         extras = self.extra_metrics if tokens is None and split == "search" else ()

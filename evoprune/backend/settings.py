@@ -26,10 +26,14 @@ class BackendSettings:
     The fidelity ladder: every configuration is first measured on ``eval_tokens`` tokens (the
     pairs the surrogate learns from); the promising ones are measured again on each rung of
     ``ladder`` (token counts, comma-separated; ``auto``: 4 x ``eval_tokens``; ``none``: no
-    ladder), whose windows extend the first rung's (as EvoPress's multi-step selection and
-    DarwinLM's 1k-8k token schedule do). The picks are then measured on ``validation_tokens``
-    (``None``: 2 x ``eval_tokens``; 0: none) of windows disjoint from every rung and from the
-    calibration windows, so the figure a pick is reported with was never selected on.
+    ladder), as EvoPress's multi-step selection and DarwinLM's 1k-8k token schedule do.
+    ``ladder_windows`` says where a rung reads: ``disjoint`` (the default), windows after every
+    lower rung's, so the figure that promotes a configuration never ranks it on the rung it climbs
+    to (the winner's curse, BENCHMARKS.md "Does the figure the search chooses by rank like held-out
+    text?"); ``nested``, windows that extend the first rung's (how runs recorded before this
+    setting measured). The picks are then measured on ``validation_tokens`` (``None``: 2 x
+    ``eval_tokens``; 0: none) of windows disjoint from every rung and from the calibration
+    windows, so the figure a pick is reported with was never selected on.
     """
 
     criterion: str = "obs"  # best on held-out text with refit (BENCHMARKS.md, "Importance criteria and compensation")
@@ -48,6 +52,7 @@ class BackendSettings:
     device: str = "cpu"  # where evaluation runs; not part of what a run measured (see identity())
     ladder: str = "auto"
     validation_tokens: int | None = None
+    ladder_windows: str = "disjoint"
 
     @property
     def ladder_tokens(self) -> tuple[int, ...]:
@@ -71,8 +76,16 @@ class BackendSettings:
 
     @property
     def search_tokens(self) -> int:
-        """Tokens of the windows every rung reads (the largest rung)."""
-        return max((self.eval_tokens, *self.ladder_tokens))
+        """Tokens of the windows the rungs read: the largest rung when they are nested; every
+        rung's whole windows one after another when disjoint."""
+        if self.ladder_windows == "nested":
+            return max((self.eval_tokens, *self.ladder_tokens))
+        return self.seq_len * sum(self.rung_window_counts)
+
+    @property
+    def rung_window_counts(self) -> tuple[int, ...]:
+        """Windows of each rung, the first rung's first: ``seq_len``-token windows, rounded up."""
+        return tuple(-(-t // self.seq_len) for t in (self.eval_tokens, *self.ladder_tokens))
 
     @classmethod
     def from_record(cls, record: dict) -> BackendSettings:
@@ -83,6 +96,8 @@ class BackendSettings:
         values = {k: v for k, v in record.items() if k in known}
         if "ladder" not in record:
             values.update(ladder="none", validation_tokens=0)
+        if "ladder_windows" not in record:
+            values.update(ladder_windows="nested")
         return cls(**values)
 
     def identity(self) -> dict:
@@ -91,6 +106,8 @@ class BackendSettings:
         d.pop("device")
         if d["compensation"] == "none":  # runs recorded before compensation existed keep their identity
             d.pop("compensation")
+        if d["ladder_windows"] == "nested":  # likewise for runs recorded before disjoint rungs
+            d.pop("ladder_windows")
         return d
 
     def validate(self) -> None:
@@ -114,6 +131,10 @@ class BackendSettings:
             raise EvopruneError(
                 f"--validation-tokens must be 0 (none) or at least one window of --seq-len {self.seq_len} tokens"
             )
+        if self.ladder_windows not in LADDER_WINDOWS:
+            raise EvopruneError(
+                f"ladder_windows {self.ladder_windows!r} is unknown: use one of {', '.join(LADDER_WINDOWS)}"
+            )
         if self.criterion not in CRITERIA:
             raise EvopruneError(f"importance criterion {self.criterion!r} is unknown: use one of {', '.join(CRITERIA)}")
         if self.compensation not in COMPENSATIONS:
@@ -123,6 +144,7 @@ class BackendSettings:
 
 
 DTYPES = ("float32", "bfloat16", "float16")
+LADDER_WINDOWS = ("disjoint", "nested")
 
 
 def check_device(device: str) -> None:

@@ -69,7 +69,7 @@ def search_command(
         "--config",
         help="TOML file with any of these options (json = true for --json), and the settings without a flag: "
         "pop_size and generations (the inner search), batch_size (windows per forward pass), attn_levels (0: "
-        "one per head), kl_top_k (KL's top tokens); flags override it.",
+        "one per head), kl_top_k (KL's top tokens), ladder_windows (disjoint or nested); flags override it.",
     ),
     seed: int = typer.Option(0, "--seed", help="Random seed: same seed and store contents give the same search."),
     method: str = typer.Option(
