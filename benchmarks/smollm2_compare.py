@@ -264,6 +264,7 @@ def main() -> None:
     results = {"machine": platform.platform(), "threads": torch.get_num_threads(), "versions": library_versions(),
                "settings": {"criterion": backend_settings.criterion, "compensation": backend_settings.compensation,
                             "eval_tokens": backend_settings.eval_tokens, "ladder": list(backend_settings.ladder_tokens),
+                            "ladder_windows": backend_settings.ladder_windows,
                             "validation_tokens": backend_settings.validation_token_count,
                             "seq_len": backend_settings.seq_len, "calib_tokens": backend_settings.calib_tokens},
                "load_s": time.perf_counter() - t0, "args": vars(args), "rows": []}  # fmt: skip
@@ -366,7 +367,9 @@ def render(results: dict) -> str:
         "with `--render`). Every method searched or pruned with evoprune's defaults: "
         f"`{st['criterion']}` importance, `{st['compensation']}` compensation on {st['calib_tokens']} calibration "
         f"tokens, {st['seq_len']}-token windows; evoprune's first rung {st['eval_tokens']} tokens, ladder "
-        f"{', '.join(map(str, st['ladder'])) or 'none'}, validation {st['validation_tokens']} tokens, all of "
+        f"{', '.join(map(str, st['ladder'])) or 'none'}"
+        + (f" ({st['ladder_windows']} windows)" if st.get("ladder_windows") else "")
+        + f", validation {st['validation_tokens']} tokens, all of "
         f"WikiText-2 valid; {a.get('evals')} real evaluations. Held-out: the first {a.get('heldout_tokens')} tokens "
         f"of WikiText-2 test and of PTB valid ({st['seq_len']}-token windows)"
         + (f" and {arc_text} ARC-Easy dev questions" if arc_text != "0" else " (ARC-Easy not measured)")
