@@ -123,6 +123,12 @@ def test_obs_order_is_greedy_and_each_score_is_the_refit_error_its_removal_adds(
     w[:, unit_size : 2 * unit_size] = float("nan")
     broken = greedy_obs_scores(w, cov, unit_size, block=1)
     assert np.isfinite(broken).all() and np.argmin(broken) == 1
+    # errors that overflow (inf, then NaN through the updates) still give a finite strict order
+    huge = w.nan_to_num(0.0)
+    huge[:, :unit_size] = 1e200
+    huge[0, -1] = -1e200
+    overflowed = greedy_obs_scores(huge, cov, unit_size, block=1)
+    assert np.isfinite(overflowed).all() and len(set(overflowed)) == n
     # a covariance too indefinite for the dampened Cholesky still gives an order (more damping)
     assert len(set(greedy_obs_scores(w, cov - 2 * cov.diagonal().mean() * torch.eye(12, dtype=torch.float64),
                                      unit_size))) == n  # fmt: skip

@@ -67,8 +67,10 @@ def greedy_obs_scores(
         order = torch.argsort(costs)[:block]
         for u, cost in zip(units[order].tolist(), costs[order].tolist(), strict=True):
             # Strictly increasing, so the ranking is greedy OBS's order even where a later unit
-            # adds less error than an earlier one or errors are 0.
-            level = max(cost, float(np.nextafter(level, np.inf)))
+            # adds less error than an earlier one, errors are 0, or an error overflowed (inf or
+            # NaN: argsort puts those last, and they must neither tie nor stop the order).
+            above = float(np.nextafter(level, np.inf))
+            level = max(cost, above) if np.isfinite(cost) else above
             scores[u] = level
         idx = cols[order].flatten()
         keep = torch.ones(len(units), dtype=torch.bool, device=w.device)
