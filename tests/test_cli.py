@@ -11,7 +11,11 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+from evoprune.objectives.pareto import objectives
+from evoprune.store import Store
 
 SEARCH_ARGS = ["--eval-tokens", "256", "--calib-tokens", "256", "--seq-len", "64", "--mlp-levels", "4"]
 
@@ -67,12 +71,14 @@ def test_search_then_pareto_json(tmp_path, tiny_model_dir, text_file):
         assert {"id", "params", "params_fraction", "metrics", "levels"} <= set(p)
         assert len(p["levels"]["attn"]) == len(p["levels"]["mlp"]) == 4
         assert 0 < p["params_fraction"] <= 1 and p["metrics"]["ppl"] > 1
-    # No point of the front is dominated by another stored evaluation.
-    con = sqlite3.connect(store)
-    all_points = [(json.loads(m)["ppl"], f) for m, f in con.execute("SELECT metrics, params_fraction FROM evaluations")]
+    # No point of the front is dominated by another stored evaluation, on the figures the front is
+    # chosen by (the highest rung each reached, on the first rung's scale).
+    with Store(store) as st:
+        evals = st.evaluations(st.runs()[0].id)
+    F = dict(zip([e.id for e in evals], map(tuple, objectives(evals, ("ppl", "params"))), strict=True))
     for p in front["points"]:
-        ppl, frac = p["metrics"]["ppl"], p["params_fraction"]
-        assert not any(q <= ppl and g <= frac and (q < ppl or g < frac) for q, g in all_points)
+        a = np.array(F[p["id"]])
+        assert not any(all(b <= a) and any(b < a) for b in map(np.array, F.values()))
 
     # The same command again has nothing left to do: no evaluation is repeated.
     again = evoprune(*args, "--evals", "12", "--init", "6", "--batch", "3", *SEARCH_ARGS)
