@@ -21,11 +21,15 @@ merges them into the "SmolLM2-135M: picks on held-out text" section of BENCHMARK
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
+import os
 import platform
+import re
 import statistics
 import sys
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -67,11 +71,17 @@ class HeldOut:
         self.arc_limit = arc_limit
 
     def perplexity(self, backend, levels, names=None) -> dict:
+        """Perplexity, its standard error and the per-window NLLs (``nll:NAME``, nats, for paired
+        differences between methods on the same windows) of ``levels`` on every held-out text: the
+        windows are measured once, pruned exactly as ``backend.evaluate_on`` measures them."""
         out = {}
         for name, windows in self.windows.items():
             if names is None or name in names:
-                m = backend.evaluate_on(np.asarray(levels), windows)
-                out[f"ppl:{name}"], out[f"ppl_se:{name}"] = m.metrics.get("ppl"), m.metrics.get("ppl_se")
+                nll = levels_window_nll(backend, levels, windows)
+                mean, se = float(nll.mean()), float(nll.std(ddof=1) / math.sqrt(len(nll)))
+                ppl = math.exp(mean) if mean < 700 else math.inf
+                out[f"ppl:{name}"], out[f"ppl_se:{name}"] = ppl, ppl * se
+                out[f"nll:{name}"] = [round(float(v), 6) for v in nll]
         return out
 
     def model_perplexity(self, model, batch_size: int = 4) -> dict:
@@ -97,6 +107,28 @@ def dense_held_out(backend, held: HeldOut) -> dict:
     if held.arc_limit:
         out.update({k: v for k, v in held.measure(backend, backend.space.lower).items() if "arc" in k})
     return out
+
+
+def rotated_text(path: str, start: float) -> str:
+    """``path``'s text read from the first article heading (a WikiText `` = Title = `` line) at
+    or after the fraction ``start`` of its characters, wrapping round to what came before it: a
+    draw of the search text whose rungs, calibration and validation windows are other passages.
+    Returns the path of that text, written once to the temporary directory."""
+    if not start:
+        return path
+    text = Path(path).read_text()
+    at = int(start * len(text))
+    heading = re.compile(r"^ = [^=].* = $", re.M)
+    match = heading.search(text, at) or heading.search(text)
+    cut = match.start() if match else text.find("\n", at) + 1
+    digest = hashlib.sha1(text.encode()).hexdigest()[:12]  # two files of one name are two texts
+    out = Path(tempfile.gettempdir()) / "evoprune-bench" / f"{Path(path).stem}-{digest}-from-{cut}{Path(path).suffix}"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not out.exists():  # parts started together may write it at once: each its own name, then rename
+        tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
+        tmp.write_text(text[cut:] + text[:cut])
+        tmp.replace(out)
+    return str(out)
 
 
 def tokens_spent(store: Store, run, evals) -> dict:
@@ -226,6 +258,13 @@ def main() -> None:
     p.add_argument("--budgets", default="0.8,0.7")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--methods", default="evoprune,uniform,mlp-only,flap")
+    p.add_argument(
+        "--text-start",
+        type=float,
+        default=0.0,
+        help="read --data from the first article this fraction of the way in (wrapping round): another draw "
+        "of the search and calibration text for every method",
+    )
     p.add_argument("--heldout-tokens", type=int, default=16384)
     p.add_argument("--arc-limit", type=int, default=570, help="ARC-Easy dev questions (570: all)")
     p.add_argument("--tau", type=int, default=0, help="measure the N best near each evoprune budget on held-out text")
@@ -258,6 +297,7 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     methods = [m.strip() for m in args.methods.split(",")]
     base = SearchSettings(evals=args.evals, backend=backend_settings)
+    args.data = rotated_text(args.data, args.text_start)
     t0 = time.perf_counter()
     backend = prepare_backend(args.model, args.data, base)
     held = HeldOut(backend.loaded.tokenizer, args.heldout_tokens, backend_settings.seq_len, args.arc_limit)
@@ -266,7 +306,8 @@ def main() -> None:
                             "eval_tokens": backend_settings.eval_tokens, "ladder": list(backend_settings.ladder_tokens),
                             "ladder_windows": backend_settings.ladder_windows,
                             "validation_tokens": backend_settings.validation_token_count,
-                            "seq_len": backend_settings.seq_len, "calib_tokens": backend_settings.calib_tokens},
+                            "seq_len": backend_settings.seq_len, "calib_tokens": backend_settings.calib_tokens,
+                            "text_start": args.text_start},
                "load_s": time.perf_counter() - t0, "args": vars(args), "rows": []}  # fmt: skip
     if not args.no_dense:
         results["dense"] = {"heldout": dense_held_out(backend, held)}
@@ -277,6 +318,7 @@ def main() -> None:
                     continue  # one-shot recipes do not depend on the seed
                 s = replace(base, method=method, seed=seed, max_params=budget)
                 row = run_method(backend, held, s, args.store, args)
+                row["text_start"] = args.text_start
                 results["rows"].append(row)
                 print(json.dumps({k: v for k, v in row.items() if k not in ("points", "levels")}), flush=True)
                 out_json.write_text(json.dumps(results, indent=2))
@@ -350,6 +392,7 @@ def render(results: dict) -> str:
     budgets = sorted({r["budget"] for r in rows}, reverse=True)
     seeds = sorted({r["seed"] for r in rows if r["method"] == "evoprune"})
     dense = results.get("dense", {}).get("heldout", {})
+    starts = sorted({r.get("text_start", 0.0) for r in rows})
     # Parts may score different numbers of ARC questions: say which, since the error bars differ.
     arc_ns = sorted({r["heldout"]["arc_n"] for r in rows if "arc_n" in r.get("heldout", {})})
     arc_text = (
@@ -363,6 +406,12 @@ def render(results: dict) -> str:
         + (f", with `--tau {a['tau']}" if a.get("tau") else "")
         + (f" --tau-fresh {a['tau_fresh']}" if a.get("tau_fresh") else "")
         + ("` for the runs the τ table lists" if a.get("tau") else "")
+        + (
+            f"; each seed on its own draw of the search text, `--text-start` {', '.join(f'{t:.3g}' for t in starts)}, "
+            "where every method ran once"
+            if len(starts) > 1
+            else ""
+        )
         + " (parts in parallel processes, merged "
         "with `--render`). Every method searched or pruned with evoprune's defaults: "
         f"`{st['criterion']}` importance, `{st['compensation']}` compensation on {st['calib_tokens']} calibration "
@@ -384,12 +433,14 @@ def render(results: dict) -> str:
         lines += [f"Dense SmolLM2-135M: WikiText-2 test {_pm(dense, 'ppl:wikitext2_test')}, PTB "
                   f"{_pm(dense, 'ppl:ptb_valid')}, ARC-Easy {_pm(dense, 'acc:arc_easy', '.3f')}.", ""]  # fmt: skip
     lines += [
-        "### Held-out quality of each pick (median over seeds)",
+        "### Held-out quality of each pick (median over runs)",
         "",
-        "`selected on`: the figure the method chose its pick by (WikiText-2 valid, tokens in brackets); `validation`: "
+        "`runs`: searches (seeds) or one-shot prunings the medians are over"
+        + (", one per draw of the search text for every method" if len(starts) > 1 else "")
+        + ". `selected on`: the figure the method chose its pick by (WikiText-2 valid, tokens in brackets); `validation`: "
         "evoprune's disjoint validation split of WikiText-2 valid; the last three columns are held-out.",
         "",
-        "| budget | method | seeds | kept params | real evals | tokens read | selected on | validation | "
+        "| budget | method | runs | kept params | real evals | tokens read | selected on | validation | "
         "WikiText-2 test | PTB | ARC-Easy acc | evoprune / method (WikiText-2 test) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -442,6 +493,7 @@ def render(results: dict) -> str:
         if base.get("uniform"):
             lines.append(f"- {budget:.0%}: evoprune vs `uniform` (LLM-Pruner's recipe, {base['uniform']:.1f}) = "
                          f"{ours / base['uniform']:.2f}x (target <= 0.5x: {'met' if ours <= 0.5 * base['uniform'] else 'NOT met'}).")  # fmt: skip
+    lines += paired_lines(rows)
     taus = [r for r in rows if r.get("tau")]
     if taus:
         lines += ["", "### Does the figure the search chooses by rank like held-out text?", "",
@@ -471,9 +523,9 @@ def render(results: dict) -> str:
               "Overhead: surrogate fits + inner search as a share of fits + inner search + real evaluation (first "
               "rungs, ladder); `wall s` is the search call's wall time when this part ran the whole search (a "
               "resumed run has none), and `rest` the share of it spent on neither (plans, store, costs).", "",
-              "| budget | seed | method | evals | ladder promotions | kept | selected on | WikiText-2 test | PTB | ARC-Easy | "
-              "eval s | ladder s | fit + inner s | wall s | overhead | rest |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+              "| budget | text start | seed | method | evals | ladder promotions | kept | selected on | WikiText-2 test | "
+              "PTB | ARC-Easy | eval s | ladder s | fit + inner s | wall s | overhead | rest |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
         h = r.get("heldout", {})
         wall = r.get("wall_s")
@@ -482,7 +534,8 @@ def render(results: dict) -> str:
         over = model_s / (model_s + real_s) if model_s + real_s else None
         rest = (wall - real_s - model_s) / wall if wall else None
         lines.append("| " + " | ".join([
-            f"{r['budget']:.0%}", str(r["seed"]), r["method"], str(r["evaluations"]), str(r["tokens"]["promotions"]),
+            f"{r['budget']:.0%}", f"{r.get('text_start', 0.0):.3g}", str(r["seed"]), r["method"], str(r["evaluations"]),
+            str(r["tokens"]["promotions"]),
             _fmt(r.get("params_fraction"), ".3f"), _fmt(r.get("chosen_ppl")), _pm(h, "ppl:wikitext2_test"),
             _pm(h, "ppl:ptb_valid"), _pm(h, "acc:arc_easy", ".3f"), f"{r['eval_s']:.0f}", f"{r['ladder_s']:.0f}",
             f"{model_s:.1f}", _fmt(wall, ".0f"), _fmt(over * 100 if over is not None else None, ".1f") + "%",
@@ -490,6 +543,58 @@ def render(results: dict) -> str:
         ]) + " |")  # fmt: skip
     lines += ["", "![evaluated points and picks](docs/images/smollm2_fronts.png)"]
     return "\n".join(lines)
+
+
+def paired_difference(ours: list[float], theirs: list[float]) -> tuple[float, float]:
+    """Perplexity ratio of two configurations on the same held-out windows (their per-window NLLs,
+    nats) and its standard error, from the spread of the per-window differences: (ratio, se)."""
+    d = np.asarray(ours) - np.asarray(theirs)
+    ratio = math.exp(float(d.mean()))
+    return ratio, ratio * float(d.std(ddof=1) / math.sqrt(len(d)))
+
+
+def paired_lines(rows: list[dict]) -> list[str]:
+    """The pick against each baseline measured on the same text draw (search and calibration text)
+    and the same held-out windows: per draw, the ratio of WikiText-2 test perplexities with the
+    standard error of the paired difference, which is far smaller than either figure's own."""
+    key = "nll:wikitext2_test"
+    draws = sorted({(r["budget"], r.get("text_start", 0.0)) for r in rows if key in r.get("heldout", {})},
+                   key=lambda d: (-d[0], d[1]))  # fmt: skip
+    baselines = list(dict.fromkeys(r["method"] for r in rows if r["method"] != "evoprune"))
+    table, ratios = [], {}
+    for budget, start in draws:
+        here = {r["method"]: r for r in rows if r["budget"] == budget and r.get("text_start", 0.0) == start}
+        pick = here.get("evoprune", {}).get("heldout", {})
+        if key not in pick:
+            continue
+        cells = []
+        for m in baselines:
+            theirs = here.get(m, {}).get("heldout", {})
+            if key not in theirs:
+                cells.append("-")
+                continue
+            ratio, se = paired_difference(pick[key], theirs[key])
+            ratios.setdefault((budget, m), []).append((ratio, se))
+            cells.append(f"{theirs['ppl:wikitext2_test']:.2f}: {ratio:.3f}x ±{se:.3f}")
+        table.append(f"| {budget:.0%} | {start:.3g} | {here['evoprune']['seed']} | "
+                     f"{pick['ppl:wikitext2_test']:.2f} | " + " | ".join(cells) + " |")  # fmt: skip
+    if not table:
+        return []
+    lines = ["", "### The pick against each baseline on the same text", "",
+             "Each row is one draw of the search text (`--text-start`: where in WikiText-2 valid the rungs, "
+             "calibration and validation windows begin) and one search seed; every method of the row searched "
+             "or calibrated on that draw. Held-out WikiText-2 test perplexity of the pick, then of each baseline "
+             "with the pick's ratio to it and that ratio's standard error from the paired per-window differences "
+             "(the same 512-token windows; a ratio under 1 - 2 standard errors is a clear win).", "",
+             "| budget | text start | seed | evoprune | " + " | ".join(baselines) + " |",
+             "|---|---|---|---|" + "---|" * len(baselines)] + table  # fmt: skip
+    lines.append("")
+    for (budget, m), rs in ratios.items():
+        wins = sum(r + 2 * se < 1 for r, se in rs)
+        losses = sum(r - 2 * se > 1 for r, se in rs)
+        lines.append(f"- {budget:.0%} against `{m}`: median ratio {statistics.median(r for r, _ in rs):.3f}x over "
+                     f"{len(rs)} draw(s); a clear win on {wins}, a clear loss on {losses}.")  # fmt: skip
+    return lines
 
 
 def merge(paths: list[str]) -> dict:
@@ -500,7 +605,7 @@ def merge(paths: list[str]) -> dict:
     rows: dict[tuple, dict] = {}
     for part in parts:
         for r in part["rows"]:
-            key = (r["budget"], r["seed"], r["method"])
+            key = (r["budget"], r["seed"], r["method"], r.get("text_start", 0.0))
             if key not in rows:
                 rows[key] = dict(r)
             elif r.get("tau") and not rows[key].get("tau"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -13,12 +14,13 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_compare_benchmark_runs_on_a_tiny_model(tmp_path, tiny_model_dir, text_file):
     script = str(ROOT / "benchmarks" / "smollm2_compare.py")
     common = ["--tiny", "--model", str(tiny_model_dir), "--data", str(text_file), "--budgets", "0.8", "--no-write"]
-    # Two parts, as parallel processes would run them: seeds 0 and 1 in their own stores.
+    # Two parts, as parallel processes would run them: seeds 0 and 1 in their own stores, seed 1 on
+    # another draw of the search text.
     for seed in ("0", "1"):
         store = tmp_path / f"bench{seed}.db"
-        fresh = ["--tau-fresh", "256"] if seed == "0" else []
+        extra = ["--tau-fresh", "256"] if seed == "0" else ["--text-start", "0.5"]
         result = subprocess.run(
-            [sys.executable, script, *common, "--store", str(store), "--seeds", seed, "--tau", "4", *fresh],
+            [sys.executable, script, *common, "--store", str(store), "--seeds", seed, "--tau", "4", *extra],
             capture_output=True, text=True, timeout=600,
         )  # fmt: skip
         assert result.returncode == 0, result.stderr[-3000:]
@@ -27,6 +29,8 @@ def test_compare_benchmark_runs_on_a_tiny_model(tmp_path, tiny_model_dir, text_f
     for r in part0["rows"]:
         assert r["params_fraction"] <= 0.8 and r["heldout"]["ppl:wikitext2_test"] > 1
         assert r["heldout"]["ppl_se:wikitext2_test"] > 0 and r["tokens"]["first_rung"] > 0
+        nll = r["heldout"]["nll:wikitext2_test"]  # per window, for paired differences between methods
+        assert len(nll) == 8 and abs(math.exp(sum(nll) / 8) / r["heldout"]["ppl:wikitext2_test"] - 1) < 1e-5
         if r["method"] != "evoprune":  # one-shot recipes land within 1% under the budget
             assert r["params_fraction"] >= 0.79
     ours = next(r for r in part0["rows"] if r["method"] == "evoprune")
@@ -42,6 +46,10 @@ def test_compare_benchmark_runs_on_a_tiny_model(tmp_path, tiny_model_dir, text_f
     # a part is self-contained: its first seed also runs the one-shot recipes
     part1 = json.loads((tmp_path / "bench1.json").read_text())
     assert {r["method"] for r in part1["rows"]} == {"evoprune", "uniform", "mlp-only", "flap"}
+    # another draw of the search text: other calibration, so other one-shot figures
+    assert {r["text_start"] for r in part1["rows"]} == {0.5} and part1["settings"]["text_start"] == 0.5
+    uniform = [next(r for r in part["rows"] if r["method"] == "uniform") for part in (part0, part1)]
+    assert uniform[0]["heldout"]["ppl:wikitext2_test"] != uniform[1]["heldout"]["ppl:wikitext2_test"]
     # the section and the plot are written from the parts' JSON
     rendered = subprocess.run(
         [sys.executable, script, "--render", f"{tmp_path / 'bench0.json'},{tmp_path / 'bench1.json'}",
@@ -51,6 +59,11 @@ def test_compare_benchmark_runs_on_a_tiny_model(tmp_path, tiny_model_dir, text_f
     assert rendered.returncode == 0, rendered.stderr[-3000:]
     section = (tmp_path / "BENCHMARKS.md").read_text()
     assert "### Targets" in section and "| 80% | evoprune | 2 |" in section and "Kendall" in section
+    assert "| 80% | uniform | 2 |" in section  # once per draw of the search text
+    # the pick against each baseline, paired on each draw's held-out windows
+    assert "### The pick against each baseline on the same text" in section
+    assert "| 80% | 0 | 0 |" in section and "| 80% | 0.5 | 1 |" in section
+    assert "- 80% against `uniform`: median ratio" in section and "over 2 draw(s)" in section
     assert "| 256: " in section  # the unread-text tau of seed 0
     assert (tmp_path / "docs" / "images" / "smollm2_fronts.png").stat().st_size > 1000
 
