@@ -353,6 +353,32 @@ def test_covariances_the_machine_cannot_hold_are_refused_before_the_calibration_
     _one_line_error(result, "covariances", "--compensation bias")
 
 
+def test_cached_covariances_larger_than_the_free_memory_are_refused_before_loading(
+    tiny_tokenizer, text_file, tmp_path, monkeypatch
+):
+    import collections
+
+    import psutil
+
+    from evoprune.backend.importance import covariance_cache_file
+
+    backend = _backend("llama", tiny_tokenizer, text_file, "refit")
+    model, layers = backend.loaded.model, backend.adapter.layers(backend.loaded.model)
+    key = tmp_path.name
+    kwargs = dict(cache_key=f"{key}-flap", with_covariance=True, covariance_cache_key=f"{key}-cov")
+    compute_importance(model, layers, backend.calib_windows, 16, "flap", **kwargs)
+    size = covariance_cache_file(f"{key}-cov").stat().st_size
+    memory = collections.namedtuple("memory", "available")
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: memory(size - 1))
+    monkeypatch.setattr("evoprune.backend.memory_headroom._cgroup_left", lambda: None)
+    with pytest.raises(EvopruneError, match=r"cached calibration covariances.*--compensation bias"):
+        compute_importance(model, layers, backend.calib_windows, 16, "flap", **kwargs)
+    assert covariance_cache_file(f"{key}-cov").exists()  # refused, not treated as damaged and removed
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: memory(size))
+    scores, cached = compute_importance(model, layers, backend.calib_windows, 16, "flap", **kwargs)
+    assert cached and scores.down_cov.shape[0] == len(layers)
+
+
 def test_available_memory_is_what_is_left_of_a_container_limit(tmp_path):
     from evoprune.backend.memory_headroom import _cgroup_left
 

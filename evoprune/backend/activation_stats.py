@@ -13,6 +13,11 @@ from evoprune.backend.memory_headroom import require_memory
 # Held per element of the covariances at the peak of scoring: the float64 sums, then the float32
 # copy cached and read by the re-fit (``importance._covariances`` frees each sum as it copies it).
 ACCUMULATOR_BYTES, COPY_BYTES = 8, 4
+# What to do when the covariances do not fit.
+COVARIANCE_INSTEAD = (
+    "score with --importance flap and compensate with --compensation bias, which need no covariances, "
+    "or use a machine with more memory"
+)
 
 
 class ActivationStats:
@@ -73,18 +78,14 @@ class ActivationStats:
         if not self.covariance:
             return
         n = self.covariance_elements()
-        instead = (
-            "score with --importance flap and compensate with --compensation bias, which need no covariances, "
-            "or use a machine with more memory"
-        )
         what = f"the calibration covariances of {len(self.layers)} layers' o and down inputs ({n:,} values)"
         copy = COPY_BYTES * n if self.copied else 0
         if torch.device(device).type == "cuda":
-            require_memory(ACCUMULATOR_BYTES * n, device, what, instead)
+            require_memory(ACCUMULATOR_BYTES * n, device, what, COVARIANCE_INSTEAD)
             if copy:
-                require_memory(copy, "cpu", what, instead)
+                require_memory(copy, "cpu", what, COVARIANCE_INSTEAD)
         else:
-            require_memory(ACCUMULATOR_BYTES * n + copy, "cpu", what, instead)
+            require_memory(ACCUMULATOR_BYTES * n + copy, "cpu", what, COVARIANCE_INSTEAD)
 
     def collect(self, model, windows: torch.Tensor) -> None:
         """One inference pass over ``windows`` (n_windows, seq_len), unless already collected.

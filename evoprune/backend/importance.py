@@ -55,9 +55,10 @@ import numpy as np
 import torch
 from safetensors.numpy import load_file, save_file
 
-from evoprune.backend.activation_stats import ActivationStats
+from evoprune.backend.activation_stats import COVARIANCE_INSTEAD, ActivationStats
 from evoprune.backend.adapters import LayerParts
 from evoprune.backend.greedy_obs import greedy_obs_scores
+from evoprune.backend.memory_headroom import require_memory
 from evoprune.cache import ABOUT_KEY, cache_dir, mark_used
 from evoprune.errors import EvopruneError
 
@@ -226,6 +227,9 @@ def importance_cache_file(cache_key: str) -> Path:
     return cache_dir("importance") / f"{cache_key}.safetensors"
 
 
+_CACHED_COVARIANCES = "the cached calibration covariances of the o and down inputs"
+
+
 def covariance_cache_file(cache_key: str) -> Path:
     """Where the input covariances cached under ``cache_key`` are kept (see ``compute_importance``)."""
     return cache_dir("importance") / f"{cache_key}-covariance.safetensors"
@@ -251,10 +255,15 @@ def _covariances(stats: ActivationStats, layers: list[LayerParts]) -> dict[str, 
     return out
 
 
-def _load(path: Path | None, required: tuple[str, ...]) -> dict[str, np.ndarray] | None:
-    """The arrays cached at ``path`` when it holds every ``required`` one; a damaged file is removed."""
+def _load(path: Path | None, required: tuple[str, ...], what: str | None = None) -> dict[str, np.ndarray] | None:
+    """The arrays cached at ``path`` when it holds every ``required`` one; a damaged file is removed.
+    With ``what`` (the arrays, in words), first refuse (EvopruneError) a file larger than the memory
+    available to load it into: such an entry (the covariances of a 7B model are 17.7 GB) would
+    otherwise be killed by the operating system midway."""
     if path is None or not path.exists():
         return None
+    if what is not None:
+        require_memory(path.stat().st_size, "cpu", what, COVARIANCE_INSTEAD)
     try:
         arrays = load_file(str(path))
     except Exception:  # noqa: BLE001 - a damaged cache entry is recomputed, not fatal
@@ -320,7 +329,7 @@ def compute_importance(
 def _cached(path: Path | None, cov_path: Path | None, with_means: bool, with_covariance: bool) -> Importance | None:
     """The scores (and covariances) cached at ``path`` (``cov_path``), or None when any is missing."""
     arrays = _load(path, ("attn", "mlp", "o_mean", "down_mean") if with_means else ("attn", "mlp"))
-    covs = _load(cov_path, ("o_cov", "down_cov")) if with_covariance else {}
+    covs = _load(cov_path, ("o_cov", "down_cov"), _CACHED_COVARIANCES) if with_covariance else {}
     if arrays is None or covs is None:
         return None
     return Importance(
@@ -361,7 +370,7 @@ def _compute(
 ) -> Importance:
     """Score (and record the inputs' statistics), reusing whatever part is cached; cache the rest."""
     arrays = _load(path, ("attn", "mlp", "o_mean", "down_mean") if with_means else ("attn", "mlp"))
-    covs = _load(cov_path, ("o_cov", "down_cov")) if with_covariance else None
+    covs = _load(cov_path, ("o_cov", "down_cov"), _CACHED_COVARIANCES) if with_covariance else None
     new_covs = with_covariance and covs is None
     was_training = model.training
     model.eval()
