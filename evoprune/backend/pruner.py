@@ -237,9 +237,9 @@ class PruningBackend:
             raise EvopruneError(
                 f"{tokens} tokens is no rung of this run's ladder ({', '.join(map(str, rungs))}): use one of them"
             )
-        counts = s.rung_window_counts
-        start = sum(counts[: rungs.index(tokens)])
-        return slice(start, start + counts[rungs.index(tokens)])
+        counts, rung = s.rung_window_counts, rungs.index(tokens)
+        start = sum(counts[:rung])
+        return slice(start, start + counts[rung])
 
     def validation_windows(self) -> torch.Tensor:
         """The validation split: windows after the rungs and the calibration (tokenized on first use)."""
