@@ -252,7 +252,7 @@ def test_a_process_waiting_on_the_cache_lock_reads_what_the_holder_wrote(tiny_to
     from filelock import FileLock
     from safetensors.numpy import save_file
 
-    from evoprune.backend.importance import importance_cache_file
+    from evoprune.backend.importance_cache import importance_cache_file
 
     backend = _backend("llama", tiny_tokenizer, text_file, "none")
     model, layers, windows = backend.loaded.model, backend.adapter.layers(backend.loaded.model), backend.calib_windows
@@ -275,7 +275,11 @@ def test_a_process_waiting_on_the_cache_lock_reads_what_the_holder_wrote(tiny_to
     np.testing.assert_array_equal(scores.mlp, fresh.mlp + 1)
 
 
-def test_covariances_are_cached_apart_from_the_scores_and_equal_fresh_ones(tiny_tokenizer, text_file, tmp_path):
+def test_covariances_are_cached_apart_from_the_scores_and_equal_fresh_ones(
+    tiny_tokenizer, text_file, tmp_path, monkeypatch
+):
+    from evoprune.backend import importance_cache
+
     backend = _backend("llama", tiny_tokenizer, text_file, "refit")
     model, layers = backend.loaded.model, backend.adapter.layers(backend.loaded.model)
     windows = backend.calib_windows
@@ -286,8 +290,15 @@ def test_covariances_are_cached_apart_from_the_scores_and_equal_fresh_ones(tiny_
     assert not cached and cached_again
     np.testing.assert_array_equal(fresh.down_cov, again.down_cov)
     np.testing.assert_array_equal(fresh.down_mean, again.down_mean)
-    # Another criterion reuses the covariances: its cache holds scores and means only.
+    # Another criterion reuses the covariances: its cache holds scores and means only. They are
+    # read once while its scores are computed, not also by each look-up that finds no scores.
+    reads = []
+    load = importance_cache.load_file
+    monkeypatch.setattr(importance_cache, "load_file", lambda path: reads.append(path) or load(path))
     other, _ = compute_importance(model, layers, windows, 16, "wanda-sp", **{**kwargs, "cache_key": f"{key}-wsp"})
+    assert [p for p in reads if p.endswith("-covariance.safetensors")] == [
+        str(importance_cache.covariance_cache_file(f"{key}-cov"))
+    ]
     np.testing.assert_array_equal(other.o_cov, fresh.o_cov)
     assert fresh.down_cov.shape == (len(layers), 96, 96) and fresh.down_cov.dtype == np.float32
     # By definition: the population covariance of the down projection's input.
@@ -360,7 +371,7 @@ def test_cached_covariances_larger_than_the_free_memory_are_refused_before_loadi
 
     import psutil
 
-    from evoprune.backend.importance import covariance_cache_file
+    from evoprune.backend.importance_cache import covariance_cache_file
 
     backend = _backend("llama", tiny_tokenizer, text_file, "refit")
     model, layers = backend.loaded.model, backend.adapter.layers(backend.loaded.model)

@@ -38,28 +38,30 @@ which compensation (``compensation.py``) needs; they are cached with the scores.
 re-fit also needs the covariance of those inputs, ``num_layers * (intermediate_size^2 +
 (num_heads * head_dim)^2)`` float32 values (323 MB for SmolLM2-135M), recorded only when asked
 for and cached apart from the scores: it does not depend on the criterion. Each cache entry is
-computed under a file lock (``filelock``), so processes started together score a model once.
+computed under a file lock, so processes started together score a model once (``importance_cache.py``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.numpy import load_file, save_file
 
 from evoprune.backend.activation_stats import COVARIANCE_INSTEAD, ActivationStats
 from evoprune.backend.adapters import LayerParts
 from evoprune.backend.greedy_obs import greedy_obs_scores
-from evoprune.backend.memory_headroom import require_memory
-from evoprune.cache import ABOUT_KEY, cache_dir, mark_used
+from evoprune.backend.importance_cache import (
+    covariance_cache_file,
+    importance_cache_file,
+    load_entry,
+    locked,
+    save_entry,
+)
 from evoprune.errors import EvopruneError
 
 
@@ -222,17 +224,8 @@ def importance_cache_key(model_fingerprint: str, data_fingerprint: str, criterio
     return hashlib.sha1(payload.encode()).hexdigest()[:20]
 
 
-def importance_cache_file(cache_key: str) -> Path:
-    """Where the scores cached under ``cache_key`` (``importance_cache_key``) are kept."""
-    return cache_dir("importance") / f"{cache_key}.safetensors"
-
-
-_CACHED_COVARIANCES = "the cached calibration covariances of the o and down inputs"
-
-
-def covariance_cache_file(cache_key: str) -> Path:
-    """Where the input covariances cached under ``cache_key`` are kept (see ``compute_importance``)."""
-    return cache_dir("importance") / f"{cache_key}-covariance.safetensors"
+# What the covariance entry holds and what to do when it does not fit (``load_entry``'s ``too_large``).
+_COVARIANCES_TOO_LARGE = ("the cached calibration covariances of the o and down inputs", COVARIANCE_INSTEAD)
 
 
 def _with_means(scores: Importance, stats: ActivationStats, layers: list[LayerParts]) -> Importance:
@@ -253,36 +246,6 @@ def _covariances(stats: ActivationStats, layers: list[LayerParts]) -> dict[str, 
             out[name][i] = cov
             del stats.outer[(i, key)]
     return out
-
-
-def _load(path: Path | None, required: tuple[str, ...], what: str | None = None) -> dict[str, np.ndarray] | None:
-    """The arrays cached at ``path`` when it holds every ``required`` one; a damaged file is removed.
-    With ``what`` (the arrays, in words), first refuse (EvopruneError) a file larger than the memory
-    available to load it into: such an entry (the covariances of a 7B model are 17.7 GB) would
-    otherwise be killed by the operating system midway."""
-    if path is None or not path.exists():
-        return None
-    if what is not None:
-        require_memory(path.stat().st_size, "cpu", what, COVARIANCE_INSTEAD)
-    try:
-        arrays = load_file(str(path))
-    except Exception:  # noqa: BLE001 - a damaged cache entry is recomputed, not fatal
-        path.unlink(missing_ok=True)
-        return None
-    if not all(k in arrays for k in required):
-        return None
-    mark_used(path)
-    return arrays
-
-
-def _save(path: Path | None, arrays: dict[str, np.ndarray], about: str | None = None) -> None:
-    if path is None:
-        return
-    # A name of this process's own: searches started together may score the same model at once.
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    # ``about`` names the entry for `evoprune cache list` (its file name is a digest).
-    save_file(arrays, str(tmp), metadata={ABOUT_KEY: about} if about else None)
-    tmp.replace(path)
 
 
 def compute_importance(
@@ -316,7 +279,7 @@ def compute_importance(
         return cached, True
     # Searches started together on one model would each spend minutes on the same scores: the
     # first computes them under the cache entries' locks, the others then read its files.
-    with _locked(path, cov_path):
+    with locked(path, cov_path):
         cached = _cached(path, cov_path, with_means, with_covariance)
         if cached is not None:
             return cached, True
@@ -326,11 +289,21 @@ def compute_importance(
         return computed, False
 
 
+_COVARIANCE_KEYS = ("o_cov", "down_cov")
+
+
+def _score_keys(with_means: bool) -> tuple[str, ...]:
+    return ("attn", "mlp", "o_mean", "down_mean") if with_means else ("attn", "mlp")
+
+
 def _cached(path: Path | None, cov_path: Path | None, with_means: bool, with_covariance: bool) -> Importance | None:
-    """The scores (and covariances) cached at ``path`` (``cov_path``), or None when any is missing."""
-    arrays = _load(path, ("attn", "mlp", "o_mean", "down_mean") if with_means else ("attn", "mlp"))
-    covs = _load(cov_path, ("o_cov", "down_cov"), _CACHED_COVARIANCES) if with_covariance else {}
-    if arrays is None or covs is None:
+    """The scores (and covariances) cached at ``path`` (``cov_path``), or None when any is missing;
+    the covariances are not read when the scores are missing (``_compute`` reads them once)."""
+    arrays = load_entry(path, _score_keys(with_means))
+    if arrays is None:
+        return None
+    covs = load_entry(cov_path, _COVARIANCE_KEYS, _COVARIANCES_TOO_LARGE) if with_covariance else {}
+    if covs is None:
         return None
     return Importance(
         attn=arrays["attn"],
@@ -340,20 +313,6 @@ def _cached(path: Path | None, cov_path: Path | None, with_means: bool, with_cov
         o_cov=covs.get("o_cov"),
         down_cov=covs.get("down_cov"),
     )
-
-
-@contextmanager
-def _locked(*paths: Path | None) -> Iterator[None]:
-    """Hold an exclusive lock on ``PATH.lock`` for each cache entry, in the order given (every caller
-    takes the scores' before the covariances', so two processes never wait on each other). The
-    operating system releases a killed process's locks."""
-    from filelock import FileLock
-
-    with ExitStack() as stack:
-        for path in paths:
-            if path is not None:
-                stack.enter_context(FileLock(str(path.with_name(f"{path.name}.lock"))))
-        yield
 
 
 def _compute(
@@ -369,8 +328,8 @@ def _compute(
     about: str | None = None,
 ) -> Importance:
     """Score (and record the inputs' statistics), reusing whatever part is cached; cache the rest."""
-    arrays = _load(path, ("attn", "mlp", "o_mean", "down_mean") if with_means else ("attn", "mlp"))
-    covs = _load(cov_path, ("o_cov", "down_cov"), _CACHED_COVARIANCES) if with_covariance else None
+    arrays = load_entry(path, _score_keys(with_means))
+    covs = load_entry(cov_path, _COVARIANCE_KEYS, _COVARIANCES_TOO_LARGE) if with_covariance else None
     new_covs = with_covariance and covs is None
     was_training = model.training
     model.eval()
@@ -392,7 +351,7 @@ def _compute(
         saved = {"attn": scores.attn, "mlp": scores.mlp}
         if scores.o_mean is not None:
             saved.update(o_mean=scores.o_mean, down_mean=scores.down_mean)
-        _save(path, saved, about and f"{criterion} scores of {about}")
+        save_entry(path, saved, about and f"{criterion} scores of {about}")
     if new_covs:
-        _save(cov_path, covs, about and f"calibration covariances of {about}")
+        save_entry(cov_path, covs, about and f"calibration covariances of {about}")
     return replace(scores, **covs) if with_covariance else scores

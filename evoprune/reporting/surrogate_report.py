@@ -32,7 +32,8 @@ import numpy as np
 from safetensors.numpy import load_file
 from sklearn.model_selection import KFold
 
-from evoprune.backend.importance import Importance, importance_cache_file, importance_cache_key
+from evoprune.backend.importance import Importance, importance_cache_key
+from evoprune.backend.importance_cache import importance_cache_file
 from evoprune.engine.features import FeatureMap, LevelsAndFraction
 from evoprune.errors import EvopruneError
 from evoprune.objectives.pareto import quality_objective
