@@ -291,10 +291,10 @@ def test_covariances_are_cached_apart_from_the_scores_and_equal_fresh_ones(
     np.testing.assert_array_equal(fresh.down_cov, again.down_cov)
     np.testing.assert_array_equal(fresh.down_mean, again.down_mean)
     # Another criterion reuses the covariances: its cache holds scores and means only. They are
-    # read once while its scores are computed, not also by each look-up that finds no scores.
+    # mapped once while its scores are computed, not also by each look-up that finds no scores.
     reads = []
-    load = importance_cache.load_file
-    monkeypatch.setattr(importance_cache, "load_file", lambda path: reads.append(path) or load(path))
+    read = importance_cache.map_file
+    monkeypatch.setattr(importance_cache, "map_file", lambda path: reads.append(path) or read(path))
     other, _ = compute_importance(model, layers, windows, 16, "wanda-sp", **{**kwargs, "cache_key": f"{key}-wsp"})
     assert [p for p in reads if p.endswith("-covariance.safetensors")] == [
         str(importance_cache.covariance_cache_file(f"{key}-cov"))
@@ -364,10 +364,9 @@ def test_covariances_the_machine_cannot_hold_are_refused_before_the_calibration_
     _one_line_error(result, "covariances", "--compensation bias")
 
 
-def test_cached_covariances_larger_than_the_free_memory_are_refused_before_loading(
-    tiny_tokenizer, text_file, tmp_path, monkeypatch
-):
+def test_cached_covariances_are_mapped_not_read_and_refit_alike(tiny_tokenizer, text_file, tmp_path, monkeypatch):
     import collections
+    import dataclasses
 
     import psutil
 
@@ -377,17 +376,40 @@ def test_cached_covariances_larger_than_the_free_memory_are_refused_before_loadi
     model, layers = backend.loaded.model, backend.adapter.layers(backend.loaded.model)
     key = tmp_path.name
     kwargs = dict(cache_key=f"{key}-flap", with_covariance=True, covariance_cache_key=f"{key}-cov")
-    compute_importance(model, layers, backend.calib_windows, 16, "flap", **kwargs)
-    size = covariance_cache_file(f"{key}-cov").stat().st_size
+    stats = ActivationStats(layers, covariance=True)
+    n = stats.covariance_elements()
+    # Computed in memory (the float64 sums, then float32 copies), then used from the file written.
+    fresh, cached = compute_importance(model, layers, backend.calib_windows, 16, "flap", **kwargs)
+    assert not cached and isinstance(fresh.down_cov, np.memmap) and isinstance(fresh.o_cov, np.memmap)
+    path = covariance_cache_file(f"{key}-cov")
+    assert fresh.down_cov.filename == str(path.resolve()) and not fresh.down_cov.flags.writeable
+    # A cached entry needs no free memory to be used: the pages are the file's, read when used.
     memory = collections.namedtuple("memory", "available")
-    monkeypatch.setattr(psutil, "virtual_memory", lambda: memory(size - 1))
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: memory(0))
     monkeypatch.setattr("evoprune.backend.memory_headroom._cgroup_left", lambda: None)
-    with pytest.raises(EvopruneError, match=r"cached calibration covariances.*--compensation bias"):
-        compute_importance(model, layers, backend.calib_windows, 16, "flap", **kwargs)
-    assert covariance_cache_file(f"{key}-cov").exists()  # refused, not treated as damaged and removed
-    monkeypatch.setattr(psutil, "virtual_memory", lambda: memory(size))
-    scores, cached = compute_importance(model, layers, backend.calib_windows, 16, "flap", **kwargs)
-    assert cached and scores.down_cov.shape[0] == len(layers)
+    again, cached = compute_importance(model, layers, backend.calib_windows, 16, "flap", **kwargs)
+    monkeypatch.undo()
+    assert cached and isinstance(again.down_cov, np.memmap)
+    # Equal to covariances held in memory, and so is every re-fit made from them.
+    in_memory = ActivationStats(layers, covariance=True)
+    in_memory.collect(model, backend.calib_windows)
+    for i in range(len(layers)):
+        np.testing.assert_array_equal(again.down_cov[i], in_memory.covariance_matrix(i, "down_in").float().numpy())
+    assert again.down_cov.size + again.o_cov.size == n
+    plans = backend.plan(backend.space.upper // 2)
+    mapped = refit_compensation(layers, plans, again, 16)
+    loaded = dataclasses.replace(again, o_cov=np.array(again.o_cov), down_cov=np.array(again.down_cov))
+    assert mapped[0].down_weight is not None  # solved, not only folded into a bias
+    for a, b in zip(mapped, refit_compensation(layers, plans, loaded, 16), strict=True):
+        for field in dataclasses.fields(a):
+            x, y = getattr(a, field.name), getattr(b, field.name)
+            assert (x is None and y is None) or torch.equal(x, y)
+    # A damaged (truncated) entry is removed and computed again, not mapped past its end.
+    with open(path, "r+b") as fh:
+        fh.truncate(path.stat().st_size - 4)
+    third, cached = compute_importance(model, layers, backend.calib_windows, 16, "flap", **kwargs)
+    assert not cached
+    np.testing.assert_array_equal(third.down_cov, fresh.down_cov)
 
 
 def test_available_memory_is_what_is_left_of_a_container_limit(tmp_path):

@@ -35,6 +35,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from evoprune.backend.adapters import LayerParts
@@ -95,7 +96,8 @@ def refit_linear(
     """
     w = weight.detach().double().cpu()
     mu = torch.as_tensor(mean, dtype=torch.float64)
-    c = torch.as_tensor(cov, dtype=torch.float64)
+    # A copy: the cached covariances are a read-only memory map (``importance_cache.map_entry``).
+    c = torch.from_numpy(cov.astype(np.float64)) if isinstance(cov, np.ndarray) else torch.as_tensor(cov).double()
     c_ss = c[kept][:, kept]
     c_ss = c_ss + damping * c_ss.diagonal().mean().clamp_min(0.0) * torch.eye(len(kept), dtype=torch.float64)
     chol, info = torch.linalg.cholesky_ex(c_ss)

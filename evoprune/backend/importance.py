@@ -37,8 +37,9 @@ The same calibration pass records the mean input of every ``o`` and ``down`` pro
 which compensation (``compensation.py``) needs; they are cached with the scores. The least-squares
 re-fit also needs the covariance of those inputs, ``num_layers * (intermediate_size^2 +
 (num_heads * head_dim)^2)`` float32 values (323 MB for SmolLM2-135M), recorded only when asked
-for and cached apart from the scores: it does not depend on the criterion. Each cache entry is
-computed under a file lock, so processes started together score a model once (``importance_cache.py``).
+for and cached apart from the scores: it does not depend on the criterion. A cached one is
+memory-mapped (read-only ``np.memmap``), not read into memory. Each cache entry is computed under a
+file lock, so processes started together score a model once (``importance_cache.py``).
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from evoprune.backend.activation_stats import COVARIANCE_INSTEAD, ActivationStats
+from evoprune.backend.activation_stats import ActivationStats
 from evoprune.backend.adapters import LayerParts
 from evoprune.backend.greedy_obs import greedy_obs_scores
 from evoprune.backend.importance_cache import (
@@ -60,6 +61,7 @@ from evoprune.backend.importance_cache import (
     importance_cache_file,
     load_entry,
     locked,
+    map_entry,
     save_entry,
 )
 from evoprune.errors import EvopruneError
@@ -73,7 +75,8 @@ class Importance:
     # not computed: (num_layers, num_heads * head_dim) and (num_layers, intermediate_size).
     o_mean: np.ndarray | None = None
     down_mean: np.ndarray | None = None
-    # Population covariance of the same inputs (float32), or None when not computed:
+    # Population covariance of the same inputs (float32; a read-only np.memmap of the cache entry
+    # when there is one), or None when not computed:
     # (num_layers, num_heads * head_dim, num_heads * head_dim) and (num_layers, intermediate_size, intermediate_size).
     o_cov: np.ndarray | None = None
     down_cov: np.ndarray | None = None
@@ -224,10 +227,6 @@ def importance_cache_key(model_fingerprint: str, data_fingerprint: str, criterio
     return hashlib.sha1(payload.encode()).hexdigest()[:20]
 
 
-# What the covariance entry holds and what to do when it does not fit (``load_entry``'s ``too_large``).
-_COVARIANCES_TOO_LARGE = ("the cached calibration covariances of the o and down inputs", COVARIANCE_INSTEAD)
-
-
 def _with_means(scores: Importance, stats: ActivationStats, layers: list[LayerParts]) -> Importance:
     o_mean = torch.stack([stats.mean(i, "o_in").cpu() for i in range(len(layers))]).numpy()
     down_mean = torch.stack([stats.mean(i, "down_in").cpu() for i in range(len(layers))]).numpy()
@@ -302,7 +301,7 @@ def _cached(path: Path | None, cov_path: Path | None, with_means: bool, with_cov
     arrays = load_entry(path, _score_keys(with_means))
     if arrays is None:
         return None
-    covs = load_entry(cov_path, _COVARIANCE_KEYS, _COVARIANCES_TOO_LARGE) if with_covariance else {}
+    covs = map_entry(cov_path, _COVARIANCE_KEYS) if with_covariance else {}
     if covs is None:
         return None
     return Importance(
@@ -329,7 +328,7 @@ def _compute(
 ) -> Importance:
     """Score (and record the inputs' statistics), reusing whatever part is cached; cache the rest."""
     arrays = load_entry(path, _score_keys(with_means))
-    covs = load_entry(cov_path, _COVARIANCE_KEYS, _COVARIANCES_TOO_LARGE) if with_covariance else None
+    covs = map_entry(cov_path, _COVARIANCE_KEYS) if with_covariance else None
     new_covs = with_covariance and covs is None
     was_training = model.training
     model.eval()
@@ -354,4 +353,6 @@ def _compute(
         save_entry(path, saved, about and f"{criterion} scores of {about}")
     if new_covs:
         save_entry(cov_path, covs, about and f"calibration covariances of {about}")
+        # From here on the file's pages, shared with the other processes that map it, not a copy.
+        covs = map_entry(cov_path, _COVARIANCE_KEYS) or covs
     return replace(scores, **covs) if with_covariance else scores
