@@ -70,6 +70,28 @@ def test_method_settings_give_the_one_shot_baselines_a_fine_grid_unless_the_user
     assert method_settings(chosen) == chosen
     latency = replace(base, method="uniform", max_latency_ms=5.0)
     assert method_settings(latency) == latency
+    # The default grid asked for by name is kept; the fine one can be asked for on any grid.
+    given = replace(base, method="uniform", baseline_grid="given")
+    assert method_settings(given) == given
+    fine = method_settings(replace(chosen, baseline_grid="fine")).backend
+    assert (fine.mlp_levels, fine.attn_levels) == (0, -1)
+    with pytest.raises(EvopruneError, match="--baseline-grid fine cannot be timed"):
+        replace(latency, baseline_grid="fine").validate()
+    with pytest.raises(EvopruneError, match="--baseline-grid must be fine or given"):
+        replace(base, baseline_grid="coarse").validate()
+    # Unset, it leaves a run's identity as before the option existed.
+    assert "baseline_grid" not in base.identity() and given.identity()["baseline_grid"] == "given"
+
+
+def test_a_grid_typed_or_in_the_config_file_is_the_grid_the_baselines_run_on(tmp_path):
+    from evoprune.engine.config import keep_given_grid, read_config
+
+    assert keep_given_grid({"mlp_levels": 8, "baseline_grid": None}, set())["baseline_grid"] is None
+    assert keep_given_grid({"mlp_levels": 8, "baseline_grid": None}, {"mlp_levels"})["baseline_grid"] == "given"
+    assert keep_given_grid({"baseline_grid": "fine"}, {"mlp_levels"})["baseline_grid"] == "fine"
+    config = tmp_path / "search.toml"
+    config.write_text("[backend]\nattn-levels = 0\n")
+    assert keep_given_grid({"baseline_grid": None}, set(read_config(config)))["baseline_grid"] == "given"
 
 
 def test_skipped_layers_scale_llm_pruners_defaults_to_depth():
@@ -274,6 +296,13 @@ def test_cli_uniform_with_skips_then_resume_reopens_the_same_run(tmp_path, tiny8
     assert json.loads(again.stdout)["run"] == front["run"]
     with Store(store) as st:
         assert len(st.runs()) == 1 and len(st.evaluations(front["run"])) == 1
+        assert st.runs()[0].space["mlp_levels"] == 96  # the fine grid: one channel a level
+    # The default grid typed by name is the grid it runs on: a separate run, of 8 MLP levels.
+    out = runner.invoke(app, [*args, "--mlp-levels", "8"])
+    assert out.exit_code == 0, out.output
+    with Store(store) as st:
+        coarse = [r for r in st.runs() if r.id != front["run"]]
+        assert [(r.space["mlp_levels"], r.settings["baseline_grid"]) for r in coarse] == [(8, "given")]
 
 
 def test_predictor_rank_ranks_after_its_training_share_and_spends_the_budget(tmp_path, tiny_model_dir, text_file):

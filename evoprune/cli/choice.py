@@ -176,7 +176,11 @@ def compare_command(
     eval_tokens: int = typer.Option(_BACKEND.eval_tokens, "--eval-tokens", help="Tokens per real evaluation."),
     calib_tokens: int = typer.Option(_BACKEND.calib_tokens, "--calib-tokens", help="Tokens for importance scoring."),
     seq_len: int = typer.Option(_BACKEND.seq_len, "--seq-len", help="Tokens per window."),
-    mlp_levels: int = typer.Option(8, "--mlp-levels", help="Number of MLP pruning steps."),
+    mlp_levels: int | None = typer.Option(
+        None,
+        "--mlp-levels",
+        help="Number of MLP pruning steps (default 8); given, the baselines use it too, not their fine grid.",
+    ),
     device: str = typer.Option("cpu", "--device", help="Where evaluation runs: cpu, cuda, cuda:N or mps."),
     dtype: str = typer.Option("float32", "--dtype", help="Weights and activations: float32, bfloat16 or float16."),
     as_json: bool = typer.Option(False, "--json", help="Print the table as JSON."),
@@ -188,8 +192,10 @@ def compare_command(
     settings = SearchSettings(
         evals=evals, seed=seed, max_params=max_params, max_memory=max_memory, max_latency_ms=max_latency_ms,
         min_params=min_params, baseline_skip_first=baseline_skip_first, baseline_skip_last=baseline_skip_last,
+        baseline_grid=None if mlp_levels is None else "given",
         backend=BackendSettings(eval_tokens=eval_tokens, calib_tokens=calib_tokens, seq_len=seq_len,
-                                mlp_levels=mlp_levels, device=device, dtype=dtype),
+                                mlp_levels=_BACKEND.mlp_levels if mlp_levels is None else mlp_levels,
+                                device=device, dtype=dtype),
     )  # fmt: skip
     try:
         with _SearchProgress(err_console) as progress:

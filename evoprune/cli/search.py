@@ -135,6 +135,12 @@ def search_command(
     baseline_skip_last: int = typer.Option(
         None, "--baseline-skip-last", help="uniform: last layers left dense (default: 2 of 32, scaled to depth)."
     ),
+    baseline_grid: str | None = typer.Option(
+        None,
+        "--baseline-grid",
+        help="uniform, mlp-only, flap: level grid, fine (one channel and one head a level, so they land within 1% "
+        "under a budget) or given (--mlp-levels, attn_levels); default: fine unless a grid option is given.",
+    ),
     criterion: str = typer.Option(
         _BACKEND.criterion,
         "--importance",
@@ -171,7 +177,8 @@ def search_command(
     mlp_levels: int = typer.Option(
         8,
         "--mlp-levels",
-        help="Number of MLP pruning steps (the top one removes the MLP); 0: one per --mlp-multiple channels.",
+        help="Number of MLP pruning steps (the top one removes the MLP); 0: one per --mlp-multiple channels. "
+        "Given, the one-shot baselines use it too (see --baseline-grid).",
     ),
     mlp_multiple: int = typer.Option(1, "--mlp-multiple", help="Round kept MLP widths to a multiple (e.g. 64)."),
     executor: str = _EXECUTOR,
@@ -182,12 +189,13 @@ def search_command(
     as_json: bool = typer.Option(False, "--json", help="Print the resulting front as JSON instead of a table."),
 ) -> None:
     """Search per-layer pruning levels for --model, spending --evals real evaluations; the same command continues it."""
-    from evoprune.engine.config import merge_options, read_config, settings_from_options
+    from evoprune.engine.config import keep_given_grid, merge_options, read_config, settings_from_options
 
     cli_values = dict(ctx.params)
     explicit = {k for k in cli_values if ctx.get_parameter_source(k).name == "COMMANDLINE"}
     try:
-        options = merge_options(cli_values, explicit, read_config(config) if config else {})
+        from_config = read_config(config) if config else {}
+        options = keep_given_grid(merge_options(cli_values, explicit, from_config), explicit | set(from_config))
         if not options.get("model") or not options.get("store"):
             raise EvopruneError("--model and --store are required (on the command line or in --config)")
         settings = settings_from_options(options)

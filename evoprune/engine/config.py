@@ -100,6 +100,19 @@ def merge_options(cli: dict, explicit: set[str], config: dict) -> dict:
     return merged
 
 
+# The options that choose the level grid (``BackendSettings``).
+GRID_FIELDS = ("mlp_levels", "attn_levels")
+
+
+def keep_given_grid(options: dict, given: set[str]) -> dict:
+    """``options`` with ``baseline_grid="given"`` when a level grid option is among ``given`` (the
+    options typed on the command line or set in the config file) and ``baseline_grid`` is not: a
+    grid asked for is the grid the one-shot baselines run on, even when it is the default one."""
+    if options.get("baseline_grid") is None and {_normalise(k) for k in given} & set(GRID_FIELDS):
+        return {**options, "baseline_grid": "given"}
+    return options
+
+
 def settings_from_options(options: dict) -> SearchSettings:
     search = {k: v for k, v in options.items() if k in SEARCH_FIELDS}
     backend = {k: v for k, v in options.items() if k in BACKEND_FIELDS}

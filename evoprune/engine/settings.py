@@ -19,6 +19,7 @@ from surrogates import check_surrogate, first_line, parse_surrogate_spec, plugin
 ProgressFn = Callable[..., None]
 
 ALGORITHMS = ("nsga2", "nsga3", "agemoea", "smsemoa")
+BASELINE_GRIDS = (None, "fine", "given")
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,10 @@ class SearchSettings:
       the budget, a fraction of the dense parameters), ``local_share``, ``screen_tokens`` and
       ``screen_factor`` (multi-fidelity screening), ``warm_start``, ``max_ppl_ratio``, ``task_limit``
       (questions per task for ``acc:`` objectives).
+    - One-shot baselines: ``baseline_skip_first`` / ``baseline_skip_last`` (``uniform``'s dense
+      layers), ``baseline_grid`` (their level grid: ``fine``, one MLP channel and one attention
+      unit a level; ``given``, the backend's; None: ``fine`` when the backend's grid is the default
+      one, see ``evoprune.engine.baselines.one_shot.method_settings``).
     - ``backend``: what a real evaluation is (``BackendSettings``: tokens, criterion, compensation,
       level grid, device).
 
@@ -72,6 +77,7 @@ class SearchSettings:
     task_limit: int = 100
     baseline_skip_first: int | None = None  # uniform baseline: layers left dense; None: LLM-Pruner's 4 of 32, scaled
     baseline_skip_last: int | None = None  # the same at the end (LLM-Pruner: 2 of 32)
+    baseline_grid: str | None = None  # one-shot baselines' level grid: fine, given; None: fine on the default grid
     backend: BackendSettings = field(default_factory=BackendSettings)
 
     @property
@@ -102,6 +108,15 @@ class SearchSettings:
         for name in ("baseline_skip_first", "baseline_skip_last"):
             if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise EvopruneError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(self, name)}")
+        if self.baseline_grid not in BASELINE_GRIDS:
+            raise EvopruneError(f"--baseline-grid must be fine or given, got {self.baseline_grid!r}")
+        if self.baseline_grid == "fine" and (
+            self.max_latency_ms is not None or "latency" in Objectives.parse(self.objectives).names
+        ):
+            raise EvopruneError(
+                "--baseline-grid fine cannot be timed: the latency table is measured per level of the given grid; "
+                "use --baseline-grid given with a latency objective or budget"
+            )
         if self.max_ppl_ratio <= 1:
             raise EvopruneError(f"--max-ppl-ratio must be above 1, got {self.max_ppl_ratio}")
         if self.method not in STRATEGIES:
@@ -129,7 +144,7 @@ class SearchSettings:
         d.pop("evals")
         if d["local_share"] == 0:  # runs recorded before local moves existed searched without them
             d.pop("local_share")
-        for name in ("baseline_skip_first", "baseline_skip_last"):
+        for name in ("baseline_skip_first", "baseline_skip_last", "baseline_grid"):
             if d[name] is None:  # unset: runs recorded before these options existed keep their identity
                 d.pop(name)
         d["backend"] = self.backend.identity()

@@ -32,21 +32,23 @@ FINE_GRID_METHODS = ("uniform", "mlp-only", "flap")
 def method_settings(settings: SearchSettings) -> SearchSettings:
     """The settings ``settings.method`` runs with.
 
-    The one-shot baselines (``FINE_GRID_METHODS``) get the finest level grid when the run keeps
-    the default one (``mlp_levels`` 8, ``attn_levels`` 0): one MLP level per ``mlp_multiple``
-    channels (``mlp_levels=0``) and one attention level per attention unit, uncapped
-    (``attn_levels=-1``), so their continuous widths land within 1% under a budget. A latency
-    objective or budget keeps the default grid, whose latency table is measured per level.
-    Every other method, and any grid the user chose, is returned unchanged.
+    The one-shot baselines (``FINE_GRID_METHODS``) get the finest level grid, one MLP level per
+    ``mlp_multiple`` channels (``mlp_levels=0``) and one attention level per attention unit,
+    uncapped (``attn_levels=-1``), so that their continuous widths land within 1% under a budget:
+    with ``baseline_grid="fine"``, or, unset, when the backend keeps the default grid
+    (``mlp_levels`` 8, ``attn_levels`` 0) and no latency objective or budget asks for the levels
+    the latency table was measured at. Every other method, and ``baseline_grid="given"``, is
+    returned unchanged (``evoprune search`` sets ``given`` when ``--mlp-levels`` or ``attn_levels``
+    is given, even at its default value).
     """
     b, default = settings.backend, BackendSettings()
-    if settings.method not in FINE_GRID_METHODS or (b.mlp_levels, b.attn_levels) != (
-        default.mlp_levels,
-        default.attn_levels,
-    ):
+    if settings.method not in FINE_GRID_METHODS or settings.baseline_grid == "given":
         return settings
-    if settings.max_latency_ms is not None or "latency" in Objectives.parse(settings.objectives).names:
-        return settings
+    if settings.baseline_grid is None:
+        if (b.mlp_levels, b.attn_levels) != (default.mlp_levels, default.attn_levels):
+            return settings
+        if settings.max_latency_ms is not None or "latency" in Objectives.parse(settings.objectives).names:
+            return settings
     return replace(settings, backend=replace(b, mlp_levels=0, attn_levels=-1))
 
 
