@@ -505,10 +505,10 @@ def render(results: dict) -> str:
                   "calibration or validation window read (`--tau-fresh`; mean τ over random subsets of that many "
                   "tokens), free of the luck they were selected by. Held-out WikiText-2 test of the pick, of the best "
                   "by the unread text and of the best of them.", "",
-                  "| budget | seed | configurations | of which climbed the ladder | τ, figure chosen by | τ, first rung only "
+                  "| budget | text start | seed | configurations | of which climbed the ladder | τ, figure chosen by | τ, first rung only "
                   "| τ, held-out half against half | τ, unread search text (tokens: τ) | held-out: pick / best by "
                   "unread / best |",
-                  "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+                  "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for r in taus:
             t = r["tau"]
             fresh = ", ".join(f"{int(k):,}: {v:.2f}" for k, v in t.get("tau_fresh", {}).items()) or "-"
@@ -517,7 +517,7 @@ def render(results: dict) -> str:
             picks = (
                 f"{_fmt(pick, '.2f')} / {_fmt(t.get('fresh_best_heldout'), '.2f')} / {min(held):.2f}" if held else "-"
             )
-            lines.append(f"| {r['budget']:.0%} | {r['seed']} | {t['n']} | {t['climbed']} | {_fmt(t['tau_chosen_by'], '.2f')} | "
+            lines.append(f"| {r['budget']:.0%} | {r.get('text_start', 0.0):.3g} | {r['seed']} | {t['n']} | {t['climbed']} | {_fmt(t['tau_chosen_by'], '.2f')} | "
                          f"{_fmt(t['tau_first_rung'], '.2f')} | {_fmt(t.get('tau_split_half'), '.2f')} | {fresh} | {picks} |")  # fmt: skip
     lines += ["", "### Every run", "",
               "Overhead: surrogate fits + inner search as a share of fits + inner search + real evaluation (first "
@@ -597,19 +597,27 @@ def paired_lines(rows: list[dict]) -> list[str]:
     return lines
 
 
+def _same_pick(a: dict, b: dict) -> bool:
+    """Whether two rows of one (budget, seed, method) report the same pick, measured alike."""
+    x, y = (r["heldout"].get("ppl:wikitext2_test") for r in (a, b))
+    same = x == y or (x is not None and y is not None and math.isclose(x, y, rel_tol=1e-9))
+    return a.get("best_id") == b.get("best_id") and same
+
+
 def merge(paths: list[str]) -> dict:
     parts = [json.loads(Path(p).read_text()) for p in paths]
     merged = dict(parts[0])
     # One row per (budget, seed, method), the first part's wins: a part that re-ran a finished run for
-    # its rank agreement (--tau on a copy of the store) adds only its tau, measured on the same pick.
+    # its rank agreement (--tau on a copy of the store) adds only the tau figures the row lacks (e.g.
+    # --tau-fresh measured after --tau), and only when it measured the same pick.
     rows: dict[tuple, dict] = {}
     for part in parts:
         for r in part["rows"]:
             key = (r["budget"], r["seed"], r["method"], r.get("text_start", 0.0))
             if key not in rows:
                 rows[key] = dict(r)
-            elif r.get("tau") and not rows[key].get("tau"):
-                rows[key]["tau"] = r["tau"]
+            elif r.get("tau") and _same_pick(rows[key], r):
+                rows[key]["tau"] = {**r["tau"], **(rows[key].get("tau") or {})}
     merged["rows"] = list(rows.values())
     for part in parts:
         if "dense" in part:

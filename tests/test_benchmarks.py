@@ -90,7 +90,7 @@ def test_local_moves_benchmark_runs(tmp_path):
     assert "1 of 1" in result.stdout or "0 of 1" in result.stdout
 
 
-def test_compare_merge_takes_only_the_tau_of_a_rerun(tmp_path):
+def test_compare_merge_takes_only_the_tau_figures_a_row_lacks_from_a_rerun_of_its_pick(tmp_path):
     sys.path.insert(0, str(ROOT))
     from benchmarks.smollm2_compare import merge
 
@@ -98,13 +98,17 @@ def test_compare_merge_takes_only_the_tau_of_a_rerun(tmp_path):
     full = {**key, "wall_s": 10.0, "heldout": {"ppl:wikitext2_test": 40.0, "acc:arc_easy": 0.4}}
     rerun = {**key, "wall_s": None, "heldout": {"ppl:wikitext2_test": 40.0}, "tau": {"n": 20, "tau_chosen_by": 0.7}}
     stale = {**key, "wall_s": 99.0, "heldout": {"ppl:wikitext2_test": 50.0}, "tau": {"n": 20, "tau_chosen_by": 0.1}}
+    # a later rerun of the same pick that measured the unread-text tau too
+    fresh = {**rerun, "tau": {"n": 20, "tau_chosen_by": 0.9, "tau_fresh": {"16384": 0.75}}}
     paths = []
-    for name, row in (("full", full), ("rerun", rerun), ("stale", stale)):
+    for name, row in (("full", full), ("rerun", rerun), ("stale", stale), ("fresh", fresh)):
         paths.append(tmp_path / f"{name}.json")
         paths[-1].write_text(json.dumps({"args": {"tau": 20 if "tau" in row else 0}, "rows": [row]}))
     (row,) = merge([str(p) for p in paths])["rows"]
     assert row["wall_s"] == 10.0 and row["heldout"] == full["heldout"]  # the first part's row stands
-    assert row["tau"] == rerun["tau"]  # the first tau measured on it is added, a later one ignored
+    # the first tau measured on it is added; a later one of the same pick adds only what it lacked,
+    # and one of another pick (stale: another held-out figure) nothing
+    assert row["tau"] == {**rerun["tau"], "tau_fresh": {"16384": 0.75}}
 
 
 def test_criteria_render_pairs_against_the_default(tmp_path):
