@@ -79,8 +79,9 @@ def test_method_settings_give_the_one_shot_baselines_a_fine_grid_unless_the_user
         replace(latency, baseline_grid="fine").validate()
     with pytest.raises(EvopruneError, match="--baseline-grid must be fine or given"):
         replace(base, baseline_grid="coarse").validate()
-    # Unset, it leaves a run's identity as before the option existed.
-    assert "baseline_grid" not in base.identity() and given.identity()["baseline_grid"] == "given"
+    # Not itself part of a run's identity: its effect is, in the grid method_settings gives the backend.
+    assert given.identity() == replace(given, baseline_grid=None).identity()
+    assert method_settings(given).identity() != method_settings(replace(given, baseline_grid=None)).identity()
 
 
 def test_a_grid_typed_or_in_the_config_file_is_the_grid_the_baselines_run_on(tmp_path):

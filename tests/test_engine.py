@@ -253,7 +253,9 @@ def test_plan_spend_starts_from_the_stored_pairs_and_pareto_shows_them(tmp_path,
         ok = [e for e in st.shared_evaluations(st.get_run(first.run.id)) if e.status == "ok"]
     fastest = plan(str(store), Budget(max_latency_ms=1e6), run_id=first.run.id)
     assert fastest.candidates == len(ok) and fastest.cost["latency_ms"] > 0
-    for bad, fragment in ((Budget(max_latency_ms=0), "--max-latency-ms must be positive"),
+    for bad, fragment in ((Budget(max_latency_ms=0), "--max-latency-ms must be a positive number"),
+                          (Budget(max_latency_ms=float("inf")), "--max-latency-ms must be a positive number"),
+                          (Budget(max_params=float("inf")), "--max-params must be finite"),
                           (Budget(max_memory="400"), "has no unit"),
                           (Budget(max_memory="0MB"), "must be positive"),
                           (Budget(max_memory="0"), "must be positive")):  # fmt: skip

@@ -983,3 +983,25 @@ def test_export_refuses_a_wrong_allocation_or_mixed_options_in_one_line(tmp_path
     # One case through a real process too: the exit code and stderr as a shell sees them.
     _one_line_error(evoprune("export", "--out", out), "--store", "--model and --config")
     assert not Path(out).exists()
+
+
+def test_stores_that_cannot_be_opened_are_one_line_for_every_command(searched_store, tmp_path, text_file):
+    """What a newcomer mistypes: a missing store, a folder, an empty or non-SQLite file, a run
+    that is not there, an infinite budget. One line, exit 2, for search, resume and plan alike."""
+    folder, empty, text = tmp_path / "adir", tmp_path / "empty.db", tmp_path / "notes.db"
+    folder.mkdir()
+    empty.write_bytes(b"")
+    text.write_text("not a database, " * 100)
+    missing = tmp_path / "nope.db"
+    for store, fragment in ((missing, "does not exist"), (folder, "is a directory"),
+                            (empty, "is an empty file"), (text, "not a SQLite database")):  # fmt: skip
+        _one_line_error(evoprune_in_process("resume", "--store", str(store), "--evals", "9"), fragment)
+        _one_line_error(evoprune_in_process("plan", "--store", str(store), "--max-params", "0.8"), fragment)
+    _one_line_error(evoprune_in_process("resume", "--store", str(searched_store), "--run", "99"), "99")
+    for budget in ("inf", "1e400"):
+        _one_line_error(evoprune_in_process("plan", "--store", str(searched_store), "--max-params", budget), "finite")
+    # search: the folder is refused before the model loads (there is none here to load)
+    result = evoprune_in_process("search", "--model", str(tmp_path / "no-model"), "--data", str(text_file),
+                                 "--store", str(folder), "--evals", "3")  # fmt: skip
+    _one_line_error(result, "is a directory", "runs.db")
+    assert not any(folder.iterdir())

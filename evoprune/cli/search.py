@@ -248,6 +248,7 @@ def resume_command(
 
     from evoprune.engine.config import settings_from_run
 
+    r = None  # the run, once the store has given it: an error before that has no path of it to hint at
     try:
         with Store.open_existing(store, readonly=True) as st:
             r = st.get_run(run)
@@ -279,6 +280,8 @@ def resume_command(
 def _with_relative_path_hint(message: str, run) -> str:
     """``message``, and where it names a relative ``--model`` / ``--data`` of ``run``, where to
     resume it from: runs stored before 2026-12-02 kept local paths as given."""
+    if run is None:
+        return message
     for spec in (run.model, run.data):
         if spec and f"'{spec}'" in message and not Path(spec).expanduser().is_absolute():
             return (

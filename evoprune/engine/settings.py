@@ -144,7 +144,10 @@ class SearchSettings:
         d.pop("evals")
         if d["local_share"] == 0:  # runs recorded before local moves existed searched without them
             d.pop("local_share")
-        for name in ("baseline_skip_first", "baseline_skip_last", "baseline_grid"):
+        # What it decides is in the backend's grid, which ``search`` sets from it (``method_settings``)
+        # before the run is looked up: a method it does not concern keeps one identity.
+        d.pop("baseline_grid")
+        for name in ("baseline_skip_first", "baseline_skip_last"):
             if d[name] is None:  # unset: runs recorded before these options existed keep their identity
                 d.pop(name)
         d["backend"] = self.backend.identity()

@@ -156,6 +156,8 @@ def check_max_params(value: float) -> None:
     (an integer of at least 1000): EvopruneError naming both forms."""
     if not value > 0:
         raise EvopruneError(f"--max-params must be positive (a kept fraction or a count), got {value:g}")
+    if not math.isfinite(value):
+        raise EvopruneError(f"--max-params must be finite (a kept fraction or a count), got {value:g}")
     if value > 1 and (value != int(value) or value < _SMALLEST_COUNT):
         raise EvopruneError(
             f"--max-params {value:g} is neither a kept fraction (at most 1, e.g. 0.7) nor a parameter count "
@@ -194,8 +196,8 @@ class Budget:
             check_max_params(self.max_params)
         if self.max_memory is not None:
             parse_size(self.max_memory)
-        if self.max_latency_ms is not None and not self.max_latency_ms > 0:
-            raise EvopruneError(f"--max-latency-ms must be positive, got {self.max_latency_ms:g}")
+        if self.max_latency_ms is not None and not 0 < self.max_latency_ms < math.inf:
+            raise EvopruneError(f"--max-latency-ms must be a positive number (ms), got {self.max_latency_ms:g}")
 
     def params_fraction_limit(self, dense_params: int) -> float | None:
         if self.max_params is None:

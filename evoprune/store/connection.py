@@ -43,10 +43,13 @@ def connect_readonly(path: Path) -> sqlite3.Connection:
 def open_error(path: Path, exc: sqlite3.DatabaseError) -> EvopruneError:
     """One accurate line for a store that cannot be opened: not SQLite, not evoprune, or not writable."""
     text = str(exc)
+    fix = "pass a store 'evoprune search' wrote, or a new file name to start one"
     if "file is not a database" in text or "file is encrypted" in text:
-        return EvopruneError(f"'{path}' is not an evoprune store (not a SQLite database)")
+        return EvopruneError(f"'{path}' is not an evoprune store (not a SQLite database): {fix}")
     if "no such table" in text:
-        return EvopruneError(f"'{path}' is a SQLite database but not an evoprune store (no meta table)")
+        if path.is_file() and path.stat().st_size == 0:
+            return EvopruneError(f"'{path}' is an empty file, not an evoprune store: {fix}")
+        return EvopruneError(f"'{path}' is a SQLite database but not an evoprune store (no meta table): {fix}")
     if not path.parent.is_dir():
         return EvopruneError(
             f"store '{path}': directory '{path.parent}' does not exist: create it or pass another --store"
