@@ -50,7 +50,7 @@ from evoprune.engine.baselines.one_shot import FINE_GRID_METHODS, method_setting
 from evoprune.engine.context import library_versions  # noqa: E402
 from evoprune.engine.run import prepare_backend, search  # noqa: E402
 from evoprune.engine.settings import SearchSettings  # noqa: E402
-from evoprune.objectives.pareto import rung_offsets, selection_value  # noqa: E402
+from evoprune.objectives.pareto import contenders, rung_offsets, selection_value  # noqa: E402
 from evoprune.objectives.spec import CostEvaluator  # noqa: E402
 from evoprune.store import Store  # noqa: E402
 
@@ -186,17 +186,20 @@ def subset_tau(window_nll: np.ndarray, target, windows: int, draws: int = 200, s
 
 def rank_agreement(backend, held: HeldOut, evals, budget: float, n: int, fresh: torch.Tensor | None = None) -> dict:
     """Kendall tau over the ``n`` best configurations within 5% under ``budget``: the figure the
-    search chose by (highest rung reached) and the first-rung figure, each against held-out
+    search chooses by (its contenders, then the rest, each by the highest rung it reached; see
+    ``evoprune.objectives.pareto.contenders``) and the first-rung figure, each against held-out
     WikiText-2 test, and held-out text against itself (random halves of its windows). With
     ``fresh`` windows of the search text (``fresh_windows``), also what a new measurement of
     2,048 tokens and more of them, unbiased by the selection, would reach (``tau_fresh``)."""
     near = [e for e in evals if e.status == "ok" and budget - 0.05 <= e.params_fraction <= budget]
     offsets = rung_offsets(near, "ppl")
-    near.sort(key=lambda e: selection_value(e, "ppl", offsets))
+    # In the order the search chooses by: its contenders (the finalists), then the rest.
+    first_in = {e.id for e in contenders(near, "ppl")}
+    near.sort(key=lambda e: (e.id not in first_in, selection_value(e, "ppl", offsets), e.id))
     near = near[:n]
     window_nll = np.array([levels_window_nll(backend, e.levels, held.windows["wikitext2_test"]) for e in near])
     held_ppl = [math.exp(v) for v in window_nll.mean(1)] if len(near) else []
-    chosen_by = [selection_value(e, "ppl", offsets) for e in near]
+    chosen_by = list(range(len(near)))  # the position in that order
     first = [math.log(e.metrics["ppl"]) for e in near]
     out = {
         "n": len(near),

@@ -181,9 +181,12 @@ def test_pareto_json_carries_fidelity_standard_error_and_validation(tmp_path, ti
     for p in points:
         assert p["metrics"]["ppl_se"] > 0 and p["fidelity"]["tokens"] in (256, 1024)
         assert p["fidelity"]["metrics"]["ppl_se"] > 0
-    # Without a budget the front climbs once, at the end, and a batch of it spread along the front
-    # (both ends included) is validated, on 256 tokens as asked.
-    assert any(p["fidelity"]["tokens"] == 1024 for p in points)
+    # Without a budget the front climbs once, at the end: a batch of it spread along the front (both
+    # ends of the pruned part included, the dense model left out); and a batch spread along it (both
+    # ends included) is validated, on 256 tokens as asked.
+    climbed = [p for p in points if p["fidelity"]["tokens"] == 1024]
+    pruned = [p for p in points if p["params_fraction"] < 1]
+    assert pruned and [p["id"] for p in climbed] == list(dict.fromkeys([pruned[0]["id"], pruned[-1]["id"]]))
     validated = [p for p in points if p["validation"]]
     assert len(validated) == min(2, len(points)) and validated[0] is points[0] and validated[-1] is points[-1]
     assert all(p["validation"]["tokens"] == 256 and p["validation"]["metrics"]["ppl"] > 1 for p in validated)

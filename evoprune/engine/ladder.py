@@ -10,7 +10,7 @@ import numpy as np
 
 from evoprune.backend.pruner import Measurement
 from evoprune.execution.executors import Job, WorkerFailure
-from evoprune.objectives.spec import quality_value
+from evoprune.objectives.spec import quality_se, quality_value
 from evoprune.store import Evaluation
 
 
@@ -55,14 +55,6 @@ class FidelityLadder:
         self.timings["ladder_s"] += spent
         return spent
 
-    def _log_se(self, metric: str, m: dict) -> float:
-        """Standard error of the minimised (log) form of ``metric`` (0 when not recorded)."""
-        if metric == "ppl":
-            return float(m.get("nll_se", 0.0))
-        if metric == "kl" and m.get("kl", 0) > 0:
-            return float(m.get("kl_se", 0.0)) / float(m["kl"])
-        return 0.0
-
     def ladder_pool(self, evals: list[Evaluation]) -> list[Evaluation]:
         """The configurations competing for the ladder: under a budget every feasible one (the
         noise rule of ``promote`` keeps only the contenders); without one, the first-rung front."""
@@ -80,8 +72,8 @@ class FidelityLadder:
         """Climb the ladder: per rung, measure on the next rung the configurations of the pool
         whose figure is within noise (two standard errors of the difference) of the best one's,
         best first, at most ``limit`` per rung (default: half the batch, at least one). Without a
-        budget every front member is promoted (at most ``limit`` per rung), since each is the best
-        at its cost. A search climbs once, when its method is done (``run_strategy``): higher rungs
+        budget front members climb, since each is the best at its cost: ``limit`` of them spread
+        along the front (``_spread``). A search climbs once, when its method is done (``run_strategy``): higher rungs
         decide the choice, not the search's direction (surrogates learn from first rungs), and a
         contender found late would otherwise be measured on fewer tokens than an early one."""
         rungs = self.ladder_rungs()
@@ -98,16 +90,18 @@ class FidelityLadder:
             for e in pool:
                 m = e.metrics if i == 0 else e.ladder.get(rungs[i - 1])
                 if m and metric in m:
-                    measured.append((quality_value(metric, m), self._log_se(metric, m), e))
+                    measured.append((quality_value(metric, m), quality_se(metric, m), e))
             measured.sort(key=lambda t: (t[0], t[2].id))
             if not measured:
                 break
             if self.constraint_names:
                 best_v, best_se = measured[0][0], measured[0][1]
                 measured = [t for t in measured if t[0] <= best_v + 2 * math.hypot(best_se, t[1])]
-            # The best ``limit`` contenders, whether or not they climbed already: running a finished
-            # search again adds nothing.
-            todo = [e for _, _, e in measured[:limit] if tokens not in e.ladder]
+                chosen = [e for _, _, e in measured[:limit]]
+            else:
+                chosen = _spread([e for _, _, e in measured], limit)
+            # Whether or not they climbed already: running a finished search again adds nothing.
+            todo = [e for e in chosen if tokens not in e.ladder]
             for e in todo:
                 self.store.add_fidelity(self.run.id, e.id, "search", tokens, round_)
             if todo:
@@ -140,3 +134,14 @@ class FidelityLadder:
         if todo:
             self.evaluate_pending_fidelities()
         return len(todo)
+
+
+def _spread(front: list[Evaluation], limit: int) -> list[Evaluation]:
+    """At most ``limit`` members of ``front`` spread evenly along it by kept parameters, both ends
+    included, the dense configuration left out (nothing pruned is no choice). Taking the best
+    figures instead gave every promotion to the members nearest the dense model."""
+    members = sorted((e for e in front if e.params_fraction < 1), key=lambda e: (-e.params_fraction, e.id))
+    if not members or limit < 1:
+        return []
+    picks = np.unique(np.linspace(0, len(members) - 1, min(len(members), limit)).round().astype(int))
+    return [members[i] for i in picks]

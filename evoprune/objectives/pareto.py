@@ -5,13 +5,15 @@ Every configuration has a first-rung measurement; the promising ones also have h
 the fidelity ladder (more tokens) and the picks a validation measurement. Choices use the
 highest rung each configuration reached: its figure there, less the run's mean difference
 between that rung and the first (over the configurations measured at both), so a figure on
-8,192 tokens and one on 2,048 are on one scale while the better-measured one decides. Among
-configurations that all reached the top rung (the finalists near a budget) the correction is
-the same for each and the choice is on the top rung alone.
+8,192 tokens and one on 2,048 are on one scale while the better-measured one decides. The
+choice of one configuration (``best_of``) is among the ``contenders``: the finalists, those that
+reached the highest rung, on that rung alone (the correction is the same for each), and only
+those others whose first-rung figure is clearly better than every finalist's.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -97,13 +99,42 @@ def selection_value(e: Evaluation, metric: str, offsets: dict[int, float]) -> fl
     return value - offsets.get(tokens, 0.0)
 
 
+def contenders(evals: list[Evaluation], metric: str) -> list[Evaluation]:
+    """The evaluations a choice among ``evals`` is made from, as in successive halving: those that
+    reached the highest rung any of them reached (the ladder chose them on the lower rungs; the
+    others lost there), and any other whose first-rung figure beats the best of theirs by more than
+    noise (two standard errors of the difference), which the ladder never weighed against them
+    (under a budget other than the run's, say). All of ``evals`` when none climbed.
+
+    Why not all, by ``selection_value``: the rung offset is a mean over finalists promoted for
+    first-rung figures of varying luck, so it can leave each finalist's figure worse than the raw
+    first-rung figure of one the ladder passed over, and the choice fell to the luckiest
+    first-rung figure, the selection the ladder exists to prevent (a 150-evaluation search at 80%
+    of SmolLM2-135M picked a configuration measured on 2,048 tokens over 16 measured on 8,192)."""
+    from evoprune.objectives.spec import quality_se, quality_value
+
+    top = max((t for t in (top_rung(e)[0] for e in evals) if t is not None), default=None)
+    if top is None:
+        return list(evals)
+    finalists = [e for e in evals if top_rung(e)[0] == top]
+    lead = min(finalists, key=lambda e: quality_value(metric, e.metrics))
+    lead_v, lead_se = quality_value(metric, lead.metrics), quality_se(metric, lead.metrics)
+
+    def clearly_better(e: Evaluation) -> bool:
+        gap = 2 * math.hypot(lead_se, quality_se(metric, e.metrics))
+        return quality_value(metric, e.metrics) < lead_v - gap
+
+    return [e for e in evals if top_rung(e)[0] == top or clearly_better(e)]
+
+
 def best_of(evals: list[Evaluation], metric: str, offsets: dict[int, float] | None = None) -> Evaluation | None:
-    """The successful evaluation with the best ``metric`` by the highest fidelity each reached."""
+    """The successful evaluation with the best ``metric`` by the highest fidelity each reached,
+    among the ``contenders``."""
     ok = [e for e in evals if e.status == "ok" and metric in e.metrics]
     if not ok:
         return None
     offsets = rung_offsets(ok, metric) if offsets is None else offsets
-    return min(ok, key=lambda e: (selection_value(e, metric, offsets), -e.params_fraction, e.id))
+    return min(contenders(ok, metric), key=lambda e: (selection_value(e, metric, offsets), -e.params_fraction, e.id))
 
 
 def split_levels(levels: list[int]) -> dict:

@@ -38,6 +38,16 @@ def quality_value(name: str, metrics: dict) -> float:
     return -v  # accuracies are maximised
 
 
+def quality_se(name: str, metrics: dict) -> float:
+    """Standard error of ``quality_value(name, metrics)`` (0 when not recorded, as for accuracies):
+    of the mean NLL for ``ppl``, of log KL (delta method) for ``kl``."""
+    if name == "ppl":
+        return float(metrics.get("nll_se", 0.0))
+    if name == "kl" and metrics.get("kl", 0) > 0:
+        return float(metrics.get("kl_se", 0.0)) / float(metrics["kl"])
+    return 0.0
+
+
 def quality_from_value(name: str, value: float) -> float:
     """Back from the minimised scale to the metric (for predictions shown to users)."""
     if name == "ppl":

@@ -106,7 +106,7 @@ def finalists_of(store: str | Path, budget: Budget | float | None, k: int, run: 
     without one), for a bad budget, or when no evaluated configuration meets it.
     """
     from evoprune.objectives.budget import has_limit, recorded_budget, under_budget
-    from evoprune.objectives.pareto import run_objectives, rung_offsets, selection_value
+    from evoprune.objectives.pareto import contenders, run_objectives, rung_offsets, selection_value
     from evoprune.objectives.spec import is_quality
     from evoprune.store import Store
 
@@ -125,7 +125,11 @@ def finalists_of(store: str | Path, budget: Budget | float | None, k: int, run: 
     metric = next(n for n in run_objectives(r) if is_quality(n))
     under, _ = under_budget(r, evals, budget, metric)
     offsets = rung_offsets([e for e in evals if metric in e.metrics], metric)
-    ranked = sorted(under, key=lambda e: (selection_value(e, metric, offsets), -e.params_fraction, e.id))
+    # The contenders first (plan's choice is the best of them), then the rest, each by its figure.
+    first = {e.id for e in contenders([e for e in under if metric in e.metrics], metric)}
+    ranked = sorted(
+        under, key=lambda e: (e.id not in first, selection_value(e, metric, offsets), -e.params_fraction, e.id)
+    )
     return r, ranked[:k], budget
 
 
