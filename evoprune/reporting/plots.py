@@ -82,7 +82,7 @@ def front_figure(store: Store, run: Run, budget_lines: list[float] | None = None
         offsets = rung_offsets(evals, quality)
         fx = [e.params_fraction for e in front]
         fy = [quality_from_value(quality, selection_value(e, quality, offsets)) for e in front]
-        ax.plot(fx, fy, "-o", c="#1f77b4", ms=5, label="Pareto front (highest rung)")
+        ax.plot(fx, fy, "-o", c="#1f77b4", ms=5, label="Pareto front (highest rung, on the first rung's scale)")
         k = knee_of(front, quality)
         ax.scatter([fx[k]], [fy[k]], s=140, facecolors="none", edgecolors="#d62728", linewidths=2,
                    label=f"knee (#{front[k].id})")  # fmt: skip
