@@ -338,14 +338,14 @@ def test_covariances_the_machine_cannot_hold_are_refused_before_the_calibration_
     assert stats.covariance_elements() == n
     memory = collections.namedtuple("memory", "available")
     # Sums (float64) and the cached copy (float32) at once: 12 bytes a value; one byte short is refused.
-    monkeypatch.setattr(psutil, "virtual_memory", lambda: memory(12 * n - 1))
     calls = []
-    monkeypatch.setattr(model, "forward", lambda *a, **k: calls.append(1))
-    refused = r"covariances of 4 layers.*639.0 kB of cpu.*--importance flap.*--compensation bias"
-    with pytest.raises(EvopruneError, match=refused):
-        compute_importance(model, layers, backend.calib_windows, 16, "obs", with_covariance=True)
+    with monkeypatch.context() as m:  # not monkeypatch.undo(): that would also undo the test cache folder
+        m.setattr(psutil, "virtual_memory", lambda: memory(12 * n - 1))
+        m.setattr(model, "forward", lambda *a, **k: calls.append(1))
+        refused = r"covariances of 4 layers.*639.0 kB of cpu.*--importance flap.*--compensation bias"
+        with pytest.raises(EvopruneError, match=refused):
+            compute_importance(model, layers, backend.calib_windows, 16, "obs", with_covariance=True)
     assert calls == []  # refused before the pass, not after it
-    monkeypatch.undo()
     monkeypatch.setattr(psutil, "virtual_memory", lambda: memory(12 * n))
     scores, _ = compute_importance(model, layers, backend.calib_windows, 16, "obs", with_covariance=True)
     assert scores.down_cov.shape[0] == len(layers)
@@ -385,10 +385,10 @@ def test_cached_covariances_are_mapped_not_read_and_refit_alike(tiny_tokenizer, 
     assert fresh.down_cov.filename == str(path.resolve()) and not fresh.down_cov.flags.writeable
     # A cached entry needs no free memory to be used: the pages are the file's, read when used.
     memory = collections.namedtuple("memory", "available")
-    monkeypatch.setattr(psutil, "virtual_memory", lambda: memory(0))
-    monkeypatch.setattr("evoprune.backend.memory_headroom._cgroup_left", lambda: None)
-    again, cached = compute_importance(model, layers, backend.calib_windows, 16, "flap", **kwargs)
-    monkeypatch.undo()
+    with monkeypatch.context() as m:  # not monkeypatch.undo(): that would also undo the test cache folder
+        m.setattr(psutil, "virtual_memory", lambda: memory(0))
+        m.setattr("evoprune.backend.memory_headroom._cgroup_left", lambda: None)
+        again, cached = compute_importance(model, layers, backend.calib_windows, 16, "flap", **kwargs)
     assert cached and isinstance(again.down_cov, np.memmap)
     # Equal to covariances held in memory, and so is every re-fit made from them.
     in_memory = ActivationStats(layers, covariance=True)
@@ -408,7 +408,7 @@ def test_cached_covariances_are_mapped_not_read_and_refit_alike(tiny_tokenizer, 
     with open(path, "r+b") as fh:
         fh.truncate(path.stat().st_size - 4)
     third, cached = compute_importance(model, layers, backend.calib_windows, 16, "flap", **kwargs)
-    assert not cached
+    assert not cached and third.down_cov.filename == str(path.resolve())
     np.testing.assert_array_equal(third.down_cov, fresh.down_cov)
 
 
