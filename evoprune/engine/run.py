@@ -14,7 +14,7 @@ from evoprune.engine.baselines.one_shot import method_settings
 from evoprune.engine.context import SearchContext
 from evoprune.engine.registry import STRATEGIES
 from evoprune.engine.settings import ProgressFn, SearchSettings, log_progress
-from evoprune.errors import EvopruneError, require_parent_dir
+from evoprune.errors import require_parent_dir
 from evoprune.execution.executors import BackendRecipe, make_executor
 from evoprune.objectives.spec import CostEvaluator, Objectives
 from evoprune.store import Evaluation, Run, Store
@@ -146,8 +146,7 @@ def search(
     settings = method_settings(settings)
     # Before the model loads: minutes of setup would be spent for nothing.
     require_parent_dir(Path(store).expanduser(), "--store")
-    if Path(store).expanduser().is_dir():
-        raise EvopruneError(f"store '{store}' is a directory: pass a file path, e.g. '{Path(store) / 'runs.db'}'")
+    Store.refuse_directory(store)
     # One searching process per store (a second one would redo the first one's pending rows), held
     # from before the model loads, so that a second search started at the same time is refused
     # at once instead of after minutes of loading.

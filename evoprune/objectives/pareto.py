@@ -113,10 +113,11 @@ def contenders(evals: list[Evaluation], metric: str) -> list[Evaluation]:
     of SmolLM2-135M picked a configuration measured on 2,048 tokens over 16 measured on 8,192)."""
     from evoprune.objectives.spec import quality_se, quality_value
 
-    top = max((t for t in (top_rung(e)[0] for e in evals) if t is not None), default=None)
+    rung = {e.id: top_rung(e)[0] for e in evals}
+    top = max((t for t in rung.values() if t is not None), default=None)
     if top is None:
         return list(evals)
-    finalists = [e for e in evals if top_rung(e)[0] == top]
+    finalists = [e for e in evals if rung[e.id] == top]
     lead = min(finalists, key=lambda e: quality_value(metric, e.metrics))
     lead_v, lead_se = quality_value(metric, lead.metrics), quality_se(metric, lead.metrics)
 
@@ -124,7 +125,7 @@ def contenders(evals: list[Evaluation], metric: str) -> list[Evaluation]:
         gap = 2 * math.hypot(lead_se, quality_se(metric, e.metrics))
         return quality_value(metric, e.metrics) < lead_v - gap
 
-    return [e for e in evals if top_rung(e)[0] == top or clearly_better(e)]
+    return [e for e in evals if rung[e.id] == top or clearly_better(e)]
 
 
 def best_of(evals: list[Evaluation], metric: str, offsets: dict[int, float] | None = None) -> Evaluation | None:

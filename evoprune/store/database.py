@@ -69,12 +69,18 @@ class Store(StoreLogs):
             conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         return conn
 
+    @staticmethod
+    def refuse_directory(path: str | Path) -> None:
+        """Raise EvopruneError when the store path ``path`` is a directory (before any work is done)."""
+        p = Path(path).expanduser()
+        if p.is_dir():
+            raise EvopruneError(f"store '{path}' is a directory: pass the store's file, e.g. '{p / 'runs.db'}'")
+
     @classmethod
     def open_existing(cls, path: str | Path, *, readonly: bool = False) -> Store:
         """Open a store that must already exist; ``readonly=True`` for commands that only read it."""
         p = Path(path)
-        if p.is_dir():
-            raise EvopruneError(f"store '{path}' is a directory: pass the store's file, e.g. '{p / 'runs.db'}'")
+        cls.refuse_directory(p)
         if not p.is_file():
             raise EvopruneError(f"store '{path}' does not exist: run 'evoprune search --store {path} ...' first")
         return cls(p, readonly=readonly)
