@@ -322,48 +322,6 @@ def test_bias_compensation_needs_the_calibration_means(tiny_tokenizer, text_file
         bias_compensation(layers, plans, scores, 16)
 
 
-def test_covariances_the_machine_cannot_hold_are_refused_before_the_calibration_pass(
-    tiny_tokenizer, text_file, tmp_path, monkeypatch, tiny_model_dir
-):
-    import collections
-
-    import psutil
-
-    from tests.test_user_reports import _one_line_error, evoprune_in_process
-
-    backend = _backend("llama", tiny_tokenizer, text_file, "refit", criterion="obs")
-    model, layers = backend.loaded.model, backend.adapter.layers(backend.loaded.model)
-    stats = ActivationStats(layers, covariance=True)
-    n = sum(p.o.in_features**2 + p.down.in_features**2 for p in layers)
-    assert stats.covariance_elements() == n
-    memory = collections.namedtuple("memory", "available")
-    # Sums (float64) and the cached copy (float32) at once: 12 bytes a value; one byte short is refused.
-    calls = []
-    with monkeypatch.context() as m:  # not monkeypatch.undo(): that would also undo the test cache folder
-        m.setattr(psutil, "virtual_memory", lambda: memory(12 * n - 1))
-        m.setattr(model, "forward", lambda *a, **k: calls.append(1))
-        refused = r"covariances of 4 layers.*639.0 kB of cpu.*--importance flap.*--compensation bias"
-        with pytest.raises(EvopruneError, match=refused):
-            compute_importance(model, layers, backend.calib_windows, 16, "obs", with_covariance=True)
-    assert calls == []  # refused before the pass, not after it
-    monkeypatch.setattr(psutil, "virtual_memory", lambda: memory(12 * n))
-    scores, _ = compute_importance(model, layers, backend.calib_windows, 16, "obs", with_covariance=True)
-    assert scores.down_cov.shape[0] == len(layers)
-    # obs scoring without the re-fit keeps no copy: the float64 sums alone, 8 bytes a value
-    monkeypatch.setattr(psutil, "virtual_memory", lambda: memory(8 * n))
-    compute_importance(model, layers, backend.calib_windows, 16, "obs")
-    monkeypatch.setattr(psutil, "virtual_memory", lambda: memory(8 * n - 1))
-    with pytest.raises(EvopruneError, match="covariances"):
-        compute_importance(model, layers, backend.calib_windows, 16, "obs")
-    # and from the command line: one line, exit 2, nothing else
-    monkeypatch.setattr(psutil, "virtual_memory", lambda: memory(1000))
-    store = tmp_path / "s.db"
-    result = evoprune_in_process("search", "--model", str(tiny_model_dir), "--data", str(text_file), "--store",
-                                 str(store), "--evals", "4", "--eval-tokens", "128", "--calib-tokens", "256",
-                                 "--seq-len", "64")  # fmt: skip
-    _one_line_error(result, "covariances", "--compensation bias")
-
-
 def test_cached_covariances_are_mapped_not_read_and_refit_alike(tiny_tokenizer, text_file, tmp_path, monkeypatch):
     import collections
     import dataclasses
@@ -378,7 +336,7 @@ def test_cached_covariances_are_mapped_not_read_and_refit_alike(tiny_tokenizer, 
     kwargs = dict(cache_key=f"{key}-flap", with_covariance=True, covariance_cache_key=f"{key}-cov")
     stats = ActivationStats(layers, covariance=True)
     n = stats.covariance_elements()
-    # Computed in memory (the float64 sums, then float32 copies), then used from the file written.
+    # Summed in memory (float64), written into the entry's file a layer at a time, then mapped read-only.
     fresh, cached = compute_importance(model, layers, backend.calib_windows, 16, "flap", **kwargs)
     assert not cached and isinstance(fresh.down_cov, np.memmap) and isinstance(fresh.o_cov, np.memmap)
     path = covariance_cache_file(f"{key}-cov")

@@ -37,8 +37,10 @@ The same calibration pass records the mean input of every ``o`` and ``down`` pro
 which compensation (``compensation.py``) needs; they are cached with the scores. The least-squares
 re-fit also needs the covariance of those inputs, ``num_layers * (intermediate_size^2 +
 (num_heads * head_dim)^2)`` float32 values (323 MB for SmolLM2-135M), recorded only when asked
-for and cached apart from the scores: it does not depend on the criterion. A cached one is
-memory-mapped (read-only ``np.memmap``), not read into memory. Each cache entry is computed under a
+for and cached apart from the scores: it does not depend on the criterion. It is summed for as many
+layers at a time as memory holds (``activation_stats.py``) and written into its cache entry a layer
+at a time (``importance_cache.written_entry``); a cached one is memory-mapped (read-only
+``np.memmap``), not read into memory. Each cache entry is computed under a
 file lock, so processes started together score a model once (``importance_cache.py``).
 """
 
@@ -47,13 +49,14 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from evoprune.backend.activation_stats import ActivationStats
+from evoprune.backend.activation_stats import COVARIANCE_INSTEAD, COVARIANCE_NAMES, ActivationStats
 from evoprune.backend.adapters import LayerParts
 from evoprune.backend.greedy_obs import greedy_obs_scores
 from evoprune.backend.importance_cache import (
@@ -63,6 +66,7 @@ from evoprune.backend.importance_cache import (
     locked,
     map_entry,
     save_entry,
+    written_entry,
 )
 from evoprune.errors import EvopruneError
 
@@ -172,7 +176,7 @@ def _taylor(model, layers: list[LayerParts], windows, head_dim: int, stats: Acti
         m.weight.requires_grad_(True)
         m.weight.grad = None
     # The same forward passes record the activation statistics (means for compensation).
-    handles = [] if stats.collected else stats.attach()
+    handles = [] if stats.collected else stats.attach(model.device)
     try:
         for row in windows:
             row = row[None].to(model.device)
@@ -233,20 +237,6 @@ def _with_means(scores: Importance, stats: ActivationStats, layers: list[LayerPa
     return replace(scores, o_mean=o_mean, down_mean=down_mean)
 
 
-def _covariances(stats: ActivationStats, layers: list[LayerParts]) -> dict[str, np.ndarray]:
-    """The float32 covariances, (layers, in, in) per key; each float64 sum is freed once copied, so
-    the peak is the sums and one copy (``ActivationStats.check_memory``), not two copies."""
-    out = {}
-    for name, key in (("o_cov", "o_in"), ("down_cov", "down_in")):
-        for i in range(len(layers)):
-            cov = stats.covariance_matrix(i, key).float().cpu().numpy()
-            if i == 0:
-                out[name] = np.empty((len(layers), *cov.shape), dtype=np.float32)
-            out[name][i] = cov
-            del stats.outer[(i, key)]
-    return out
-
-
 def compute_importance(
     model,
     layers: list[LayerParts],
@@ -288,7 +278,13 @@ def compute_importance(
         return computed, False
 
 
-_COVARIANCE_KEYS = ("o_cov", "down_cov")
+_COVARIANCE_KEYS = tuple(COVARIANCE_NAMES.values())
+
+
+def _covariance_shapes(layers: list[LayerParts]) -> dict[str, tuple[int, ...]]:
+    """Shapes of the cached covariances: ``(num_layers, in, in)`` of the ``o`` and ``down`` inputs."""
+    o, down = layers[0].o.in_features, layers[0].down.in_features
+    return {"o_cov": (len(layers), o, o), "down_cov": (len(layers), down, down)}
 
 
 def _score_keys(with_means: bool) -> tuple[str, ...]:
@@ -330,29 +326,35 @@ def _compute(
     arrays = load_entry(path, _score_keys(with_means))
     covs = map_entry(cov_path, _COVARIANCE_KEYS) if with_covariance else None
     new_covs = with_covariance and covs is None
-    was_training = model.training
-    model.eval()
     needs_covariance = new_covs or (arrays is None and criterion in NEEDS_COVARIANCE)
-    stats = ActivationStats(layers, covariance=needs_covariance, copied=new_covs)
-    try:
-        if arrays is None:
-            scores = CRITERIA[criterion](model, layers, windows, head_dim, stats)
-        else:  # the scores are cached; only the covariances are missing
-            scores = Importance(attn=arrays["attn"], mlp=arrays["mlp"])
-        if with_means:
-            stats.collect(model, windows)
-            scores = _with_means(scores, stats, layers)
-        if new_covs:
-            covs = _covariances(stats, layers)
-    finally:
-        model.train(was_training)
+    with ExitStack() as stack:
+        # New covariances go straight into their cache file, a layer at a time, never whole in memory.
+        sink = None
+        if new_covs and cov_path is not None:
+            entry = written_entry(cov_path, _covariance_shapes(layers), about and f"calibration covariances of {about}",
+                                  COVARIANCE_INSTEAD)  # fmt: skip
+            sink = stack.enter_context(entry)
+        stats = ActivationStats(layers, covariance=needs_covariance, copied=new_covs, sink=sink)
+        was_training = model.training
+        model.eval()
+        try:
+            if arrays is None:
+                scores = CRITERIA[criterion](model, layers, windows, head_dim, stats)
+            else:  # the scores are cached; only the covariances are missing
+                scores = Importance(attn=arrays["attn"], mlp=arrays["mlp"])
+            if with_means:
+                stats.collect(model, windows)
+                scores = _with_means(scores, stats, layers)
+            if new_covs:
+                covs = stats.write_covariances()
+        finally:
+            model.train(was_training)
     if arrays is None:
         saved = {"attn": scores.attn, "mlp": scores.mlp}
         if scores.o_mean is not None:
             saved.update(o_mean=scores.o_mean, down_mean=scores.down_mean)
         save_entry(path, saved, about and f"{criterion} scores of {about}")
-    if new_covs:
-        save_entry(cov_path, covs, about and f"calibration covariances of {about}")
-        # From here on the file's pages, shared with the other processes that map it, not a copy.
+    if new_covs and cov_path is not None:
+        # From here on the file's pages, shared with the other processes that map it, read-only.
         covs = map_entry(cov_path, _COVARIANCE_KEYS) or covs
     return replace(scores, **covs) if with_covariance else scores

@@ -6,14 +6,18 @@ digest (``importance.importance_cache_key``): the scores (with the inputs' means
 inputs' covariances in another, since those do not depend on the criterion. The covariances are
 memory-mapped, not read (``map_entry``): a 7B model's are 17.7 GB, of which the re-fit reads one
 layer at a time, and every process of a machine that maps them shares one copy in the page cache.
-A damaged entry is removed and recomputed; one written by two processes at once is written under each process's own
-name and renamed, and ``locked`` lets processes started together compute it once.
+The covariances are also written in place (``written_entry``): layer by layer into a mapped file laid
+out as safetensors, never whole in memory. A damaged entry is removed and recomputed; one written by two
+processes at once is written under each process's own name and renamed, and ``locked`` lets processes
+started together compute it once.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import struct
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -24,6 +28,7 @@ from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
 from evoprune.cache import ABOUT_KEY, cache_dir, mark_used
+from evoprune.errors import EvopruneError
 
 
 def importance_cache_file(cache_key: str) -> Path:
@@ -99,6 +104,81 @@ def save_entry(path: Path | None, arrays: dict[str, np.ndarray], about: str | No
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     save_file(arrays, str(tmp), metadata={ABOUT_KEY: about} if about else None)
     tmp.replace(path)
+
+
+@contextmanager
+def written_entry(
+    path: Path, shapes: dict[str, tuple[int, ...]], about: str | None = None, instead: str = ""
+) -> Iterator[dict[str, np.ndarray]]:
+    """A new float32 entry at ``path`` filled in place: yields a writable ``np.memmap`` of each
+    ``shapes`` name, and once the block ends without an error the file is checked and renamed into
+    place (on an error it is removed). Laid out as safetensors lays out a file, so ``map_entry`` and
+    ``safe_open`` read it. Its disk space is reserved first: raises EvopruneError naming the space
+    needed and ``instead`` when the cache folder has less free, rather than the process dying of
+    SIGBUS when a full disk meets a write to the mapping."""
+    names = sorted(shapes)
+    header: dict = {"__metadata__": {ABOUT_KEY: about}} if about else {}
+    offset = 0
+    for name in names:
+        size = 4 * int(np.prod(shapes[name], dtype=np.int64))
+        header[name] = {"dtype": "F32", "shape": list(shapes[name]), "data_offsets": [offset, offset + size]}
+        offset += size
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the format aligns the data to 8 bytes
+    start = 8 + len(text)
+    what = f"caching the {about}" if about else f"the cache entry {path.name}"
+    _require_disk(what, path.parent, start + offset, instead)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(struct.pack("<Q", len(text)) + text)
+            _reserve(fh, start + offset, lambda free: _disk_text(what, path.parent, start + offset, free, instead))
+        arrays = {}
+        for name in names:
+            begin, end = header[name]["data_offsets"]
+            arrays[name] = (
+                np.memmap(tmp, dtype=np.float32, mode="r+", offset=start + begin, shape=shapes[name])
+                if end > begin
+                else np.empty(shapes[name], np.float32)
+            )
+        yield arrays
+        for a in arrays.values():
+            if isinstance(a, np.memmap):
+                a.flush()
+        map_file(str(tmp))  # the header and the size agree, as any reader will check
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _require_disk(what: str, folder: Path, need: int, instead: str) -> None:
+    free = shutil.disk_usage(folder).free
+    if need > free:
+        raise EvopruneError(_disk_text(what, folder, need, free, instead))
+
+
+def _disk_text(what: str, folder: Path, need: int, free: int, instead: str) -> str:
+    from rich.filesize import decimal
+
+    return (
+        f"{what} needs {decimal(need)} of disk in {folder} and {decimal(free)} is free: free space there, "
+        f"set EVOPRUNE_CACHE_DIR to a folder on a larger disk{', or ' + instead if instead else ''}"
+    )
+
+
+def _reserve(fh, size: int, refusal) -> None:
+    """Allocate ``size`` bytes of ``fh`` on disk now (a sparse file where the system cannot);
+    ``refusal(free bytes)`` is the error's text when the disk is full."""
+    try:
+        os.posix_fallocate(fh.fileno(), 0, size)
+        return
+    except AttributeError:  # not on every system (macOS)
+        pass
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise EvopruneError(refusal(shutil.disk_usage(Path(fh.name).parent).free)) from None
+    fh.truncate(size)
 
 
 @contextmanager
