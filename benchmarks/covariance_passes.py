@@ -7,12 +7,16 @@ sums at once (one pass) against memory for ``N`` layers' (``ActivationStats.plan
 Each setting runs in a fresh process with its own empty cache folder; the available memory the
 pass plan sees is set to what holds ``N`` layers' float64 sums. A sampling thread reads the
 process's anonymous resident memory (``RssAnon`` of ``/proc/self/status``) every 20 ms; the figure
-is its peak over the scoring, less its value before. The scores and the cached covariances of every
+is its peak over the scoring, less its value before (after ``malloc_trim`` returned what loading
+freed, which the allocator would otherwise hand out again unseen). The scores and the cached covariances of every
 setting are compared with the one-pass setting's, to the last bit. Linux only.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import gc
 import json
 import os
 import subprocess
@@ -38,6 +42,10 @@ def _anonymous() -> int:
     raise RuntimeError("no RssAnon in /proc/self/status")
 
 
+class _Loaded(Exception):
+    """The model is loaded: scoring is what is measured."""
+
+
 def worker(layers_per_pass: int | None) -> None:
     """One process: score SmolLM2-135M from an empty cache; print its figures as JSON."""
     import hashlib
@@ -49,7 +57,15 @@ def worker(layers_per_pass: int | None) -> None:
     from evoprune.backend.settings import BackendSettings
 
     settings = BackendSettings(calib_tokens=CALIB_TOKENS)
-    backend = load_backend("smollm2-135m", "builtin", settings)
+    loaded = []
+
+    def stop_before_scoring(backend) -> None:  # load_backend would score (and measure the dense model)
+        loaded.append(backend)
+        raise _Loaded
+
+    with contextlib.suppress(_Loaded):
+        load_backend("smollm2-135m", "builtin", settings, check=stop_before_scoring)
+    backend = loaded[0]
     layers = backend.adapter.layers(backend.loaded.model)
     per_layer = 8 * max(p.o.in_features**2 + p.down.in_features**2 for p in layers)
     if layers_per_pass is not None:  # the cached copy goes to disk: the sums alone count
@@ -63,6 +79,9 @@ def worker(layers_per_pass: int | None) -> None:
         return plan(self, *args)
 
     activation_stats.ActivationStats._run = counted
+    # Memory freed while loading stays with the allocator and would hide new allocations from RssAnon.
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
     before, peak, done = _anonymous(), [0], threading.Event()
 
     def sample() -> None:
@@ -80,6 +99,7 @@ def worker(layers_per_pass: int | None) -> None:
     digest = hashlib.sha256()
     for a in (scores.attn, scores.mlp, np.asarray(scores.o_cov), np.asarray(scores.down_cov)):
         digest.update(np.ascontiguousarray(a).tobytes())
+    assert not backend.importance_cached, "the cache folder was not empty"
     print(json.dumps({
         "layers_per_pass": layers_per_pass or len(layers), "passes": len(passes), "seconds": seconds,
         "peak_anonymous": peak[0] - before, "sums_bytes": per_layer * len(layers),
