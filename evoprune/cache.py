@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -151,17 +152,30 @@ def cache_entries(kinds: list[str] | None = None) -> list[CacheEntry]:
     return entries
 
 
-def _lock_path(entry: CacheEntry) -> Path:
+def _lock_path(path: Path) -> Path:
     # The lock ``evoprune.backend.importance`` takes while it writes an entry, and
     # ``evoprune.backend.loading`` while it converts a model.
-    return entry.path.with_name(f"{entry.path.name}.lock")
+    return path.with_name(f"{path.name}.lock")
 
 
-def _try_lock(entry: CacheEntry):
-    """The entry's lock, held, or None when another process holds it (it is writing the entry)."""
+def _guarded(entry: CacheEntry) -> Path | None:
+    """The entry whose lock says whether ``entry`` is being written: itself, or for a leftover
+    ``NAME.PID.tmp`` of the importance cache, NAME, whose lock its writer holds all along (the
+    covariances are written in place for minutes, ``importance_cache.written_entry``); None for
+    other leftovers, which no lock guards."""
+    if entry.kind not in ("importance", "models"):
+        return None
+    if not entry.leftover:
+        return entry.path
+    owner = re.fullmatch(r"(.+)\.\d+\.tmp", entry.path.name)
+    return entry.path.with_name(owner.group(1)) if entry.kind == "importance" and owner else None
+
+
+def _try_lock(path: Path):
+    """``path``'s lock, held, or None when another process holds it (it is writing the entry)."""
     from filelock import FileLock, Timeout
 
-    lock = FileLock(str(_lock_path(entry)))
+    lock = FileLock(str(_lock_path(path)))
     try:
         lock.acquire(timeout=0)
     except Timeout:
@@ -177,8 +191,9 @@ def clear_cache(
     ``kinds``: which folders (default all of ``KINDS``); ``older_than_days``: only entries not used
     for at least this many days (leftovers of stopped processes go whatever their age, once an
     hour old); ``dry_run``: remove nothing, return what would go. An entry whose lock another
-    process holds (it is computing that entry now) is left alone and returned in ``in_use``.
-    Raises EvopruneError for an unknown kind or a negative age.
+    process holds (it is computing that entry now) is left alone and returned in ``in_use``, and so
+    is the leftover an importance entry is being written into (``NAME.PID.tmp``, while NAME's lock
+    is held). Raises EvopruneError for an unknown kind or a negative age.
     """
     if older_than_days is not None and not older_than_days >= 0:
         raise EvopruneError(f"--older-than {older_than_days} is not an age: give a number of days, 0 or more")
@@ -191,10 +206,10 @@ def clear_cache(
                 continue
         elif older_than_days is not None and age_days < older_than_days:
             continue
-        locked = entry.kind in ("importance", "models") and not entry.leftover  # a leftover has no writer left
-        had_lock_file = locked and _lock_path(entry).exists()
-        lock = _try_lock(entry) if locked else None
-        if locked and lock is None:
+        guarded = _guarded(entry)
+        had_lock_file = guarded is not None and _lock_path(guarded).exists()
+        lock = _try_lock(guarded) if guarded is not None else None
+        if guarded is not None and lock is None:
             in_use.append(entry)
             continue
         try:
@@ -204,8 +219,8 @@ def clear_cache(
         finally:
             if lock is not None:
                 lock.release()
-                if not (dry_run and had_lock_file):
-                    _lock_path(entry).unlink(missing_ok=True)
+                if not (dry_run and had_lock_file) and not entry.leftover:  # NAME's lock stays NAME's
+                    _lock_path(guarded).unlink(missing_ok=True)
     return removed, in_use
 
 

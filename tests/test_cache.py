@@ -121,6 +121,21 @@ def test_clear_leaves_an_entry_another_process_is_writing(cache):
     assert "removed 1 entry" in note.stdout and cache_entries(["importance"]) == []
 
 
+def test_clear_leaves_the_file_a_covariance_entry_is_being_written_into(cache):
+    # The covariances are written in place, into NAME.PID.tmp, for as long as the scoring takes,
+    # under NAME's lock: an hour-old leftover is not one while that lock is held.
+    target = cache / "importance" / "abc-covariance.safetensors"
+    writing = target.with_name(f"{target.name}.4242.tmp")
+    writing.write_bytes(b"x" * 100)
+    _age(writing, 1)
+    with FileLock(str(target.with_name(f"{target.name}.lock"))):
+        removed, in_use = clear_cache(["importance"])
+        assert [e.path for e in in_use] == [writing] and writing not in [e.path for e in removed]
+        assert writing.exists()
+    removed, in_use = clear_cache(["importance"])  # its writer is gone: a leftover like any other
+    assert writing in [e.path for e in removed] and in_use == [] and not writing.exists()
+
+
 @pytest.mark.parametrize(
     "args, needle",
     [
