@@ -36,9 +36,16 @@ def cache_root() -> Path:
 
 
 def cache_dir(*parts: str) -> Path:
-    """``cache_root()`` joined with ``parts``, created."""
+    """``cache_root()`` joined with ``parts``, created. Raises EvopruneError when it cannot be (a
+    read-only disk, a file in the way), naming ``EVOPRUNE_CACHE_DIR``."""
     path = cache_root().joinpath(*parts)
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise EvopruneError(
+            f"the evoprune cache folder {path} cannot be created ({exc.strerror or exc}): "
+            "set EVOPRUNE_CACHE_DIR to a folder you can write to"
+        ) from None
     return path
 
 
@@ -138,6 +145,8 @@ def cache_entries(kinds: list[str] | None = None) -> list[CacheEntry]:
     """
     entries = []
     root = cache_root()
+    if root.exists() and not root.is_dir():
+        raise EvopruneError(f"the evoprune cache {root} is a file, not a folder: set EVOPRUNE_CACHE_DIR to a folder")
     for kind in _check_kinds(kinds):
         folder = root / kind
         if not folder.is_dir():

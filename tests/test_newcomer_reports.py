@@ -126,3 +126,41 @@ def test_a_kl_search_records_a_hypervolume_and_refines_by_the_same_limit(tmp_pat
     with sqlite3.connect(path) as db:
         volumes = [v for (v,) in db.execute("SELECT hypervolume FROM rounds WHERE hypervolume IS NOT NULL")]
     assert volumes and max(volumes) > 1e-3, volumes
+
+
+def test_a_cache_folder_that_cannot_be_made_or_is_a_file_is_one_line(tmp_path, monkeypatch, tiny_model_dir, text_file):
+    # Was an OSError / NotADirectoryError traceback from Path.mkdir (search), and "the cache at ... is
+    # empty", exit 0, from `cache list` on a file.
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("x")
+    monkeypatch.setenv("EVOPRUNE_CACHE_DIR", str(a_file / "cache"))
+    result = evoprune_in_process("search", "--model", str(tiny_model_dir), "--data", str(text_file), "--store",
+                                 str(tmp_path / "s.db"), "--evals", "2", "--eval-tokens", "128", "--calib-tokens",
+                                 "256", "--seq-len", "64")  # fmt: skip
+    _one_line_error(result, "cannot be created", "EVOPRUNE_CACHE_DIR")
+    monkeypatch.setenv("EVOPRUNE_CACHE_DIR", str(a_file))
+    for command in (("cache", "list"), ("cache", "clear")):
+        _one_line_error(evoprune_in_process(*command), "is a file, not a folder", "EVOPRUNE_CACHE_DIR")
+
+
+def test_a_full_disk_while_converting_a_model_is_one_line(tmp_path):
+    import errno
+
+    from evoprune.backend.loading import publish_dir
+    from evoprune.errors import EvopruneError
+
+    def fills_the_disk(tmp: Path) -> None:
+        (tmp / "model.safetensors").write_bytes(b"x" * 10)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    out = tmp_path / "models" / "m"
+    with pytest.raises(EvopruneError, match=r"^writing the converted model m into .* ran out of disk space.*EVOPRUNE"):
+        publish_dir(fills_the_disk, out)
+    assert list(out.parent.iterdir()) == []  # nothing half-written left behind
+    # safetensors' own error type says so only in its message
+    with pytest.raises(EvopruneError, match="ran out of disk space"):
+        publish_dir(
+            lambda tmp: (_ for _ in ()).throw(RuntimeError("I/O error: No space left on device (os error 28)")), out
+        )
+    with pytest.raises(ValueError, match="other"):  # anything else is not a disk problem
+        publish_dir(lambda tmp: (_ for _ in ()).throw(ValueError("other")), out)

@@ -27,10 +27,8 @@ ACCUMULATOR_BYTES, COPY_BYTES = 8, 4
 # pass's activations and whatever else the process allocates meanwhile.
 SUMS_SHARE = 0.8
 # What to do when the covariances do not fit.
-COVARIANCE_INSTEAD = (
-    "score with --importance flap and compensate with --compensation bias, which need no covariances, "
-    "or use a machine with more memory"
-)
+NO_COVARIANCES = "score with --importance flap and compensate with --compensation bias, which need no covariances"
+COVARIANCE_INSTEAD = NO_COVARIANCES + ", or use a machine with more memory"
 # ``ActivationStats`` keys of the covariances -> the names ``write_covariances`` gives them.
 COVARIANCE_NAMES = {"o_in": "o_cov", "down_in": "down_cov"}
 

@@ -56,7 +56,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from evoprune.backend.activation_stats import COVARIANCE_INSTEAD, COVARIANCE_NAMES, ActivationStats
+from evoprune.backend.activation_stats import COVARIANCE_NAMES, NO_COVARIANCES, ActivationStats
 from evoprune.backend.adapters import LayerParts
 from evoprune.backend.greedy_obs import greedy_obs_scores
 from evoprune.backend.importance_cache import (
@@ -332,7 +332,7 @@ def _compute(
         sink = None
         if new_covs and cov_path is not None:
             entry = written_entry(cov_path, _covariance_shapes(layers), about and f"calibration covariances of {about}",
-                                  COVARIANCE_INSTEAD)  # fmt: skip
+                                  NO_COVARIANCES)  # fmt: skip
             sink = stack.enter_context(entry)
         stats = ActivationStats(layers, covariance=needs_covariance, copied=new_covs, sink=sink)
         was_training = model.training

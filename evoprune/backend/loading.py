@@ -9,6 +9,7 @@ plain float32 safetensors copy in the cache, so later loads take seconds.
 from __future__ import annotations
 
 import difflib
+import errno
 import hashlib
 import json
 import os
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from rich.filesize import decimal
 
 from evoprune.backend.adapters import adapter_for
 from evoprune.cache import cache_dir, mark_used
@@ -81,7 +83,19 @@ def dequantize_gguf(gguf_path: Path, out_dir: Path) -> Path:
         plain.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
 
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    need = sum(t.numel() * t.element_size() for t in plain.state_dict().values())
+    free = shutil.disk_usage(out_dir.parent).free
+    if need > free:
+        raise EvopruneError(_no_space_text(out_dir, f"needs {decimal(need)} and {decimal(free)} is free"))
     return publish_dir(write, out_dir)
+
+
+def _no_space_text(out_dir: Path, how: str) -> str:
+    return (
+        f"writing the converted model {out_dir.name} into {out_dir.parent} {how}: free space there "
+        "or set EVOPRUNE_CACHE_DIR to a folder on a larger disk"
+    )
 
 
 def publish_dir(write: Callable[[Path], None], out_dir: Path, marker: str = "config.json") -> Path:
@@ -98,7 +112,12 @@ def publish_dir(write: Callable[[Path], None], out_dir: Path, marker: str = "con
     os.umask(umask)
     tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would make a shared cache's model private to its owner
     try:
-        write(tmp)
+        try:
+            write(tmp)
+        except Exception as exc:  # safetensors raises its own error type for a full disk
+            if getattr(exc, "errno", None) == errno.ENOSPC or "No space left on device" in str(exc):
+                raise EvopruneError(_no_space_text(out_dir, "ran out of disk space")) from None
+            raise
         if out_dir.exists() and not (out_dir / marker).exists():
             shutil.rmtree(out_dir, ignore_errors=True)  # an incomplete one from an older version
         try:
