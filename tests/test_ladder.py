@@ -13,6 +13,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -20,10 +21,12 @@ import pytest
 from evoprune.backend.settings import BackendSettings
 from evoprune.engine.active_learning import ActiveLearning
 from evoprune.engine.context import SearchContext
+from evoprune.engine.ladder import FidelityLadder
 from evoprune.engine.run import prepare_backend, search
 from evoprune.engine.settings import SearchSettings
 from evoprune.errors import EvopruneError
 from evoprune.objectives.pareto import best_of, rung_offsets, selection_value
+from evoprune.objectives.spec import Objectives
 from evoprune.store import Evaluation, Store
 from tests.test_cli import _assert_clean_usage_error, evoprune, small_inner_search
 
@@ -184,11 +187,18 @@ def test_pareto_json_carries_fidelity_standard_error_and_validation(tmp_path, ti
     # Without a budget the front climbs once, at the end: a batch of it spread along the front (both
     # ends of the pruned part included, the dense model left out); and a batch spread along it (both
     # ends included) is validated, on 256 tokens as asked.
-    climbed = [p for p in points if p["fidelity"]["tokens"] == 1024]
+    climbed = {p["id"] for p in points if p["fidelity"]["tokens"] == 1024}
     pruned = [p for p in points if p["params_fraction"] < 1]
-    assert pruned and [p["id"] for p in climbed] == list(dict.fromkeys([pruned[0]["id"], pruned[-1]["id"]]))
+    # ... and the knee, `export`'s default pick (test_without_a_budget_the_knee_climbs_and_is_validated)
+    from evoprune.objectives.budget import pick_evaluation
+
+    with Store(store) as st:
+        knee = pick_evaluation(st, st.get_run(), "knee")
+    assert pruned and climbed == {pruned[0]["id"], pruned[-1]["id"]} | (
+        {knee.id} if knee.params_fraction < 1 else set()
+    )
     validated = [p for p in points if p["validation"]]
-    assert len(validated) == min(2, len(points)) and validated[0] is points[0] and validated[-1] is points[-1]
+    assert {points[0]["id"], points[-1]["id"], knee.id} == {p["id"] for p in validated}
     assert all(p["validation"]["tokens"] == 256 and p["validation"]["metrics"]["ppl"] > 1 for p in validated)
 
 
@@ -252,3 +262,50 @@ def test_a_store_written_before_the_ladder_still_opens(tmp_path):
     plan = evoprune("plan", "--store", str(store), "--max-params", "0.8", "--json")
     assert plan.returncode == 0, plan.stderr
     assert json.loads(plan.stdout)["measured"]["ppl"] > 1
+
+
+class _NoBudgetLadder(FidelityLadder):
+    """The ladder of a run searched without a budget, over a real store; a rung "measures" a
+    configuration as 0.9x its first-rung perplexity."""
+
+    def __init__(self, store: Store, run):
+        self.store, self.run = store, run
+        self.objectives = Objectives.parse("ppl,params")
+        self.constraint_names = ()
+        self.settings = SimpleNamespace(batch=4)
+        self.backend = SimpleNamespace(settings=SimpleNamespace(ladder_tokens=(1024,), validation_token_count=512))
+        self.measured: list[tuple[str, int]] = []
+
+    def shared_evaluations(self):
+        return self.store.shared_evaluations(self.run)
+
+    def evaluate_pending_fidelities(self) -> float:
+        for f in self.store.fidelities(self.run.id, status="pending"):
+            ppl = 0.9 * self.store.evaluation(f.eval_id).metrics["ppl"]
+            self.store.finish_fidelity(f.id, ok=True, metrics={"ppl": ppl, "nll": math.log(ppl)}, error=None,
+                                       duration_s=0.0)  # fmt: skip
+            self.measured.append((f.split, f.eval_id))
+        return 0.0
+
+
+def test_without_a_budget_the_knee_climbs_and_is_validated(tmp_path):
+    # `export`'s default pick is the knee: a newcomer's export of the main job's store reported it on
+    # the first rung's 2,048 tokens, unvalidated, while members spread along the front had climbed.
+    from evoprune.objectives.pareto import front_of, knee_of
+
+    with Store(tmp_path / "s.db") as st:
+        run, _ = st.get_or_create_run("k", model="m", model_fingerprint="f", data="d", data_fingerprint="g",
+                                      dense_params=1000, space={}, settings={}, versions={})  # fmt: skip
+        for i, (kept, ppl) in enumerate([(1.0, 10), (0.9, 10.2), (0.8, 10.5), (0.7, 11), (0.6, 20), (0.5, 40)]):
+            eid = st.add_pending(run.id, f"c{i}", [i], "design", 0, int(1000 * kept), kept)
+            st.finish(eid, ok=True, metrics={"ppl": ppl, "nll": math.log(ppl)}, error=None, duration_s=1.0)
+        front = front_of(st.shared_evaluations(run))
+        knee = front[knee_of(front, "ppl")]
+        ladder = _NoBudgetLadder(st, run)
+        ladder.promote(round_=1, limit=2)
+        climbed = {eid for split, eid in ladder.measured if split == "search"}
+        spread = {front[1].id, front[-1].id}  # the pruned ends
+        assert knee.id not in spread and climbed == spread | {knee.id}
+        ladder.validate_picks(round_=1)
+        validated = {eid for split, eid in ladder.measured if split == "validation"}
+        assert knee.id in validated

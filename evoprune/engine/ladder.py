@@ -73,7 +73,8 @@ class FidelityLadder:
         whose figure is within noise (two standard errors of the difference) of the best one's,
         best first, at most ``limit`` per rung (default: half the batch, at least one). Without a
         budget front members climb, since each is the best at its cost: ``limit`` of them spread
-        along the front (``_spread``). A search climbs once, when its method is done (``run_strategy``): higher rungs
+        along the front (``_spread``), and its knee, ``export``'s default pick. A search climbs once,
+        when its method is done (``run_strategy``): higher rungs
         decide the choice, not the search's direction (surrogates learn from first rungs), and a
         contender found late would otherwise be measured on fewer tokens than an early one."""
         rungs = self.ladder_rungs()
@@ -100,6 +101,9 @@ class FidelityLadder:
                 chosen = [e for _, _, e in measured[:limit]]
             else:
                 chosen = _spread([e for _, _, e in measured], limit)
+                knee = _knee(pool, metric)  # `export`'s default pick, measured as a finalist too
+                if knee is not None and knee not in chosen and any(knee is e for _, _, e in measured):
+                    chosen.append(knee)
             # Whether or not they climbed already: running a finished search again adds nothing.
             todo = [e for e in chosen if tokens not in e.ladder]
             for e in todo:
@@ -111,7 +115,7 @@ class FidelityLadder:
 
     def validate_picks(self, round_: int) -> int:
         """Measure the picks on the validation split: under a budget the best configuration within
-        it, otherwise front members spread along it (at most a batch); among the pairs the run
+        it, otherwise front members spread along it (at most a batch) and its knee; among the pairs the run
         shares, as its picks are (``Store.shared_evaluations``)."""
         from evoprune.objectives.pareto import best_of, front_of
 
@@ -128,12 +132,25 @@ class FidelityLadder:
             front = front_of(ok, self.objectives.names)
             spread = np.unique(np.linspace(0, len(front) - 1, min(len(front), self.settings.batch)).round().astype(int))
             picks = [front[i] for i in spread]
+            knee = _knee(front, metric)
+            if knee is not None and knee not in picks:
+                picks.append(knee)
         todo = [e for e in picks if e.validation is None]
         for e in todo:
             self.store.add_fidelity(self.run.id, e.id, "validation", tokens, round_)
         if todo:
             self.evaluate_pending_fidelities()
         return len(todo)
+
+
+def _knee(front: list[Evaluation], metric: str) -> Evaluation | None:
+    """The knee of ``front`` (``export --pick knee``, its default), unless it prunes nothing."""
+    from evoprune.objectives.pareto import knee_of
+
+    if not front:
+        return None
+    knee = front[knee_of(front, metric)]
+    return knee if knee.params_fraction < 1 else None
 
 
 def _spread(front: list[Evaluation], limit: int) -> list[Evaluation]:
