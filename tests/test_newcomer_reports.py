@@ -164,3 +164,31 @@ def test_a_full_disk_while_converting_a_model_is_one_line(tmp_path):
         )
     with pytest.raises(ValueError, match="other"):  # anything else is not a disk problem
         publish_dir(lambda tmp: (_ for _ in ()).throw(ValueError("other")), out)
+
+
+def test_plan_says_when_configurations_keeping_more_never_met_the_ladder(tmp_path, store6):
+    # `plan --max-params 0.8` on the main job's store (searched without a budget) answered with a
+    # finalist keeping 70.4%, beside one at 78.8% the ladder had never measured: no hint of --spend.
+    path = _copy(store6, tmp_path)
+    with Store(path) as st:
+        run = st.get_run()
+        ok = sorted((e for e in st.evaluations(run.id, status="ok") if e.params_fraction < 1),
+                    key=lambda e: e.params_fraction)  # fmt: skip
+        budget, pick = ok[-1].params_fraction, ok[0]
+        top = 1 + max([int(t) for e in ok for t in e.ladder] or [256])
+        fid = st.add_fidelity(run.id, pick.id, "search", top, 9)  # the least kept one alone reaches the top rung
+        best = min(e.metrics["ppl"] for e in ok) / 2
+        st.finish_fidelity(fid, ok=True, metrics={"ppl": best, "nll": math.log(best), "nll_se": 0.01}, error=None,
+                           duration_s=0.0)  # fmt: skip
+    with sqlite3.connect(path) as c:  # and is the best on its first rung too: the plan's answer
+        c.execute("UPDATE evaluations SET metrics=? WHERE id=?",
+                  (json.dumps({"ppl": best, "nll": math.log(best), "nll_se": 0.01}), pick.id))  # fmt: skip
+    kept_more = [e for e in ok if e.params_fraction > pick.params_fraction and not e.ladder]
+    assert kept_more
+    result = evoprune_in_process("plan", "--store", str(path), "--max-params", str(budget))
+    assert result.returncode == 0, result.stderr
+    assert f"evaluation #{pick.id}:" in result.stdout
+    assert f"note: {len(kept_more)} configuration(s) under the budget keep more than #{pick.id}" in result.stderr
+    assert "--spend N" in result.stderr
+    out = evoprune_in_process("plan", "--store", str(path), "--max-params", str(budget), "--json")
+    assert json.loads(out.stdout)["kept_more_first_rung_only"] == len(kept_more)

@@ -27,6 +27,10 @@ class PlanResult:
     spent: int
     recoveries: list[RecoveryRecord] = field(default_factory=list)  # recovery trainings of its export
     metric: str = "ppl"  # the quality the pick was chosen by (the run's first quality objective by default)
+    # Configurations under the budget that keep more than the pick and competed on their first rung
+    # alone, when the pick climbed the ladder: the run's ladder never weighed them (it searched
+    # without this budget, say); ``--spend`` would.
+    passed_over: int = 0
 
     def to_dict(self) -> dict:
         e = self.evaluation
@@ -43,6 +47,7 @@ class PlanResult:
             "layers": self.layers,
             "candidates_under_budget": self.candidates,
             "evaluations_spent": self.spent,
+            "kept_more_first_rung_only": self.passed_over,
             "recoveries": [asdict(r) for r in self.recoveries],
         }
 
@@ -114,7 +119,11 @@ def plan(
                else {k: v for k, v in best.cost.items() if k == "latency_ms"})}  # fmt: skip
     with Store.open_existing(store_path, readonly=True) as st:
         recoveries = st.recoveries(eval_id=best.id)
-    return PlanResult(run, best, layers, cost, len(under), spent, recoveries, metric)
+    climbed = top_rung(best)[0] is not None
+    passed_over = sum(
+        1 for e in under if climbed and top_rung(e)[0] is None and e.params_fraction > best.params_fraction
+    )
+    return PlanResult(run, best, layers, cost, len(under), spent, recoveries, metric, passed_over)
 
 
 def focused_min_params(run: Run, min_params: float, budget: Budget) -> float:

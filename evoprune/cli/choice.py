@@ -137,6 +137,13 @@ def plan_command(
             "it, climbs the ladder and validates the best",
             soft_wrap=True,
         )
+    if result.passed_over and not result.spent:
+        err_console.print(
+            f"note: {result.passed_over} configuration(s) under the budget keep more than #{e.id} and were measured "
+            "on their first rung alone, so the ladder never weighed them against it: --spend N searches "
+            "focused on this budget, climbs its contenders and validates the best",
+            soft_wrap=True,
+        )
     for r in result.recoveries:
         out_console.print(
             f"recovered ({r.method}, {r.steps} steps) into {r.out}: perplexity {_figure_text(r.before)} before, "
