@@ -192,3 +192,20 @@ def test_plan_says_when_configurations_keeping_more_never_met_the_ladder(tmp_pat
     assert "--spend N" in result.stderr
     out = evoprune_in_process("plan", "--store", str(path), "--max-params", str(budget), "--json")
     assert json.loads(out.stdout)["kept_more_first_rung_only"] == len(kept_more)
+
+
+def test_converting_a_gguf_model_without_a_terminal_draws_no_progress_bar(capsys):
+    # The main job's log file got transformers' "Converting and de-quantizing GGUF tensors" bar as
+    # carriage-return frames: that bar is tqdm's own, which quiet_transformers() does not reach.
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+    from evoprune.backend.loading import _plain_log_lines
+
+    before = gguf_utils.tqdm
+    with _plain_log_lines():  # pytest's captured stderr is not a terminal
+        for _ in gguf_utils.tqdm(range(3), desc="Converting and de-quantizing GGUF tensors..."):
+            pass
+    assert "Converting" not in capsys.readouterr().err and gguf_utils.tqdm is before
+    for _ in gguf_utils.tqdm(range(3), desc="Converting and de-quantizing GGUF tensors..."):
+        pass
+    assert "Converting" in capsys.readouterr().err  # (the bar itself is untouched outside)

@@ -8,8 +8,10 @@ plain float32 safetensors copy in the cache, so later loads take seconds.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import errno
+import functools
 import hashlib
 import json
 import os
@@ -18,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,7 +70,8 @@ def dequantize_gguf(gguf_path: Path, out_dir: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     quiet_transformers()
-    loaded = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+    with _plain_log_lines():
+        loaded = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
     # A model loaded from GGUF carries a quantization config and refuses save_pretrained;
     # rebuild a plain one from its config and move the (already de-quantized) weights over.
@@ -96,6 +99,23 @@ def _no_space_text(out_dir: Path, how: str) -> str:
         f"writing the converted model {out_dir.name} into {out_dir.parent} {how}: free space there "
         "or set EVOPRUNE_CACHE_DIR to a folder on a larger disk"
     )
+
+
+@contextlib.contextmanager
+def _plain_log_lines() -> Iterator[None]:
+    """Without a terminal, no tqdm bar from transformers' GGUF reader (its own ``tqdm``, which
+    ``quiet_transformers`` does not reach): a log file gets the bar's carriage-return frames."""
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+    bar = getattr(gguf_utils, "tqdm", None)
+    if sys.stderr.isatty() or bar is None:
+        yield
+        return
+    gguf_utils.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = bar
 
 
 def publish_dir(write: Callable[[Path], None], out_dir: Path, marker: str = "config.json") -> Path:
