@@ -209,3 +209,13 @@ def test_converting_a_gguf_model_without_a_terminal_draws_no_progress_bar(capsys
     for _ in gguf_utils.tqdm(range(3), desc="Converting and de-quantizing GGUF tensors..."):
         pass
     assert "Converting" in capsys.readouterr().err  # (the bar itself is untouched outside)
+
+
+def test_a_number_option_given_something_else_says_what_and_how(tmp_path):
+    # Was pydantic's "Input should be a valid number, unable to parse string as a number".
+    from tests.test_user_reports import evoprune
+
+    result = evoprune("plan", "--store", str(tmp_path / "s.db"), "--max-params", "80%")
+    _one_line_error(result, "'--max-params': '80%' is not a number: give a plain number such as 0.8")
+    result = evoprune("search", "--model", "m", "--data", "d", "--store", "s.db", "--evals=x")
+    _one_line_error(result, "'--evals': 'x' is not an integer: give a whole number such as 8")

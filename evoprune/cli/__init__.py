@@ -16,6 +16,7 @@ per-layer allocation). The command modules import nothing from this one.
 
 from __future__ import annotations
 
+import re
 import sys
 import warnings
 
@@ -105,6 +106,22 @@ def _show_warning(message, category, filename, lineno, file=None, line=None, _py
         _python(message, category, filename, lineno, file, line)
 
 
+def _plain_number_text(message: str, argv: list[str]) -> str:
+    """Click's message for a number option given something else, in evoprune's words: the value
+    given and the form wanted, not pydantic's "Input should be a valid number, unable to parse
+    string as a number"."""
+    found = re.match(r"Invalid value for '(--[\w-]+)'[^:]*: Input should be a valid (number|integer)", message)
+    if not found:
+        return message
+    option, kind = found.groups()
+    given = next((a.split("=", 1)[1] for a in argv if a.startswith(option + "=")), None)
+    if given is None and option in argv and argv.index(option) + 1 < len(argv):
+        given = argv[argv.index(option) + 1]
+    what, example = ("an integer", "a whole number such as 8") if kind == "integer" else (
+        "a number", "a plain number such as 0.8, 30 or 90e6")  # fmt: skip
+    return f"Invalid value for '{option}': {given!r} is not {what}: give {example}"
+
+
 def main() -> None:
     """The ``evoprune`` script: the app, with click's usage errors (an unknown option, a value of the
     wrong type, a missing one) as one ``error:`` line and exit code 2, like evoprune's own."""
@@ -122,7 +139,7 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except errors.ClickException as exc:
         ctx = getattr(exc, "ctx", None)
-        message = " ".join(exc.format_message().split())
+        message = _plain_number_text(" ".join(exc.format_message().split()), sys.argv[1:])
         path = ctx.command_path if ctx else _command_path(sys.argv[1:])
         typer.echo(f"error: {message} (see '{path} --help')", err=True)
         sys.exit(exc.exit_code)
