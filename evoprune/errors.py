@@ -1,6 +1,7 @@
 """Errors that mean "the user asked for something we cannot do", as opposed to bugs."""
 
 import os
+import tempfile
 from pathlib import Path
 
 
@@ -44,8 +45,8 @@ def require_output_dir(path: Path, option: str) -> None:
     created (its nearest existing parent is a writable directory); checked before the work that
     would fill it, so that bad input costs no model loading. ``option`` names the flag (``--out``).
 
-    What only trying can tell (a location that takes no new folders although it looks writable,
-    such as ``/proc``) fails in :func:`make_output_dir`.
+    A location that takes no new folders although it looks writable (``/proc``) is found by
+    making and removing an empty folder in it.
     """
     path = Path(path)
     if path.exists() and not path.is_dir():
@@ -57,6 +58,12 @@ def require_output_dir(path: Path, option: str) -> None:
         raise EvopruneError(f"{option} '{path}': '{found}' is a file, not a directory: pass another {option}")
     if not os.access(found, os.W_OK | os.X_OK):
         raise EvopruneError(f"{option} '{path}': '{found}' is not writable: pass another {option}")
+    if not path.exists():  # a folder that takes no new folders though it looks writable (/proc): try
+        try:
+            os.rmdir(tempfile.mkdtemp(prefix=".evoprune-probe-", dir=found))
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            raise EvopruneError(f"{option} '{path}' cannot be created ({reason}): pass another {option}") from None
 
 
 def make_output_dir(path: Path, option: str) -> None:

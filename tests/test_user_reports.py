@@ -136,6 +136,26 @@ def test_an_out_in_a_read_only_location_is_refused_in_one_line(read_only_copy):
     assert not out.exists()
 
 
+def test_a_search_or_export_that_cannot_write_is_refused_before_the_model_loads(read_only_copy, monkeypatch):
+    # A search into a read-only store folder, and `export --out /proc/x`, failed only after loading the model.
+    loads = []
+    monkeypatch.setattr("evoprune.engine.run.prepare_backend", lambda *a, **k: loads.append(1))
+    folder = read_only_copy.parent
+    new = folder / "new.db"
+    result = evoprune_in_process(
+        "search", "--model", "m", "--data", "d", "--store", str(new), "--evals", "4", *SEARCH_ARGS
+    )
+    _one_line_error(result, f"its folder '{folder}' is read-only", "or pass another --store")
+    result = evoprune_in_process(
+        "search", "--model", "m", "--data", "d", "--store", str(read_only_copy), "--evals", "4", *SEARCH_ARGS
+    )
+    _one_line_error(result, "is read-only")
+    assert loads == [] and not new.exists()
+    if Path("/proc").is_dir():
+        out = evoprune_in_process("export", "--store", str(read_only_copy), "--out", "/proc/evoprune-x")
+        _one_line_error(out, "--out '/proc/evoprune-x' cannot be created", "pass another --out")
+
+
 # -- 5: two processes on one store -----------------------------------------------------------
 def test_two_processes_creating_the_same_run_get_the_same_row(tmp_path):
     fields = dict(model="m", model_fingerprint="f", data="d", data_fingerprint="g", dense_params=10,

@@ -147,6 +147,7 @@ def search(
     # Before the model loads: minutes of setup would be spent for nothing.
     require_parent_dir(Path(store).expanduser(), "--store")
     Store.refuse_directory(store)
+    Store.refuse_unwritable(store)
     # One searching process per store (a second one would redo the first one's pending rows), held
     # from before the model loads, so that a second search started at the same time is refused
     # at once instead of after minutes of loading.

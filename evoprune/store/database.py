@@ -4,6 +4,7 @@ transaction per write (the tables are described in ``evoprune.store``)."""
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
@@ -75,6 +76,22 @@ class Store(StoreLogs):
         p = Path(path).expanduser()
         if p.is_dir():
             raise EvopruneError(f"store '{path}' is a directory: pass the store's file, e.g. '{p / 'runs.db'}'")
+
+    @staticmethod
+    def refuse_unwritable(path: str | Path) -> None:
+        """Raise EvopruneError when a search could not write the store ``path``: the file, or the
+        folder where SQLite keeps its journal beside it, is read-only (checked before the model loads)."""
+        p = Path(path).expanduser()
+        folder = p.parent if str(p.parent) else Path(".")
+        if p.exists() and not os.access(p, os.W_OK):
+            raise EvopruneError(
+                f"store '{path}' is read-only: copy the store to a writable location or pass another --store"
+            )
+        if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
+            raise EvopruneError(
+                f"store '{path}': its folder '{folder}' is read-only (SQLite writes its journal there): "
+                "copy the store to a writable location or pass another --store"
+            )
 
     @classmethod
     def open_existing(cls, path: str | Path, *, readonly: bool = False) -> Store:
