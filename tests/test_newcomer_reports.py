@@ -219,3 +219,11 @@ def test_a_number_option_given_something_else_says_what_and_how(tmp_path):
     _one_line_error(result, "'--max-params': '80%' is not a number: give a plain number such as 0.8")
     result = evoprune("search", "--model", "m", "--data", "d", "--store", "s.db", "--evals=x")
     _one_line_error(result, "'--evals': 'x' is not an integer: give a whole number such as 8")
+
+
+def test_report_takes_json_as_every_command_that_prints_results(tmp_path, store6):
+    # The README says every command that prints results takes --json; report refused it.
+    result = evoprune_in_process("report", "--store", str(store6), "--out", str(tmp_path / "r"), "--json")
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["path"] == str(tmp_path / "r" / "index.html") and Path(out["path"]).is_file() and out["run"] == 1

@@ -22,6 +22,7 @@ def report_command(
     store: Path = typer.Option(..., "--store", "-s", help="SQLite pair store."),
     out: Path = typer.Option(..., "--out", "-o", help="Directory for index.html."),
     run: int | None = typer.Option(None, "--run", help="Run id (default: the latest run)."),
+    as_json: bool = typer.Option(False, "--json", help="Print what was written as JSON (path, run)."),
 ) -> None:
     """Write a self-contained HTML report: front, per-layer levels, predictions vs measurements, rounds, comparison."""
     from evoprune.reporting.report import write_report
@@ -31,9 +32,13 @@ def report_command(
             raise EvopruneError(f"--out '{out}' is a file: pass a directory for index.html")
         with Store.open_existing(store, readonly=True) as st:
             path = write_report(st, out, run)
+            run_id = st.get_run(run).id
     except EvopruneError as exc:
         _fail(str(exc))
-    out_console.print(f"wrote {path}")
+    if as_json:
+        _echo_json({"path": str(path), "run": run_id, "store": str(store)})
+    else:
+        out_console.print(f"wrote {path}")
 
 
 def runs_command(
