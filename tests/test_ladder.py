@@ -275,13 +275,14 @@ class _NoBudgetLadder(FidelityLadder):
         self.settings = SimpleNamespace(batch=4)
         self.backend = SimpleNamespace(settings=SimpleNamespace(ladder_tokens=(1024,), validation_token_count=512))
         self.measured: list[tuple[str, int]] = []
+        self.factor: dict[int, float] = {}  # eval id -> its rung figure over its first rung's (default 0.9)
 
     def shared_evaluations(self):
         return self.store.shared_evaluations(self.run)
 
     def evaluate_pending_fidelities(self) -> float:
         for f in self.store.fidelities(self.run.id, status="pending"):
-            ppl = 0.9 * self.store.evaluation(f.eval_id).metrics["ppl"]
+            ppl = self.factor.get(f.eval_id, 0.9) * self.store.evaluation(f.eval_id).metrics["ppl"]
             self.store.finish_fidelity(f.id, ok=True, metrics={"ppl": ppl, "nll": math.log(ppl)}, error=None,
                                        duration_s=0.0)  # fmt: skip
             self.measured.append((f.split, f.eval_id))
@@ -309,3 +310,25 @@ def test_without_a_budget_the_knee_climbs_and_is_validated(tmp_path):
         ladder.validate_picks(round_=1)
         validated = {eid for split, eid in ladder.measured if split == "validation"}
         assert knee.id in validated
+
+
+def test_without_a_budget_the_knee_the_ladder_leaves_climbs_too(tmp_path):
+    # In the main job the knee moved once the climbers' figures did (#8 climbed, the knee became #14,
+    # measured on 2,048 tokens): the knee of the front as the ladder leaves it climbs as well.
+    from evoprune.objectives.pareto import front_of, knee_of
+
+    with Store(tmp_path / "s.db") as st:
+        run, _ = st.get_or_create_run("k", model="m", model_fingerprint="f", data="d", data_fingerprint="g",
+                                      dense_params=1000, space={}, settings={}, versions={})  # fmt: skip
+        levels = [(1.0, 10), (0.9, 10.2), (0.8, 10.5), (0.75, 10.8), (0.7, 11), (0.6, 20), (0.5, 40)]
+        for i, (kept, ppl) in enumerate(levels):
+            eid = st.add_pending(run.id, f"c{i}", [i], "design", 0, int(1000 * kept), kept)
+            st.finish(eid, ok=True, metrics={"ppl": ppl, "nll": math.log(ppl)}, error=None, duration_s=1.0)
+        first = front_of(st.shared_evaluations(run))
+        knee = first[knee_of(first, "ppl")]
+        ladder = _NoBudgetLadder(st, run)
+        ladder.factor = {knee.id: 1.6}  # the first knee climbs and turns out worse than its first rung said
+        ladder.promote(round_=1, limit=3)
+        final = front_of(st.shared_evaluations(run))
+        moved = final[knee_of(final, "ppl")]
+        assert moved.id != knee.id and 1024 in {int(t) for t in moved.ladder}

@@ -73,8 +73,8 @@ class FidelityLadder:
         whose figure is within noise (two standard errors of the difference) of the best one's,
         best first, at most ``limit`` per rung (default: half the batch, at least one). Without a
         budget front members climb, since each is the best at its cost: ``limit`` of them spread
-        along the front (``_spread``), and its knee, ``export``'s default pick. A search climbs once,
-        when its method is done (``run_strategy``): higher rungs
+        along the front (``_spread``), then its knee, ``export``'s default pick (``_climb_knee``). A
+        search climbs once, when its method is done (``run_strategy``): higher rungs
         decide the choice, not the search's direction (surrogates learn from first rungs), and a
         contender found late would otherwise be measured on fewer tokens than an early one."""
         rungs = self.ladder_rungs()
@@ -101,9 +101,6 @@ class FidelityLadder:
                 chosen = [e for _, _, e in measured[:limit]]
             else:
                 chosen = _spread([e for _, _, e in measured], limit)
-                knee = _knee(pool, metric)  # `export`'s default pick, measured as a finalist too
-                if knee is not None and knee not in chosen and any(knee is e for _, _, e in measured):
-                    chosen.append(knee)
             # Whether or not they climbed already: running a finished search again adds nothing.
             todo = [e for e in chosen if tokens not in e.ladder]
             for e in todo:
@@ -111,6 +108,27 @@ class FidelityLadder:
             if todo:
                 self.evaluate_pending_fidelities()
             added += len(todo)
+        if not self.constraint_names:
+            added += self._climb_knee(rungs, metric, round_)
+        return added
+
+    def _climb_knee(self, rungs: tuple[int, ...], metric: str, round_: int, tries: int = 3) -> int:
+        """Measure on every rung the knee of the front as the ladder leaves it (``export``'s default
+        pick), which moves when the climbers' figures move the front: a few times at most."""
+        from evoprune.objectives.pareto import front_of
+
+        added = 0
+        for _ in range(tries):
+            front = front_of([e for e in self.shared_evaluations() if e.status == "ok"], self.objectives.names)
+            knee = _knee(front, metric)
+            reached = {int(t) for t in knee.ladder} if knee is not None else set(rungs)
+            todo = [t for t in rungs if t not in reached]
+            if not todo:
+                break
+            for tokens in todo:
+                self.store.add_fidelity(self.run.id, knee.id, "search", tokens, round_)
+            self.evaluate_pending_fidelities()
+            added += 1
         return added
 
     def validate_picks(self, round_: int) -> int:
