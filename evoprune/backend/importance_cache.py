@@ -27,6 +27,7 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
+from evoprune.backend.memory_headroom import disk_text, require_disk
 from evoprune.cache import ABOUT_KEY, cache_dir, mark_used
 from evoprune.errors import EvopruneError
 
@@ -127,12 +128,12 @@ def written_entry(
     text += b" " * (-len(text) % 8)  # the format aligns the data to 8 bytes
     start = 8 + len(text)
     what = f"caching the {about}" if about else f"the cache entry {path.name}"
-    _require_disk(what, path.parent, start + offset, instead)
+    require_disk(what, path.parent, start + offset, instead)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as fh:
             fh.write(struct.pack("<Q", len(text)) + text)
-            _reserve(fh, start + offset, lambda free: _disk_text(what, path.parent, start + offset, free, instead))
+            _reserve(fh, start + offset, lambda free: disk_text(what, path.parent, start + offset, free, instead))
         arrays = {}
         for name in names:
             begin, end = header[name]["data_offsets"]
@@ -150,21 +151,6 @@ def written_entry(
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-
-
-def _require_disk(what: str, folder: Path, need: int, instead: str) -> None:
-    free = shutil.disk_usage(folder).free
-    if need > free:
-        raise EvopruneError(_disk_text(what, folder, need, free, instead))
-
-
-def _disk_text(what: str, folder: Path, need: int, free: int, instead: str) -> str:
-    from rich.filesize import decimal
-
-    return (
-        f"{what} needs {decimal(need)} of disk in {folder} and {decimal(free)} is free: free space there, "
-        f"set EVOPRUNE_CACHE_DIR to a folder on a larger disk{', or ' + instead if instead else ''}"
-    )
 
 
 def _reserve(fh, size: int, refusal) -> None:

@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from rich.filesize import decimal
 
 from evoprune.backend.adapters import adapter_for
+from evoprune.backend.memory_headroom import require_disk
 from evoprune.cache import cache_dir, mark_used
 from evoprune.errors import EvopruneError
 from evoprune.hub import offline_unless_reachable
@@ -88,9 +88,7 @@ def dequantize_gguf(gguf_path: Path, out_dir: Path) -> Path:
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     need = sum(t.numel() * t.element_size() for t in plain.state_dict().values())
-    free = shutil.disk_usage(out_dir.parent).free
-    if need > free:
-        raise EvopruneError(_no_space_text(out_dir, f"needs {decimal(need)} and {decimal(free)} is free"))
+    require_disk(f"writing the converted model {out_dir.name}", out_dir.parent, need)
     return publish_dir(write, out_dir)
 
 

@@ -1,12 +1,14 @@
-"""Memory a step is about to take, checked against what the machine has before it starts.
+"""Memory (and disk) a step is about to take, checked against what the machine has before it starts.
 
 A step that outgrows memory is killed by the operating system (or fails deep inside torch on a
 GPU) with nothing a user can act on; refusing it first, with what it needs and what to do
-instead, costs one reading of the free memory.
+instead, costs one reading of the free memory. A file written through a memory mapping onto a
+full disk dies of SIGBUS, so disk space is checked the same way (``require_disk``).
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import psutil
@@ -49,3 +51,19 @@ def require_memory(need: int, device: torch.device | str, what: str, instead: st
         raise EvopruneError(
             f"{what} need {decimal(need)} of {device.type} memory and {decimal(have)} is available: {instead}"
         )
+
+
+def require_disk(what: str, folder: Path, need: int, instead: str = "") -> None:
+    """Raise EvopruneError naming ``what`` needs ``need`` bytes of disk in ``folder`` (and
+    ``instead``, another way around it) when the folder's disk has less free."""
+    free = shutil.disk_usage(folder).free
+    if need > free:
+        raise EvopruneError(disk_text(what, folder, need, free, instead))
+
+
+def disk_text(what: str, folder: Path, need: int, free: int, instead: str = "") -> str:
+    """The message of ``require_disk``, for a caller that learns of the shortage otherwise."""
+    return (
+        f"{what} needs {decimal(need)} of disk in {folder} and {decimal(free)} is free: free space there, "
+        f"set EVOPRUNE_CACHE_DIR to a folder on a larger disk{', or ' + instead if instead else ''}"
+    )
