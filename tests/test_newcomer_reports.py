@@ -227,3 +227,27 @@ def test_report_takes_json_as_every_command_that_prints_results(tmp_path, store6
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
     assert out["path"] == str(tmp_path / "r" / "index.html") and Path(out["path"]).is_file() and out["run"] == 1
+
+
+def test_a_text_too_short_for_the_validation_split_is_refused_before_any_evaluation(
+    tmp_path, tiny_model_dir, tiny_tokenizer, text_file
+):
+    # Was: the search ran every evaluation and the ladder (minutes on SmolLM2-135M), then failed when
+    # it first read the validation split, with "pass a longer text or fewer tokens".
+    args = ["--eval-tokens", "256", "--calib-tokens", "256", "--seq-len", "64", "--ladder", "512"]
+    # Rungs 256 + 512, calibration 256, validation 512 (2 x --eval-tokens): 1,536 tokens in all.
+    ids = tiny_tokenizer(text_file.read_text(encoding="utf-8"), add_special_tokens=False)["input_ids"]
+    short = tmp_path / "short.txt"
+    short.write_text(tiny_tokenizer.decode(ids[:1400]), encoding="utf-8")
+    store = tmp_path / "s.db"
+    result = evoprune_in_process("search", "--model", str(tiny_model_dir), "--data", str(short), "--store",
+                                 str(store), "--evals", "2", *args)  # fmt: skip
+    _one_line_error(result, "but 1536 are needed", "--ladder 512", "--calib-tokens 256", "--validation-tokens 512",
+                    "lower those counts")  # fmt: skip
+    if store.exists():
+        with Store(store) as s:
+            assert not any(s.evaluations(r.id) for r in s.runs()), "evaluated before refusing"
+    # Without a validation split the same text is long enough.
+    done = evoprune_in_process("search", "--model", str(tiny_model_dir), "--data", str(short), "--store",
+                               str(store), "--evals", "2", "--validation-tokens", "0", *args)  # fmt: skip
+    assert done.returncode == 0, done.stderr

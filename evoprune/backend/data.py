@@ -127,13 +127,21 @@ def load_text(spec: str) -> TextSource:
 
 
 def token_windows(
-    tokenizer, text: str, n_tokens: int, seq_len: int, skip_tokens: int = 0, at_most: bool = False
+    tokenizer,
+    text: str,
+    n_tokens: int,
+    seq_len: int,
+    skip_tokens: int = 0,
+    at_most: bool = False,
+    layout: str = "",
 ) -> torch.Tensor:
     """Cut ``n_tokens`` tokens (after skipping ``skip_tokens``) into windows of ``seq_len``.
 
     Returns (windows, seq_len) int64 token ids. Only as much text as needed is tokenized, so a
     large corpus costs no more than a small one. ``at_most``: a text shorter than that gives the
-    whole windows it has instead of an error (still an error when it has none).
+    whole windows it has instead of an error (still an error when it has none). ``layout``: what
+    the tokens are for, with the options that set them, for the error a short text raises
+    (EvopruneError).
     """
     need = skip_tokens + n_tokens
     chars = max(need * 8, 4096)
@@ -147,7 +155,8 @@ def token_windows(
         need = skip_tokens + n_tokens
     if len(ids) < need:
         raise EvopruneError(
-            f"the data has only {len(ids)} tokens but {need} are needed: pass a longer text or fewer tokens"
+            f"the data has only {len(ids)} tokens but {need} are needed{layout}: pass a longer text or "
+            + ("lower those counts" if layout else "fewer tokens")
         )
     ids = torch.tensor(ids[skip_tokens:need], dtype=torch.long)
     n_windows = n_tokens // seq_len

@@ -84,16 +84,20 @@ class PruningBackend:
         # windows (when scored on the same text), the validation windows. No token judges a
         # result that it helped to choose or to score.
         search = settings.search_tokens
-        self.search_windows = token_windows(tok, text.text, search, settings.seq_len)
+        self.text_layout = self._text_layout(calib_here=calib_text is None)
+        self.search_windows = token_windows(tok, text.text, search, settings.seq_len, layout=self.text_layout)
         self.eval_windows = self.search_windows[self.rung_span(settings.eval_tokens)]
         used = search
         if calib_text is None:
             self.calib_windows = token_windows(
-                tok, text.text, settings.calib_tokens, settings.seq_len, skip_tokens=used
+                tok, text.text, settings.calib_tokens, settings.seq_len, skip_tokens=used, layout=self.text_layout
             )
             used += settings.calib_tokens
         else:
-            self.calib_windows = token_windows(tok, calib_text.text, settings.calib_tokens, settings.seq_len)
+            self.calib_windows = token_windows(
+                tok, calib_text.text, settings.calib_tokens, settings.seq_len,
+                layout=f" (calibration: --calib-tokens {settings.calib_tokens} of --calib-data)",
+            )  # fmt: skip
         self.validation_skip = used
         self._validation_windows: torch.Tensor | None = None
         self._validation_reference: DenseReference | bool | None = None
@@ -219,6 +223,21 @@ class PruningBackend:
             self._masked.remove()
             self._masked = None
 
+    def _text_layout(self, calib_here: bool) -> str:
+        """What the evaluation text is read for, in order, with the options that set each count:
+        `` (rungs: --eval-tokens 2048, --ladder 8192; calibration: ...; validation: ...)``, for the
+        error a text too short for all of it gives."""
+        s = self.settings
+        rungs = f"rungs: --eval-tokens {s.eval_tokens}"
+        if s.ladder_tokens:
+            rungs += f", --ladder {','.join(map(str, s.ladder_tokens))}"
+        parts = [rungs]
+        if calib_here:
+            parts.append(f"calibration: --calib-tokens {s.calib_tokens}")
+        if s.validation_token_count:
+            parts.append(f"validation: --validation-tokens {s.validation_token_count}")
+        return f" ({'; '.join(parts)})"
+
     def windows_for(self, tokens: int) -> int:
         """How many rung windows ``tokens`` tokens take (at least one, at most all)."""
         return max(1, min(len(self.search_windows), -(-tokens // self.settings.seq_len)))
@@ -253,6 +272,7 @@ class PruningBackend:
                 s.validation_token_count,
                 s.seq_len,
                 skip_tokens=self.validation_skip,
+                layout=self.text_layout,
             )
         return self._validation_windows
 

@@ -104,6 +104,8 @@ def prepare_backend(
         CostEvaluator(backend.space, backend.loaded.model.config, dtype=settings.backend.dtype).check_feasible(
             settings.budget
         )
+        if settings.backend.validation_token_count:
+            backend.validation_windows()  # a text too short for it fails now, not after the search
 
     backend = load_backend(model, data, settings.backend, progress, check=check_budget)
     names = Objectives.parse(settings.objectives).names
