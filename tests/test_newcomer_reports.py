@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import sqlite3
 from pathlib import Path
@@ -251,3 +252,26 @@ def test_a_text_too_short_for_the_validation_split_is_refused_before_any_evaluat
     done = evoprune_in_process("search", "--model", str(tiny_model_dir), "--data", str(short), "--store",
                                str(store), "--evals", "2", "--validation-tokens", "0", *args)  # fmt: skip
     assert done.returncode == 0, done.stderr
+
+
+def test_a_table_too_narrow_for_a_long_path_splits_the_path_and_keeps_other_words_whole():
+    # Was: `runs` split "smollm2-135m", its header and its date whenever a path made the words too
+    # wide for 80 columns: FoldingTable left the table to rich, which narrows every wide column.
+    from rich import box
+    from rich.console import Console
+
+    from evoprune.cli.folding import FoldingTable
+
+    table = FoldingTable(box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1, 0, 0))  # as `runs` draws it
+    for col in ("run", "method", "budget", "model", "data", "ok, failed, pending", "created"):
+        table.add_column(col)
+    path = "/tmp/data/valid-2.txt"
+    table.add_row("1", "evoprune", "--max-params 0.7", "smollm2-135m", path, "26/0/0", "2026-12-03 13:09")
+    console = Console(width=80, record=True, file=open(os.devnull, "w"))  # noqa: SIM115
+    console.print(table)
+    lines = console.export_text().splitlines()
+    assert max(len(line) for line in lines) <= 80
+    text = "\n".join(lines)
+    for word in ("evoprune", "--max-params", "smollm2-135m", "2026-12-03", "method", "pending", "created"):
+        assert word in text, text
+    assert path not in text  # it alone folds

@@ -16,7 +16,8 @@ class FoldingTable(Table):
     equal widths, and so splits words that would fit (``predic``/``tor-ra``/``nk``). Where every
     column's longest word fits the terminal at once, this table gives each column its longest
     word and shares the rest of the width in proportion to what each column still lacks, so
-    words stay whole and only lines wrap. Cells are plain strings (rich markup allowed)."""
+    words stay whole and only lines wrap. Where they cannot all fit (a long path), only the columns
+    with the longest words split them. Cells are plain strings (rich markup allowed)."""
 
     def __init__(self, *args, **kwargs) -> None:
         # Before rich's constructor, which adds the columns given as headers through add_column.
@@ -60,8 +61,10 @@ class FoldingTable(Table):
         n = len(self.columns)
         padding = n * (left + right) - (0 if self.pad_edge else left + right)
         room = max_width - padding - ((2 if self.show_edge else 0) + n - 1 if self.box else 0)
-        if sum(natural) <= room or sum(word) > room:
+        if sum(natural) <= room:
             return None
+        if sum(word) > room:  # a long path, say: only the columns with the longest words split them
+            return _capped(word, room)
         lacking = [nat - w for nat, w in zip(natural, word, strict=True)]
         spare = room - sum(word)
         extra = [spare * lack // sum(lacking) for lack in lacking]
@@ -69,6 +72,21 @@ class FoldingTable(Table):
         for i in sorted(range(n), key=lambda i: extra[i] - lacking[i])[: spare - sum(extra)]:
             extra[i] += 1
         return [w + e for w, e in zip(word, extra, strict=True)]
+
+
+def _capped(word: list[int], room: int, least: int = 4) -> list[int] | None:
+    """``word`` with the largest widths lowered to one cap, the highest that lets them fit
+    ``room`` (what that leaves over widens the capped columns by one), or None where the cap would
+    be under ``least`` cells."""
+    cap = max(word)
+    while cap >= least and sum(min(w, cap) for w in word) > room:
+        cap -= 1
+    if cap < least:
+        return None
+    widths = [min(w, cap) for w in word]
+    for i in [i for i, w in enumerate(word) if w > cap][: room - sum(widths)]:
+        widths[i] += 1
+    return widths
 
 
 def _plain(cell) -> str | None:

@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
 import typer
+from rich import box
 
 from evoprune.cli.common import (
     FoldingTable,
@@ -67,13 +69,17 @@ def runs_command(
     if as_json:
         _echo_json(rows)
         return
-    table = FoldingTable(title=f"runs in {store}", title_justify="left")
-    # The evaluation counts share a column, so that method and budget fit 80 columns beside the paths.
-    for col in ("run", "method", "budget", "model", "data", "ok/failed/pending", "created"):
+    table = FoldingTable(
+        box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1, 0, 0), title=f"runs in {store}", title_justify="left"
+    )
+    # Narrow padding, the evaluation counts in one column, the time to the minute (--json has it
+    # whole): so that seven columns keep their words whole in 80 columns beside a path.
+    for col in ("run", "method", "budget", "model", "data", "ok, failed, pending", "created"):
         table.add_column(col)
     for row in rows:
         counts = "/".join(str(row[k]) for k in ("ok", "failed", "pending"))
-        table.add_row(*(str(row[k]) for k in ("run", "method", "budget", "model", "data")), counts, row["created"])
+        created = datetime.fromisoformat(row["created"]).strftime("%Y-%m-%d %H:%M")
+        table.add_row(*(str(row[k]) for k in ("run", "method", "budget", "model", "data")), counts, created)
     out_console.print(table)
 
 
