@@ -23,6 +23,12 @@ class BudgetUnmet(EvopruneError):
         self.run_id = run_id
 
 
+def option_text(name: str, config_only: tuple[str, ...] = ()) -> str:
+    """How a message names the setting ``name``: its flag (``--eval-tokens``), or, for one of
+    ``config_only`` that no command takes as a flag, its key in a ``--config`` file."""
+    return f"{name} (a --config setting)" if name in config_only else f"--{name.replace('_', '-')}"
+
+
 def _nearest_existing(path: Path) -> Path | None:
     """``path`` or the nearest of its parents that exists (None only when even ``.`` is gone)."""
     return next((p for p in (path, *path.parents) if p.exists()), None)

@@ -163,11 +163,15 @@ def test_plain_lines_tell_local_moves_acquisition_and_the_ladder_apart():
         progress("start", total=12, done=8)
         progress("batch", origin="local", round=2, size=1)
         progress("batch", origin="acquired", round=2, size=1)
-        progress("phase", name="ladder: measuring 1 configuration(s) on more tokens")
+        progress("phase", name="ladder: measuring 1 configuration(s) on 8192 tokens")
         progress("fidelity_done", eval_id=7, split="search", tokens=8192, ok=True, metrics={"ppl": 41.74}, error=None)
+        # The knee's climb after the spread's: a phase named as the last one still gets its line.
+        progress("phase", name="ladder: measuring 1 configuration(s) on 8192 tokens")
+        progress("fidelity_done", eval_id=9, split="search", tokens=8192, ok=True, metrics={"ppl": 40.02}, error=None)
     lines = [line[6:] for line in buffer.getvalue().splitlines()]
     assert lines[1:3] == ["evaluating 1 (round 2: local moves) 8/12", "evaluating 1 (round 2: acquisition) 8/12"]
-    assert lines[-1].endswith("#7 on 8192 tokens: ppl 41.74"), lines
+    assert [line.split(":")[0] for line in lines[-4:]] == ["ladder", "ladder", "ladder", "ladder"], lines
+    assert lines[-3].endswith("#7 on 8192 tokens: ppl 41.74") and lines[-1].endswith("#9 on 8192 tokens: ppl 40.02")
 
 
 def test_a_long_first_phase_is_shown_when_plain_lines_begin():
@@ -474,3 +478,17 @@ def test_a_search_given_relative_paths_resumes_and_exports_from_another_folder(
     conn.close()
     old = evoprune_in_process("resume", "--store", str(store), "--evals", "6")
     _one_line_error(old, "data file 'calib.txt' does not exist", "recorded it relative to the folder its search")
+
+
+def test_the_ladder_phase_says_which_rung_or_the_validation_split():
+    from types import SimpleNamespace as Row
+
+    from evoprune.engine.ladder import _phase_name
+
+    rung, valid = Row(split="search", tokens=8192), Row(split="validation", tokens=4096)
+    assert _phase_name([rung, rung]) == "ladder: measuring 2 configuration(s) on 8192 tokens"
+    assert _phase_name([valid] * 5) == "validating 5 configuration(s) on the validation split"
+    assert _phase_name([rung, Row(split="search", tokens=32768), valid]) == (
+        "ladder: measuring 2 configuration(s) on 8192/32768 tokens; "
+        "validating 1 configuration(s) on the validation split"
+    )

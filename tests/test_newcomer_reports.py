@@ -275,3 +275,28 @@ def test_a_table_too_narrow_for_a_long_path_splits_the_path_and_keeps_other_word
     for word in ("evoprune", "--max-params", "smollm2-135m", "2026-12-03", "method", "pending", "created"):
         assert word in text, text
     assert path not in text  # it alone folds
+
+
+def test_the_end_of_a_search_is_one_line_in_a_log_however_long_the_store_path(tmp_path, tiny_model_dir, text_file):
+    # Was: rich broke "run 1: ... in '<store>' (2 new in this call)" at 80 columns without a terminal.
+    deep = tmp_path / ("a-folder-with-a-long-name-" * 3) / "runs"
+    deep.mkdir(parents=True)
+    store = deep / "search.db"
+    result = evoprune_in_process("search", "--model", str(tiny_model_dir), "--data", str(text_file), "--store",
+                                 str(store), "--evals", "2", "--eval-tokens", "128", "--calib-tokens", "256",
+                                 "--seq-len", "64", "--ladder", "none", "--validation-tokens", "0")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    summary = f"run 1: 2 ok and 0 failed evaluations in '{store}' (2 new in this call)"
+    assert summary in result.stderr.splitlines(), result.stderr
+
+
+@pytest.mark.parametrize(("key", "named"), [("pop_size", "pop_size (a --config setting)"),
+                                            ("batch_size", "batch_size (a --config setting)"),
+                                            ("init", "--init")])  # fmt: skip
+def test_a_bad_setting_of_a_config_file_is_named_as_the_file_names_it(key, named, tmp_path, tiny_model_dir, text_file):
+    # Was: "--pop-size must be at least 1", a flag no command takes.
+    config = tmp_path / "search.toml"
+    config.write_text(f"{key} = 0\n")
+    result = evoprune_in_process("search", "--model", str(tiny_model_dir), "--data", str(text_file), "--store",
+                                 str(tmp_path / "s.db"), "--evals", "2", "--config", str(config))  # fmt: skip
+    _one_line_error(result, f"{named} must be at least 1, got 0")

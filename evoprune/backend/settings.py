@@ -11,7 +11,7 @@ import torch
 
 from evoprune.backend.compensation import COMPENSATIONS
 from evoprune.backend.importance import CRITERIA
-from evoprune.errors import EvopruneError
+from evoprune.errors import EvopruneError, option_text
 
 
 @dataclass(frozen=True)
@@ -116,7 +116,8 @@ class BackendSettings:
         check_device(self.device)
         for name in ("eval_tokens", "calib_tokens", "seq_len", "batch_size", "kl_top_k"):
             if getattr(self, name) < 1:
-                raise EvopruneError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+                option = option_text(name, config_only=("batch_size", "kl_top_k"))
+                raise EvopruneError(f"{option} must be at least 1, got {getattr(self, name)}")
         if self.eval_tokens < self.seq_len or self.calib_tokens < self.seq_len:
             raise EvopruneError(
                 f"--eval-tokens {self.eval_tokens} and --calib-tokens {self.calib_tokens} must each be at least "

@@ -17,8 +17,10 @@ from evoprune.backend.settings import BackendSettings
 from evoprune.cli.folding import FoldingTable  # noqa: F401  (every command's tables)
 from evoprune.reporting.prediction_metrics import nan_to_none
 
-err_console = Console(stderr=True)
-out_console = Console()
+# Soft wrap: a plain line is one line in a log or a pipe, where rich would break it at 80 columns;
+# tables still fit the width (FoldingTable).
+err_console = Console(stderr=True, soft_wrap=True)
+out_console = Console(soft_wrap=True)
 _BACKEND = BackendSettings()  # the defaults the options show
 
 # The budget options, one definition for every command that takes a budget (plan, export, compare).
@@ -137,13 +139,14 @@ class _SearchProgress:
                 self._timer.daemon = True
                 self._timer.start()
 
-    def _update(self, force: bool = False, **fields) -> None:
+    def _update(self, force: bool = False, phase: bool = False, **fields) -> None:
         """``Progress.update`` of the one task; in plain mode also the line it calls for (``force``:
-        a new status that is worth a line however soon after the last)."""
+        a new status that is worth a line however soon after the last; ``phase``: a phase begins,
+        worth a line even when it is named as the last one was)."""
         with self._lock:
-            self._update_locked(fields, force)
+            self._update_locked(fields, force, phase)
 
-    def _update_locked(self, fields: dict, force: bool = False) -> None:
+    def _update_locked(self, fields: dict, force: bool = False, phase: bool = False) -> None:
         before = self.progress.tasks[0].completed
         self.progress.update(self.task, **fields)
         if not self.plain:
@@ -151,7 +154,7 @@ class _SearchProgress:
         task, now = self.progress.tasks[0], time.monotonic()
         if now - self._started < self.PLAIN_AFTER_S:
             return
-        new_phase = task.description != self._last_description
+        new_phase = phase or task.description != self._last_description
         due = "status" in fields and (force or now - self._last_line >= self.PLAIN_EVERY_S)
         if not (new_phase or task.completed != before or due):
             return
@@ -167,7 +170,7 @@ class _SearchProgress:
     def __call__(self, event: str, **info) -> None:
         self._begin()
         if event == "phase":
-            self._update(description=info["name"])
+            self._update(description=info["name"], phase=True)
         elif event == "start":
             self._update(description="evaluating", total=info["total"], completed=info["done"])
         elif event == "batch":

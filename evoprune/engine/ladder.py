@@ -33,8 +33,7 @@ class FidelityLadder:
         # A row may measure a shared evaluation of another run (see ``promote``).
         levels = {f.eval_id: tuple(self.store.evaluation(f.eval_id).levels) for f in pending}
         jobs = [Job(f.id, levels[f.eval_id], f.tokens if f.split == "search" else None, f.split) for f in pending]
-        what = "validating" if all(f.split == "validation" for f in pending) else "ladder: measuring"
-        self.progress("phase", name=f"{what} {len(jobs)} configuration(s) on more tokens")
+        self.progress("phase", name=_phase_name(pending))
         spent = 0.0
 
         def commit(job: Job, m: Measurement) -> None:
@@ -159,6 +158,19 @@ class FidelityLadder:
         if todo:
             self.evaluate_pending_fidelities()
         return len(todo)
+
+
+def _phase_name(pending: list) -> str:
+    """``ladder: measuring 2 configuration(s) on 8192 tokens``, ``validating 5 configuration(s) on
+    the validation split``, or both: what the pending rows measure."""
+    rungs = [f for f in pending if f.split == "search"]
+    parts = []
+    if rungs:
+        tokens = "/".join(str(t) for t in sorted({f.tokens for f in rungs}))
+        parts.append(f"ladder: measuring {len(rungs)} configuration(s) on {tokens} tokens")
+    if len(rungs) < len(pending):
+        parts.append(f"validating {len(pending) - len(rungs)} configuration(s) on the validation split")
+    return "; ".join(parts)
 
 
 def _knee(front: list[Evaluation], metric: str) -> Evaluation | None:

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from evoprune.backend.settings import BackendSettings
 from evoprune.engine.acquisition import ACQUISITIONS
 from evoprune.engine.registry import STRATEGIES
-from evoprune.errors import EvopruneError
+from evoprune.errors import EvopruneError, option_text
 from evoprune.objectives.spec import Budget, Objectives
 from surrogates import check_surrogate, first_line, parse_surrogate_spec, plugin_entry_point
 
@@ -87,8 +87,8 @@ class SearchSettings:
     def validate(self) -> None:
         for name in ("evals", "init", "batch", "pop_size", "generations"):
             if getattr(self, name) < 1:
-                flag = name.replace("_", "-")
-                raise EvopruneError(f"--{flag} must be at least 1, got {getattr(self, name)}")
+                option = option_text(name, config_only=("pop_size", "generations"))
+                raise EvopruneError(f"{option} must be at least 1, got {getattr(self, name)}")
         if not 0 <= self.min_params < 1:
             raise EvopruneError(f"--min-params must be in [0, 1), got {self.min_params}")
         self.budget.check()
