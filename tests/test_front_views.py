@@ -11,6 +11,8 @@ import inspect
 import json
 import math
 import re
+import shutil
+import sqlite3
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,7 +22,16 @@ import pytest
 from evoprune.choice.compare import CompareRow, choice_order
 from evoprune.choice.plan import plan
 from evoprune.engine.run import search
-from evoprune.objectives.pareto import knee_index, knee_of, objectives, pareto_front, rung_offsets, selection_value
+from evoprune.objectives.budget import pick_evaluation
+from evoprune.objectives.pareto import (
+    front_of,
+    knee_index,
+    knee_of,
+    objectives,
+    pareto_front,
+    rung_offsets,
+    selection_value,
+)
 from evoprune.objectives.spec import Budget, quality_from_value
 from evoprune.reporting.plots import front_figure
 from evoprune.store import Store
@@ -67,7 +78,12 @@ def test_the_plot_of_a_warm_started_run_draws_the_front_pareto_lists(warm_store)
     assert x == [p.params_fraction for p in points]
     offsets = rung_offsets(shared, "ppl")
     assert y == pytest.approx([quality_from_value("ppl", selection_value(e, "ppl", offsets)) for e in front])
-    assert knee == ids[knee_index(objectives(front, ("ppl", "params")))]
+    # The knee drawn is the one `export` picks by default: under run 2's budget (plan --spend 0.7),
+    # not the knee of the whole front (newcomer report: the plot's knee was not the export's).
+    with Store.open_existing(warm_store, readonly=True) as st:
+        assert knee == pick_evaluation(st, run, "knee").id
+    under = [e for e in front if e.params_fraction <= 0.7]
+    assert knee == under[knee_index(objectives(under, ("ppl", "params")))].id
     # the report's front figure is the same one
     from evoprune.reporting.report import report_figures
 
@@ -219,3 +235,26 @@ def test_the_surrogate_report_of_a_kl_run_scores_predictions_of_log_kl(kl_store)
 def st_evaluations(path: Path) -> list:
     with Store.open_existing(path, readonly=True) as st:
         return st.evaluations(st.get_run().id)
+
+
+def test_the_plot_marks_the_knee_export_picks_under_the_runs_budget(warm_store, tmp_path):
+    # Newcomer report: after `plan --spend` under 0.7 the plot marked the knee of the whole front,
+    # above the budget line, where `export` (default --pick knee) exported another configuration.
+    path = tmp_path / "w.db"
+    shutil.copy2(warm_store, path)
+    with Store.open_existing(path, readonly=True) as st:
+        run = st.get_run()
+        front = front_of(st.shared_evaluations(run), ("ppl", "params"))
+        whole = front[knee_of(front, "ppl")]
+    assert 0 < front.index(whole) < len(front) - 1  # an inner knee: members keep less than it
+    # The run's budget, moved to just under that knee.
+    settings = {**run.settings, "max_params": whole.params_fraction - 1e-6}
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE runs SET settings = ? WHERE id = ?", (json.dumps(settings), run.id))
+    with Store.open_existing(path, readonly=True) as st:
+        run = st.get_run()
+        exported = pick_evaluation(st, run, "knee")
+        fig = front_figure(st, run)
+    label = next(t.get_text() for t in fig.axes[0].get_legend().get_texts() if t.get_text().startswith("knee"))
+    assert exported.id != whole.id and exported.params_fraction < whole.params_fraction
+    assert label == f"knee under the budget (#{exported.id})"

@@ -24,7 +24,6 @@ from scipy.stats import norm  # noqa: E402
 from evoprune.objectives.pareto import (  # noqa: E402
     front_evaluations,
     front_of,
-    knee_of,
     quality_objective,
     rung_offsets,
     selection_value,
@@ -83,9 +82,11 @@ def front_figure(store: Store, run: Run, budget_lines: list[float] | None = None
         fx = [e.params_fraction for e in front]
         fy = [quality_from_value(quality, selection_value(e, quality, offsets)) for e in front]
         ax.plot(fx, fy, "-o", c="#1f77b4", ms=5, label="Pareto front (highest rung, on the first rung's scale)")
-        k = knee_of(front, quality)
-        ax.scatter([fx[k]], [fy[k]], s=140, facecolors="none", edgecolors="#d62728", linewidths=2,
-                   label=f"knee (#{front[k].id})")  # fmt: skip
+        knee, under = _default_knee(store, run)
+        if knee is not None:
+            ky = quality_from_value(quality, selection_value(knee, quality, offsets))
+            ax.scatter([knee.params_fraction], [ky], s=140, facecolors="none", edgecolors="#d62728", linewidths=2,
+                       label=f"knee{' under the budget' if under else ''} (#{knee.id})")  # fmt: skip
     for b in budget_lines or []:
         ax.axvline(b, ls="--", c="#2ca02c", label=f"budget {b:.0%}")
     logarithmic = quality in ("ppl", "kl")
@@ -105,6 +106,18 @@ def front_figure(store: Store, run: Run, budget_lines: list[float] | None = None
     ax.grid(alpha=0.3)
     ax.legend(loc="upper right")
     return fig
+
+
+def _default_knee(store: Store, run: Run) -> tuple[Evaluation | None, bool]:
+    """(the knee ``export`` picks by default, whether it is chosen under the run's budget): the
+    knee of the front under the budget the run searched with, if any (``pick_evaluation``)."""
+    from evoprune.errors import EvopruneError
+    from evoprune.objectives.budget import has_limit, pick_evaluation, recorded_budget
+
+    try:
+        return pick_evaluation(store, run, "knee"), has_limit(recorded_budget(run))
+    except EvopruneError:  # nothing under the budget with every objective measured
+        return None, False
 
 
 def _kl_linear_range(kl: np.ndarray) -> float:
