@@ -300,3 +300,21 @@ def test_a_bad_setting_of_a_config_file_is_named_as_the_file_names_it(key, named
     result = evoprune_in_process("search", "--model", str(tiny_model_dir), "--data", str(text_file), "--store",
                                  str(tmp_path / "s.db"), "--evals", "2", "--config", str(config))  # fmt: skip
     _one_line_error(result, f"{named} must be at least 1, got 0")
+
+
+def test_every_commands_summary_is_one_paragraph_line_so_help_never_breaks_it_mid_sentence():
+    # Was: `evoprune --help` broke `resume` and `plan` where their docstrings' first lines ended.
+    import inspect
+
+    import typer.main
+
+    from evoprune.cli import app
+
+    group = typer.main.get_group(app)
+    commands = dict(group.commands)
+    for name, sub in list(commands.items()):
+        commands.update({f"{name} {n}": c for n, c in getattr(sub, "commands", {}).items()})
+    for name, command in commands.items():
+        doc = inspect.getdoc(command.callback) if command.callback else None
+        if doc:
+            assert "\n" not in doc.split("\n\n")[0], f"{name}: {doc.split(chr(10) * 2)[0]!r}"

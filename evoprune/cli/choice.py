@@ -95,8 +95,9 @@ def plan_command(
         "measured the chosen evaluation (export it with --run EVALUATION_RUN --pick EVALUATION).",
     ),
 ) -> None:
-    """The best really evaluated configuration under a budget (default: the one the run searched under),
-    with its per-layer allocation."""
+    """The best really evaluated configuration under a budget, with its per-layer allocation.
+
+    The budget defaults to the one the run searched under."""
     from evoprune.choice.plan import plan
     from evoprune.objectives.spec import Budget
 

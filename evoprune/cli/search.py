@@ -241,9 +241,10 @@ def resume_command(
     gpus_per_worker: float = _GPUS_PER_WORKER,
     as_json: bool = typer.Option(False, "--json", help="Print the resulting front as JSON."),
 ) -> None:
-    """Continue a stored run with its recorded settings; nothing but the store is needed (where its
-    evaluations run is not a setting of the run: pass --device to continue on another device,
-    --executor ray to continue on Ray)."""
+    """Continue a stored run with its recorded settings: nothing but the store is needed.
+
+    Where its evaluations run is not a setting of the run: pass --device to continue on another
+    device, --executor ray to continue on Ray."""
     from dataclasses import replace
 
     from evoprune.engine.config import settings_from_run
