@@ -392,3 +392,12 @@ def test_the_benchmark_script_runs_on_a_tiny_model_and_keeps_other_sections(tmp_
     assert "24 real pairs" in text and "| additive |" in text and "| forest |" in text
     with Store(tmp_path / "b.db") as st:
         assert len(st.evaluations(st.get_run().id, "ok")) == 24
+
+
+def test_the_report_says_which_surrogate_it_is_cross_validating(searched_store):
+    # Newcomer report: `surrogate report` ran 48 s with nothing on stderr.
+    heard = []
+    with Store(searched_store) as st:
+        surrogate_report(st, None, ["forest", "additive"], folds=2, progress=lambda e, **i: heard.append((e, i)))
+    assert heard == [("phase", {"name": "cross-validating forest (1 of 2, 2 folds)"}),
+                     ("phase", {"name": "cross-validating additive (2 of 2, 2 folds)"})]  # fmt: skip

@@ -17,10 +17,10 @@ from evoprune.backend.settings import BackendSettings
 from evoprune.cli.folding import FoldingTable  # noqa: F401  (every command's tables)
 from evoprune.reporting.prediction_metrics import nan_to_none
 
-# Soft wrap: a plain line is one line in a log or a pipe, where rich would break it at 80 columns;
-# tables still fit the width (FoldingTable).
+# Progress, notes and summaries go to stderr as lines: soft wrap keeps each one line in a log, where
+# rich would break it at 80 columns. Results on stdout (tables, their legends) fit the width.
 err_console = Console(stderr=True, soft_wrap=True)
-out_console = Console(soft_wrap=True)
+out_console = Console()
 _BACKEND = BackendSettings()  # the defaults the options show
 
 # The budget options, one definition for every command that takes a budget (plan, export, compare).

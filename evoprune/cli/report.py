@@ -13,6 +13,7 @@ from evoprune.cli.common import (
     FoldingTable,
     _echo_json,
     _fail,
+    _SearchProgress,
     err_console,
     out_console,
 )
@@ -114,7 +115,9 @@ def surrogate_report_command(
         with Store.open_existing(store, readonly=True) as st:
             r = st.get_run(run)
             chosen = [n.strip() for n in names.split(",") if n.strip()] if names is not None else None
-            report = surrogate_report(st, r, chosen, folds=folds, seed=seed, featurize=cached_feature_map(r))
+            with _SearchProgress(err_console) as progress:
+                report = surrogate_report(st, r, chosen, folds=folds, seed=seed, featurize=cached_feature_map(r),
+                                          progress=progress)  # fmt: skip
     except EvopruneError as exc:
         _fail(str(exc))
     if as_json:

@@ -35,6 +35,7 @@ from sklearn.model_selection import KFold
 from evoprune.backend.importance import Importance, importance_cache_key
 from evoprune.backend.importance_cache import importance_cache_file
 from evoprune.engine.features import FeatureMap, LevelsAndFraction
+from evoprune.engine.settings import ProgressFn, log_progress
 from evoprune.errors import EvopruneError
 from evoprune.objectives.pareto import quality_objective
 from evoprune.objectives.spec import quality_value
@@ -210,11 +211,13 @@ def surrogate_report(
     folds: int = 5,
     seed: int = 0,
     featurize: Featurize | None = None,
+    progress: ProgressFn = log_progress,
 ) -> SurrogateReport:
     """Cross-validate every surrogate in ``names`` (default: all registered) on a run's pairs.
 
     ``run`` is a ``Run``, a run id, or ``None`` for the latest run. ``featurize`` maps a level
     matrix to the surrogate's features; by default levels plus kept parameter fraction.
+    ``progress`` hears a ``phase`` per surrogate (seconds to a minute each).
     """
     run = _resolve_run(store, run)
     known = available_surrogates()
@@ -237,7 +240,10 @@ def surrogate_report(
     if featurize is None:
         featurize = LevelsAndFraction(SearchSpace.from_dict(run.space))
     X = np.asarray(featurize(pairs.levels), dtype=float)
-    scores = [score_surrogate(name, X, pairs.target, pairs.cost, folds, seed) for name in names]
+    scores = []
+    for i, name in enumerate(names, 1):
+        progress("phase", name=f"cross-validating {name} ({i} of {len(names)}, {folds} folds)")
+        scores.append(score_surrogate(name, X, pairs.target, pairs.cost, folds, seed))
     notes = []
     if np.bincount(cost_bins(pairs.cost)).max() < MIN_BIN_PAIRS:
         notes.append(f"no equal-cost bin holds {MIN_BIN_PAIRS} pairs: within-cost tau is undefined")
