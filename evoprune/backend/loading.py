@@ -92,13 +92,6 @@ def dequantize_gguf(gguf_path: Path, out_dir: Path) -> Path:
     return publish_dir(write, out_dir)
 
 
-def _no_space_text(out_dir: Path, how: str) -> str:
-    return (
-        f"writing the converted model {out_dir.name} into {out_dir.parent} {how}: free space there "
-        "or set EVOPRUNE_CACHE_DIR to a folder on a larger disk"
-    )
-
-
 @contextlib.contextmanager
 def _plain_log_lines() -> Iterator[None]:
     """Without a terminal, no tqdm bar from transformers' GGUF reader (its own ``tqdm``, which
@@ -134,7 +127,10 @@ def publish_dir(write: Callable[[Path], None], out_dir: Path, marker: str = "con
             write(tmp)
         except Exception as exc:  # safetensors raises its own error type for a full disk
             if getattr(exc, "errno", None) == errno.ENOSPC or "No space left on device" in str(exc):
-                raise EvopruneError(_no_space_text(out_dir, "ran out of disk space")) from None
+                raise EvopruneError(
+                    f"writing the converted model {out_dir.name} into {out_dir.parent} ran out of disk space: free "
+                    "space there or set EVOPRUNE_CACHE_DIR to a folder on a larger disk"
+                ) from None
             raise
         if out_dir.exists() and not (out_dir / marker).exists():
             shutil.rmtree(out_dir, ignore_errors=True)  # an incomplete one from an older version

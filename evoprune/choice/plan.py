@@ -119,10 +119,9 @@ def plan(
                else {k: v for k, v in best.cost.items() if k == "latency_ms"})}  # fmt: skip
     with Store.open_existing(store_path, readonly=True) as st:
         recoveries = st.recoveries(eval_id=best.id)
-    climbed = top_rung(best)[0] is not None
-    passed_over = sum(
-        1 for e in under if climbed and top_rung(e)[0] is None and e.params_fraction > best.params_fraction
-    )
+    passed_over = 0
+    if top_rung(best)[0] is not None:  # the pick climbed: count who never did yet keeps more
+        passed_over = sum(1 for e in under if top_rung(e)[0] is None and e.params_fraction > best.params_fraction)
     return PlanResult(run, best, layers, cost, len(under), spent, recoveries, metric, passed_over)
 
 

@@ -136,14 +136,12 @@ def plan_command(
             f"note: #{e.id} was chosen on {'its first rung' if tokens is None else 'the ladder'} alone and has no "
             "validation figure: --spend N measures N more configurations under "
             "it, climbs the ladder and validates the best",
-            soft_wrap=True,
         )
     if result.passed_over and not result.spent:
         err_console.print(
             f"note: {result.passed_over} configuration(s) under the budget keep more than #{e.id} and were measured "
             "on their first rung alone, so the ladder never weighed them against it: --spend N searches "
             "focused on this budget, climbs its contenders and validates the best",
-            soft_wrap=True,
         )
     for r in result.recoveries:
         out_console.print(

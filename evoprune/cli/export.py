@@ -292,7 +292,6 @@ def _print_evaluate(report, as_json: bool, store: Path | None) -> None:
                 f"note: {r.truncated} of {r.n} {r.task} questions were cut from the left to fit the model's positions "
                 "(as lm-evaluation-harness cuts them)"
                 + (f"; fewer than {r.shots} shots keep more of them whole" if r.shots else ""),
-                soft_wrap=True,
             )
     if as_json:
         _echo_json(report.to_dict())

@@ -159,7 +159,7 @@ def recover_command(
             store=None if store.lower() == "none" else store,
         )  # fmt: skip
     for note in (n for n in result.notes if n not in progress.shown):
-        err_console.print(f"note: {note}", soft_wrap=True)
+        err_console.print(f"note: {note}")
     if as_json:
         _echo_json(result.to_dict())
         return
@@ -218,7 +218,7 @@ def _recover_finalists(k: int, store: str, budget: dict, run: int | None, data: 
 
         result = recover_finalists(store, data, out, **budget, k=k, settings=settings, run=run, progress=report)
     for note in (n for n in result.notes if n not in progress.shown):
-        err_console.print(f"note: {note}", soft_wrap=True)
+        err_console.print(f"note: {note}")
     if as_json:
         _echo_json(result.to_dict())
         return

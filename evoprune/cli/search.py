@@ -329,5 +329,5 @@ def _print_search_result(result, store: Path, as_json: bool) -> None:
     )
     for note in (*result.notes, result.stop_reason):
         if note:
-            err_console.print(f"note: {note}", soft_wrap=True)
+            err_console.print(f"note: {note}")
     out_console.print(_front_view(result.run, points, out_console.width))
